@@ -1,0 +1,86 @@
+// Sizing and writing of repeated, packed and map fields, shared by all generated messages.
+
+extension WireFormat {
+    /// The payload size of a packed run (without tag and length prefix).
+    @inlinable
+    public static func packedPayloadSize<F: ProtoPackableCodec>(_: F.Type, _ values: [F.Value]) -> Int {
+        switch F.wireType {
+        case .fixed32: return values.count &* 4
+        case .fixed64: return values.count &* 8
+        default:
+            var size = 0
+            for value in values { size &+= F.encodedSize(of: value) }
+            return size
+        }
+    }
+
+    /// The full size of a packed field: tag, length prefix and payload; zero when empty.
+    @inlinable
+    public static func packedFieldSize<F: ProtoPackableCodec>(_: F.Type, _ values: [F.Value], tagSize: Int) -> Int {
+        if values.isEmpty { return 0 }
+        return tagSize &+ lengthDelimitedSize(packedPayloadSize(F.self, values))
+    }
+
+    /// The full size of an unpacked repeated field: one tag per element plus the elements.
+    @inlinable
+    public static func repeatedFieldSize<F: ProtoFieldCodec>(_: F.Type, _ values: [F.Value], tagSize: Int) -> Int {
+        var size = values.count &* tagSize
+        for value in values { size &+= F.encodedSize(of: value) }
+        return size
+    }
+
+    /// The payload size of one map entry (key is field 1, value field 2; both always written).
+    @inlinable @inline(__always)
+    public static func mapEntrySize<K: ProtoFieldCodec, V: ProtoFieldCodec>(
+        _: K.Type, _: V.Type, key: K.Value, value: V.Value
+    ) -> Int {
+        2 &+ K.encodedSize(of: key) &+ V.encodedSize(of: value)
+    }
+
+    /// The full size of a map field: one tagged, length-prefixed entry per key.
+    @inlinable
+    public static func mapFieldSize<K: ProtoFieldCodec, V: ProtoFieldCodec>(
+        _: K.Type, _: V.Type, _ map: [K.Value: V.Value], tagSize: Int
+    ) -> Int {
+        var size = map.count &* tagSize
+        for (key, value) in map {
+            size &+= lengthDelimitedSize(mapEntrySize(K.self, V.self, key: key, value: value))
+        }
+        return size
+    }
+}
+
+extension WireWriter {
+    /// Writes a packed field (tag, length, values); nothing when empty.
+    @inlinable
+    public mutating func writePacked<F: ProtoPackableCodec>(_: F.Type, _ values: [F.Value], tag: UInt32) {
+        if values.isEmpty { return }
+        writeVarint(tag)
+        writeVarint(UInt64(truncatingIfNeeded: WireFormat.packedPayloadSize(F.self, values)))
+        for value in values { F.write(value, to: &self) }
+    }
+
+    /// Writes an unpacked repeated field: each element with its own tag.
+    @inlinable
+    public mutating func writeRepeated<F: ProtoFieldCodec>(_: F.Type, _ values: [F.Value], tag: UInt32) {
+        for value in values {
+            writeVarint(tag)
+            F.write(value, to: &self)
+        }
+    }
+
+    /// Writes a map field, one entry message per key.
+    @inlinable
+    public mutating func writeMap<K: ProtoFieldCodec, V: ProtoFieldCodec>(
+        _: K.Type, _: V.Type, _ map: [K.Value: V.Value], tag: UInt32
+    ) {
+        for (key, value) in map {
+            writeVarint(tag)
+            writeVarint(UInt64(truncatingIfNeeded: WireFormat.mapEntrySize(K.self, V.self, key: key, value: value)))
+            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 1, wireType: K.wireType)))
+            K.write(key, to: &self)
+            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 2, wireType: V.wireType)))
+            V.write(value, to: &self)
+        }
+    }
+}

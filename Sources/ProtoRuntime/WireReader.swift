@@ -1,0 +1,292 @@
+/// Reads protobuf wire data from contiguous memory without copying.
+///
+/// Generated decoders drive a reader field by field: ``nextTag()`` until it returns `nil`, then one `read…` call
+/// per field. Every read checks bounds against the end of the current (sub)message and throws a
+/// ``ProtoDecodingError`` instead of reading past it; nothing is copied except into `string` and `bytes` values.
+/// A reader is only valid inside the `withUnsafeBytes` scope that created it.
+public struct WireReader {
+    @usableFromInline var position: UnsafeRawPointer
+    @usableFromInline var end: UnsafeRawPointer
+    @usableFromInline let start: UnsafeRawPointer
+    @usableFromInline var depthRemaining: Int
+    /// Where the tag last returned by ``nextTag()`` began, so unknown fields can be kept byte for byte.
+    @usableFromInline var tagStart: UnsafeRawPointer
+
+    /// A reader over `count` bytes at `base`.
+    @inlinable
+    public init(base: UnsafeRawPointer, count: Int, options: DecodingOptions) {
+        self.position = base
+        self.start = base
+        self.end = base + count
+        self.tagStart = base
+        self.depthRemaining = options.maxDepth
+    }
+
+    /// The offset of the read position from the start of the input, for error reports.
+    @inlinable
+    public var offset: Int { position - start }
+
+    /// Whether every byte of the current (sub)message has been read.
+    @inlinable
+    public var isAtEnd: Bool { position >= end }
+
+    @inlinable
+    func error(_ code: ProtoDecodingError.Code) -> ProtoDecodingError {
+        ProtoDecodingError(code, offset: position - start)
+    }
+
+    // MARK: - Varints
+
+    /// Reads a varint of up to ten bytes.
+    @inlinable @inline(__always)
+    public mutating func readVarint() throws(ProtoDecodingError) -> UInt64 {
+        if position < end {
+            let byte = position.load(as: UInt8.self)
+            if byte < 0x80 {
+                position += 1
+                return UInt64(byte)
+            }
+        }
+        return try readVarintSlow()
+    }
+
+    @usableFromInline
+    mutating func readVarintSlow() throws(ProtoDecodingError) -> UInt64 {
+        var result: UInt64 = 0
+        var shift: UInt64 = 0
+        var p = position
+        while true {
+            guard p < end else { throw error(.truncated) }
+            let byte = p.load(as: UInt8.self)
+            p += 1
+            if shift == 63 {
+                // The tenth byte holds only the top bit of a 64-bit value.
+                guard byte <= 1 else {
+                    position = p - 1
+                    throw error(.malformedVarint)
+                }
+            }
+            result |= UInt64(byte & 0x7F) << shift
+            if byte < 0x80 { break }
+            shift += 7
+        }
+        position = p
+        return result
+    }
+
+    /// Reads the next field's tag, or returns `nil` at the end of the current message.
+    ///
+    /// Throws for field number 0 and for tags that do not fit in 32 bits; wire types are checked where the field is
+    /// read or skipped.
+    @inlinable @inline(__always)
+    public mutating func nextTag() throws(ProtoDecodingError) -> UInt32? {
+        guard position < end else { return nil }
+        tagStart = position
+        let byte = position.load(as: UInt8.self)
+        if byte >= 0x08 && byte < 0x80 {
+            position += 1
+            return UInt32(byte)
+        }
+        return try nextTagSlow()
+    }
+
+    @usableFromInline
+    mutating func nextTagSlow() throws(ProtoDecodingError) -> UInt32 {
+        let raw = try readVarint()
+        guard raw <= UInt64(UInt32.max) else {
+            position = tagStart
+            throw error(.invalidFieldNumber)
+        }
+        guard raw >> 3 != 0 else {
+            position = tagStart
+            throw error(.invalidFieldNumber)
+        }
+        return UInt32(truncatingIfNeeded: raw)
+    }
+
+    // MARK: - Fixed width
+
+    /// Reads four little-endian bytes.
+    @inlinable @inline(__always)
+    public mutating func readFixed32() throws(ProtoDecodingError) -> UInt32 {
+        guard end - position >= 4 else { throw error(.truncated) }
+        let value = UInt32(littleEndian: position.loadUnaligned(as: UInt32.self))
+        position += 4
+        return value
+    }
+
+    /// Reads eight little-endian bytes.
+    @inlinable @inline(__always)
+    public mutating func readFixed64() throws(ProtoDecodingError) -> UInt64 {
+        guard end - position >= 8 else { throw error(.truncated) }
+        let value = UInt64(littleEndian: position.loadUnaligned(as: UInt64.self))
+        position += 8
+        return value
+    }
+
+    // MARK: - Length-delimited
+
+    /// Reads a length prefix and checks that that many bytes remain in the current message.
+    @inlinable @inline(__always)
+    public mutating func readLength() throws(ProtoDecodingError) -> Int {
+        let length = try readVarint()
+        guard length <= UInt64(end - position) else { throw error(.lengthOutOfBounds) }
+        return Int(truncatingIfNeeded: length)
+    }
+
+    /// Reads a length-delimited field and returns its bytes, valid for the reader's lifetime.
+    @inlinable @inline(__always)
+    public mutating func readLengthDelimited() throws(ProtoDecodingError) -> UnsafeRawBufferPointer {
+        let length = try readLength()
+        let bytes = UnsafeRawBufferPointer(start: position, count: length)
+        position += length
+        return bytes
+    }
+
+    /// Reads a `string` field, rejecting invalid UTF-8.
+    @inlinable
+    public mutating func readString() throws(ProtoDecodingError) -> String {
+        let length = try readLength()
+        if length == 0 { return "" }
+        let bytes = UnsafeBufferPointer(start: position.assumingMemoryBound(to: UInt8.self), count: length)
+        guard let string = String(validating: bytes, as: UTF8.self) else { throw error(.invalidUTF8) }
+        position += length
+        return string
+    }
+
+    /// Reads a `bytes` field into a new array.
+    @inlinable
+    public mutating func readBytes() throws(ProtoDecodingError) -> [UInt8] {
+        let length = try readLength()
+        if length == 0 { return [] }
+        let bytes = [UInt8](UnsafeRawBufferPointer(start: position, count: length))
+        position += length
+        return bytes
+    }
+
+    /// Reads a length-delimited embedded message and merges it into `message`.
+    ///
+    /// Merging is what the format requires when a singular message field occurs more than once.
+    @inlinable
+    public mutating func readMessage<M: ProtoMessage>(into message: inout M) throws(ProtoDecodingError) {
+        let length = try readLength()
+        guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }
+        let savedEnd = end
+        end = position + length
+        depthRemaining -= 1
+        try message.decodeMessage(from: &self)
+        depthRemaining += 1
+        end = savedEnd
+    }
+
+    /// Reads an embedded message into an optional field, merging with a value already present.
+    @inlinable
+    public mutating func readMessage<M: ProtoMessage>(into field: inout M?) throws(ProtoDecodingError) {
+        var message = field ?? M()
+        field = nil  // keep `message` uniquely referenced while it is decoded
+        try readMessage(into: &message)
+        field = message
+    }
+
+    /// Reads an embedded message and appends it to a repeated field.
+    @inlinable
+    public mutating func readMessage<M: ProtoMessage>(appendingTo field: inout [M]) throws(ProtoDecodingError) {
+        var message = M()
+        try readMessage(into: &message)
+        field.append(message)
+    }
+
+    // MARK: - Repeated and map fields
+
+    /// Reads a packed run of scalars and appends them to `field`.
+    @inlinable
+    public mutating func readPacked<F: ProtoPackableCodec>(
+        _: F.Type,
+        into field: inout [F.Value]
+    ) throws(ProtoDecodingError) {
+        let length = try readLength()
+        let savedEnd = end
+        end = position + length
+        field.reserveCapacity(field.count + F.elementCountUpperBound(in: UnsafeRawBufferPointer(start: position, count: length)))
+        while position < end {
+            field.append(try F.read(from: &self))
+        }
+        end = savedEnd
+    }
+
+    /// Reads one `map` entry (a key/value message) and stores it in `map`; a later key replaces an earlier one.
+    @inlinable
+    public mutating func readMapEntry<K: ProtoFieldCodec, V: ProtoFieldCodec>(
+        _: K.Type,
+        _: V.Type,
+        into map: inout [K.Value: V.Value]
+    ) throws(ProtoDecodingError) where K.Value: Hashable {
+        let length = try readLength()
+        guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }
+        let savedEnd = end
+        end = position + length
+        depthRemaining -= 1
+        var key = K.defaultValue
+        var value = V.defaultValue
+        let keyTag = WireFormat.tag(fieldNumber: 1, wireType: K.wireType)
+        let valueTag = WireFormat.tag(fieldNumber: 2, wireType: V.wireType)
+        while let tag = try nextTag() {
+            if tag == keyTag {
+                key = try K.read(from: &self)
+            } else if tag == valueTag {
+                try V.merge(from: &self, into: &value)
+            } else {
+                try skipField(tag: tag)
+            }
+        }
+        depthRemaining += 1
+        end = savedEnd
+        map[key] = value
+    }
+
+    // MARK: - Unknown fields
+
+    /// Skips the field whose tag was just read and keeps its bytes, tag included, in `unknownFields`.
+    @inlinable
+    public mutating func skipField(tag: UInt32, into unknownFields: inout UnknownFields) throws(ProtoDecodingError) {
+        let fieldStart = tagStart
+        try skipField(tag: tag)
+        unknownFields.append(UnsafeRawBufferPointer(start: fieldStart, count: position - fieldStart))
+    }
+
+    /// Skips the value of the field whose tag was just read.
+    @usableFromInline
+    mutating func skipField(tag: UInt32) throws(ProtoDecodingError) {
+        switch tag & 7 {
+        case 0: _ = try readVarint()
+        case 1: _ = try readFixed64()
+        case 2: position += try readLength()
+        case 5: _ = try readFixed32()
+        case 3: try skipGroup(fieldNumber: tag >> 3)
+        case 4:
+            position = tagStart
+            throw error(.unmatchedEndGroup)
+        default:
+            position = tagStart
+            throw error(.invalidWireType)
+        }
+    }
+
+    @usableFromInline
+    mutating func skipGroup(fieldNumber: UInt32) throws(ProtoDecodingError) {
+        guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }
+        depthRemaining -= 1
+        while true {
+            guard let tag = try nextTag() else { throw error(.truncated) }
+            if tag & 7 == 4 {
+                guard tag >> 3 == fieldNumber else {
+                    position = tagStart
+                    throw error(.unmatchedEndGroup)
+                }
+                break
+            }
+            try skipField(tag: tag)
+        }
+        depthRemaining += 1
+    }
+}

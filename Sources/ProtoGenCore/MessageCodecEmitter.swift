@@ -29,8 +29,9 @@ public struct MessageCodecEmitter: SwiftEmitter {
             }
             w.line()
             w.block("\(access)func encode(to writer: inout WireWriter)") { w in
-                for field in byNumber { emitWrite(field, message, into: &w) }
+                // Backwards: the unknown fields end the encoding, then fields in descending number order.
                 w.line("unknownFields.encode(to: &writer)")
+                for field in byNumber.reversed() { emitWrite(field, message, into: &w) }
             }
         }
     }
@@ -156,8 +157,8 @@ public struct MessageCodecEmitter: SwiftEmitter {
         if let index = field.ir.oneofIndex {
             let oneof = "self." + TypeDeclarationEmitter.oneofProperty(message.oneofs[index])
             w.block("if case .\(field.property)(let value)? = \(oneof)") { w in
-                w.line(writeTag)
                 w.line("\(field.codec).write(value, to: &writer)")
+                w.line(writeTag)
             }
             return
         }
@@ -172,19 +173,19 @@ public struct MessageCodecEmitter: SwiftEmitter {
             }
         case .optional:
             w.block("if let value = \(value)") { w in
-                w.line(writeTag)
                 w.line("\(field.codec).write(value, to: &writer)")
+                w.line(writeTag)
             }
         case .singular:
             if field.isMessage {
                 w.block("if let value = \(value)") { w in
-                    w.line(writeTag)
                     w.line("\(field.codec).write(value, to: &writer)")
+                    w.line(writeTag)
                 }
             } else {
                 w.block("if \(field.isNonDefault(value))") { w in
-                    w.line(writeTag)
                     w.line("\(field.codec).write(\(value), to: &writer)")
+                    w.line(writeTag)
                 }
             }
         }

@@ -19,7 +19,8 @@ public protocol ProtoMessage: Hashable, Sendable {
     mutating func decodeMessage(from reader: inout WireReader) throws(ProtoDecodingError)
     /// The exact number of bytes ``encode(to:)`` writes.
     func encodedSize() -> Int
-    /// Writes every non-default field, then the unknown fields.
+    /// Writes the unknown fields, then every non-default field in descending field-number order: backwards, so
+    /// that the encoding reads in ascending order (see ``WireWriter``).
     func encode(to writer: inout WireWriter)
 }
 
@@ -81,20 +82,28 @@ extension ProtoMessage {
         if size == 0 { return [] }
         return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
             guard let base = buffer.baseAddress else { return }
-            let written = serialize(into: UnsafeMutableRawPointer(base))
-            // The size pass is the writer's contract: a mismatch is a bug in generated code, never input.
-            precondition(written == size, "encodedSize() and encode(to:) disagree for \(Self.protoMessageName)")
+            write(size: size, into: UnsafeMutableRawPointer(base))
             count = size
         }
     }
 
-    /// Writes the encoding at `base`, which must have room for ``encodedSize()`` bytes, and returns the number of
-    /// bytes written. For transports that frame messages into their own buffers.
+    /// Encodes the message into the start of `buffer` and returns the number of bytes written, or `nil` if the
+    /// buffer is too small. For transports that frame messages into buffers of their own.
     @inlinable
-    public func serialize(into base: UnsafeMutableRawPointer) -> Int {
-        var writer = WireWriter(base: base)
+    public func serialize(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        let size = encodedSize()
+        guard size <= buffer.count else { return nil }
+        guard let base = buffer.baseAddress, size > 0 else { return 0 }
+        write(size: size, into: base)
+        return size
+    }
+
+    @inlinable
+    func write(size: Int, into base: UnsafeMutableRawPointer) {
+        var writer = WireWriter(end: base + size)
         encode(to: &writer)
-        return writer.position - base
+        // The size pass is the writer's contract: a mismatch is a bug in generated code, never input.
+        precondition(writer.position == base, "encodedSize() and encode(to:) disagree for \(Self.protoMessageName)")
     }
 }
 

@@ -26,7 +26,7 @@ public struct UnknownFields: Hashable, Sendable {
     @inlinable
     public var encodedSize: Int { bytes.count }
 
-    /// Writes the unknown fields back.
+    /// Writes the unknown fields back (last in the encoding, so first for the backward writer).
     @inlinable
     public func encode(to writer: inout WireWriter) {
         if bytes.isEmpty { return }

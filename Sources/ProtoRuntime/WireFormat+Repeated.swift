@@ -8,9 +8,11 @@ extension WireFormat {
         case .fixed32: return values.count &* 4
         case .fixed64: return values.count &* 8
         default:
-            var size = 0
-            for value in values { size &+= F.encodedSize(of: value) }
-            return size
+            return values.withUnsafeBufferPointer { buffer in
+                var size = 0
+                for i in buffer.indices { size &+= F.encodedSize(of: buffer[i]) }
+                return size
+            }
         }
     }
 
@@ -24,9 +26,12 @@ extension WireFormat {
     /// The full size of an unpacked repeated field: one tag per element plus the elements.
     @inlinable
     public static func repeatedFieldSize<F: ProtoFieldCodec>(_: F.Type, _ values: [F.Value], tagSize: Int) -> Int {
-        var size = values.count &* tagSize
-        for value in values { size &+= F.encodedSize(of: value) }
-        return size
+        // Elements are read in place through the buffer: iterating the array would copy (retain) each one.
+        values.withUnsafeBufferPointer { buffer in
+            var size = buffer.count &* tagSize
+            for i in buffer.indices { size &+= F.encodedSize(of: buffer[i]) }
+            return size
+        }
     }
 
     /// The payload size of one map entry (key is field 1, value field 2; both always written).
@@ -55,17 +60,26 @@ extension WireWriter {
     @inlinable
     public mutating func writePacked<F: ProtoPackableCodec>(_: F.Type, _ values: [F.Value], tag: UInt32) {
         if values.isEmpty { return }
+        let end = position
+        values.withUnsafeBufferPointer { buffer in
+            var i = buffer.count
+            while i > 0 {
+                i &-= 1
+                F.write(buffer[i], to: &self)
+            }
+        }
+        writeLength(since: end)
         writeVarint(tag)
-        writeVarint(UInt64(truncatingIfNeeded: WireFormat.packedPayloadSize(F.self, values)))
-        for value in values { F.write(value, to: &self) }
     }
 
     /// Writes an unpacked repeated field: each element with its own tag.
     @inlinable
     public mutating func writeRepeated<F: ProtoFieldCodec>(_: F.Type, _ values: [F.Value], tag: UInt32) {
-        for value in values {
+        var i = values.count
+        while i > 0 {
+            i &-= 1
+            F.write(values[i], to: &self)
             writeVarint(tag)
-            F.write(value, to: &self)
         }
     }
 
@@ -75,12 +89,13 @@ extension WireWriter {
         _: K.Type, _: V.Type, _ map: [K.Value: V.Value], tag: UInt32
     ) {
         for (key, value) in map {
-            writeVarint(tag)
-            writeVarint(UInt64(truncatingIfNeeded: WireFormat.mapEntrySize(K.self, V.self, key: key, value: value)))
-            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 1, wireType: K.wireType)))
-            K.write(key, to: &self)
-            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 2, wireType: V.wireType)))
+            let end = position
             V.write(value, to: &self)
+            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 2, wireType: V.wireType)))
+            K.write(key, to: &self)
+            writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 1, wireType: K.wireType)))
+            writeLength(since: end)
+            writeVarint(tag)
         }
     }
 }

@@ -149,9 +149,9 @@ public struct WireReader {
         let length = try readLength()
         if length == 0 { return "" }
         let bytes = UnsafeBufferPointer(start: position.assumingMemoryBound(to: UInt8.self), count: length)
-        guard let string = String(validating: bytes, as: UTF8.self) else { throw error(.invalidUTF8) }
+        guard UTF8Validation.isValid(bytes) else { throw error(.invalidUTF8) }
         position += length
-        return string
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Reads a `bytes` field into a new array.

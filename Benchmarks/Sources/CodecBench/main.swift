@@ -5,7 +5,7 @@
 //   RESULT codec type op msgs_per_pass bytes_per_pass reps wall_seconds cpu_seconds
 //   CHECK  codec type msgs size_equal byte_identical struct_equal
 // decode       = init(serializedBytes:) of every message (the message is freed too, as in the C harness);
-// encode       = encodedSize() + serialize(into:) a reused buffer: protobuf-c's idiom in its harness;
+// encode       = serialize(into:) a reused buffer (size pass + write pass): protobuf-c's idiom in its harness;
 // encode-array = serializedBytes() into a fresh [UInt8] each time: swift-protobuf's idiom in its harness.
 #if canImport(Glibc)
 import Glibc
@@ -103,7 +103,10 @@ func bench<M: ProtoMessage>(_: M.Type, type: String, path: String, seconds: Doub
         decoded.append(m)
     }
     print("CHECK \(codec) \(type) \(bufs.count) \(sizeEq) \(byteEq) \(structEq)")
+    // CODEC_BENCH_OPS=decode (or encode) limits the run to one operation, for profiling.
+    let ops = getenv("CODEC_BENCH_OPS").map { String(cString: $0) }
 
+    if ops == nil || ops == "decode" {
     let (dReps, dSecs, dCpu) = try measure(seconds) {
         var n = 0
         for b in bufs {
@@ -114,19 +117,23 @@ func bench<M: ProtoMessage>(_: M.Type, type: String, path: String, seconds: Doub
         return n
     }
     print("RESULT \(codec) \(type) decode \(bufs.count) \(totalBytes) \(dReps) \(dSecs) \(dCpu)")
+    }
+    if ops == "decode" { return }
+    if ops == nil || ops == "encode" {
 
     let maxLength = bufs.map(\.count).max() ?? 0
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: maxLength * 2 + 64, alignment: 16)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxLength * 2 + 64, alignment: 16)
     defer { buffer.deallocate() }
     let (eReps, eSecs, eCpu) = measure(seconds) {
         var n = 0
         for m in decoded {
-            blackHole(m.encodedSize())
-            n &+= m.serialize(into: buffer)
+            n &+= m.serialize(into: buffer) ?? 0  // sizes, then writes
         }
         return n
     }
     print("RESULT \(codec) \(type) encode \(bufs.count) \(totalBytes) \(eReps) \(eSecs) \(eCpu)")
+    }
+    if ops == "encode" { return }
 
     let (aReps, aSecs, aCpu) = measure(seconds) {
         var n = 0

@@ -1,0 +1,63 @@
+// UTF-8 validation for `string` fields.
+//
+// The standard library's `String(validating:as:)` is generic and not specialised for byte buffers, and it looked
+// up generic metadata on every call: a quarter of the decoding time of string-heavy messages. Validating here and
+// then building the string with `String(decoding:as:)` (which only repairs, and has nothing to repair) is fast.
+
+@usableFromInline
+enum UTF8Validation {
+    /// Whether `bytes` is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
+    @inlinable
+    static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard var p = bytes.baseAddress else { return true }
+        let end = p + bytes.count
+        // ASCII fast path, eight bytes at a time.
+        while end - p >= 8 {
+            let word = UnsafeRawPointer(p).loadUnaligned(as: UInt64.self)
+            if word & 0x8080_8080_8080_8080 != 0 { break }
+            p += 8
+        }
+        while p < end {
+            let b0 = p.pointee
+            if b0 < 0x80 {
+                p += 1
+                continue
+            }
+            return validateMultibyte(from: p, to: end)
+        }
+        return true
+    }
+
+    @usableFromInline
+    static func validateMultibyte(from start: UnsafePointer<UInt8>, to end: UnsafePointer<UInt8>) -> Bool {
+        var p = start
+        while p < end {
+            let b0 = p.pointee
+            if b0 < 0x80 {
+                p += 1
+                continue
+            }
+            let remaining = end - p
+            if b0 < 0xC2 { return false }  // continuation byte or overlong 2-byte lead
+            if b0 < 0xE0 {
+                guard remaining >= 2, p[1] & 0xC0 == 0x80 else { return false }
+                p += 2
+                continue
+            }
+            if b0 < 0xF0 {
+                guard remaining >= 3, p[1] & 0xC0 == 0x80, p[2] & 0xC0 == 0x80 else { return false }
+                if b0 == 0xE0 && p[1] < 0xA0 { return false }  // overlong
+                if b0 == 0xED && p[1] >= 0xA0 { return false }  // UTF-16 surrogates
+                p += 3
+                continue
+            }
+            guard b0 < 0xF5, remaining >= 4, p[1] & 0xC0 == 0x80, p[2] & 0xC0 == 0x80, p[3] & 0xC0 == 0x80 else {
+                return false
+            }
+            if b0 == 0xF0 && p[1] < 0x90 { return false }  // overlong
+            if b0 == 0xF4 && p[1] >= 0x90 { return false }  // above U+10FFFF
+            p += 4
+        }
+        return true
+    }
+}

@@ -23,9 +23,13 @@ public struct MessageCodecEmitter: SwiftEmitter {
             emitFieldPath(message, fields, into: &w)
             w.line()
             w.block("\(access)func encodedSize() -> Int") { w in
-                w.line("var size = unknownFields.encodedSize")
-                for field in byNumber { emitSize(field, message, into: &w) }
-                w.line("return size")
+                if byNumber.isEmpty {
+                    w.line("unknownFields.encodedSize")
+                } else {
+                    w.line("var size = unknownFields.encodedSize")
+                    for field in byNumber { emitSize(field, message, into: &w) }
+                    w.line("return size")
+                }
             }
             w.line()
             w.block("\(access)func encode(to writer: inout WireWriter)") { w in
@@ -61,7 +65,7 @@ public struct MessageCodecEmitter: SwiftEmitter {
         if let index = field.ir.oneofIndex {
             let oneof = "self." + TypeDeclarationEmitter.oneofProperty(message.oneofs[index])
             if field.isMessage {
-                w.block("case \(field.tag)") { w in
+                w.caseBlock("case \(field.tag)") { w in
                     w.line("var value = \(field.valueType(field.ir.type))()")
                     w.line("if case .\(field.property)(let existing)? = \(oneof) { value = existing }")
                     w.line("try reader.readMessage(into: &value)")
@@ -86,7 +90,7 @@ public struct MessageCodecEmitter: SwiftEmitter {
             }
         case .singular, .optional:
             if field.isBoxed {
-                w.block("case \(field.tag)") { w in
+                w.caseBlock("case \(field.tag)") { w in
                     w.line("var value = \(target)")
                     w.line("try reader.readMessage(into: &value)")
                     w.line("\(target) = value")

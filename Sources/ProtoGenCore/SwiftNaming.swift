@@ -133,6 +133,14 @@ public struct CodeWriter {
         line("}")
     }
 
+    /// Writes `label:` and the body indented below it (a multi-statement `case`).
+    public mutating func caseBlock(_ label: String, _ body: (inout CodeWriter) -> Void) {
+        line(label + ":")
+        indentation += 1
+        body(&self)
+        indentation -= 1
+    }
+
     /// Continues the block just closed: turns its `}` into `} header {` (for `catch`, `else`).
     public mutating func continueBlock(_ header: String, _ body: (inout CodeWriter) -> Void) {
         if let last = lines.popLast() {

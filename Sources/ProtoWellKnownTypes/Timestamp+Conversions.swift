@@ -1,10 +1,15 @@
-public import ProtoRuntime
-
 extension Google_Protobuf_Timestamp {
     /// A timestamp from seconds since the Unix epoch, e.g. `Date().timeIntervalSince1970`.
     public init(secondsSince1970 interval: Double) {
-        let seconds = interval.rounded(.down)
-        self.init(seconds: Int64(seconds), nanos: Int32(((interval - seconds) * 1e9).rounded()))
+        // Integer conversions only: the floor and rounding functions would pull in libm.
+        var seconds = Int64(interval)
+        if Double(seconds) > interval { seconds -= 1 }
+        var nanos = Int64((interval - Double(seconds)) * 1e9 + 0.5)
+        if nanos >= 1_000_000_000 {
+            seconds += 1
+            nanos -= 1_000_000_000
+        }
+        self.init(seconds: seconds, nanos: Int32(nanos))
     }
 
     /// Seconds since the Unix epoch as a `Double`.

@@ -66,13 +66,6 @@ let package = Package(
             resources: [.copy("Golden"), .copy("Fixtures")],
             swiftSettings: strictSettings
         ),
-        // libFuzzer entry point for the message decoder (`make fuzz`); built only with --sanitize=fuzzer.
-        .executableTarget(
-            name: "ProtoDecodeFuzz",
-            dependencies: ["ProtoRuntime", "ConformanceMessages"],
-            path: "Tests/Fuzz/ProtoDecodeFuzz",
-            swiftSettings: strictSettings
-        ),
     ],
     swiftLanguageModes: [.v6]
 )

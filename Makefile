@@ -1,0 +1,88 @@
+# Shoal: build, test and benchmark. `make` alone lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+# Debian packages the build and the tests need: nghttp2 and OpenSSL (RPC layer), protobuf-c (reference codec),
+# protoc and protoc-c (parser agreement and regenerating the reference C), pkg-config.
+APT_PACKAGES := libnghttp2-dev libssl-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+SWIFT_BUILD_FLAGS ?= -Xswiftc -warnings-as-errors
+FUZZ_RUNS ?= 2000000
+SHARED ?= $(abspath ../shared)
+ANCHOR_BUILD := $(CURDIR)/.build-anchor
+FUZZ_PKG := Tests/Fuzz
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install the Debian packages the build and tests need (as root; apt-get).
+	@missing=(); for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$$p"); done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  echo "installing: $${missing[*]}"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq "$${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$${missing[@]}"; }; \
+	fi
+
+.PHONY: build
+build: deps ## Build everything (debug).
+	swift build $(SWIFT_BUILD_FLAGS)
+
+.PHONY: test
+test: deps check-generated ## Install what is missing, build, and run every test (what CI runs).
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	swift test --skip-build
+	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
+
+.PHONY: test-unit
+test-unit: ## Run the unit tests only (fast inner loop).
+	swift test
+
+.PHONY: generate-reference
+generate-reference: deps ## Regenerate protobuf-c's C for the conformance protos (the differential-test reference).
+	rm -rf Tests/CProtobufCReference/generated/conformance Tests/CProtobufCReference/generated/google
+	tmp=$$(mktemp -d); protoc -I Tests/Protos -I Protos --c_out=$$tmp conformance/v1/all_types.proto google/protobuf/timestamp.proto; \
+	for f in conformance/v1/all_types google/protobuf/timestamp; do \
+	  mkdir -p Tests/CProtobufCReference/generated/$$(dirname $$f) Tests/CProtobufCReference/include/$$(dirname $$f); \
+	  cp $$tmp/$$f.pb-c.c Tests/CProtobufCReference/generated/$$f.pb-c.c; \
+	  cp $$tmp/$$f.pb-c.h Tests/CProtobufCReference/include/$$f.pb-c.h; \
+	done; rm -rf $$tmp
+
+.PHONY: check-generated
+check-generated: deps ## Check that committed generated files match their sources.
+	tmp=$$(mktemp -d); protoc -I Tests/Protos -I Protos --c_out=$$tmp conformance/v1/all_types.proto google/protobuf/timestamp.proto; \
+	status=0; for f in conformance/v1/all_types google/protobuf/timestamp; do \
+	  cmp -s $$tmp/$$f.pb-c.c Tests/CProtobufCReference/generated/$$f.pb-c.c || { echo "stale: generated/$$f.pb-c.c (run make generate-reference)"; status=1; }; \
+	  cmp -s $$tmp/$$f.pb-c.h Tests/CProtobufCReference/include/$$f.pb-c.h || { echo "stale: include/$$f.pb-c.h (run make generate-reference)"; status=1; }; \
+	done; rm -rf $$tmp; exit $$status
+
+.PHONY: fuzz
+fuzz: deps ## Fuzz the message decoder with libFuzzer for FUZZ_RUNS inputs (default 2,000,000); fails on any finding.
+	swift build --product protogen
+	mkdir -p $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated
+	"$$(swift build --show-bin-path)/protogen" --out $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated \
+	  --proto-path Tests/Protos --proto-path Protos conformance/v1/all_types.proto google/protobuf/timestamp.proto
+	rm -f $(FUZZ_PKG)/.build/release.yaml  # a path dependency's new files are otherwise missed
+	cd $(FUZZ_PKG) && swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address \
+	  > .build-fuzz.log 2>&1 || { grep -v 'Cannot export local symbol' .build-fuzz.log; exit 1; }
+	mkdir -p .build-fuzz/corpus .build-fuzz/artifacts
+	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/ProtoDecodeFuzz -runs=$(FUZZ_RUNS) -max_len=4096 -seed=1 \
+	  -artifact_prefix=.build-fuzz/artifacts/ .build-fuzz/corpus Tests/Fuzz/Seeds
+	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/ProtoDecodeFuzz -runs=0 Tests/Fuzz/FailCases
+
+.PHONY: bench
+bench: bench-codec ## Run every benchmark.
+
+.PHONY: bench-codec
+bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the anchor corpus (ends with the min ratio).
+	@test -d $(SHARED)/anchors/codec || { echo "needs ../shared/anchors/codec beside the repository"; exit 1; }
+	rm -f Benchmarks/.build/release.yaml  # a path dependency's new files are otherwise missed
+	cd Benchmarks && swift build -c release --product CodecBench
+	BUILD_DIR=$(ANCHOR_BUILD) SHARED=$(SHARED) Benchmarks/codec/run.sh $(CURDIR)/Benchmarks/.build/release/CodecBench
+
+.PHONY: clean
+clean: ## Remove build products.
+	rm -rf .build .build-fuzz .build-anchor Benchmarks/.build $(FUZZ_PKG)/.build $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated

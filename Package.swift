@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(
             name: "ProtoGenCoreTests",
             dependencies: ["ProtoGenCore", "ProtoRuntime", "ConformanceMessages"],
-            resources: [.copy("Golden"), .copy("Fixtures")],
+            exclude: ["Golden"],
             swiftSettings: strictSettings
         ),
     ],

@@ -237,7 +237,7 @@ struct Parser {
 
     private mutating func parseOneof(into message: inout MessageAST, comment: String?) throws(ProtoGenError) {
         let name = try identifier("a oneof name")
-        let index = message.oneofs.count
+        let oneofIndex = message.oneofs.count
         message.oneofs.append(OneofAST(name: name.text, location: name.location, comment: comment))
         try expect("{")
         while !consume("}") {
@@ -254,7 +254,7 @@ struct Parser {
             if isKeyword("map") && tokens[index + 1].text == "<" {
                 throw fail("map fields are not allowed in oneofs")
             }
-            message.fields.append(try parseField(oneofIndex: index))
+            message.fields.append(try parseField(oneofIndex: oneofIndex))
         }
     }
 

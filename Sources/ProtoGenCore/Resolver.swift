@@ -139,6 +139,8 @@ public struct Resolver {
         case found(String, Symbol)
         case notFound
         case partial(String)
+        /// Only something that is not a type (a service, a field, an enum value) has this name.
+        case notAType
     }
 
     /// Resolves `name` as protobuf does: innermost scope outward, the first component fixing where the rest is
@@ -156,18 +158,20 @@ public struct Resolver {
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         let first = String(parts[0])
         var current = scope
+        var sawNonType = false
         while true {
             let candidate = Self.qualify(current, first)
             if let symbol = visibleSymbol(candidate) {
                 if parts.count == 1 {
                     if symbol.isType { return .found(candidate, symbol) }
+                    sawNonType = true
                 } else if symbol.isAggregate {
                     let full = Self.qualify(current, name)
                     if let resolved = visibleSymbol(full) { return .found(full, resolved) }
                     return .partial(full)
                 }
             }
-            if current.isEmpty { return .notFound }
+            if current.isEmpty { return sawNonType ? .notAType : .notFound }
             if let dot = current.lastIndex(of: ".") {
                 current = String(current[..<dot])
             } else {
@@ -188,6 +192,9 @@ public struct Resolver {
             return (full, symbol.kind)
         case .partial(let full):
             diagnostics.append(Diagnostic("'\(name)' resolved to '\(full)', which is not defined", at: location))
+            return nil
+        case .notAType:
+            diagnostics.append(Diagnostic("'\(name)' is not a message or enum type", at: location))
             return nil
         case .notFound:
             diagnostics.append(Diagnostic("unknown type '\(name)'", at: location))
@@ -279,7 +286,7 @@ public struct Resolver {
             var jsonName = Self.jsonName(field.name)
             if let option = field.options.first(where: { $0.name == "json_name" }) { jsonName = option.value }
             let defaultJSON = Self.jsonName(field.name).lowercased()
-            if let other = jsonNames[defaultJSON] {
+            if let other = jsonNames[defaultJSON], other != field.name {
                 diagnostics.append(Diagnostic("the JSON name of field '\(field.name)' conflicts with field '\(other)'", at: field.location))
             } else {
                 jsonNames[defaultJSON] = field.name

@@ -96,7 +96,11 @@ enum SwiftNaming {
     /// A `///` doc comment from a .proto comment.
     static func docComment(_ comment: String?) -> [String] {
         guard let comment, !comment.isEmpty else { return [] }
-        return comment.split(separator: "\n", omittingEmptySubsequences: false).map { $0.isEmpty ? "///" : "/// \($0)" }
+        return comment.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            var text = Substring(line)
+            while text.last == " " || text.last == "\t" { text.removeLast() }
+            return text.isEmpty ? "///" : "/// \(text)"
+        }
     }
 }
 

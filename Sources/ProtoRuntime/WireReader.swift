@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Reads protobuf wire data from contiguous memory without copying.
 ///
 /// Generated decoders drive a reader field by field: ``nextTag()`` until it returns `nil`, then one `read…` call
@@ -52,6 +60,33 @@ public struct WireReader {
 
     @usableFromInline
     mutating func readVarintSlow() throws(ProtoDecodingError) -> UInt64 {
+        guard end - position >= WireFormat.maxVarintLength else { return try readVarintBounded() }
+        // Ten bytes are available: no bounds checks, unrolled (the first byte is known to continue).
+        let p = position.assumingMemoryBound(to: UInt8.self)
+        var result = UInt64(p[0] & 0x7F)
+        var shift: UInt64 = 7
+        for i in 1..<9 {
+            let byte = p[i]
+            result |= UInt64(byte & 0x7F) << shift
+            if byte < 0x80 {
+                position += i + 1
+                return result
+            }
+            shift += 7
+        }
+        // The tenth byte holds only the top bit of a 64-bit value.
+        let last = p[9]
+        guard last <= 1 else {
+            position += 9
+            throw error(.malformedVarint)
+        }
+        position += 10
+        return result | UInt64(last) << 63
+    }
+
+    /// The varint slow path near the end of the input, checking every byte.
+    @usableFromInline
+    mutating func readVarintBounded() throws(ProtoDecodingError) -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         var p = position
@@ -60,7 +95,6 @@ public struct WireReader {
             let byte = p.load(as: UInt8.self)
             p += 1
             if shift == 63 {
-                // The tenth byte holds only the top bit of a 64-bit value.
                 guard byte <= 1 else {
                     position = p - 1
                     throw error(.malformedVarint)
@@ -205,6 +239,22 @@ public struct WireReader {
         into field: inout [F.Value]
     ) throws(ProtoDecodingError) {
         let length = try readLength()
+        #if _endian(little)
+        // Fixed-width runs are the in-memory layout already: one copy, no per-element work.
+        if F.wireType == .fixed32 || F.wireType == .fixed64 {
+            let width = F.wireType == .fixed32 ? 4 : 8
+            if MemoryLayout<F.Value>.size == width && MemoryLayout<F.Value>.stride == width {
+                let count = length / width
+                let old = field.count
+                field.append(contentsOf: repeatElement(F.defaultValue, count: count))
+                let source = position
+                field.withUnsafeMutableBytes { $0.baseAddress.map { ($0 + old * width).copyMemory(from: source, byteCount: count * width) } }
+                position += count * width
+                guard count * width == length else { throw error(.truncated) }
+                return
+            }
+        }
+        #endif
         let savedEnd = end
         end = position + length
         field.reserveCapacity(field.count + F.elementCountUpperBound(in: UnsafeRawBufferPointer(start: position, count: length)))
@@ -221,6 +271,10 @@ public struct WireReader {
         _: V.Type,
         into map: inout [K.Value: V.Value]
     ) throws(ProtoDecodingError) where K.Value: Hashable {
+        if map.isEmpty {
+            // Entries of one map usually stand together: count them first so the dictionary is sized once.
+            map.reserveCapacity(countContiguousEntries())
+        }
         let length = try readLength()
         guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }
         let savedEnd = end
@@ -242,6 +296,33 @@ public struct WireReader {
         depthRemaining += 1
         end = savedEnd
         map[key] = value
+    }
+
+    /// The number of length-delimited fields from here on that carry the tag just read, back to back.
+    /// Reads only lengths and tags, within bounds; stops at anything unexpected (the real decode reports it).
+    @usableFromInline
+    func countContiguousEntries() -> Int {
+        let tagLength = position - tagStart
+        var p = position
+        var count = 0
+        while true {
+            // Read the entry's length varint.
+            var length: UInt64 = 0
+            var shift: UInt64 = 0
+            while true {
+                guard p < end, shift < 64 else { return max(count, 1) }
+                let byte = p.load(as: UInt8.self)
+                p += 1
+                length |= UInt64(byte & 0x7F) << shift
+                if byte < 0x80 { break }
+                shift += 7
+            }
+            guard length <= UInt64(end - p) else { return max(count, 1) }
+            p += Int(length)
+            count += 1
+            guard end - p >= tagLength, memcmp(p, tagStart, tagLength) == 0 else { return count }
+            p += tagLength
+        }
     }
 
     // MARK: - Unknown fields

@@ -2,30 +2,34 @@
 //
 // The standard library's `String(validating:as:)` is generic and not specialised for byte buffers, and it looked
 // up generic metadata on every call: a quarter of the decoding time of string-heavy messages. Validating here and
-// then building the string with `String(decoding:as:)` (which only repairs, and has nothing to repair) is fast.
+// then building the string with `String(unsafeUninitializedCapacity:initializingUTF8With:)` is fast: for short
+// ASCII strings (the common case) it checks one bit instead of scanning again, and it copies the bytes once.
 
 @usableFromInline
 enum UTF8Validation {
     /// Whether `bytes` is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
     @inlinable
     static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard var p = bytes.baseAddress else { return true }
-        let end = p + bytes.count
-        // ASCII fast path, eight bytes at a time.
+        guard let start = bytes.baseAddress else { return true }
+        if isASCII(start, bytes.count) { return true }
+        return validateMultibyte(from: start, to: start + bytes.count)
+    }
+
+    /// Whether no byte has its top bit set: OR everything together, eight bytes at a time, without branching.
+    @inlinable @inline(__always)
+    static func isASCII(_ start: UnsafePointer<UInt8>, _ count: Int) -> Bool {
+        var p = UnsafeRawPointer(start)
+        let end = p + count
+        var accumulated: UInt64 = 0
         while end - p >= 8 {
-            let word = UnsafeRawPointer(p).loadUnaligned(as: UInt64.self)
-            if word & 0x8080_8080_8080_8080 != 0 { break }
+            accumulated |= p.loadUnaligned(as: UInt64.self)
             p += 8
         }
         while p < end {
-            let b0 = p.pointee
-            if b0 < 0x80 {
-                p += 1
-                continue
-            }
-            return validateMultibyte(from: p, to: end)
+            accumulated |= UInt64(p.load(as: UInt8.self))
+            p += 1
         }
-        return true
+        return accumulated & 0x8080_8080_8080_8080 == 0
     }
 
     @usableFromInline

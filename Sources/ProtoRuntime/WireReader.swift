@@ -184,8 +184,12 @@ public struct WireReader {
         if length == 0 { return "" }
         let bytes = UnsafeBufferPointer(start: position.assumingMemoryBound(to: UInt8.self), count: length)
         guard UTF8Validation.isValid(bytes) else { throw error(.invalidUTF8) }
+        let source = position
         position += length
-        return String(decoding: bytes, as: UTF8.self)
+        return String(unsafeUninitializedCapacity: length) { buffer in
+            buffer.baseAddress.map { UnsafeMutableRawPointer($0).copyMemory(from: source, byteCount: length) }
+            return length
+        }
     }
 
     /// Reads a `bytes` field into a new array.

@@ -61,6 +61,15 @@ func splitDelimited(_ data: [UInt8]) -> [[UInt8]] {
 
 /// Warm-up pass, calibration on passes worth >= 10% of the target, then enough passes to take `seconds`.
 func measure(_ seconds: Double, _ pass: () throws -> Int) rethrows -> (Int, Double, Double) {
+    // CODEC_BENCH_PASSES=N: exactly N passes, no warm-up or calibration (for instruction counting under callgrind).
+    if let fixed = getenv("CODEC_BENCH_PASSES").flatMap({ Int(String(cString: $0)) }) {
+        var sink = 0
+        let c0 = cpuNow()
+        let t0 = now()
+        for _ in 0..<fixed { sink &+= try pass() }
+        blackHole(sink)
+        return (fixed, now() - t0, cpuNow() - c0)
+    }
     blackHole(try pass())
     var t0 = now()
     var cal = 0

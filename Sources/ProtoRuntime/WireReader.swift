@@ -277,7 +277,8 @@ public struct WireReader {
     ) throws(ProtoDecodingError) where K.Value: Hashable {
         if map.isEmpty {
             // Entries of one map usually stand together: count them first so the dictionary is sized once.
-            map.reserveCapacity(countContiguousEntries())
+            // (A new dictionary rather than `reserveCapacity`, which is not specialised and costs more than it saves.)
+            map = Dictionary(minimumCapacity: countContiguousEntries())
         }
         let length = try readLength()
         guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }

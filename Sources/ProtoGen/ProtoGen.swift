@@ -33,7 +33,7 @@ struct ProtoGen {
     /// Writes a line to standard error.
     static func printError(_ line: String) {
         let bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
 
     static func fail(_ message: String) -> Never {
@@ -93,12 +93,12 @@ struct ProtoGen {
         mkdir(output, 0o755)
         for file in files {
             let path = output + "/" + file.name
-            guard write(file.contents, to: path) else { fail("cannot write \(path): \(String(cString: strerror(errno)))") }
+            guard writeFile(file.contents, to: path) else { fail("cannot write \(path): \(String(cString: strerror(errno)))") }
         }
     }
 
     /// Writes `contents` unless the file already holds exactly that, so unchanged output keeps its timestamp.
-    static func write(_ contents: String, to path: String) -> Bool {
+    static func writeFile(_ contents: String, to path: String) -> Bool {
         let bytes = Array(contents.utf8)
         if let existing = fopen(path, "rb") {
             var old: [UInt8] = []

@@ -57,6 +57,7 @@ struct ProtoGenPlugin: BuildToolPlugin {
             arguments += ["--module-mapping", "\(file)=\(module)"]
         }
         arguments += config.files
+        // The same names as SwiftGenerator.outputName(for:) (a plugin cannot import the library it runs).
         let outputs = config.files.map { file in
             var base = file.hasSuffix(".proto") ? String(file.dropLast(6)) : file
             base = base.replacingOccurrences(of: "/", with: "_")

@@ -168,7 +168,7 @@ extension NMessage {
             NField(
                 name: f.name ?? "", number: Int(f.number ?? 0), label: Int(f.label?.rawValue ?? 0),
                 type: Int(f.type?.rawValue ?? 0), typeName: f.typeName ?? "", oneofIndex: f.oneofIndex.map(Int.init),
-                proto3Optional: f.proto3Optional ?? false, jsonName: f.jsonName ?? Self.protocJSONName(f.name ?? ""),
+                proto3Optional: f.proto3Optional ?? false, jsonName: f.jsonName ?? Self.camelCase(f.name ?? "", capitalizingFirst: false),
                 explicitlyUnpacked: f.options?.packed == false
             )
         }
@@ -192,7 +192,7 @@ extension NMessage {
             }
             var (type, typeName) = Self.type(f.type)
             if case .map(let key, let value) = f.type {
-                let entryName = Self.camel(f.name) + "Entry"
+                let entryName = Self.camelCase(f.name, capitalizingFirst: true) + "Entry"
                 typeName = "." + m.fullName + "." + entryName
                 let (keyType, _) = Self.type(.scalar(key))
                 let (valueType, valueTypeName) = Self.type(value)
@@ -251,24 +251,11 @@ extension NMessage {
         }
     }
 
-    /// protoc's name for a map entry type: the field name in CamelCase.
-    static func camel(_ name: String) -> String {
+    /// protoc's camel casing: underscores dropped, the letter after each capitalised (and the first letter too for
+    /// a map entry's type name; JSON names keep it).
+    static func camelCase(_ name: String, capitalizingFirst: Bool) -> String {
         var result = ""
-        var upper = true
-        for c in name {
-            if c == "_" {
-                upper = true
-            } else {
-                result += upper ? c.uppercased() : String(c)
-                upper = false
-            }
-        }
-        return result
-    }
-
-    static func protocJSONName(_ name: String) -> String {
-        var result = ""
-        var upper = false
+        var upper = capitalizingFirst
         for c in name {
             if c == "_" {
                 upper = true

@@ -68,7 +68,7 @@ struct SwiftField {
         switch type {
         case .scalar(let scalar): Self.scalarSwiftType(scalar)
         case .enumeration(let name), .message(let name): context.swiftName(name)
-        case .map(let key, let value): "[\(Self.scalarSwiftType(key)): \(valueType(value))]"
+        case .map(let key, let value): "ProtoMap<\(Self.scalarSwiftType(key)), \(valueType(value))>"
         }
     }
 

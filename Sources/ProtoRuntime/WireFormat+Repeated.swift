@@ -45,13 +45,15 @@ extension WireFormat {
     /// The full size of a map field: one tagged, length-prefixed entry per key.
     @inlinable
     public static func mapFieldSize<K: ProtoFieldCodec, V: ProtoFieldCodec>(
-        _: K.Type, _: V.Type, _ map: [K.Value: V.Value], tagSize: Int
+        _: K.Type, _: V.Type, _ map: ProtoMap<K.Value, V.Value>, tagSize: Int
     ) -> Int {
-        var size = map.count &* tagSize
-        for (key, value) in map {
-            size &+= lengthDelimitedSize(mapEntrySize(K.self, V.self, key: key, value: value))
+        map.storage.withUnsafeBufferPointer { entries in
+            var size = entries.count &* tagSize
+            for i in entries.indices {
+                size &+= lengthDelimitedSize(mapEntrySize(K.self, V.self, key: entries[i].key, value: entries[i].value))
+            }
+            return size
         }
-        return size
     }
 }
 
@@ -86,13 +88,17 @@ extension WireWriter {
     /// Writes a map field, one entry message per key.
     @inlinable
     public mutating func writeMap<K: ProtoFieldCodec, V: ProtoFieldCodec>(
-        _: K.Type, _: V.Type, _ map: [K.Value: V.Value], tag: UInt32
+        _: K.Type, _: V.Type, _ map: ProtoMap<K.Value, V.Value>, tag: UInt32
     ) {
-        for (key, value) in map {
+        // Backwards, so that the encoding lists the entries in the map's order.
+        let entries = map.storage
+        var i = entries.count
+        while i > 0 {
+            i &-= 1
             let end = position
-            V.write(value, to: &self)
+            V.write(entries[i].value, to: &self)
             writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 2, wireType: V.wireType)))
-            K.write(key, to: &self)
+            K.write(entries[i].key, to: &self)
             writeByte(UInt8(truncatingIfNeeded: WireFormat.tag(fieldNumber: 1, wireType: K.wireType)))
             writeLength(since: end)
             writeVarint(tag)

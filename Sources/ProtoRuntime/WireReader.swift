@@ -273,12 +273,11 @@ public struct WireReader {
     public mutating func readMapEntry<K: ProtoFieldCodec, V: ProtoFieldCodec>(
         _: K.Type,
         _: V.Type,
-        into map: inout [K.Value: V.Value]
-    ) throws(ProtoDecodingError) where K.Value: Hashable {
+        into map: inout ProtoMap<K.Value, V.Value>
+    ) throws(ProtoDecodingError) {
         if map.isEmpty {
-            // Entries of one map usually stand together: count them first so the dictionary is sized once.
-            // (A new dictionary rather than `reserveCapacity`, which is not specialised and costs more than it saves.)
-            map = Dictionary(minimumCapacity: countContiguousEntries())
+            // Entries of one map usually stand together: count them first so the storage is sized once.
+            map.storage.reserveCapacity(countContiguousEntries())
         }
         let length = try readLength()
         guard depthRemaining > 0 else { throw error(.depthLimitExceeded) }
@@ -300,7 +299,7 @@ public struct WireReader {
         }
         depthRemaining += 1
         end = savedEnd
-        map[key] = value
+        map.updateValue(value, forKey: key)
     }
 
     /// The number of length-delimited fields from here on that carry the tag just read, back to back.

@@ -100,8 +100,10 @@ struct SeededRandom: RandomNumberGenerator {
         (0..<(next() % 6)).map { _ in make(&self) }
     }
 
-    mutating func map<K: Hashable, V>(_ key: (inout SeededRandom) -> K, _ value: (inout SeededRandom) -> V) -> [K: V] {
-        var result: [K: V] = [:]
+    mutating func map<K: Hashable & Sendable, V: Hashable & Sendable>(
+        _ key: (inout SeededRandom) -> K, _ value: (inout SeededRandom) -> V
+    ) -> ProtoMap<K, V> {
+        var result: ProtoMap<K, V> = [:]
         for _ in 0..<(next() % 5) { result[key(&self)] = value(&self) }
         return result
     }

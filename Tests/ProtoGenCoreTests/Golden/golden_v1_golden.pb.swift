@@ -59,7 +59,7 @@ public struct Golden_V1_Droplet: Sendable, Hashable {
     public var `class`: String = ""
     public var `default`: Bool = false
     public var self_: Int32 = 0
-    public var tags: [String: String] = [:]
+    public var tags: ProtoMap<String, String> = [:]
     public var backupHour: UInt32? = nil
     public var addresses: [Golden_V1_Droplet.Address] = []
     public var uptime: Google_Protobuf_Duration? = nil
@@ -105,7 +105,7 @@ public struct Golden_V1_Droplet: Sendable, Hashable {
         class: String = "",
         default: Bool = false,
         self_: Int32 = 0,
-        tags: [String: String] = [:],
+        tags: ProtoMap<String, String> = [:],
         backupHour: UInt32? = nil,
         addresses: [Golden_V1_Droplet.Address] = [],
         uptime: Google_Protobuf_Duration? = nil,

@@ -32,12 +32,17 @@ public struct ProtoMap<Key: Hashable & Sendable, Value: Hashable & Sendable>: Se
     @usableFromInline var storage: [Entry]
     /// Key → position in `storage`, present only while `storage.count > indexThreshold`.
     @usableFromInline var index: [Key: Int]?
+    /// One bit per key signature (see ``signature(of:)``) of the keys present, and possibly of removed ones. A new
+    /// key whose bit is clear cannot be present, so inserting it skips the search: decoding a map of distinct
+    /// keys is then linear.
+    @usableFromInline var signatures: UInt64
 
     /// An empty map.
     @inlinable
     public init() {
         storage = []
         index = nil
+        signatures = 0
     }
 
     /// A map with the dictionary's keys and values (in the dictionary's order).
@@ -45,7 +50,10 @@ public struct ProtoMap<Key: Hashable & Sendable, Value: Hashable & Sendable>: Se
     public init(_ dictionary: [Key: Value]) {
         self.init()
         storage.reserveCapacity(dictionary.count)
-        for (key, value) in dictionary { storage.append(Entry(key: key, value: value)) }
+        for (key, value) in dictionary {
+            signatures |= Self.signature(of: key)
+            storage.append(Entry(key: key, value: value))
+        }
         rebuildIndexIfNeeded()
     }
 
@@ -87,6 +95,18 @@ public struct ProtoMap<Key: Hashable & Sendable, Value: Hashable & Sendable>: Se
         }
     }
 
+    /// A cheap 1-of-64 bit summarising `key`: for strings, from their length and first byte, known without hashing;
+    /// other keys (integers, cheap to compare) all share one bit, so they are always searched.
+    @inlinable @inline(__always)
+    static func signature(of key: Key) -> UInt64 {
+        if Key.self == String.self, let key = key as? String {
+            let utf8 = key.utf8
+            let mix = UInt64(truncatingIfNeeded: utf8.count) &* 31 &+ UInt64(utf8.first ?? 0)
+            return 1 << (mix & 63)
+        }
+        return 1
+    }
+
     /// Key equality for the linear search. Unequal `String`s are slow to compare in full, and most differ in length,
     /// which is known without reading them; the casts fold away when the map is specialised.
     @inlinable @inline(__always)
@@ -114,11 +134,13 @@ public struct ProtoMap<Key: Hashable & Sendable, Value: Hashable & Sendable>: Se
     @inlinable
     @discardableResult
     public mutating func updateValue(_ value: consuming Value, forKey key: consuming Key) -> Value? {
-        if let i = position(of: key) {
+        let signature = Self.signature(of: key)
+        if index != nil || signatures & signature != 0, let i = position(of: key) {
             let old = storage[i].value
             storage[i].value = value
             return old
         }
+        signatures |= signature
         if index != nil { index?[copy key] = storage.count }
         storage.append(Entry(key: key, value: value))
         if index == nil && storage.count > Self.indexThreshold {
@@ -142,6 +164,7 @@ public struct ProtoMap<Key: Hashable & Sendable, Value: Hashable & Sendable>: Se
     public mutating func removeAll() {
         storage.removeAll()
         index = nil
+        signatures = 0
     }
 
     @inlinable

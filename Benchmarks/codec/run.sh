@@ -3,13 +3,14 @@
 #
 # usage: run.sh SHOAL_HARNESS [RUNS]     env: BUILD_DIR (anchor builds, corpus, results), SHARED, BENCH_SECONDS
 # 1. The anchors' own run_all.sh builds their harnesses and the corpus (checked against corpus.sha256).
-# 2. RUNS rounds, interleaved per message type (shoal, protobuf-c, swift-protobuf), so that the numbers for one
-#    type are taken minutes apart at most, under the same load.
+# 2. RUNS rounds (default 5), interleaved per message type (shoal, protobuf-c, swift-protobuf), so that the numbers
+#    for one type are taken minutes apart at most, under the same load; every harness is pinned to the same core
+#    (taskset, where present) so that none gains or loses from migrations.
 # 3. The anchors' aggregate.py prints the table of medians; the last line is the smallest Shoal/protobuf-c ratio
 #    (CPU-time MB/s medians) over every type and operation, `encode` being both sides' reused-buffer idiom.
 set -euo pipefail
 SHOAL="$1"
-RUNS="${2:-3}"
+RUNS="${2:-5}"
 SECS="${BENCH_SECONDS:-1.5}"
 ANCHORS="${SHARED:?}/anchors/codec"
 B="${BUILD_DIR:?}"
@@ -19,6 +20,8 @@ echo "== building the anchor harnesses and the corpus (anchors' run_all.sh)" >&2
 BUILD_DIR="$B" CODECS="swift c" BENCH_SECONDS=0.05 "$ANCHORS/run_all.sh" 1 >/dev/null
 SWIFT_BIN="$(cd "$B/swift" && swift build -c release --show-bin-path)/CodecBenchSwift"
 
+PIN=()
+command -v taskset >/dev/null && PIN=(taskset -c 1)
 R="$B/results/shoal-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$R"
 for run in $(seq 1 "$RUNS"); do
@@ -26,9 +29,9 @@ for run in $(seq 1 "$RUNS"); do
     for codec in shoal c swift; do
       echo "== run $run/$RUNS $type $codec (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
       case "$codec" in
-        shoal) "$SHOAL" "$B/corpus" "$SECS" "$type" ;;
-        c) "$B/bench_protobuf_c" "$B/corpus" "$SECS" "$type" ;;
-        swift) "$SWIFT_BIN" "$B/corpus" "$SECS" "$type" ;;
+        shoal) "${PIN[@]}" "$SHOAL" "$B/corpus" "$SECS" "$type" ;;
+        c) "${PIN[@]}" "$B/bench_protobuf_c" "$B/corpus" "$SECS" "$type" ;;
+        swift) "${PIN[@]}" "$SWIFT_BIN" "$B/corpus" "$SECS" "$type" ;;
       esac >>"$R/run$run-$codec.txt"
     done
   done

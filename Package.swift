@@ -20,6 +20,8 @@ let package = Package(
     targets: [
         // The proto3 wire codec every generated message uses.
         .target(name: "ProtoRuntime", swiftSettings: strictSettings),
+        // gRPC semantics independent of codec and transport: status codes, errors, message framing.
+        .target(name: "RPCCore", swiftSettings: strictSettings),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
         .target(name: "ProtoGenCore", swiftSettings: strictSettings),
         .executableTarget(
@@ -58,6 +60,11 @@ let package = Package(
         .testTarget(
             name: "ProtoRuntimeTests",
             dependencies: ["ProtoRuntime", "ProtoWellKnownTypes", "ConformanceMessages", "CProtobufCReference"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RPCCoreTests",
+            dependencies: ["RPCCore"],
             swiftSettings: strictSettings
         ),
         .testTarget(

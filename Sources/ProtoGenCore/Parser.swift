@@ -290,14 +290,12 @@ struct Parser {
         }
         let name = try identifier("a field name")
         try expect("=")
-        let numberLocation = current.location
         let number = try integer("a field number")
         let options = try parseFieldOptions()
         if let option = options.first(where: { $0.name == "default" }) {
             throw fail("explicit default values are not allowed in proto3", at: option.location)
         }
         try expect(";")
-        _ = numberLocation
         return FieldAST(
             name: name.text, number: number, label: label, type: type, typeLocation: typeLocation,
             options: options, oneofIndex: oneofIndex, location: name.location, comment: first.leadingComment

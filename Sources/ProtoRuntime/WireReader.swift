@@ -306,26 +306,18 @@ public struct WireReader {
     /// Reads only lengths and tags, within bounds; stops at anything unexpected (the real decode reports it).
     @usableFromInline
     func countContiguousEntries() -> Int {
+        // A copy of the reader walks ahead with the same bounded reads; `self` does not move.
         let tagLength = position - tagStart
-        var p = position
+        var probe = self
         var count = 0
         while true {
-            // Read the entry's length varint.
-            var length: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                guard p < end, shift < 64 else { return max(count, 1) }
-                let byte = p.load(as: UInt8.self)
-                p += 1
-                length |= UInt64(byte & 0x7F) << shift
-                if byte < 0x80 { break }
-                shift += 7
-            }
-            guard length <= UInt64(end - p) else { return max(count, 1) }
-            p += Int(length)
+            guard let length = try? probe.readLength() else { return max(count, 1) }
+            probe.position += length
             count += 1
-            guard end - p >= tagLength, memcmp(p, tagStart, tagLength) == 0 else { return count }
-            p += tagLength
+            guard probe.end - probe.position >= tagLength, memcmp(probe.position, tagStart, tagLength) == 0 else {
+                return count
+            }
+            probe.position += tagLength
         }
     }
 

@@ -112,47 +112,37 @@ func bench<M: ProtoMessage>(_: M.Type, type: String, path: String, seconds: Doub
         decoded.append(m)
     }
     print("CHECK \(codec) \(type) \(bufs.count) \(sizeEq) \(byteEq) \(structEq)")
-    // CODEC_BENCH_OPS=decode (or encode) limits the run to one operation, for profiling.
-    let ops = getenv("CODEC_BENCH_OPS").map { String(cString: $0) }
+    // CODEC_BENCH_OPS=decode, encode or encode-array limits the run to one operation, for profiling.
+    let only = getenv("CODEC_BENCH_OPS").map { String(cString: $0) }
+    func report(_ op: String, _ pass: () throws -> Int) rethrows {
+        guard only == nil || only == op else { return }
+        let (reps, secs, cpu) = try measure(seconds, pass)
+        print("RESULT \(codec) \(type) \(op) \(bufs.count) \(totalBytes) \(reps) \(secs) \(cpu)")
+    }
 
-    if ops == nil || ops == "decode" {
-    let (dReps, dSecs, dCpu) = try measure(seconds) {
+    try report("decode") {
         var n = 0
         for b in bufs {
-            let m = try M(serializedBytes: b)
-            blackHole(m)
+            blackHole(try M(serializedBytes: b))
             n &+= 1
         }
         return n
     }
-    print("RESULT \(codec) \(type) decode \(bufs.count) \(totalBytes) \(dReps) \(dSecs) \(dCpu)")
-    }
-    if ops == "decode" { return }
-    if ops == nil || ops == "encode" {
 
     let maxLength = bufs.map(\.count).max() ?? 0
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxLength * 2 + 64, alignment: 16)
     defer { buffer.deallocate() }
-    let (eReps, eSecs, eCpu) = measure(seconds) {
+    report("encode") {
         var n = 0
-        for m in decoded {
-            n &+= m.serialize(into: buffer) ?? 0  // sizes, then writes
-        }
+        for m in decoded { n &+= m.serialize(into: buffer) ?? 0 }  // size pass, then writes
         return n
     }
-    print("RESULT \(codec) \(type) encode \(bufs.count) \(totalBytes) \(eReps) \(eSecs) \(eCpu)")
-    }
-    if ops == "encode" { return }
 
-    let (aReps, aSecs, aCpu) = measure(seconds) {
+    report("encode-array") {
         var n = 0
-        for m in decoded {
-            let out = m.serializedBytes()
-            n &+= out.count
-        }
+        for m in decoded { n &+= m.serializedBytes().count }
         return n
     }
-    print("RESULT \(codec) \(type) encode-array \(bufs.count) \(totalBytes) \(aReps) \(aSecs) \(aCpu)")
 }
 
 let args = CommandLine.arguments

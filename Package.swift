@@ -16,12 +16,30 @@ let package = Package(
         .library(name: "ProtoGenCore", targets: ["ProtoGenCore"]),
         .executable(name: "protogen", targets: ["protogen"]),
         .plugin(name: "ProtoGenPlugin", targets: ["ProtoGenPlugin"]),
+        .library(name: "RPCCore", targets: ["RPCCore"]),
+        .library(name: "ShoalRPC", targets: ["ShoalRPC"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
         .target(name: "ProtoRuntime", swiftSettings: strictSettings),
         // gRPC semantics independent of codec and transport: status codes, errors, message framing.
         .target(name: "RPCCore", swiftSettings: strictSettings),
+        // libnghttp2: the HTTP/2 state machine under ShoalRPC.
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // gRPC over HTTP/2: nghttp2 sessions driven by SwiftNIO channels, servers, clients and call semantics.
+        .target(
+            name: "ShoalRPC",
+            dependencies: [
+                "RPCCore", "ProtoRuntime", "CNGHTTP2",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
         .target(name: "ProtoGenCore", swiftSettings: strictSettings),
         .executableTarget(
@@ -65,6 +83,23 @@ let package = Package(
         .testTarget(
             name: "RPCCoreTests",
             dependencies: ["RPCCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "RPCTestServices",
+            dependencies: ["ShoalRPC", "ProtoRuntime", "ProtoWellKnownTypes"],
+            path: "Tests/RPCTestServices",
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .testTarget(
+            name: "ShoalRPCTests",
+            dependencies: [
+                "ShoalRPC", "RPCCore", "RPCTestServices",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -11,16 +11,17 @@ import ProtoGenCore
 ///
 /// ```
 /// protogen --out DIR [--proto-path DIR]... [--visibility public|package|internal]
-///          [--module-mapping FILE.proto=Module]... FILE.proto...
+///          [--module-mapping FILE.proto=Module]... [--rpc] FILE.proto...
 /// ```
 @main
 struct ProtoGen {
     static let usage = """
         usage: protogen --out DIR [--proto-path DIR]... [--visibility public|package|internal]
-                        [--module-mapping FILE.proto=Module]... FILE.proto...
+                        [--module-mapping FILE.proto=Module]... [--rpc] FILE.proto...
 
         Generates one Swift file per .proto FILE (named like bench_v1_bench.pb.swift) into DIR.
         FILEs and their imports are looked up under each --proto-path in order (default: the current directory).
+        --rpc also generates a ShoalRPC server protocol and client for each service.
         """
 
     struct Arguments {
@@ -62,6 +63,7 @@ struct ProtoGen {
                 let mapping = value(arg).split(separator: "=", maxSplits: 1).map(String.init)
                 guard mapping.count == 2 else { fail("--module-mapping takes FILE.proto=Module") }
                 result.options.moduleMappings[mapping[0]] = mapping[1]
+            case "--rpc": result.options.rpc = true
             case "--help", "-h":
                 print(usage)
                 exit(0)

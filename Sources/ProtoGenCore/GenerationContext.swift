@@ -20,10 +20,13 @@ public struct GenerationContext: Sendable {
         /// Swift modules that hold the generated code of imported files, by .proto path
         /// (`google/protobuf/timestamp.proto` → `ProtoWellKnownTypes`).
         public var moduleMappings: [String: String]
+        /// Also emit a server protocol and a client for each service (code that imports `ShoalRPC`).
+        public var rpc: Bool
 
-        public init(visibility: GeneratedVisibility = .public, moduleMappings: [String: String] = [:]) {
+        public init(visibility: GeneratedVisibility = .public, moduleMappings: [String: String] = [:], rpc: Bool = false) {
             self.visibility = visibility
             self.moduleMappings = moduleMappings
+            self.rpc = rpc
         }
 
         /// The well-known types Shoal ships, generated into the `ProtoWellKnownTypes` module.

@@ -20,11 +20,18 @@ public struct SwiftGenerator: Sendable {
     public init(
         provider: any ProtoSourceProvider,
         options: GenerationContext.Options = .init(),
-        emitters: [any SwiftEmitter] = [TypeDeclarationEmitter(), MessageCodecEmitter(), ServiceDescriptorEmitter()]
+        emitters: [any SwiftEmitter]? = nil
     ) {
         self.provider = provider
         self.options = options
-        self.emitters = emitters
+        self.emitters = emitters ?? Self.defaultEmitters(options)
+    }
+
+    /// Message types, their codecs and service descriptors; with `options.rpc`, RPC servers and clients too.
+    public static func defaultEmitters(_ options: GenerationContext.Options) -> [any SwiftEmitter] {
+        var emitters: [any SwiftEmitter] = [TypeDeclarationEmitter(), MessageCodecEmitter(), ServiceDescriptorEmitter()]
+        if options.rpc { emitters.append(ServiceRPCEmitter()) }
+        return emitters
     }
 
     /// The output file name for a .proto path.
@@ -63,6 +70,7 @@ public struct SwiftGenerator: Sendable {
             }
         }
         writer.line("\(importKeyword) ProtoRuntime")
+        if options.rpc, !file.services.isEmpty { modules.insert("ShoalRPC") }
         for module in modules.sorted() { writer.line("\(importKeyword) \(module)") }
         writer.line()
         writer.line("// Fails to compile if this file is stale against the ProtoRuntime it is built with.")

@@ -4,7 +4,7 @@ import PackagePlugin
 /// Generates Swift from .proto files at build time for any target that holds a `protogen.json`:
 ///
 /// ```json
-/// { "files": ["harpoon/v1/harpoon.proto"], "protoPaths": ["Protos"], "visibility": "public" }
+/// { "files": ["harpoon/v1/harpoon.proto"], "protoPaths": ["Protos"], "visibility": "public", "rpc": true }
 /// ```
 ///
 /// `files` are import paths, looked up under `protoPaths` (relative to the package root; default `["Protos"]`).
@@ -17,6 +17,8 @@ struct ProtoGenPlugin: BuildToolPlugin {
         var protoPaths: [String]?
         var visibility: String?
         var moduleMappings: [String: String]?
+        /// Generate ShoalRPC servers and clients for services (the target must depend on ShoalRPC).
+        var rpc: Bool?
     }
 
     struct PluginError: Error, CustomStringConvertible {
@@ -56,6 +58,7 @@ struct ProtoGenPlugin: BuildToolPlugin {
         for (file, module) in (config.moduleMappings ?? [:]).sorted(by: { $0.key < $1.key }) {
             arguments += ["--module-mapping", "\(file)=\(module)"]
         }
+        if config.rpc == true { arguments.append("--rpc") }
         arguments += config.files
         // The same names as SwiftGenerator.outputName(for:) (a plugin cannot import the library it runs).
         let outputs = config.files.map { file in

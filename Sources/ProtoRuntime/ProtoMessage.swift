@@ -98,6 +98,13 @@ extension ProtoMessage {
         return size
     }
 
+    /// Encodes the message into exactly `size` bytes at `base`, where `size` is this message's ``encodedSize()``
+    /// computed by the caller (transports that write a length prefix first compute it once).
+    @inlinable
+    public func serialize(encodedSize size: Int, into base: UnsafeMutableRawPointer) {
+        write(size: size, into: base)
+    }
+
     @inlinable
     func write(size: Int, into base: UnsafeMutableRawPointer) {
         var writer = WireWriter(end: base + size)

@@ -76,9 +76,13 @@ public struct RPCError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What happened, for people (sent percent-encoded as `grpc-message`).
     public var message: String
 
-    public init(code: Code, message: String) {
+    /// Trailing metadata sent with the status (or received with it).
+    public var metadata: Metadata
+
+    public init(code: Code, message: String, metadata: Metadata = Metadata()) {
         self.code = code
         self.message = message
+        self.metadata = metadata
     }
 
     public var description: String { "\(code): \(message)" }

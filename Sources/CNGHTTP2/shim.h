@@ -1,0 +1,4 @@
+#ifndef SHOAL_CNGHTTP2_SHIM_H
+#define SHOAL_CNGHTTP2_SHIM_H
+#include <nghttp2/nghttp2.h>
+#endif

@@ -1,0 +1,321 @@
+internal import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+public import ProtoRuntime
+public import RPCCore
+
+/// Retrying a call that failed with a transient status: exponential backoff with full jitter.
+public struct RetryPolicy: Sendable, Hashable {
+    /// Attempts in all, the first included.
+    public var maxAttempts: Int = 3
+    public var initialBackoff: Duration = .milliseconds(100)
+    public var maximumBackoff: Duration = .seconds(5)
+    public var multiplier: Double = 2
+    /// Codes worth another attempt.
+    public var retryableCodes: Set<Int> = [RPCError.Code.unavailable.rawValue]
+
+    public init(maxAttempts: Int = 3, retryableCodes: [RPCError.Code] = [.unavailable]) {
+        self.maxAttempts = maxAttempts
+        self.retryableCodes = Set(retryableCodes.map(\.rawValue))
+    }
+
+    /// The wait before attempt `attempt + 1`: random in [0, min(max, initial × multiplier^(attempt-1))].
+    public func backoff(afterAttempt attempt: Int) -> Duration {
+        var ceiling = ConnectionBackoff.seconds(initialBackoff)
+        for _ in 1..<max(attempt, 1) { ceiling *= multiplier }
+        ceiling = min(ceiling, ConnectionBackoff.seconds(maximumBackoff))
+        return .nanoseconds(Int64(Double.random(in: 0...ceiling) * 1e9))
+    }
+}
+
+/// Per-call settings.
+public struct CallOptions: Sendable {
+    /// The call's deadline, from when it starts; sent as `grpc-timeout`.
+    public var timeout: Duration?
+    /// Retries for calls that can be repeated safely (unary calls only). `nil`: one attempt.
+    public var retry: RetryPolicy?
+    /// Responses larger than this fail the call with RESOURCE_EXHAUSTED.
+    public var maxReceiveMessageSize = 4 * 1024 * 1024
+
+    public init(timeout: Duration? = nil, retry: RetryPolicy? = nil) {
+        self.timeout = timeout
+        self.retry = retry
+    }
+}
+
+/// A call as interceptors see it; they may change the metadata and options.
+public struct ClientRequestContext: Sendable {
+    public let descriptor: ProtoMethodDescriptor
+    public var metadata: Metadata
+    public var options: CallOptions
+}
+
+/// Middleware around every call a client makes.
+public protocol RPCClientInterceptor: Sendable {
+    func intercept<Result: Sendable>(
+        _ request: ClientRequestContext,
+        next: @Sendable (ClientRequestContext) async throws -> Result
+    ) async throws -> Result
+}
+
+/// The responses of a server- or bidirectional-streaming call.
+public struct RPCResponseStream<Message: ProtoMessage>: AsyncSequence, Sendable {
+    let call: ClientCall
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let queue: InboundMessageQueue
+
+        public mutating func next() async throws -> Message? {
+            guard let bytes = try await queue.next() else { return nil }
+            return try MessageCoding.decode(bytes)
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: call.responses) }
+
+    /// The server's initial metadata (available once the first response or the status has arrived).
+    public var initialMetadata: Metadata { call.initialMetadata }
+    /// The trailing metadata (available once the stream has ended).
+    public var trailingMetadata: Metadata { call.trailingMetadata }
+}
+
+/// Sends the requests of a client- or bidirectional-streaming call.
+public struct RPCRequestWriter<Message: ProtoMessage>: Sendable {
+    let call: ClientCall
+
+    /// Sends one request; waits while the server is not reading fast enough.
+    public func write(_ message: Message) async throws {
+        try await call.send(message)
+    }
+}
+
+/// A gRPC client for one service endpoint: one multiplexed HTTP/2 connection per address, calls spread
+/// round-robin over the addresses that are up.
+///
+/// ```swift
+/// let client = RPCClient(targets: [("127.0.0.1", 50051)])
+/// let echo = Bench_V1_EchoClient(client)
+/// let reply = try await echo.unary(.init(payload: [1, 2, 3]), options: .init(timeout: .seconds(1)))
+/// ```
+public final class RPCClient: Sendable {
+    public struct Configuration: Sendable {
+        public var http2 = HTTP2Configuration()
+        public var backoff = ConnectionBackoff()
+        /// Options for calls that pass none.
+        public var defaultCallOptions = CallOptions()
+        public var userAgent = "shoal-rpc/0.1"
+
+        public init() {}
+    }
+
+    public let configuration: Configuration
+    private let connections: [ClientConnection]
+    private let interceptors: [any RPCClientInterceptor]
+    private let nextIndex = NIOLockedValueBox(0)
+
+    public init(
+        targets: [(host: String, port: Int)],
+        configuration: Configuration = Configuration(),
+        interceptors: [any RPCClientInterceptor] = [],
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.configuration = configuration
+        self.interceptors = interceptors
+        self.connections = targets.map {
+            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff)
+        }
+    }
+
+    /// Closes every connection; calls in flight fail.
+    public func close() async {
+        for connection in connections { await connection.close() }
+    }
+
+    private func pickConnection() throws(RPCError) -> ClientConnection {
+        guard !connections.isEmpty else { throw RPCError(code: .unavailable, message: "the client has no target addresses") }
+        let start = nextIndex.withLockedValue { index in
+            defer { index = (index + 1) % connections.count }
+            return index
+        }
+        for offset in 0..<connections.count {
+            let candidate = connections[(start + offset) % connections.count]
+            if candidate.isUsable { return candidate }
+        }
+        return connections[start]
+    }
+
+    private func headers(_ descriptor: ProtoMethodDescriptor, _ context: ClientRequestContext, authority: String) -> [HTTP2Header] {
+        var headers: [HTTP2Header] = [
+            (":method", "POST"), (":scheme", "http"), (":path", descriptor.path), (":authority", authority),
+            ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", configuration.userAgent),
+            ("grpc-accept-encoding", "identity"),
+        ]
+        if let timeout = context.options.timeout {
+            let (seconds, attoseconds) = timeout.components
+            headers.append(("grpc-timeout", GRPCTimeout.encode(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)))
+        }
+        context.metadata.forEachWireHeader { headers.append(($0, $1)) }
+        return headers
+    }
+
+    /// Opens a stream for one attempt of a call.
+    private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool) async throws -> ClientCall {
+        let connection = try pickConnection()
+        let http2 = try await connection.connection()
+        let headers = headers(context.descriptor, context, authority: connection.authority)
+        let options = context.options
+        return try await http2.eventLoop.submit {
+            try ClientCall.start(
+                on: http2, headers: headers, message: first, endRequest: endRequest,
+                timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize
+            )
+        }.get()
+    }
+
+    private func intercepted<Result: Sendable>(
+        _ context: ClientRequestContext,
+        _ body: @escaping @Sendable (ClientRequestContext) async throws -> Result
+    ) async throws -> Result {
+        guard !interceptors.isEmpty else { return try await body(context) }
+        return try await Self.chain(interceptors[...], context, body)
+    }
+
+    private static func chain<Result: Sendable>(
+        _ interceptors: ArraySlice<any RPCClientInterceptor>,
+        _ context: ClientRequestContext,
+        _ body: @escaping @Sendable (ClientRequestContext) async throws -> Result
+    ) async throws -> Result {
+        guard let first = interceptors.first else { return try await body(context) }
+        let rest = interceptors.dropFirst()
+        return try await first.intercept(context) { context in try await chain(rest, context, body) }
+    }
+
+    /// Runs `body` with the call; cancelling the task resets the stream.
+    private func withCall<Result>(_ call: ClientCall, _ body: (ClientCall) async throws -> Result) async throws -> Result {
+        try await withTaskCancellationHandler {
+            try await body(call)
+        } onCancel: {
+            call.cancel()
+        }
+    }
+
+    private static func readSingleResponse<Response: ProtoMessage>(_ call: ClientCall) async throws -> Response {
+        guard let bytes = try await call.responses.next() else {
+            throw RPCError(code: .internal, message: "the server ended a unary call without a response")
+        }
+        guard try await call.responses.next() == nil else {
+            throw RPCError(code: .internal, message: "the server sent more than one response to a unary call")
+        }
+        return try MessageCoding.decode(bytes)
+    }
+
+    // MARK: Calls
+
+    /// A unary call; retried per `options.retry`.
+    public func unary<Request: ProtoMessage, Response: ProtoMessage>(
+        _ descriptor: ProtoMethodDescriptor,
+        request: Request,
+        metadata: Metadata = Metadata(),
+        options: CallOptions? = nil,
+        responseType: Response.Type = Response.self
+    ) async throws -> Response {
+        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        return try await intercepted(context) { [self] context in
+            let frame = MessageCoding.frame(request, allocator: ByteBufferAllocator())
+            let policy = context.options.retry
+            let deadline = context.options.timeout.map { ContinuousClock.now.advanced(by: $0) }
+            var attempt = 1
+            while true {
+                var attemptContext = context
+                if let deadline { attemptContext.options.timeout = deadline - ContinuousClock.now }
+                do {
+                    let call = try await open(attemptContext, first: frame, endRequest: true)
+                    return try await withCall(call) { call in try await Self.readSingleResponse(call) }
+                } catch let error as RPCError {
+                    guard let policy, attempt < policy.maxAttempts, policy.retryableCodes.contains(error.code.rawValue) else { throw error }
+                    let pause = policy.backoff(afterAttempt: attempt)
+                    if let deadline, ContinuousClock.now.advanced(by: pause) >= deadline { throw error }
+                    try await Task.sleep(for: pause)
+                    attempt += 1
+                }
+            }
+        }
+    }
+
+    /// One request, a stream of responses handed to `handler`; the call ends when `handler` returns.
+    public func serverStreaming<Request: ProtoMessage, Response: ProtoMessage, Result: Sendable>(
+        _ descriptor: ProtoMethodDescriptor,
+        request: Request,
+        metadata: Metadata = Metadata(),
+        options: CallOptions? = nil,
+        handler: @escaping @Sendable (RPCResponseStream<Response>) async throws -> Result
+    ) async throws -> Result {
+        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        return try await intercepted(context) { [self] context in
+            let call = try await open(context, first: MessageCoding.frame(request, allocator: ByteBufferAllocator()), endRequest: true)
+            return try await withCall(call) { call in
+                defer { call.cancel() }  // a no-op once the status has arrived
+                return try await handler(RPCResponseStream(call: call))
+            }
+        }
+    }
+
+    /// A stream of requests from `requests`, one response.
+    public func clientStreaming<Request: ProtoMessage, Response: ProtoMessage>(
+        _ descriptor: ProtoMethodDescriptor,
+        metadata: Metadata = Metadata(),
+        options: CallOptions? = nil,
+        responseType: Response.Type = Response.self,
+        requests: @escaping @Sendable (RPCRequestWriter<Request>) async throws -> Void
+    ) async throws -> Response {
+        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        return try await intercepted(context) { [self] context in
+            let call = try await open(context, first: nil, endRequest: false)
+            return try await withCall(call) { call in
+                do {
+                    try await requests(RPCRequestWriter(call: call))
+                    call.finishSending()
+                } catch {
+                    call.cancel()
+                    throw error
+                }
+                return try await Self.readSingleResponse(call)
+            }
+        }
+    }
+
+    /// Streams both ways: `requests` writes while `handler` reads; the call ends when `handler` returns.
+    public func bidirectionalStreaming<Request: ProtoMessage, Response: ProtoMessage, Result: Sendable>(
+        _ descriptor: ProtoMethodDescriptor,
+        metadata: Metadata = Metadata(),
+        options: CallOptions? = nil,
+        requests: @escaping @Sendable (RPCRequestWriter<Request>) async throws -> Void,
+        handler: @escaping @Sendable (RPCResponseStream<Response>) async throws -> Result
+    ) async throws -> Result {
+        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        return try await intercepted(context) { [self] context in
+            let call = try await open(context, first: nil, endRequest: false)
+            return try await withCall(call) { call in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        do {
+                            try await requests(RPCRequestWriter(call: call))
+                            call.finishSending()
+                        } catch {
+                            call.cancel()
+                            throw error
+                        }
+                    }
+                    // Once the handler is done the call is over: stop a writer that is still going; its errors
+                    // after that point are the call ending, not news.
+                    defer { call.cancel() }
+                    let result = try await handler(RPCResponseStream(call: call))
+                    call.cancel()
+                    group.cancelAll()
+                    while !group.isEmpty { _ = try? await group.next() }
+                    return result
+                }
+            }
+        }
+    }
+}

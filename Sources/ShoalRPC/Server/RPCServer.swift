@@ -1,0 +1,198 @@
+internal import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+internal import RPCCore
+internal import ProtoRuntime
+
+/// A gRPC server: listens on TCP, speaks HTTP/2 through nghttp2, routes each call to its service's handler.
+///
+/// ```swift
+/// let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EchoService()])
+/// let address = try await server.start()
+/// // ...
+/// await server.shutdownGracefully()
+/// ```
+public final class RPCServer: Sendable {
+    public struct Configuration: Sendable {
+        /// Where handlers run.
+        public enum HandlerExecutor: Sendable {
+            /// On the connection's event loop: no thread hops per call. Handlers must never block.
+            case eventLoop
+            /// On Swift's global concurrent executor.
+            case global
+        }
+
+        public var host: String
+        /// 0 picks a free port (see the address ``RPCServer/start()`` returns).
+        public var port: Int
+        public var http2 = HTTP2Configuration()
+        /// Requests larger than this end with RESOURCE_EXHAUSTED.
+        public var maxReceiveMessageSize = 4 * 1024 * 1024
+        public var handlerExecutor = HandlerExecutor.eventLoop
+        /// A connection with no open streams for this long is closed (with GOAWAY); `nil` never.
+        public var idleTimeout: TimeAmount? = .minutes(5)
+        /// How often an otherwise quiet connection is pinged to detect a dead peer; `nil` never.
+        public var keepaliveInterval: TimeAmount? = .hours(2)
+
+        public init(host: String = "127.0.0.1", port: Int = 0) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    public let configuration: Configuration
+    private let group: any EventLoopGroup
+    private let router: [String: RPCServerMethod]
+    private let interceptors: [any RPCServerInterceptor]
+    private let state = NIOLockedValueBox(State())
+
+    private struct State {
+        var channel: (any Channel)?
+        var connections: [ObjectIdentifier: ServerConnection] = [:]
+        var shuttingDown = false
+    }
+
+    public init(
+        configuration: Configuration,
+        services: [any RPCService],
+        interceptors: [any RPCServerInterceptor] = [],
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.configuration = configuration
+        self.group = group
+        self.interceptors = interceptors
+        var router: [String: RPCServerMethod] = [:]
+        for service in services {
+            for method in service.methods { router[method.descriptor.path] = method }
+        }
+        self.router = router
+    }
+
+    /// The paths this server routes.
+    public var methodPaths: [String] { router.keys.sorted() }
+
+    /// Binds and starts accepting connections; returns the bound address.
+    @discardableResult
+    public func start() async throws -> SocketAddress {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try self.initialize(channel) }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        state.withLockedValue { $0.channel = channel }
+        guard let address = channel.localAddress else {
+            throw RPCError(code: .internal, message: "the listening socket has no address")
+        }
+        return address
+    }
+
+    /// The address the server listens on, once started.
+    public var localAddress: SocketAddress? { state.withLockedValue { $0.channel?.localAddress } }
+
+    private func initialize(_ channel: any Channel) throws {
+        let executor: (any TaskExecutor)? = switch configuration.handlerExecutor {
+        case .eventLoop: EventLoopTaskExecutor(channel.eventLoop)
+        case .global: nil
+        }
+        let context = ServerConnectionContext(
+            router: router, interceptors: interceptors, maxReceiveMessageSize: configuration.maxReceiveMessageSize,
+            executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown"
+        )
+        let connection = ServerConnection(context: context, configuration: configuration, channel: channel)
+        let refused = state.withLockedValue { state -> Bool in
+            if state.shuttingDown { return true }
+            state.connections[ObjectIdentifier(connection)] = connection
+            return false
+        }
+        if refused { channel.close(promise: nil); return }
+        connection.onClose = { [weak self, id = ObjectIdentifier(connection)] in
+            self?.state.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
+        }
+        try channel.pipeline.syncOperations.addHandler(connection.handler)
+    }
+
+    /// Number of open client connections.
+    public var connectionCount: Int { state.withLockedValue { $0.connections.count } }
+
+    /// Stops accepting connections, sends GOAWAY on every connection so in-flight calls finish and new ones are
+    /// refused, and waits for them to close (at most `timeout`, then closes them).
+    public func shutdownGracefully(timeout: Duration = .seconds(30)) async {
+        let (channel, connections) = state.withLockedValue { state in
+            state.shuttingDown = true
+            return (state.channel, Array(state.connections.values))
+        }
+        try? await channel?.close()
+        for connection in connections { connection.goAway() }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while connectionCount > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for connection in state.withLockedValue({ Array($0.connections.values) }) { connection.close() }
+    }
+}
+
+/// One accepted connection: its nghttp2 session and the streams it opens.
+final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
+    let handler: NGHTTP2Connection
+    private let context: ServerConnectionContext
+    private let configuration: RPCServer.Configuration
+    private let channel: any Channel
+    var onClose: (@Sendable () -> Void)?
+    private var idleTimer: Scheduled<Void>?
+    private var keepaliveTimer: RepeatedTask?
+
+    init(context: ServerConnectionContext, configuration: RPCServer.Configuration, channel: any Channel) {
+        self.context = context
+        self.configuration = configuration
+        self.channel = channel
+        self.handler = NGHTTP2Connection(role: .server, configuration: configuration.http2, channel: channel)
+        handler.delegate = self
+        armIdleTimer()
+        if let interval = configuration.keepaliveInterval {
+            keepaliveTimer = channel.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+                guard let self else { return }
+                if NIODeadline.now() - self.handler.lastActivity >= interval { self.handler.sendPing() }
+            }
+        }
+    }
+
+    private func armIdleTimer() {
+        guard let timeout = configuration.idleTimeout else { return }
+        idleTimer?.cancel()
+        idleTimer = channel.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            guard let self, self.handler.activeStreamCount == 0 else { return }
+            self.handler.sendGracefulGoAway()
+        }
+    }
+
+    func connection(_ connection: NGHTTP2Connection, streamOpened id: Int32) -> HTTP2Stream? {
+        idleTimer?.cancel()
+        idleTimer = nil
+        return ServerCall(id: id, connection: connection, server: context)
+    }
+
+    func connectionReceivedGoAway(_ connection: NGHTTP2Connection, lastStreamID: Int32) {}
+
+    func connectionClosed(_ connection: NGHTTP2Connection) {
+        idleTimer?.cancel()
+        keepaliveTimer?.cancel()
+        onClose?()
+        onClose = nil
+    }
+
+    func connection(_ connection: NGHTTP2Connection, streamClosed id: Int32) {
+        if connection.activeStreamCount == 0 { armIdleTimer() }
+    }
+
+    func goAway() {
+        channel.eventLoop.execute { self.handler.sendGracefulGoAway() }
+    }
+
+    func close() {
+        channel.eventLoop.execute { self.handler.closeNow() }
+    }
+}

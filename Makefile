@@ -77,7 +77,15 @@ fuzz: deps ## Fuzz the message decoder with libFuzzer for FUZZ_RUNS inputs (defa
 	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/ProtoDecodeFuzz -runs=0 Tests/Fuzz/FailCases
 
 .PHONY: bench
-bench: bench-codec ## Run every benchmark.
+bench: bench-codec bench-rpc ## Run every benchmark.
+
+.PHONY: bench-rpc
+bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 anchor server (ends with the min rps ratio).
+	@test -d $(SHARED)/anchors/rpc || { echo "needs ../shared/anchors/rpc beside the repository"; exit 1; }
+	@command -v h2load >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }; }
+	rm -f Benchmarks/.build/release.yaml  # a path dependency's new files are otherwise missed
+	cd Benchmarks && swift build -c release --product EchoServer
+	BUILD_DIR=$(ANCHOR_BUILD) SHARED=$(SHARED) Benchmarks/rpc/run.sh $(CURDIR)/Benchmarks/.build/release/EchoServer
 
 .PHONY: bench-codec
 bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the anchor corpus (ends with the min ratio).

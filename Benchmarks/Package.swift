@@ -17,6 +17,12 @@ let package = Package(
             dependencies: [.product(name: "ProtoRuntime", package: "Shoal")],
             plugins: [.plugin(name: "ProtoGenPlugin", package: "Shoal")]
         ),
+        // bench.v1.Echo on ShoalRPC, for the h2load scenarios of ../shared/anchors/rpc/load.sh.
+        .executableTarget(
+            name: "EchoServer",
+            dependencies: [.product(name: "ShoalRPC", package: "Shoal")],
+            plugins: [.plugin(name: "ProtoGenPlugin", package: "Shoal")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

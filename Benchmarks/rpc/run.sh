@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# make bench-rpc: Shoal's echo server beside the grpc-swift-2 anchor server, under the anchors' h2load load.
+#
+# usage: run.sh SHOAL_ECHO_SERVER          env: BUILD_DIR, SHARED, ROUNDS (3), DURATION (10), WARMUP (2),
+#                                               SCENARIOS ("a b c s")
+# 1. Builds the anchor server (../shared/anchors/rpc/swift-server, grpc-swift-2, release) under BUILD_DIR.
+# 2. ROUNDS rounds; each starts every server in turn (order alternating) and drives it with the anchors' load.sh,
+#    recording the server's CPU time (utime+stime from /proc) over each scenario and its RSS.
+# 3. Prints medians side by side and ends with `min rps ratio vs grpc-swift-2: X.XX` over scenarios a, b and c.
+set -euo pipefail
+SHOAL="$1"
+SHARED="${SHARED:?}"
+B="${BUILD_DIR:?}"
+ROUNDS="${ROUNDS:-3}"
+SCENARIOS="${SCENARIOS:-a b c s}"
+export DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
+ANCHORS="$SHARED/anchors/rpc"
+R="$B/results/rpc-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$R"
+RAW="$R/raw.tsv"
+: > "$RAW"
+
+echo "== building the grpc-swift-2 anchor server (release; the first build takes minutes)" >&2
+swift build -c release --package-path "$ANCHORS/swift-server" --scratch-path "$B/rpc-swift" 2>&1 | tail -1 >&2
+ANCHOR="$B/rpc-swift/release/EchoServer"
+
+declare -A PORT=([shoal]=50081 [grpc-swift-2]=50082)
+PID=""
+stop() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill "$PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+  fi
+  PID=""
+}
+trap stop EXIT INT TERM
+
+start() { # name
+  local port=${PORT[$1]}
+  case $1 in
+    shoal) "$SHOAL" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
+    grpc-swift-2) "$ANCHOR" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
+  esac
+  PID=$!
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$PID" 2>/dev/null || { echo "server $1 exited; see $R/server-$1.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "server $1 did not listen on $port" >&2; exit 1
+}
+
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$PID/status"; }
+emit() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RAW"; }
+
+servers=(shoal grpc-swift-2)
+for round in $(seq "$ROUNDS"); do
+  order=("${servers[@]}")
+  [ $((round % 2)) -eq 0 ] && order=(grpc-swift-2 shoal)
+  for name in "${order[@]}"; do
+    echo "== round $round/$ROUNDS: $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    start "$name"
+    emit "$round" "$name" rss_idle_kb "$(rss_kb)"
+    for scenario in $SCENARIOS; do
+      out="$R/load-$name-$round-$scenario.txt"
+      t0=$(date +%s.%N); c0=$(ticks)
+      "$ANCHORS/load.sh" "127.0.0.1:${PORT[$name]}" "$scenario" > "$out" 2>&1 || { echo "load.sh failed for $name $scenario; see $out" >&2; exit 1; }
+      t1=$(date +%s.%N); c1=$(ticks)
+      emit "$round" "$name" "$scenario.cpu_pct" "$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz/(t1-t0)*100}')"
+      grep '^RESULT ' "$out" | while read -r _ scen kvs; do
+        for kv in $kvs; do emit "$round" "$name" "$scen.${kv%%=*}" "${kv#*=}"; done
+      done
+      [ "$scenario" = b ] && emit "$round" "$name" rss_after_b_kb "$(rss_kb)"
+    done
+    emit "$round" "$name" rss_end_kb "$(rss_kb)"
+    stop
+  done
+done
+
+python3 - "$RAW" <<'PY' | tee "$R/table.md"
+import sys, statistics, collections
+rows = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r, s, k, v = line.rstrip("\n").split("\t")
+    try: rows[(r, s)][k] = float(v)
+    except ValueError: pass
+for row in rows.values():
+    for sc in "abc":
+        if row.get(sc + ".rps") and sc + ".cpu_pct" in row:
+            row[sc + ".cpu_us"] = row[sc + ".cpu_pct"] * 1e4 / row[sc + ".rps"]
+    if row.get("s.msgs_per_s") and "s.cpu_pct" in row:
+        row["s.cpu_us"] = row["s.cpu_pct"] * 1e4 / row["s.msgs_per_s"]
+d = collections.defaultdict(list)
+for (r, s), row in rows.items():
+    for k, v in row.items(): d[(s, k)].append(v)
+med = lambda s, k: statistics.median(d[(s, k)]) if d.get((s, k)) else float("nan")
+rounds = len({r for r, _ in rows})
+names = {"a": "a: 1 conn x 100 streams, 100 B", "b": "b: 16 conn x 16 streams, 100 B", "c": "c: 4 conn x 16 streams, 16 KiB"}
+print(f"Medians of {rounds} round(s). Latency in ms (h2load --log-file); CPU = server CPU time per request.\n")
+print("| scenario | shoal req/s | grpc-swift-2 req/s | ratio | shoal p50 / p99 | grpc-swift-2 p50 / p99 | p99 ratio | shoal CPU us/req | grpc-swift-2 CPU us/req | CPU ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+ratios = []
+for sc in "abc":
+    if not d.get(("shoal", sc + ".rps")): continue
+    a, g = med("shoal", sc + ".rps"), med("grpc-swift-2", sc + ".rps")
+    ratio = a / g
+    ratios.append(ratio)
+    print(f"| {names[sc]} | {a:.0f} | {g:.0f} | {ratio:.2f} | {med('shoal', sc+'.p50_ms'):.2f} / {med('shoal', sc+'.p99_ms'):.2f} | "
+          f"{med('grpc-swift-2', sc+'.p50_ms'):.2f} / {med('grpc-swift-2', sc+'.p99_ms'):.2f} | "
+          f"{med('shoal', sc+'.p99_ms') / med('grpc-swift-2', sc+'.p99_ms'):.2f} | "
+          f"{med('shoal', sc+'.cpu_us'):.1f} | {med('grpc-swift-2', sc+'.cpu_us'):.1f} | "
+          f"{med('shoal', sc+'.cpu_us') / med('grpc-swift-2', sc+'.cpu_us'):.2f} |")
+if d.get(("shoal", "s.msgs_per_s")):
+    print(f"\n| stream (s) | shoal | grpc-swift-2 |\n|---|---:|---:|")
+    print(f"| msgs/s | {med('shoal', 's.msgs_per_s'):.0f} | {med('grpc-swift-2', 's.msgs_per_s'):.0f} |")
+    print(f"| server CPU us/msg | {med('shoal', 's.cpu_us'):.2f} | {med('grpc-swift-2', 's.cpu_us'):.2f} |")
+print(f"\n| RSS (MiB) | shoal | grpc-swift-2 |\n|---|---:|---:|")
+for key, label in (("rss_idle_kb", "idle"), ("rss_after_b_kb", "after b"), ("rss_end_kb", "end")):
+    print(f"| {label} | {med('shoal', key)/1024:.1f} | {med('grpc-swift-2', key)/1024:.1f} |")
+if ratios:
+    print(f"\nmin rps ratio vs grpc-swift-2: {min(ratios):.2f}")
+PY
+echo "raw results: $R" >&2

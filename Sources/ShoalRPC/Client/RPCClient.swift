@@ -172,6 +172,14 @@ public final class RPCClient: Sendable {
         }.get()
     }
 
+    /// Opens a call and sends `bytes` as they are (no framing), for tests of malformed input.
+    func rawCall(_ descriptor: ProtoMethodDescriptor, bytes: [UInt8], endRequest: Bool = true) async throws -> ClientCall {
+        var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        let context = ClientRequestContext(descriptor: descriptor, metadata: Metadata(), options: configuration.defaultCallOptions)
+        return try await open(context, first: buffer, endRequest: endRequest)
+    }
+
     private func intercepted<Result: Sendable>(
         _ context: ClientRequestContext,
         _ body: @escaping @Sendable (ClientRequestContext) async throws -> Result

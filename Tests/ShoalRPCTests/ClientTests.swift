@@ -1,0 +1,123 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import RPCTestServices
+@testable import ShoalRPC
+import Testing
+
+/// Rejects calls without the right bearer token.
+struct AuthInterceptor: RPCServerInterceptor {
+    let seen = NIOLockedValueBox<[String]>([])
+
+    func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
+        seen.withLockedValue { $0.append(context.descriptor.method) }
+        guard context.metadata["authorization"] == "Bearer secret" else {
+            throw RPCError(code: .unauthenticated, message: "missing or wrong token")
+        }
+        try await next(context)
+    }
+}
+
+/// Adds the token to every call.
+struct TokenInterceptor: RPCClientInterceptor {
+    let calls = NIOLockedValueBox(0)
+
+    func intercept<Result: Sendable>(
+        _ request: ClientRequestContext,
+        next: @Sendable (ClientRequestContext) async throws -> Result
+    ) async throws -> Result {
+        calls.withLockedValue { $0 += 1 }
+        var request = request
+        request.metadata.add("authorization", "Bearer secret")
+        return try await next(request)
+    }
+}
+
+@Suite("client behaviour and interceptors")
+struct ClientTests {
+    @Test("server and client interceptors wrap every call kind")
+    func interceptors() async throws {
+        let auth = AuthInterceptor()
+        try await withServer([ProbeService()], interceptors: [auth]) { _, client, port in
+            await expectRPCError(.unauthenticated) { try await Rpctest_V1_Probe.Client(client).echo(Request()) }
+            let token = TokenInterceptor()
+            let authorised = RPCClient(targets: [("127.0.0.1", port)], interceptors: [token])
+            let probe = Rpctest_V1_Probe.Client(authorised)
+            #expect(try await probe.echo(Request(text: "in")).text == "in")
+            let count = try await probe.expand(Request(count: 3)) { stream in
+                var count = 0
+                for try await _ in stream { count += 1 }
+                return count
+            }
+            #expect(count == 3)
+            #expect(try await probe.collect { try await $0.write(Request(number: 5)) }.number == 5)
+            #expect(token.calls.withLockedValue { $0 } == 3)
+            #expect(auth.seen.withLockedValue { $0 } == ["Echo", "Echo", "Expand", "Collect"])
+            await authorised.close()
+        }
+    }
+
+    @Test("calls spread round-robin over several addresses")
+    func roundRobin() async throws {
+        let first = EventLog(), second = EventLog()
+        let serverA = RPCServer(configuration: .init(), services: [ProbeService(observer: first.observer)])
+        let serverB = RPCServer(configuration: .init(), services: [ProbeService(observer: second.observer)])
+        let portA = try #require(try await serverA.start().port)
+        let portB = try #require(try await serverB.start().port)
+        let client = RPCClient(targets: [("127.0.0.1", portA), ("127.0.0.1", portB)])
+        let probe = Rpctest_V1_Probe.Client(client)
+        for _ in 0..<10 { _ = try await probe.echo(Request()) }
+        #expect(first.started("Echo") == 5)
+        #expect(second.started("Echo") == 5)
+        await client.close()
+        await serverA.shutdownGracefully()
+        await serverB.shutdownGracefully()
+    }
+
+    @Test("a retryable failure is retried on the next address; without a policy it is not")
+    func retries() async throws {
+        // A port that refuses: bind a server, note its port, stop it.
+        let dead = RPCServer(configuration: .init(), services: [])
+        let deadPort = try #require(try await dead.start().port)
+        await dead.shutdownGracefully()
+        try await withServer([ProbeService()]) { _, _, port in
+            let client = RPCClient(targets: [("127.0.0.1", deadPort), ("127.0.0.1", port)])
+            let probe = Rpctest_V1_Probe.Client(client)
+            await expectRPCError(.unavailable) { try await probe.echo(Request(text: "once")) }
+            let retrying = CallOptions(timeout: .seconds(10), retry: RetryPolicy(maxAttempts: 3))
+            for _ in 0..<6 {
+                let text = try await probe.echo(Request(text: "again"), options: retrying).text
+                #expect(text == "again")
+            }
+            // Codes not marked retryable fail at once.
+            await expectRPCError(.aborted) {
+                try await probe.echo(Request(failCode: Int32(RPCError.Code.aborted.rawValue)), options: retrying)
+            }
+            await client.close()
+        }
+    }
+
+    @Test("connection backoff follows gRPC's schedule: 1 s, ×1.6, ±20 % jitter, 120 s cap")
+    func backoffSchedule() {
+        let backoff = ConnectionBackoff()
+        #expect(backoff.delay(afterFailures: 1, random: 0) == .seconds(1))
+        #expect(backoff.delay(afterFailures: 2, random: 0) == .milliseconds(1600))
+        #expect(backoff.delay(afterFailures: 3, random: 0) == .milliseconds(2560))
+        #expect(backoff.delay(afterFailures: 30, random: 0) == .seconds(120))
+        #expect(backoff.delay(afterFailures: 1, random: 1) == .milliseconds(1200))
+        #expect(backoff.delay(afterFailures: 1, random: -1) == .milliseconds(800))
+        for _ in 0..<100 {
+            let delay = RetryPolicy().backoff(afterAttempt: 3)
+            #expect(delay >= .zero && delay <= .milliseconds(400))
+        }
+    }
+
+    @Test("a peer that is not gRPC: HTTP status maps to a gRPC code")
+    func httpStatusMapping() {
+        #expect(ClientCall.code(forHTTPStatus: 400) == .internal)
+        #expect(ClientCall.code(forHTTPStatus: 401) == .unauthenticated)
+        #expect(ClientCall.code(forHTTPStatus: 403) == .permissionDenied)
+        #expect(ClientCall.code(forHTTPStatus: 404) == .unimplemented)
+        #expect(ClientCall.code(forHTTPStatus: 503) == .unavailable)
+        #expect(ClientCall.code(forHTTPStatus: 500) == .unknown)
+    }
+}

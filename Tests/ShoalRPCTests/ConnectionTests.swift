@@ -1,0 +1,161 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RPCTestServices
+@testable import ShoalRPC
+import Testing
+
+/// Streams `count` responses of `size` bytes and counts how many it has written.
+struct FloodService: RPCService {
+    let written = NIOLockedValueBox(0)
+
+    var methods: [RPCServerMethod] {
+        [
+            .serverStreaming(Rpctest_V1_Probe.Method.Expand.descriptor) { [written] (request: Request, writer: RPCResponseWriter<Response>, _) in
+                let message = Response(payload: [UInt8](repeating: 0xAB, count: request.payload.count))
+                for _ in 0..<request.count {
+                    try await writer.write(message)
+                    written.withLockedValue { $0 += 1 }
+                }
+            }
+        ]
+    }
+}
+
+@Suite("connections: flow control, GOAWAY, malformed input")
+struct ConnectionTests {
+    @Test("a slow reader stops its writer: the server writes a bounded number of messages ahead")
+    func flowControl() async throws {
+        let flood = FloodService()
+        try await withServer([flood]) { _, client, _ in
+            let total = 2000
+            let messageSize = 64 * 1024  // 125 MiB in all
+            let result = try await client.serverStreaming(
+                Rpctest_V1_Probe.Method.Expand.descriptor,
+                request: Request(count: UInt32(total), payload: [UInt8](repeating: 0, count: messageSize))
+            ) { (stream: RPCResponseStream<Response>) in
+                var iterator = stream.makeAsyncIterator()
+                _ = try await iterator.next()
+                // The reader pauses. Watch the writer for a while: it must stall at a bound set by the windows and
+                // watermarks (256 KiB each), far below the 2000 messages it wants to send.
+                var ahead = 0
+                let until = ContinuousClock.now.advanced(by: .milliseconds(400))
+                while ContinuousClock.now < until {
+                    ahead = max(ahead, flood.written.withLockedValue { $0 })
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                var received = 1
+                while let message = try await iterator.next() {
+                    #expect(message.payload.count == messageSize)
+                    received += 1
+                }
+                return (ahead, received)
+            }
+            #expect(result.0 > 0)
+            #expect(result.0 <= 40, "the server ran \(result.0) messages ahead of a paused reader")
+            #expect(result.1 == total)
+        }
+    }
+
+    @Test("a slow server reader stops a client writer")
+    func clientFlowControl() async throws {
+        let log = EventLog()
+        try await withServer([ProbeService(observer: log.observer)]) { _, client, _ in
+            let sent = NIOLockedValueBox(0)
+            let probe = Rpctest_V1_Probe.Client(client)
+            // The handler sleeps 200 ms on the first request; meanwhile the client tries to send 64 MiB.
+            let task = Task {
+                try await probe.collect { writer in
+                    try await writer.write(Request(number: 1, delayMs: 200))
+                    for _ in 0..<1024 {
+                        try await writer.write(Request(number: 1, payload: [UInt8](repeating: 1, count: 64 * 1024)))
+                        sent.withLockedValue { $0 += 1 }
+                    }
+                }
+            }
+            #expect(await eventually { log.started("Collect") == 1 })
+            try await Task.sleep(for: .milliseconds(100))
+            let ahead = sent.withLockedValue { $0 }
+            #expect(ahead <= 40, "the client ran \(ahead) messages ahead of a sleeping handler")
+            let response = try await task.value
+            #expect(response.number == 1025)
+        }
+    }
+
+    @Test("graceful shutdown: GOAWAY lets in-flight calls finish and refuses new ones")
+    func goAway() async throws {
+        let log = EventLog()
+        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [ProbeService(observer: log.observer)])
+        let port = try #require(try await server.start().port)
+        let client = RPCClient(targets: [("127.0.0.1", port)])
+        let probe = Rpctest_V1_Probe.Client(client)
+        let inFlight = Task { try await probe.echo(Request(text: "slow", delayMs: 300)) }
+        #expect(await eventually { log.started("Echo") == 1 })
+        let shutdown = Task { await server.shutdownGracefully(timeout: .seconds(10)) }
+        let response = try await inFlight.value
+        #expect(response.text == "slow")
+        await shutdown.value
+        #expect(server.connectionCount == 0)
+        await expectRPCError(.unavailable) { try await probe.echo(Request(text: "late")) }
+        await client.close()
+    }
+
+    @Test("malformed gRPC messages end the call with a status and leave the connection up", arguments: [
+        ([0, 0, 0, 0, 3, 1], RPCError.Code.internal),  // length 3, 1 byte, then END_STREAM: truncated
+        ([1, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // compressed flag without grpc-encoding
+        ([2, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // a flag that does not exist
+        ([0, 0xFF, 0xFF, 0xFF, 0xFF], RPCError.Code.resourceExhausted),  // 4 GiB declared
+        ([0, 0, 0, 0, 2, 0x0A, 0x05], RPCError.Code.internal),  // a string field running past the end
+        ([0, 0, 0], RPCError.Code.internal),  // a prefix cut short
+    ] as [([UInt8], RPCError.Code)])
+    func malformedMessages(bytes: [UInt8], code: RPCError.Code) async throws {
+        try await withServer([ProbeService()]) { server, client, _ in
+            let call = try await client.rawCall(Rpctest_V1_Probe.Method.Echo.descriptor, bytes: bytes)
+            await expectRPCError(code) { while try await call.responses.next() != nil {} }
+            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "after"))
+            #expect(response.text == "after")
+            #expect(server.connectionCount == 1)
+        }
+    }
+
+    @Test("garbage and broken HTTP/2 close that connection only; the server keeps serving")
+    func malformedHTTP2() async throws {
+        try await withServer([ProbeService()]) { server, client, port in
+            let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+            let settings: [UInt8] = [0, 0, 0, 4, 0, 0, 0, 0, 0]
+            // Input the server must reject by closing the connection.
+            let rejected: [[UInt8]] = [
+                Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8),  // not HTTP/2
+                (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7919) },  // noise
+                preface + settings + [0, 0, 4, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0],  // DATA on an idle stream
+                preface + settings + [0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0],  // a frame larger than allowed
+                preface + settings + [0, 0, 1, 1, 5, 0, 0, 0, 1, 0xFF],  // HEADERS with an undecodable block
+            ]
+            for (index, input) in rejected.enumerated() {
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: port).get()
+                var buffer = channel.allocator.buffer(capacity: input.count)
+                buffer.writeBytes(input)
+                try? await channel.writeAndFlush(buffer)
+                // The server must close the connection by itself.
+                let closed = await eventually { !channel.isActive }
+                #expect(closed, "input \(index) did not close the connection")
+                try? await channel.close()
+            }
+            _ = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "connect"))
+            // A frame cut short just waits for the rest; a client that then goes away leaves nothing behind.
+            let truncated = preface + settings + [0, 0, 8, 1, 5, 0, 0, 0, 1, 0x82]
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(host: "127.0.0.1", port: port).get()
+            var buffer = channel.allocator.buffer(capacity: truncated.count)
+            buffer.writeBytes(truncated)
+            try await channel.writeAndFlush(buffer)
+            #expect(await eventually { server.connectionCount == 2 })
+            try await channel.close()
+            #expect(await eventually { server.connectionCount <= 1 })
+            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "still serving"))
+            #expect(response.text == "still serving")
+            #expect(await eventually { server.connectionCount == 1 })
+        }
+    }
+}

@@ -13,6 +13,9 @@ FUZZ_RUNS ?= 2000000
 SHARED ?= $(abspath ../shared)
 ANCHOR_BUILD := $(CURDIR)/.build-anchor
 FUZZ_PKG := Tests/Fuzz
+# Python grpcio (from PyPI) for the interop tests, in a venv of its own, with stubs for the test protos.
+INTEROP_DIR := $(CURDIR)/.build-interop
+INTEROP_PY := $(INTEROP_DIR)/venv/bin/python
 
 .PHONY: help
 help: ## List the targets.
@@ -31,8 +34,15 @@ deps: ## Install the Debian packages the build and tests need (as root; apt-get)
 build: deps ## Build everything (debug).
 	swift build $(SWIFT_BUILD_FLAGS)
 
+.PHONY: interop-deps
+interop-deps: ## Install Python grpcio in .build-interop/venv and generate its stubs for the interop tests.
+	@test -x $(INTEROP_PY) || python3 -m venv $(INTEROP_DIR)/venv
+	@$(INTEROP_PY) -c 'import grpc, grpc_tools' 2>/dev/null || $(INTEROP_DIR)/venv/bin/pip install -q grpcio grpcio-tools
+	@mkdir -p $(INTEROP_DIR)/stubs
+	@$(INTEROP_PY) -m grpc_tools.protoc -I Tests/Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs rpctest/v1/rpctest.proto
+
 .PHONY: test
-test: deps check-generated ## Install what is missing, build, and run every test (what CI runs).
+test: deps check-generated interop-deps ## Install what is missing, build, and run every test (what CI runs).
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	swift test --skip-build 2>&1 | tee .build/swift-test.log
 	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
@@ -41,7 +51,7 @@ test: deps check-generated ## Install what is missing, build, and run every test
 	  echo "fuzz: $(FUZZ_RUNS) runs clean"; echo "tests: $${n:-0} passed, 0 failed"
 
 .PHONY: test-unit
-test-unit: ## Run the unit tests only (fast inner loop).
+test-unit: interop-deps ## Run the Swift tests only, no fuzzing (fast inner loop).
 	swift test
 
 .PHONY: generate-reference
@@ -96,4 +106,4 @@ bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the an
 
 .PHONY: clean
 clean: ## Remove build products.
-	rm -rf .build .build-fuzz .build-anchor Benchmarks/.build $(FUZZ_PKG)/.build $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated
+	rm -rf .build .build-fuzz .build-anchor .build-interop Benchmarks/.build $(FUZZ_PKG)/.build $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated

@@ -121,3 +121,49 @@ struct ClientTests {
         #expect(ClientCall.code(forHTTPStatus: 500) == .unknown)
     }
 }
+
+@Suite("grpc.health.v1.Health")
+struct HealthTests {
+    typealias HealthRequest = Grpc_Health_V1_HealthCheckRequest
+    typealias HealthResponse = Grpc_Health_V1_HealthCheckResponse
+
+    @Test("every server answers Check for itself and each service; unknown services are NOT_FOUND")
+    func check() async throws {
+        try await withServer([ProbeService()]) { server, client, _ in
+            func check(_ service: String) async throws -> HealthResponse.ServingStatus {
+                let response: HealthResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor, request: HealthRequest(service: service))
+                return response.status
+            }
+            let overall = try await check("")
+            let probe = try await check("rpctest.v1.Probe")
+            #expect(overall == .serving)
+            #expect(probe == .serving)
+            await expectRPCError(.notFound) { try await check("nope.v1.Nothing") }
+            server.health.setStatus(.notServing, for: "rpctest.v1.Probe")
+            let changed = try await check("rpctest.v1.Probe")
+            #expect(changed == .notServing)
+        }
+    }
+
+    @Test("Watch sends the current status, then every change")
+    func watch() async throws {
+        try await withServer([ProbeService()]) { server, client, _ in
+            let seen = NIOLockedValueBox<[HealthResponse.ServingStatus]>([])
+            let watcher = Task {
+                try await client.serverStreaming(Grpc_Health_V1_Health.Method.Watch.descriptor, request: HealthRequest(service: "rpctest.v1.Probe")) {
+                    (stream: RPCResponseStream<HealthResponse>) in
+                    for try await response in stream {
+                        seen.withLockedValue { $0.append(response.status) }
+                        if seen.withLockedValue({ $0.count }) == 3 { break }
+                    }
+                }
+            }
+            #expect(await eventually { seen.withLockedValue { $0 } == [.serving] })
+            server.health.setStatus(.notServing, for: "rpctest.v1.Probe")
+            #expect(await eventually { seen.withLockedValue { $0 } == [.serving, .notServing] })
+            server.health.setStatus(.serving, for: "rpctest.v1.Probe")
+            try await watcher.value
+            #expect(seen.withLockedValue { $0 } == [.serving, .notServing, .serving])
+        }
+    }
+}

@@ -43,6 +43,9 @@ public final class RPCServer: Sendable {
     public let configuration: Configuration
     private let group: any EventLoopGroup
     private let router: [String: RPCServerMethod]
+    private let serviceNames: [String]
+    /// The statuses `grpc.health.v1.Health` reports; every server serves it.
+    public let health = HealthStatus()
     private let interceptors: [any RPCServerInterceptor]
     private let state = NIOLockedValueBox(State())
 
@@ -62,10 +65,12 @@ public final class RPCServer: Sendable {
         self.group = group
         self.interceptors = interceptors
         var router: [String: RPCServerMethod] = [:]
+        for method in HealthService(health: health).methods { router[method.descriptor.path] = method }
         for service in services {
             for method in service.methods { router[method.descriptor.path] = method }
         }
         self.router = router
+        self.serviceNames = Set(services.flatMap { $0.methods.map(\.descriptor.service) }).sorted()
     }
 
     /// The paths this server routes.
@@ -84,6 +89,8 @@ public final class RPCServer: Sendable {
             .bind(host: configuration.host, port: configuration.port)
             .get()
         state.withLockedValue { $0.channel = channel }
+        health.setStatus(.serving, for: "")
+        for name in serviceNames { health.setStatus(.serving, for: name) }
         guard let address = channel.localAddress else {
             throw RPCError(code: .internal, message: "the listening socket has no address")
         }
@@ -126,6 +133,9 @@ public final class RPCServer: Sendable {
             return (state.channel, Array(state.connections.values))
         }
         try? await channel?.close()
+        health.setStatus(.notServing, for: "")
+        for name in serviceNames { health.setStatus(.notServing, for: name) }
+        health.finishWatchers()
         for connection in connections { connection.goAway() }
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while connectionCount > 0, ContinuousClock.now < deadline {

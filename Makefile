@@ -5,11 +5,12 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-# Debian packages the build and the tests need: nghttp2 and OpenSSL (RPC layer), protobuf-c (reference codec),
+# Debian packages the build and the tests need: nghttp2, OpenSSL and zlib (RPC layer), protobuf-c (reference codec),
 # protoc and protoc-c (parser agreement and regenerating the reference C), pkg-config.
-APT_PACKAGES := libnghttp2-dev libssl-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+APT_PACKAGES := libnghttp2-dev libssl-dev zlib1g-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
 SWIFT_BUILD_FLAGS ?= -Xswiftc -warnings-as-errors
 FUZZ_RUNS ?= 2000000
+DEFRAMER_FUZZ_RUNS ?= 1000000
 SHARED ?= $(abspath ../shared)
 ANCHOR_BUILD := $(CURDIR)/.build-anchor
 FUZZ_PKG := Tests/Fuzz
@@ -40,6 +41,8 @@ interop-deps: ## Install Python grpcio in .build-interop/venv and generate its s
 	@$(INTEROP_PY) -c 'import grpc, grpc_tools' 2>/dev/null || $(INTEROP_DIR)/venv/bin/pip install -q grpcio grpcio-tools
 	@mkdir -p $(INTEROP_DIR)/stubs
 	@$(INTEROP_PY) -m grpc_tools.protoc -I Tests/Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs rpctest/v1/rpctest.proto
+	@$(INTEROP_PY) -m grpc_tools.protoc -I Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs \
+	  grpc/testing/empty.proto grpc/testing/messages.proto grpc/testing/test.proto
 
 .PHONY: test
 test: deps check-generated interop-deps ## Install what is missing, build, and run every test (what CI runs).
@@ -48,7 +51,7 @@ test: deps check-generated interop-deps ## Install what is missing, build, and r
 	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
 	@# One plain closing line for CI: the XCTest runner also prints "Executed 0 tests" (all tests are Swift Testing).
 	@n=$$(sed -nE 's/.*Test run with ([0-9]+) tests? .*passed.*/\1/p' .build/swift-test.log | tail -1); \
-	  echo "fuzz: $(FUZZ_RUNS) runs clean"; echo "tests: $${n:-0} passed, 0 failed"
+	  echo "fuzz: $(FUZZ_RUNS) decoder runs and $(DEFRAMER_FUZZ_RUNS) deframer runs clean"; echo "tests: $${n:-0} passed, 0 failed"
 
 .PHONY: test-unit
 test-unit: interop-deps ## Run the Swift tests only, no fuzzing (fast inner loop).
@@ -73,7 +76,7 @@ check-generated: deps ## Check that committed generated files match their source
 	done; rm -rf $$tmp; exit $$status
 
 .PHONY: fuzz
-fuzz: deps ## Fuzz the message decoder with libFuzzer for FUZZ_RUNS inputs (default 2,000,000); fails on any finding.
+fuzz: deps ## Fuzz the message decoder (FUZZ_RUNS, default 2,000,000) and the gRPC deframer (DEFRAMER_FUZZ_RUNS) with libFuzzer; fails on any finding.
 	swift build --product protogen
 	mkdir -p $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated
 	"$$(swift build --show-bin-path)/protogen" --out $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated \
@@ -85,6 +88,9 @@ fuzz: deps ## Fuzz the message decoder with libFuzzer for FUZZ_RUNS inputs (defa
 	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/ProtoDecodeFuzz -runs=$(FUZZ_RUNS) -max_len=4096 -seed=1 \
 	  -artifact_prefix=.build-fuzz/artifacts/ .build-fuzz/corpus Tests/Fuzz/Seeds
 	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/ProtoDecodeFuzz -runs=0 Tests/Fuzz/FailCases
+	mkdir -p .build-fuzz/deframer-corpus
+	SWIFT_BACKTRACE=enable=no $(FUZZ_PKG)/.build/release/DeframerFuzz -runs=$(DEFRAMER_FUZZ_RUNS) -max_len=1024 -seed=1 \
+	  -artifact_prefix=.build-fuzz/artifacts/ .build-fuzz/deframer-corpus Tests/Fuzz/DeframerSeeds
 
 .PHONY: bench
 bench: bench-codec bench-rpc ## Run every benchmark.
@@ -94,8 +100,9 @@ bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 anchor server (end
 	@test -d $(SHARED)/anchors/rpc || { echo "needs ../shared/anchors/rpc beside the repository"; exit 1; }
 	@command -v h2load >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }; }
 	rm -f Benchmarks/.build/release.yaml  # a path dependency's new files are otherwise missed
-	cd Benchmarks && swift build -c release --product EchoServer
-	BUILD_DIR=$(ANCHOR_BUILD) SHARED=$(SHARED) Benchmarks/rpc/run.sh $(CURDIR)/Benchmarks/.build/release/EchoServer
+	cd Benchmarks && swift build -c release --product EchoServer && swift build -c release --product RPCChurn
+	BUILD_DIR=$(ANCHOR_BUILD) SHARED=$(SHARED) CHURN=$(CURDIR)/Benchmarks/.build/release/RPCChurn \
+	  Benchmarks/rpc/run.sh $(CURDIR)/Benchmarks/.build/release/EchoServer
 
 .PHONY: bench-codec
 bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the anchor corpus (ends with the min ratio).

@@ -18,6 +18,7 @@ let package = Package(
         .plugin(name: "ProtoGenPlugin", targets: ["ProtoGenPlugin"]),
         .library(name: "RPCCore", targets: ["RPCCore"]),
         .library(name: "ShoalRPC", targets: ["ShoalRPC"]),
+        .executable(name: "interop-server", targets: ["interop-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -29,17 +30,34 @@ let package = Package(
         .target(name: "RPCCore", swiftSettings: strictSettings),
         // libnghttp2: the HTTP/2 state machine under ShoalRPC.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // OpenSSL: TLS for ShoalRPC.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // zlib: gzip message compression.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // gRPC over HTTP/2: nghttp2 sessions driven by SwiftNIO channels, servers, clients and call semantics.
         .target(
             name: "ShoalRPC",
             dependencies: [
-                "RPCCore", "ProtoRuntime", "CNGHTTP2",
+                "RPCCore", "ProtoRuntime", "CNGHTTP2", "CZlib", "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strictSettings,
             plugins: ["ProtoGenPlugin"]
+        ),
+        // grpc.testing.TestService from gRPC's interop test descriptions, and the server gRPC's interop clients call.
+        .target(
+            name: "InteropService",
+            dependencies: ["ShoalRPC"],
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .executableTarget(
+            name: "interop-server",
+            dependencies: ["InteropService", "ShoalRPC"],
+            path: "Sources/InteropServer",
+            swiftSettings: strictSettings
         ),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
         .target(name: "ProtoGenCore", swiftSettings: strictSettings),
@@ -96,7 +114,7 @@ let package = Package(
         .testTarget(
             name: "ShoalRPCTests",
             dependencies: [
-                "ShoalRPC", "RPCCore", "RPCTestServices",
+                "ShoalRPC", "RPCCore", "RPCTestServices", "InteropService",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -2,11 +2,12 @@
 # make bench-rpc: Shoal's echo server beside the grpc-swift-2 anchor server, under the anchors' h2load load.
 #
 # usage: run.sh SHOAL_ECHO_SERVER          env: BUILD_DIR, SHARED, ROUNDS (3), DURATION (10), WARMUP (2),
-#                                               SCENARIOS ("a b c s")
+#                                               SCENARIOS ("a b c s"), CHURN (the RPCChurn binary), CHURN_CALLS
 # 1. Builds the anchor server (../shared/anchors/rpc/swift-server, grpc-swift-2, release) under BUILD_DIR.
 # 2. ROUNDS rounds; each starts every server in turn (order alternating) and drives it with the anchors' load.sh,
 #    recording the server's CPU time (utime+stime from /proc) over each scenario and its RSS.
-# 3. Prints medians side by side and ends with `min rps ratio vs grpc-swift-2: X.XX` over scenarios a, b and c.
+# 3. With CHURN set, 100,000 calls of mixed outcomes against a Shoal server process, its RSS every 10,000.
+# 4. Prints medians side by side and ends with `min rps ratio vs grpc-swift-2: X.XX` over scenarios a, b and c.
 set -euo pipefail
 SHOAL="$1"
 SHARED="${SHARED:?}"
@@ -80,6 +81,16 @@ for round in $(seq "$ROUNDS"); do
     stop
   done
 done
+
+if [ -n "${CHURN:-}" ]; then
+  echo "== churn: ${CHURN_CALLS:-100000} calls (70 % ok, 10 % error status, 10 % cancelled, 10 % deadline exceeded)"
+  "$CHURN" server 50083 > "$R/churn-server.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/50083) 2>/dev/null && break; sleep 0.05; done
+  "$CHURN" client 50083 "$PID" "${CHURN_CALLS:-100000}" | tee "$R/churn.txt"
+  stop
+  echo
+fi
 
 python3 - "$RAW" <<'PY' | tee "$R/table.md"
 import sys, statistics, collections

@@ -40,6 +40,11 @@ with grpc.insecure_channel(f"127.0.0.1:{args.port}") as channel:
     check("response metadata", initial.get("echoed") == "hi" and initial.get("echoed-bin") == b"\x01\x02\x03", str(initial))
     check("unary status", call.code() == grpc.StatusCode.OK)
 
+    # gzip: a compressed request; the Shoal server under test compresses responses for clients that accept gzip.
+    big = bytes(i % 7 for i in range(100000))
+    zipped = stub.Echo(pb.ProbeRequest(payload=big), compression=grpc.Compression.Gzip, timeout=10)
+    check("gzip", zipped.payload == big, f"{len(zipped.payload)} bytes")
+
     # Server streaming.
     numbers = [r.number for r in stub.Expand(pb.ProbeRequest(count=500), timeout=10)]
     check("server streaming", numbers == list(range(500)), f"{len(numbers)} messages")

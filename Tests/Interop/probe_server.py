@@ -76,7 +76,8 @@ class Probe(pb_grpc.ProbeServicer):
             yield pb.ProbeResponse(text=request.text.upper(), number=request.number * 2)
 
 
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+# Responses are gzip-compressed for clients that accept it, so a Shoal client's decompression is exercised.
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), compression=grpc.Compression.Gzip)
 pb_grpc.add_ProbeServicer_to_server(Probe(), server)
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()

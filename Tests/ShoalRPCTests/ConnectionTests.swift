@@ -159,3 +159,36 @@ struct ConnectionTests {
         }
     }
 }
+
+@Suite("keepalive and idle connections")
+struct KeepaliveTests {
+    @Test("a quiet connection is pinged and the client's ACKs keep it open")
+    func keepalive() async throws {
+        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(30); $0.keepaliveTimeout = .seconds(5) }) { server, client, _ in
+            _ = try await Rpctest_V1_Probe.Client(client).echo(Request())
+            #expect(await eventually { server.pingAcksReceived >= 3 })
+            #expect(server.connectionCount == 1)
+            let reply1 = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "alive"))
+            #expect(reply1.text == "alive")
+        }
+    }
+
+    @Test("an idle connection is closed with GOAWAY; the client reconnects for its next call")
+    func idleTimeout() async throws {
+        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(300) }) { server, client, _ in
+            let probe = Rpctest_V1_Probe.Client(client)
+            _ = try await probe.echo(Request())
+            #expect(await eventually { server.connectionCount == 0 })
+            let reply2 = try await probe.echo(Request(text: "again"))
+            #expect(reply2.text == "again")
+        }
+    }
+
+    @Test("a connection with a call in flight is not idle")
+    func busyIsNotIdle() async throws {
+        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(100) }) { server, client, _ in
+            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "slow", delayMs: 500))
+            #expect(response.text == "slow")
+        }
+    }
+}

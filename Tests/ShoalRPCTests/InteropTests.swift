@@ -1,4 +1,5 @@
 import Foundation
+import InteropService
 import NIOCore
 import RPCTestServices
 import ShoalRPC
@@ -36,7 +37,7 @@ enum Interop {
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = ["\(scripts)/\(script)"] + arguments
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("interop-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: output.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         let handle = try FileHandle(forWritingTo: output)
         process.standardOutput = handle
         process.standardError = handle
@@ -55,10 +56,10 @@ enum Interop {
 
 @Suite("interop with Python grpcio", .serialized)
 struct InteropTests {
-    @Test("a grpcio client calls a Shoal server: four call kinds, metadata, every status code, deadlines, cancellation")
+    @Test("a grpcio client calls a Shoal server: four call kinds, metadata, gzip, every status code, deadlines, cancellation")
     func grpcioClient() async throws {
         try Interop.requirePython()
-        try await withServer([ProbeService()]) { _, _, port in
+        try await withServer([ProbeService()], configure: { $0.responseCompression = .gzip }) { _, _, port in
             let (status, output) = try await Interop.run("probe_client.py", ["--port", String(port), "--stubs", Interop.stubs])
             #expect(status == 0, "\(output)")
             #expect(output.contains("all checks passed"), "\(output)")
@@ -66,7 +67,26 @@ struct InteropTests {
         }
     }
 
-    @Test("a Shoal client calls a grpcio server: four call kinds, metadata, status codes, deadlines")
+    @Test("gRPC's interop test cases from a grpcio client against grpc.testing.TestService on Shoal", arguments: [false, true])
+    func interopCases(tls: Bool) async throws {
+        try Interop.requirePython()
+        var configuration = RPCServer.Configuration(host: "127.0.0.1", port: 0)
+        configuration.responseCompression = .gzip
+        var extra: [String] = []
+        if tls {
+            let certificates = try TestCertificates.shared.get()
+            configuration.tls = .server(certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey)
+            extra = ["--tls-ca", certificates.ca]
+        }
+        let server = RPCServer(configuration: configuration, services: [InteropTestService()])
+        let port = try #require(try await server.start().port)
+        let (status, output) = try await Interop.run("interop_client.py", ["--port", String(port), "--stubs", Interop.stubs] + extra)
+        await server.shutdownGracefully(timeout: .seconds(5))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("all interop cases passed"), "\(output)")
+    }
+
+    @Test("a Shoal client calls a grpcio server: four call kinds, metadata, gzip both ways, status codes, deadlines")
     func grpcioServer() async throws {
         try Interop.requirePython()
         let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("probe-port-\(UUID().uuidString)").path
@@ -101,6 +121,10 @@ struct InteropTests {
         }
         #expect(initial["echoed"] == "hi")
         #expect(initial[binary: "echoed-bin"] == [1, 2, 3])
+
+        let big = [UInt8]((0..<100_000).map { UInt8(truncatingIfNeeded: $0 % 7) })
+        let zipped = try await probe.echo(Request(payload: big), options: CallOptions(timeout: .seconds(10), compression: .gzip))
+        #expect(zipped.payload == big)
 
         let numbers = try await probe.expand(Request(count: 300), options: options) { stream in
             var numbers: [Int64] = []
@@ -138,6 +162,7 @@ struct InteropTests {
         await expectRPCError(.unimplemented) {
             let _: Response = try await client.unary(missing, request: Request(), options: options)
         }
-        #expect(try await probe.echo(Request(text: "end"), options: options).text == "end")
+        let reply1 = try await probe.echo(Request(text: "end"), options: options)
+        #expect(reply1.text == "end")
     }
 }

@@ -4,13 +4,13 @@
 /// there. Limits are checked on the prefix, before anything is buffered for the message, so a peer cannot make the
 /// receiver hold more than the limit: a declared length above `maxMessageSize` is `RESOURCE_EXHAUSTED`, as the gRPC
 /// specification requires. A malformed prefix is `INTERNAL`; the deframer stays failed after any error.
-package struct GRPCMessageDeframer {
+public struct GRPCMessageDeframer {
     /// A message as it came off the wire.
-    package struct Message: Hashable, Sendable {
+    public struct Message: Hashable, Sendable {
         /// The message bytes (still compressed when `isCompressed`).
-        package var bytes: [UInt8]
+        public var bytes: [UInt8]
         /// Whether the sender set the compressed flag.
-        package var isCompressed: Bool
+        public var isCompressed: Bool
     }
 
     private var buffer: [UInt8] = []
@@ -23,16 +23,16 @@ package struct GRPCMessageDeframer {
     ///   - maxMessageSize: the largest message accepted, in bytes (gRPC's default is 4 MiB).
     ///   - acceptsCompressed: whether the stream negotiated a `grpc-encoding`; if not, a compressed message is an
     ///     error.
-    package init(maxMessageSize: Int = 4 * 1024 * 1024, acceptsCompressed: Bool = false) {
+    public init(maxMessageSize: Int = 4 * 1024 * 1024, acceptsCompressed: Bool = false) {
         self.maxMessageSize = maxMessageSize
         self.acceptsCompressed = acceptsCompressed
     }
 
     /// The bytes received but not yet returned as messages.
-    package var bufferedByteCount: Int { buffer.count - readIndex }
+    public var bufferedByteCount: Int { buffer.count - readIndex }
 
     /// Adds received bytes.
-    package mutating func append(_ bytes: UnsafeRawBufferPointer) {
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard failure == nil, !bytes.isEmpty else { return }
         // Drop what has been consumed before growing, so the buffer holds at most one message and a prefix.
         if readIndex > 0 && readIndex >= buffer.count / 2 {
@@ -43,12 +43,12 @@ package struct GRPCMessageDeframer {
     }
 
     /// Adds received bytes.
-    package mutating func append(_ bytes: [UInt8]) {
+    public mutating func append(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { append($0) }
     }
 
     /// The next whole message, or `nil` until more bytes arrive.
-    package mutating func next() throws(RPCError) -> Message? {
+    public mutating func next() throws(RPCError) -> Message? {
         if let failure { throw failure }
         let available = buffer.count - readIndex
         guard available >= GRPCMessageFramer.prefixSize else { return nil }
@@ -84,7 +84,7 @@ package struct GRPCMessageDeframer {
     /// Checks that the stream ended between messages.
     ///
     /// - Throws: `INTERNAL` if bytes of an unfinished message (or prefix) remain.
-    package mutating func finish() throws(RPCError) {
+    public mutating func finish() throws(RPCError) {
         if let failure { throw failure }
         if bufferedByteCount > 0 {
             try fail(RPCError(code: .internal, message: "stream ended inside a message (\(bufferedByteCount) bytes left over)"))

@@ -13,12 +13,17 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
     private var deframer: GRPCMessageDeframer
     private var deadlineTimer: Scheduled<Void>?
     private var finished = false
+    private let maxReceiveMessageSize: Int
+    /// How request messages are encoded.
+    let requestEncoding: MessageEncoding
     private let lock = NIOLock()
     private var _initialMetadata = Metadata()
     private var _trailingMetadata = Metadata()
 
-    init(id: Int32, connection: NGHTTP2Connection, maxReceiveMessageSize: Int) {
+    init(id: Int32, connection: NGHTTP2Connection, maxReceiveMessageSize: Int, requestEncoding: MessageEncoding) {
         self.deframer = GRPCMessageDeframer(maxMessageSize: maxReceiveMessageSize)
+        self.maxReceiveMessageSize = maxReceiveMessageSize
+        self.requestEncoding = requestEncoding
         super.init(id: id, connection: connection)
         let eventLoop = connection.eventLoop
         responses.onCaughtUp = { [weak self] in
@@ -26,6 +31,10 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
             eventLoop.execute { self.connection.readerConsumed(self) }
         }
     }
+
+    private var _responseEncoding = MessageEncoding.identity
+    /// How the server encodes responses (from its `grpc-encoding`).
+    var responseEncoding: MessageEncoding { lock.withLock { _responseEncoding } }
 
     /// The response headers' metadata (empty until they arrive).
     var initialMetadata: Metadata { lock.withLock { _initialMetadata } }
@@ -40,13 +49,14 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         message: ByteBuffer?,
         endRequest: Bool,
         timeout: Duration?,
-        maxReceiveMessageSize: Int
+        maxReceiveMessageSize: Int,
+        requestEncoding: MessageEncoding
     ) throws(RPCError) -> ClientCall {
         let stream = connection.submitRequest(headers: headers) { id in
-            ClientCall(id: id, connection: connection, maxReceiveMessageSize: maxReceiveMessageSize)
+            ClientCall(id: id, connection: connection, maxReceiveMessageSize: maxReceiveMessageSize, requestEncoding: requestEncoding)
         }
         guard let call = stream as? ClientCall else {
-            throw RPCError(code: .unavailable, message: "the connection is not accepting new calls")
+            throw connection.closeReason ?? RPCError(code: .unavailable, message: "the connection is not accepting new calls")
         }
         if var message { connection.appendOutbound(call, &message) }
         if endRequest { connection.endOutbound(call, trailers: nil) }
@@ -69,11 +79,13 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         if category == NGHTTP2_HCAT_RESPONSE.rawValue {
             var httpStatus = 0, contentType: String?
             var grpcStatus: String?
+            var encoding: String?
             for (name, value) in headers {
                 switch name {
                 case ":status": httpStatus = Int(value) ?? 0
                 case "content-type": contentType = value
                 case "grpc-status": grpcStatus = value
+                case "grpc-encoding": encoding = value
                 default: break
                 }
             }
@@ -86,6 +98,18 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
                 finish(RPCError(code: .unknown, message: "response content-type '\(contentType ?? "")' is not gRPC"))
                 connection.reset(self)
                 return
+            }
+            if let encoding {
+                switch MessageEncoding(header: encoding) {
+                case .gzip?:
+                    deframer = GRPCMessageDeframer(maxMessageSize: maxReceiveMessageSize, acceptsCompressed: true)
+                    lock.withLock { _responseEncoding = .gzip }
+                case .identity?: break
+                case nil:
+                    finish(RPCError(code: .internal, message: "the server used message encoding '\(encoding)', which was not offered"))
+                    connection.reset(self)
+                    return
+                }
             }
             if endStream || grpcStatus != nil {
                 finishWithStatus(from: headers)  // trailers-only
@@ -132,15 +156,26 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         guard !finished else { return }
         deframer.append(bytes)
         do {
-            while let message = try deframer.next() { responses.push(message.bytes) }
+            while let message = try deframer.next() {
+                if message.isCompressed {
+                    responses.push(try Gzip.decompress(message.bytes, limit: maxReceiveMessageSize))
+                } else {
+                    responses.push(message.bytes)
+                }
+            }
         } catch {
             abandon(error)
         }
     }
 
+    /// The server refused the stream without processing it (REFUSED_STREAM, or above a GOAWAY's last stream id):
+    /// safe to send again on another connection.
+    private(set) var refusedUnprocessed = false
+
     override func streamClosed(errorCode: UInt32) {
         deadlineTimer?.cancel()
         guard !finished else { return }
+        if errorCode == NGHTTP2_REFUSED_STREAM.rawValue { refusedUnprocessed = true }
         let error: RPCError = switch errorCode {
         case NGHTTP2_REFUSED_STREAM.rawValue: RPCError(code: .unavailable, message: "the server refused the stream")
         case NGHTTP2_CANCEL.rawValue: RPCError(code: .cancelled, message: "the server cancelled the call")
@@ -148,6 +183,11 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         case NGHTTP2_INTERNAL_ERROR.rawValue: RPCError(code: .unavailable, message: "the connection closed")
         default: RPCError(code: .internal, message: "the stream was reset with HTTP/2 error \(errorCode)")
         }
+        finish(error)
+    }
+
+    override func connectionClosed(_ error: RPCError) {
+        deadlineTimer?.cancel()
         finish(error)
     }
 
@@ -185,7 +225,7 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
 
     /// Sends one request message; waits while the server is not reading fast enough.
     func send<Request: ProtoMessage>(_ message: Request) async throws {
-        let frame = MessageCoding.frame(message, allocator: connection.allocator)
+        let frame = try MessageCoding.frame(message, encoding: requestEncoding, allocator: connection.allocator)
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             onLoop { [self] in
                 guard !finished, !closed, !outboundEnded else {

@@ -36,6 +36,7 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     private let group: any EventLoopGroup
     private let http2: HTTP2Configuration
     private let backoff: ConnectionBackoff
+    private let tls: Result<TLSContext, RPCError>?
     private let state = NIOLockedValueBox(State.idle(failures: 0, retryAt: nil))
 
     enum State {
@@ -45,7 +46,8 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         case closed
     }
 
-    init(host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: ConnectionBackoff) {
+    init(host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: ConnectionBackoff, tls: Result<TLSContext, RPCError>?) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.group = group
@@ -120,6 +122,9 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         let (seconds, attoseconds) = backoff.connectTimeout.components
         let timeout = TimeAmount.nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
         let http2 = self.http2
+        let tls = try self.tls?.get()
+        let host = self.host
+        let created = NIOLockedValueBox<NGHTTP2Connection?>(nil)
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -127,12 +132,16 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let handler = NGHTTP2Connection(role: .client, configuration: http2, channel: channel)
                     handler.delegate = self
+                    created.withLockedValue { $0 = handler }
+                    if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: host)) }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
             .connect(host: host, port: port)
             .get()
-        let handler = try await channel.pipeline.handler(type: NGHTTP2Connection.self).get()
+        guard let handler = created.withLockedValue({ $0 }) else {
+            throw RPCError(code: .unavailable, message: "the connection closed while it was being set up")
+        }
         return (handler, channel)
     }
 
@@ -149,7 +158,7 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     }
 
     /// New calls use a new connection; this one drains its streams and closes.
-    private func forget(_ connection: NGHTTP2Connection) {
+    func forget(_ connection: NGHTTP2Connection) {
         state.withLockedValue { state in
             if case .ready(let current, _) = state, current === connection { state = .idle(failures: 0, retryAt: nil) }
         }

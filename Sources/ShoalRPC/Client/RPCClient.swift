@@ -36,10 +36,13 @@ public struct CallOptions: Sendable {
     public var retry: RetryPolicy?
     /// Responses larger than this fail the call with RESOURCE_EXHAUSTED.
     public var maxReceiveMessageSize = 4 * 1024 * 1024
+    /// How request messages are compressed (`grpc-encoding`). Responses may be gzip whatever this is.
+    public var compression: MessageEncoding
 
-    public init(timeout: Duration? = nil, retry: RetryPolicy? = nil) {
+    public init(timeout: Duration? = nil, retry: RetryPolicy? = nil, compression: MessageEncoding = .identity) {
         self.timeout = timeout
         self.retry = retry
+        self.compression = compression
     }
 }
 
@@ -104,6 +107,8 @@ public final class RPCClient: Sendable {
         /// Options for calls that pass none.
         public var defaultCallOptions = CallOptions()
         public var userAgent = "shoal-rpc/0.1"
+        /// Connect with TLS (ALPN `h2`, the server's certificate checked against `serverHostname` or the host).
+        public var tls: TLSConfiguration?
 
         public init() {}
     }
@@ -121,8 +126,11 @@ public final class RPCClient: Sendable {
     ) {
         self.configuration = configuration
         self.interceptors = interceptors
+        let tls: Result<TLSContext, RPCError>? = configuration.tls.map { tls in
+            Result { () throws(RPCError) in try TLSContext(tls, role: .client) }
+        }
         self.connections = targets.map {
-            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff)
+            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff, tls: tls)
         }
     }
 
@@ -146,10 +154,11 @@ public final class RPCClient: Sendable {
 
     private func headers(_ descriptor: ProtoMethodDescriptor, _ context: ClientRequestContext, authority: String) -> [HTTP2Header] {
         var headers: [HTTP2Header] = [
-            (":method", "POST"), (":scheme", "http"), (":path", descriptor.path), (":authority", authority),
+            (":method", "POST"), (":scheme", configuration.tls == nil ? "http" : "https"), (":path", descriptor.path), (":authority", authority),
             ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", configuration.userAgent),
-            ("grpc-accept-encoding", "identity"),
+            ("grpc-accept-encoding", MessageEncoding.acceptHeader),
         ]
+        if context.options.compression == .gzip { headers.append(("grpc-encoding", "gzip")) }
         if let timeout = context.options.timeout {
             let (seconds, attoseconds) = timeout.components
             headers.append(("grpc-timeout", GRPCTimeout.encode(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)))
@@ -159,25 +168,37 @@ public final class RPCClient: Sendable {
     }
 
     /// Opens a stream for one attempt of a call.
-    private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool) async throws -> ClientCall {
+    private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool, extraHeaders: [(String, String)] = []) async throws -> ClientCall {
         let connection = try pickConnection()
-        let http2 = try await connection.connection()
-        let headers = headers(context.descriptor, context, authority: connection.authority)
+        let headers = headers(context.descriptor, context, authority: connection.authority) + extraHeaders.map { ($0.0, $0.1) }
         let options = context.options
-        return try await http2.eventLoop.submit {
-            try ClientCall.start(
-                on: http2, headers: headers, message: first, endRequest: endRequest,
-                timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize
-            )
-        }.get()
+        var attempt = 0
+        while true {
+            let http2 = try await connection.connection()
+            do {
+                return try await http2.eventLoop.submit {
+                    try ClientCall.start(
+                        on: http2, headers: headers, message: first, endRequest: endRequest,
+                        timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize,
+                        requestEncoding: options.compression
+                    )
+                }.get()
+            } catch let error as RPCError {
+                // The connection went away (GOAWAY, close) before the stream was sent: nothing was sent, so open
+                // it on a new connection.
+                attempt += 1
+                guard attempt < 3, error.code == .unavailable else { throw error }
+                connection.forget(http2)
+            }
+        }
     }
 
-    /// Opens a call and sends `bytes` as they are (no framing), for tests of malformed input.
-    func rawCall(_ descriptor: ProtoMethodDescriptor, bytes: [UInt8], endRequest: Bool = true) async throws -> ClientCall {
+    /// Opens a call and sends `bytes` as they are (no framing), with `extraHeaders`, for tests of malformed input.
+    func rawCall(_ descriptor: ProtoMethodDescriptor, bytes: [UInt8], extraHeaders: [(String, String)] = [], endRequest: Bool = true) async throws -> ClientCall {
         var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         let context = ClientRequestContext(descriptor: descriptor, metadata: Metadata(), options: configuration.defaultCallOptions)
-        return try await open(context, first: buffer, endRequest: endRequest)
+        return try await open(context, first: buffer, endRequest: endRequest, extraHeaders: extraHeaders)
     }
 
     private func intercepted<Result: Sendable>(
@@ -229,17 +250,26 @@ public final class RPCClient: Sendable {
     ) async throws -> Response {
         let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
-            let frame = MessageCoding.frame(request, allocator: ByteBufferAllocator())
+            let frame = try MessageCoding.frame(request, encoding: context.options.compression, allocator: ByteBufferAllocator())
             let policy = context.options.retry
             let deadline = context.options.timeout.map { ContinuousClock.now.advanced(by: $0) }
             var attempt = 1
+            var transparentRetries = 0
             while true {
                 var attemptContext = context
                 if let deadline { attemptContext.options.timeout = deadline - ContinuousClock.now }
+                var call: ClientCall?
                 do {
-                    let call = try await open(attemptContext, first: frame, endRequest: true)
-                    return try await withCall(call) { call in try await Self.readSingleResponse(call) }
+                    let opened = try await open(attemptContext, first: frame, endRequest: true)
+                    call = opened
+                    return try await withCall(opened) { call in try await Self.readSingleResponse(call) }
                 } catch let error as RPCError {
+                    // A stream the server never processed (refused, or cut off by a GOAWAY) is sent again at once,
+                    // whatever the retry policy: gRPC's transparent retry.
+                    if call?.refusedUnprocessed == true, transparentRetries < 3 {
+                        transparentRetries += 1
+                        continue
+                    }
                     guard let policy, attempt < policy.maxAttempts, policy.retryableCodes.contains(error.code.rawValue) else { throw error }
                     let pause = policy.backoff(afterAttempt: attempt)
                     if let deadline, ContinuousClock.now.advanced(by: pause) >= deadline { throw error }
@@ -260,7 +290,8 @@ public final class RPCClient: Sendable {
     ) async throws -> Result {
         let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
-            let call = try await open(context, first: MessageCoding.frame(request, allocator: ByteBufferAllocator()), endRequest: true)
+            let first = try MessageCoding.frame(request, encoding: context.options.compression, allocator: ByteBufferAllocator())
+            let call = try await open(context, first: first, endRequest: true)
             return try await withCall(call) { call in
                 defer { call.cancel() }  // a no-op once the status has arrived
                 return try await handler(RPCResponseStream(call: call))

@@ -61,6 +61,8 @@ class HTTP2Stream {
     func endStreamReceived() {}
     /// The stream is closed (by either side); `errorCode` is the HTTP/2 error code, 0 for a clean close.
     func streamClosed(errorCode: UInt32) {}
+    /// The connection closed under an open stream.
+    func connectionClosed(_ error: RPCError) { streamClosed(errorCode: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue)) }
     /// Whether the stream's reader is behind by more than `limit` bytes; if so, the stream remembers to call
     /// ``NGHTTP2Connection/readerConsumed(_:)`` once it catches up, and the window is not replenished meanwhile.
     func withholdWindowIfBacklogExceeds(_ limit: Int) -> Bool { false }
@@ -187,7 +189,11 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         context.fireChannelWritabilityChanged()
     }
 
+    /// Why the connection is closing, if something below HTTP/2 said (a TLS failure, for instance).
+    private(set) var closeReason: RPCError?
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if closeReason == nil { closeReason = error as? RPCError }
         close(context: context)
     }
 
@@ -207,8 +213,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         streams = [:]
         for (_, stream) in open.sorted(by: { $0.key < $1.key }) {
             stream.closed = true
-            stream.failWriters(RPCError(code: .unavailable, message: "connection closed"))
-            stream.streamClosed(errorCode: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+            stream.failWriters(closeReason ?? RPCError(code: .unavailable, message: "connection closed"))
+            stream.connectionClosed(closeReason ?? RPCError(code: .unavailable, message: "the connection closed"))
         }
         delegate?.connectionClosed(self)
     }
@@ -377,10 +383,18 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         closeIfDrained()
     }
 
-    /// Sends a PING; the peer's ACK shows up as activity.
+    /// PINGs sent and ACKs received, for keepalive.
+    private(set) var pingsSent = 0
+    private(set) var pingAcksReceived = 0
+    private(set) var lastPingSent: NIODeadline?
+    var awaitingPingAck: Bool { pingsSent > pingAcksReceived }
+
+    /// Sends a PING; the peer must ACK it.
     func sendPing() {
         guard let session else { return }
         nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+        pingsSent += 1
+        lastPingSent = .now()
         scheduleFlush()
     }
 
@@ -435,6 +449,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
             }
         case NGHTTP2_DATA.rawValue:
             if endStream, let stream = streams[header.stream_id], !stream.closed { stream.endStreamReceived() }
+        case NGHTTP2_PING.rawValue:
+            if header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { pingAcksReceived += 1 }
         case NGHTTP2_GOAWAY.rawValue:
             goAwayReceived = true
             delegate?.connectionReceivedGoAway(self, lastStreamID: frame.pointee.goaway.last_stream_id)

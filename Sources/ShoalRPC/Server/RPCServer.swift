@@ -29,10 +29,16 @@ public final class RPCServer: Sendable {
         /// Requests larger than this end with RESOURCE_EXHAUSTED.
         public var maxReceiveMessageSize = 4 * 1024 * 1024
         public var handlerExecutor = HandlerExecutor.eventLoop
+        /// Serve TLS (ALPN `h2`) instead of plaintext HTTP/2; with a client CA set, clients must present certificates.
+        public var tls: TLSConfiguration?
+        /// Compress responses with this encoding when the client accepts it (requests are accepted either way).
+        public var responseCompression = MessageEncoding.identity
         /// A connection with no open streams for this long is closed (with GOAWAY); `nil` never.
         public var idleTimeout: TimeAmount? = .minutes(5)
         /// How often an otherwise quiet connection is pinged to detect a dead peer; `nil` never.
         public var keepaliveInterval: TimeAmount? = .hours(2)
+        /// A PING not acknowledged within this closes the connection.
+        public var keepaliveTimeout: TimeAmount = .seconds(20)
 
         public init(host: String = "127.0.0.1", port: Int = 0) {
             self.host = host
@@ -53,6 +59,7 @@ public final class RPCServer: Sendable {
         var channel: (any Channel)?
         var connections: [ObjectIdentifier: ServerConnection] = [:]
         var shuttingDown = false
+        var tls: TLSContext?
     }
 
     public init(
@@ -79,6 +86,10 @@ public final class RPCServer: Sendable {
     /// Binds and starts accepting connections; returns the bound address.
     @discardableResult
     public func start() async throws -> SocketAddress {
+        if let tls = configuration.tls {
+            let context = try TLSContext(tls, role: .server)
+            state.withLockedValue { $0.tls = context }
+        }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -107,20 +118,24 @@ public final class RPCServer: Sendable {
         }
         let context = ServerConnectionContext(
             router: router, interceptors: interceptors, maxReceiveMessageSize: configuration.maxReceiveMessageSize,
-            executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown"
+            responseCompression: configuration.responseCompression, executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown"
         )
         let connection = ServerConnection(context: context, configuration: configuration, channel: channel)
-        let refused = state.withLockedValue { state -> Bool in
-            if state.shuttingDown { return true }
+        let (refused, tls) = state.withLockedValue { state -> (Bool, TLSContext?) in
+            if state.shuttingDown { return (true, nil) }
             state.connections[ObjectIdentifier(connection)] = connection
-            return false
+            return (false, state.tls)
         }
         if refused { channel.close(promise: nil); return }
+        if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: nil)) }
         connection.onClose = { [weak self, id = ObjectIdentifier(connection)] in
             self?.state.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
         }
         try channel.pipeline.syncOperations.addHandler(connection.handler)
     }
+
+    /// PING ACKs received over every open connection (keepalive at work).
+    var pingAcksReceived: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pingAcksReceived } }
 
     /// Number of open client connections.
     public var connectionCount: Int { state.withLockedValue { $0.connections.count } }
@@ -163,9 +178,16 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         handler.delegate = self
         armIdleTimer()
         if let interval = configuration.keepaliveInterval {
-            keepaliveTimer = channel.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+            let timeout = configuration.keepaliveTimeout
+            let tick = min(interval, timeout)
+            keepaliveTimer = channel.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in
                 guard let self else { return }
-                if NIODeadline.now() - self.handler.lastActivity >= interval { self.handler.sendPing() }
+                let now = NIODeadline.now()
+                if self.handler.awaitingPingAck {
+                    if let sent = self.handler.lastPingSent, now - sent >= timeout { self.handler.closeNow() }
+                } else if now - self.handler.lastActivity >= interval {
+                    self.handler.sendPing()
+                }
             }
         }
     }
@@ -178,6 +200,9 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
             self.handler.sendGracefulGoAway()
         }
     }
+
+    /// PING ACKs received from the client, for tests.
+    var pingAcksReceived: Int { (try? channel.eventLoop.submit { self.handler.pingAcksReceived }.wait()) ?? 0 }
 
     func connection(_ connection: NGHTTP2Connection, streamOpened id: Int32) -> HTTP2Stream? {
         idleTimer?.cancel()

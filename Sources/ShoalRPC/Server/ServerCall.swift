@@ -9,13 +9,18 @@ final class ServerConnectionContext {
     let router: [String: RPCServerMethod]
     let interceptors: [any RPCServerInterceptor]
     let maxReceiveMessageSize: Int
+    let responseCompression: MessageEncoding
     let executor: (any TaskExecutor)?
     let peer: String
 
-    init(router: [String: RPCServerMethod], interceptors: [any RPCServerInterceptor], maxReceiveMessageSize: Int, executor: (any TaskExecutor)?, peer: String) {
+    init(
+        router: [String: RPCServerMethod], interceptors: [any RPCServerInterceptor], maxReceiveMessageSize: Int,
+        responseCompression: MessageEncoding, executor: (any TaskExecutor)?, peer: String
+    ) {
         self.router = router
         self.interceptors = interceptors
         self.maxReceiveMessageSize = maxReceiveMessageSize
+        self.responseCompression = responseCompression
         self.executor = executor
         self.peer = peer
     }
@@ -30,6 +35,8 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     private let server: ServerConnectionContext
     let requests = InboundMessageQueue()
     private var deframer: GRPCMessageDeframer
+    /// How responses are encoded: gzip when configured and the client accepts it.
+    private var responseEncoding = MessageEncoding.identity
     private var task: Task<Void, Never>?
     private var deadlineTimer: Scheduled<Void>?
     /// Response headers have been sent.
@@ -61,7 +68,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
 
     override func headersReceived(category: UInt32, endStream: Bool) {
         guard category == NGHTTP2_HCAT_REQUEST.rawValue else { return }  // request trailers carry nothing for us
-        var method = "", path = "", contentType = "", timeout: String?, encoding: String?
+        var method = "", path = "", contentType = "", timeout: String?, encoding: String?, acceptEncoding = ""
         var metadata = Metadata()
         for (name, value) in receivedHeaders {
             switch name {
@@ -70,6 +77,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
             case "content-type": contentType = value
             case "grpc-timeout": timeout = value
             case "grpc-encoding": encoding = value
+            case "grpc-accept-encoding": acceptEncoding = value
             default:
                 if !Metadata.isReserved(name) { metadata.addWireHeader(name: name, value: value) }
             }
@@ -83,9 +91,17 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
             sendHTTPError(status: 415)
             return
         }
-        if let encoding, encoding != "identity" {
-            fail(RPCError(code: .unimplemented, message: "message encoding '\(encoding)' is not supported"), extraHeaders: [("grpc-accept-encoding", "identity")])
-            return
+        if let encoding {
+            guard let requestEncoding = MessageEncoding(header: encoding) else {
+                fail(RPCError(code: .unimplemented, message: "message encoding '\(encoding)' is not supported"))
+                return
+            }
+            if requestEncoding == .gzip {
+                deframer = GRPCMessageDeframer(maxMessageSize: server.maxReceiveMessageSize, acceptsCompressed: true)
+            }
+        }
+        if server.responseCompression == .gzip, acceptEncoding.split(separator: ",").contains(where: { MessageEncoding(header: String($0)) == .gzip }) {
+            responseEncoding = .gzip
         }
         guard let method = server.router[path] else {
             fail(RPCError(code: .unimplemented, message: "unknown method \(path)"))
@@ -142,7 +158,11 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         deframer.append(bytes)
         do {
             while let message = try deframer.next() {
-                requests.push(message.bytes)
+                if message.isCompressed {
+                    requests.push(try Gzip.decompress(message.bytes, limit: server.maxReceiveMessageSize))
+                } else {
+                    requests.push(message.bytes)
+                }
             }
         } catch {
             fail(error, reset: true)
@@ -176,12 +196,12 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     // MARK: Responses
 
     /// Ends the call with an error status now; the handler, if running, is cancelled.
-    private func fail(_ error: RPCError, extraHeaders: [HTTP2Header] = [], reset: Bool = false) {
+    private func fail(_ error: RPCError, reset: Bool = false) {
         guard !completed else { return }
         requests.fail(error)
         cancelled.withLockedValue { $0 = true }
         task?.cancel()
-        sendStatus(error, extraHeaders: extraHeaders)
+        sendStatus(error)
         if reset {
             // The client may still be sending: stop its stream once the status has gone out (nghttp2 would send a
             // RST_STREAM submitted now ahead of the status).
@@ -197,18 +217,18 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     }
 
     private func responseHeaders() -> [HTTP2Header] {
-        var headers: [HTTP2Header] = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-accept-encoding", "identity")]
+        var headers: [HTTP2Header] = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-accept-encoding", MessageEncoding.acceptHeader)]
+        if responseEncoding == .gzip { headers.append(("grpc-encoding", "gzip")) }
         lock.withLock { responseMetadata }.forEachWireHeader { headers.append(($0, $1)) }
         return headers
     }
 
-    private func sendStatus(_ error: RPCError?, extraHeaders: [HTTP2Header] = []) {
+    private func sendStatus(_ error: RPCError?) {
         guard !completed else { return }
         completed = true
         deadlineTimer?.cancel()
         var status: [HTTP2Header] = [("grpc-status", String(error?.code.rawValue ?? 0))]
         if let error, !error.message.isEmpty { status.append(("grpc-message", PercentEncoding.encode(error.message))) }
-        status += extraHeaders
         var trailing = lock.withLock { trailingMetadata }
         if let error { for entry in error.metadata { trailing.append(entry) } }
         trailing.forEachWireHeader { status.append(($0, $1)) }
@@ -245,7 +265,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
 
     /// Queues one response message; waits while the stream's outgoing buffer is over its watermark.
     func send<Response: ProtoMessage>(_ message: Response) async throws {
-        let frame = MessageCoding.frame(message, allocator: connection.allocator)
+        let frame = try MessageCoding.frame(message, encoding: responseEncoding, allocator: connection.allocator)
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let send: @Sendable () -> Void = { [self] in
                 guard !completed, !closed else {

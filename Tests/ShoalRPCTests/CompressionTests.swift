@@ -66,3 +66,16 @@ struct CompressionTests {
         }
     }
 }
+
+@Suite("requests that are not gRPC")
+struct NonGRPCTests {
+    @Test("a content-type that is not application/grpc gets HTTP 415, which the client maps to UNKNOWN")
+    func contentType() async throws {
+        try await withServer([ProbeService()]) { server, client, _ in
+            let call = try await client.rawCall(Rpctest_V1_Probe.Method.Echo.descriptor, bytes: [0, 0, 0, 0, 0], extraHeaders: [("content-type", "text/plain")])
+            let error = await expectRPCError(.unknown) { while try await call.responses.next() != nil {} }
+            #expect(error?.message.contains("415") == true, "\(String(describing: error))")
+            #expect(server.connectionCount == 1)
+        }
+    }
+}

@@ -192,3 +192,38 @@ struct KeepaliveTests {
         }
     }
 }
+
+@Suite("stream limits")
+struct StreamLimitTests {
+    /// Counts handlers running at once.
+    final class InFlight: Sendable {
+        private let state = NIOLockedValueBox((now: 0, peak: 0))
+        var peak: Int { state.withLockedValue { $0.peak } }
+
+        var observer: @Sendable (ProbeService.Event) -> Void {
+            { [state] event in
+                state.withLockedValue { state in
+                    switch event {
+                    case .started: state.now += 1; state.peak = max(state.peak, state.now)
+                    case .finished, .cancelled: state.now -= 1
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("the server's SETTINGS_MAX_CONCURRENT_STREAMS holds: calls beyond it wait, and all complete")
+    func maxConcurrentStreams() async throws {
+        let inFlight = InFlight()
+        try await withServer([ProbeService(observer: inFlight.observer)], configure: { $0.http2.maxConcurrentStreams = 8 }) { _, client, _ in
+            let probe = Rpctest_V1_Probe.Client(client)
+            let count = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<64 { group.addTask { _ = try await probe.echo(Request(delayMs: 20)); return 1 } }
+                return try await group.reduce(0, +)
+            }
+            #expect(count == 64)
+            #expect(inFlight.peak <= 8, "\(inFlight.peak) handlers ran at once")
+            #expect(inFlight.peak >= 2)
+        }
+    }
+}

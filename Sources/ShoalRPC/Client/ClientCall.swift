@@ -156,13 +156,7 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         guard !finished else { return }
         deframer.append(bytes)
         do {
-            while let message = try deframer.next() {
-                if message.isCompressed {
-                    responses.push(try Gzip.decompress(message.bytes, limit: maxReceiveMessageSize))
-                } else {
-                    responses.push(message.bytes)
-                }
-            }
+            try deframer.drain(into: responses, decompressionLimit: maxReceiveMessageSize)
         } catch {
             abandon(error)
         }

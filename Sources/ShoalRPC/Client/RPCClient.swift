@@ -228,6 +228,20 @@ public final class RPCClient: Sendable {
         }
     }
 
+    /// Runs the caller's request writer, then half-closes; a writer that throws cancels the call.
+    private static func send<Request: ProtoMessage>(
+        _ requests: @Sendable (RPCRequestWriter<Request>) async throws -> Void,
+        on call: ClientCall
+    ) async throws {
+        do {
+            try await requests(RPCRequestWriter(call: call))
+            call.finishSending()
+        } catch {
+            call.cancel()
+            throw error
+        }
+    }
+
     private static func readSingleResponse<Response: ProtoMessage>(_ call: ClientCall) async throws -> Response {
         guard let bytes = try await call.responses.next() else {
             throw RPCError(code: .internal, message: "the server ended a unary call without a response")
@@ -311,13 +325,7 @@ public final class RPCClient: Sendable {
         return try await intercepted(context) { [self] context in
             let call = try await open(context, first: nil, endRequest: false)
             return try await withCall(call) { call in
-                do {
-                    try await requests(RPCRequestWriter(call: call))
-                    call.finishSending()
-                } catch {
-                    call.cancel()
-                    throw error
-                }
+                try await Self.send(requests, on: call)
                 return try await Self.readSingleResponse(call)
             }
         }
@@ -336,15 +344,7 @@ public final class RPCClient: Sendable {
             let call = try await open(context, first: nil, endRequest: false)
             return try await withCall(call) { call in
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        do {
-                            try await requests(RPCRequestWriter(call: call))
-                            call.finishSending()
-                        } catch {
-                            call.cancel()
-                            throw error
-                        }
-                    }
+                    group.addTask { try await Self.send(requests, on: call) }
                     // Once the handler is done the call is over: stop a writer that is still going; its errors
                     // after that point are the call ending, not news.
                     defer { call.cancel() }

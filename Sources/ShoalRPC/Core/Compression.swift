@@ -82,3 +82,12 @@ enum Gzip {
         }
     }
 }
+
+extension GRPCMessageDeframer {
+    /// Hands every whole message received so far to `queue`, decompressing gzip ones (bounded by `limit`).
+    mutating func drain(into queue: InboundMessageQueue, decompressionLimit limit: Int) throws(RPCError) {
+        while let message = try next() {
+            queue.push(message.isCompressed ? try Gzip.decompress(message.bytes, limit: limit) : message.bytes)
+        }
+    }
+}

@@ -157,13 +157,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         guard !completed else { return }
         deframer.append(bytes)
         do {
-            while let message = try deframer.next() {
-                if message.isCompressed {
-                    requests.push(try Gzip.decompress(message.bytes, limit: server.maxReceiveMessageSize))
-                } else {
-                    requests.push(message.bytes)
-                }
-            }
+            try deframer.drain(into: requests, decompressionLimit: server.maxReceiveMessageSize)
         } catch {
             fail(error, reset: true)
         }

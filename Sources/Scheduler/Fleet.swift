@@ -1,0 +1,96 @@
+internal import Synchronization
+package import SchedulerAPI
+
+/// The scheduler's view of the fleet and the capacity its placements hold.
+///
+/// Placements are serialised by one lock around evaluate-and-reserve, so concurrent placements never count the same
+/// free capacity twice: a hypervisor is never oversubscribed. A reservation lasts until its event is released or
+/// until `reservationTTL` passes (an event whose outcome never comes back must not hold capacity forever).
+package final class Fleet: Sendable {
+    private struct Reservation {
+        var hypervisorId: String
+        var size: Scheduler_V2_Size
+        var customer: String
+        var expires: ContinuousClock.Instant
+    }
+
+    private struct State {
+        var hypervisors: [String: Scheduler_V2_HypervisorState] = [:]
+        var reservations: [String: Reservation] = [:]
+    }
+
+    private let state = Mutex(State())
+    package let policy: PlacementPolicy
+    package let reservationTTL: Duration
+
+    package init(policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300)) {
+        self.policy = policy
+        self.reservationTTL = reservationTTL
+    }
+
+    /// Records the latest state of each hypervisor in the batch; returns how many hypervisors are known.
+    @discardableResult
+    package func report(_ hypervisors: [Scheduler_V2_HypervisorState]) -> Int {
+        state.withLock { state in
+            for hypervisor in hypervisors where !hypervisor.id.isEmpty { state.hypervisors[hypervisor.id] = hypervisor }
+            return state.hypervisors.count
+        }
+    }
+
+    package func markUnresponsive(_ ids: [String]) {
+        state.withLock { state in
+            for id in ids { state.hypervisors[id]?.unresponsive = true }
+        }
+    }
+
+    package func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
+        state.withLock { $0.hypervisors[id] }
+    }
+
+    /// Capacity held per hypervisor by unexpired reservations.
+    private static func held(_ state: inout State, now: ContinuousClock.Instant) -> [String: HeldCapacity] {
+        state.reservations = state.reservations.filter { $0.value.expires > now }
+        var held: [String: HeldCapacity] = [:]
+        for reservation in state.reservations.values {
+            held[reservation.hypervisorId, default: HeldCapacity()].add(reservation.size, customer: reservation.customer)
+        }
+        return held
+    }
+
+    /// The placement report, without placing.
+    package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
+        state.withLock { state in
+            let held = Self.held(&state, now: .now)
+            return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
+        }
+    }
+
+    /// Picks a hypervisor and reserves the size on it. Placing an event that already holds a reservation returns
+    /// that hypervisor again (the caller may retry).
+    package func place(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
+        state.withLock { state in
+            let now = ContinuousClock.now
+            let held = Self.held(&state, now: now)
+            if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
+                return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
+            }
+            let response = PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
+            if !response.hypervisorId.isEmpty {
+                let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
+                state.reservations[key] = Reservation(
+                    hypervisorId: response.hypervisorId, size: request.size ?? Scheduler_V2_Size(),
+                    customer: request.customer, expires: now.advanced(by: reservationTTL)
+                )
+            }
+            return response
+        }
+    }
+
+    /// Ends an event's reservation; `false` if it held none.
+    @discardableResult
+    package func release(eventId: String) -> Bool {
+        state.withLock { $0.reservations.removeValue(forKey: eventId) != nil }
+    }
+
+    package var reservationCount: Int { state.withLock { $0.reservations.count } }
+}

@@ -1,0 +1,40 @@
+package import SchedulerAPI
+
+/// `scheduler.v2.Scheduler` over a ``Fleet``.
+package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
+    package let fleet: Fleet
+
+    package init(fleet: Fleet) {
+        self.fleet = fleet
+    }
+
+    package func reportFleet(request: Scheduler_V2_ReportFleetRequest, context: ServerContext) async throws -> Scheduler_V2_ReportFleetResponse {
+        Scheduler_V2_ReportFleetResponse(known: UInt32(clamping: fleet.report(request.hypervisors)))
+    }
+
+    package func markUnresponsive(request: Scheduler_V2_MarkUnresponsiveRequest, context: ServerContext) async throws -> Scheduler_V2_MarkUnresponsiveResponse {
+        fleet.markUnresponsive(request.hypervisorIds)
+        return Scheduler_V2_MarkUnresponsiveResponse()
+    }
+
+    private static func validate(_ request: Scheduler_V2_PlaceRequest) throws {
+        guard let size = request.size, size.vcpus > 0, size.memoryMb > 0 else {
+            throw RPCError(code: .invalidArgument, message: "a placement needs a size with vCPUs and memory")
+        }
+        guard !request.region.isEmpty else { throw RPCError(code: .invalidArgument, message: "a placement needs a region") }
+    }
+
+    package func place(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
+        try Self.validate(request)
+        return fleet.place(request)
+    }
+
+    package func explain(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
+        try Self.validate(request)
+        return fleet.explain(request)
+    }
+
+    package func release(request: Scheduler_V2_ReleaseRequest, context: ServerContext) async throws -> Scheduler_V2_ReleaseResponse {
+        Scheduler_V2_ReleaseResponse(released: fleet.release(eventId: request.eventId))
+    }
+}

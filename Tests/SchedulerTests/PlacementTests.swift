@@ -1,0 +1,203 @@
+import NIOCore
+@testable import Scheduler
+import SchedulerAPI
+import Testing
+
+typealias Hypervisor = Scheduler_V2_HypervisorState
+typealias Size = Scheduler_V2_Size
+
+let small = Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
+let large = Size(slug: "s-8vcpu-16gb", vcpus: 8, memoryMb: 16384, diskGb: 320)
+
+func hypervisor(_ id: String, region: String = "nyc1", cpus: UInt32 = 4, memoryMB: UInt64 = 8192, diskGB: UInt64 = 500) -> Hypervisor {
+    Hypervisor(id: id, region: region, cpus: cpus, memoryMb: memoryMB, diskGb: diskGB)
+}
+
+func place(_ size: Size, region: String = "nyc1", customer: String = "alice", event: String = "") -> Scheduler_V2_PlaceRequest {
+    Scheduler_V2_PlaceRequest(eventId: event, size: size, region: region, customer: customer)
+}
+
+@Suite("placement rules")
+struct PlacementRuleTests {
+    static let cases: [(String, @Sendable (inout Hypervisor) -> Void, String, Bool)] = [
+        ("errors", { $0.recentErrors = 4 }, "has 4 recent errors (more than 3)", true),
+        ("maintenance", { $0.maintenance = "kernel upgrade" }, "is in maintenance: kernel upgrade", true),
+        ("unresponsive", { $0.unresponsive = true }, "is unresponsive", true),
+        ("busy create", { $0.inFlight = ["power_on", "create"] }, "is busy with create", true),
+        ("busy ipmi", { $0.inFlight = ["ipmi_reboot"] }, "is busy with ipmi_reboot", true),
+        ("droplet cap", { $0.dropletCount = 135 }, "hosts 135 droplets (at most 135)", true),
+        ("overcommit", { $0.usedVcpus = 16 }, "would run 17 vCPUs on 4 CPUs (overcommit at most 4.0)", true),
+        ("memory", { $0.usedMemoryMb = 6500 }, "has 668 MB of memory free above the floor; the size needs 1024 MB", true),
+        ("disk", { $0.usedDiskGb = 490 }, "has 10 GB of disk free; the size needs 25 GB", true),
+        ("few cpus", { $0.cpus = 0 }, "has 0 CPUs; the size needs 1", false),
+        ("tiny memory", { $0.memoryMb = 1500 }, "has 1500 MB of memory; the size needs 1024 MB above a 1024 MB floor", false),
+        ("tiny disk", { $0.diskGb = 10 }, "has 10 GB of disk; the size needs 25 GB", false),
+    ]
+
+    @Test("each rule skips a hypervisor with its reason", arguments: 0..<cases.count)
+    func rule(index: Int) {
+        let (_, change, reason, transient) = Self.cases[index]
+        var subject = hypervisor("hv1")
+        change(&subject)
+        let verdict = PlacementRules.evaluate(subject, held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
+        #expect(verdict == .skip(Scheduler_V2_Skip(hypervisorId: "hv1", reason: reason, transient: transient)))
+    }
+
+    @Test("a healthy hypervisor with room is a candidate")
+    func candidate() {
+        let verdict = PlacementRules.evaluate(hypervisor("hv1"), held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
+        guard case .candidate(let candidate) = verdict else {
+            Issue.record("expected a candidate, got \(verdict)")
+            return
+        }
+        #expect(candidate.score > 0.5)
+        #expect(!candidate.hostsCustomer)
+    }
+
+    @Test("capacity held by other placements counts")
+    func heldCapacity() {
+        // 8192 MB less the 1024 MB floor holds seven 1 GB droplets.
+        var held = HeldCapacity()
+        for _ in 0..<6 { held.add(small, customer: "bob") }
+        let seventh = PlacementRules.evaluate(hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
+        guard case .candidate = seventh else {
+            Issue.record("the seventh droplet should fit, got \(seventh)")
+            return
+        }
+        held.add(small, customer: "bob")
+        let eighth = PlacementRules.evaluate(hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
+        #expect(eighth == .skip(Scheduler_V2_Skip(hypervisorId: "hv1", reason: "has 0 MB of memory free above the floor; the size needs 1024 MB", transient: true)))
+    }
+
+    @Test("ranking prefers free capacity and spreads a customer's droplets")
+    func ranking() {
+        var busy = hypervisor("busy")
+        busy.usedVcpus = 8
+        busy.usedMemoryMb = 4096
+        var hosting = hypervisor("hosting")
+        hosting.customers = ["alice"]
+        let report = PlacementRules.report(
+            hypervisors: [busy, hosting, hypervisor("empty"), hypervisor("elsewhere", region: "sfo3")],
+            held: [:], request: place(small), policy: PlacementPolicy()
+        )
+        #expect(report.hypervisorId == "empty")
+        #expect(report.ranking.map(\.hypervisorId) == ["empty", "busy", "hosting"])
+        #expect(report.ranking.last?.hostsCustomer == true)
+        #expect(report.skipped.isEmpty)  // other regions are not considered at all
+    }
+
+    @Test("no placement: the reason says why and whether waiting helps")
+    func noPlacement() {
+        var busy = hypervisor("a", cpus: 16, memoryMB: 32768)
+        busy.inFlight = ["create"]
+        let transient = PlacementRules.report(hypervisors: [busy, hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
+        #expect(transient.hypervisorId.isEmpty)
+        #expect(transient.retryable)
+        #expect(transient.skipped.count == 2)
+        let never = PlacementRules.report(hypervisors: [hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
+        #expect(!never.retryable)
+        #expect(never.reason.contains("can ever hold s-8vcpu-16gb"), "\(never.reason)")
+        #expect(never.reason.contains("has 2 CPUs; the size needs 8"), "\(never.reason)")
+        let empty = PlacementRules.report(hypervisors: [], held: [:], request: place(small, region: "ams3"), policy: PlacementPolicy())
+        #expect(empty.reason == "no hypervisor is known in region ams3")
+    }
+}
+
+@Suite("the fleet: reservations and concurrency")
+struct FleetTests {
+    @Test("concurrent placements never oversubscribe a hypervisor")
+    func noDoubleBooking() async {
+        let fleet = Fleet()
+        // Each hypervisor fits 7 small droplets by memory (8192 - 1024 floor) and 16 by vCPU: 7 each, 35 in all.
+        fleet.report((1...5).map { hypervisor("hv\($0)") })
+        let placements = await withTaskGroup(of: String.self) { group in
+            for index in 0..<200 {
+                group.addTask { fleet.place(place(small, customer: "c\(index % 9)", event: "e\(index)")).hypervisorId }
+            }
+            var placements: [String] = []
+            for await placement in group { placements.append(placement) }
+            return placements
+        }
+        let placed = placements.filter { !$0.isEmpty }
+        #expect(placed.count == 35)
+        for id in (1...5).map({ "hv\($0)" }) {
+            #expect(placed.filter { $0 == id }.count == 7)
+        }
+        #expect(fleet.reservationCount == 35)
+    }
+
+    @Test("placing an event twice gives the same hypervisor and holds capacity once")
+    func idempotent() {
+        let fleet = Fleet()
+        fleet.report([hypervisor("hv1"), hypervisor("hv2")])
+        let first = fleet.place(place(small, event: "evt-1"))
+        let again = fleet.place(place(small, event: "evt-1"))
+        #expect(!first.hypervisorId.isEmpty)
+        #expect(again.hypervisorId == first.hypervisorId)
+        #expect(fleet.reservationCount == 1)
+    }
+
+    @Test("release and expiry return capacity; Explain reserves nothing")
+    func releaseAndExpiry() async {
+        let fleet = Fleet(reservationTTL: .milliseconds(100))
+        fleet.report([hypervisor("hv1", memoryMB: 2048)])  // room for one small droplet
+        #expect(fleet.explain(place(small, event: "x")).hypervisorId == "hv1")
+        #expect(fleet.reservationCount == 0)
+        #expect(fleet.place(place(small, event: "a")).hypervisorId == "hv1")
+        #expect(fleet.place(place(small, event: "b")).hypervisorId.isEmpty)
+        #expect(fleet.release(eventId: "a"))
+        #expect(!fleet.release(eventId: "a"))
+        #expect(fleet.place(place(small, event: "b")).hypervisorId == "hv1")
+        // "b" is never released: its reservation expires.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        var freed = false
+        while ContinuousClock.now < deadline {
+            if fleet.explain(place(small)).hypervisorId == "hv1" { freed = true; break }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(freed)
+    }
+
+    @Test("an unresponsive hypervisor is skipped until it reports again")
+    func unresponsive() {
+        let fleet = Fleet()
+        fleet.report([hypervisor("hv1")])
+        fleet.markUnresponsive(["hv1"])
+        let skipped = fleet.explain(place(small))
+        #expect(skipped.skipped.first?.reason == "is unresponsive")
+        fleet.report([hypervisor("hv1")])
+        #expect(fleet.explain(place(small)).hypervisorId == "hv1")
+    }
+}
+
+@Suite("scheduler.v2.Scheduler over RPC")
+struct SchedulerRPCTests {
+    @Test("report, place, explain and release through a real server on 127.0.0.1")
+    func overRPC() async throws {
+        let fleet = Fleet()
+        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [SchedulerService(fleet: fleet)])
+        let port = try #require(try await server.start().port)
+        let client = RPCClient(targets: [("127.0.0.1", port)])
+        let scheduler = Scheduler_V2_Scheduler.Client(client)
+        do {
+            let known = try await scheduler.reportFleet(.init(hypervisors: [hypervisor("hv1"), hypervisor("hv2", cpus: 2)]))
+            #expect(known.known == 2)
+            let explained = try await scheduler.explain(place(large))
+            #expect(explained.hypervisorId.isEmpty)
+            #expect(explained.skipped.map(\.reason) == ["has 4 CPUs; the size needs 8", "has 2 CPUs; the size needs 8"])
+            let placed = try await scheduler.place(place(small, event: "evt-9"))
+            #expect(!placed.hypervisorId.isEmpty)
+            #expect(try await scheduler.release(.init(eventId: "evt-9")).released)
+            do {
+                _ = try await scheduler.place(Scheduler_V2_PlaceRequest(region: "nyc1"))
+                Issue.record("a placement without a size was accepted")
+            } catch let error as RPCError {
+                #expect(error.code == .invalidArgument)
+            }
+        } catch {
+            Issue.record("\(error)")
+        }
+        await client.close()
+        await server.shutdownGracefully()
+    }
+}

@@ -5,9 +5,9 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-# Debian packages the build and the tests need: nghttp2, OpenSSL and zlib (RPC layer), protobuf-c (reference codec),
+# Debian packages the build and the tests need: nghttp2, OpenSSL and zlib (RPC layer), SQLite (Harpoon's store), protobuf-c (reference codec),
 # protoc and protoc-c (parser agreement and regenerating the reference C), pkg-config.
-APT_PACKAGES := libnghttp2-dev libssl-dev zlib1g-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+APT_PACKAGES := libnghttp2-dev libssl-dev zlib1g-dev libsqlite3-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
 SWIFT_BUILD_FLAGS ?= -Xswiftc -warnings-as-errors
 FUZZ_RUNS ?= 2000000
 DEFRAMER_FUZZ_RUNS ?= 3000000

@@ -19,9 +19,11 @@ let package = Package(
         .library(name: "RPCCore", targets: ["RPCCore"]),
         .library(name: "ShoalRPC", targets: ["ShoalRPC"]),
         .executable(name: "interop-server", targets: ["interop-server"]),
+        .executable(name: "scheduler", targets: ["scheduler"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -57,6 +59,32 @@ let package = Package(
             name: "interop-server",
             dependencies: ["InteropService", "ShoalRPC"],
             path: "Sources/InteropServer",
+            swiftSettings: strictSettings
+        ),
+        // Scheduler V2: the API (generated only), the service library, the executable.
+        .target(
+            name: "SchedulerAPI",
+            dependencies: ["ShoalRPC", "ProtoWellKnownTypes"],
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .target(name: "Scheduler", dependencies: ["SchedulerAPI"], swiftSettings: strictSettings),
+        .executableTarget(
+            name: "scheduler",
+            dependencies: ["Scheduler", "SchedulerAPI"],
+            path: "Sources/SchedulerServer",
+            swiftSettings: strictSettings
+        ),
+        // Harpoon: the API (generated only) and the service library (store, outbox worker, RPC handlers).
+        .target(
+            name: "HarpoonAPI",
+            dependencies: ["SchedulerAPI"],
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .target(
+            name: "Harpoon",
+            dependencies: ["HarpoonAPI", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strictSettings
         ),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
@@ -119,6 +147,16 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SchedulerTests",
+            dependencies: ["Scheduler", "SchedulerAPI", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "HarpoonTests",
+            dependencies: ["Harpoon", "HarpoonAPI", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,0 +1,166 @@
+package import HarpoonAPI
+
+/// `harpoon.v1.Harpoon`: the event API over a ``HarpoonStore``.
+///
+/// Every mutation wakes the outbox worker and the WatchEvents streams; nothing waits on a timer.
+package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
+    package let store: any HarpoonStore
+    package let worker: OutboxWorker?
+    package let changes: ChangeNotifier
+    private let placer: (any Placer)?
+
+    package init(store: any HarpoonStore, worker: OutboxWorker?, changes: ChangeNotifier, placer: (any Placer)? = nil) {
+        self.store = store
+        self.worker = worker
+        self.changes = changes
+        self.placer = placer
+    }
+
+    private func mutated() {
+        worker?.wake()
+        changes.changed()
+    }
+
+    private static func pageSize(_ requested: UInt32) -> Int {
+        requested == 0 ? 20 : min(Int(requested), 200)
+    }
+
+    private static func afterID(_ token: String) throws -> Int64 {
+        if token.isEmpty { return 0 }
+        guard let id = Int64(token), id >= 0 else { throw RPCError(code: .invalidArgument, message: "invalid page token '\(token)'") }
+        return id
+    }
+
+    /// The droplet if it exists and, when `customer` is set, belongs to that customer: another customer's droplet
+    /// does not exist as far as the caller is concerned.
+    private func ownedDroplet(_ id: Int64, customer: String) async throws -> Harpoon_V1_Droplet {
+        guard let droplet = try await store.droplet(id: id), customer.isEmpty || droplet.customer == customer,
+              droplet.status != .deleted else {
+            throw RPCError(code: .notFound, message: "droplet \(id) not found")
+        }
+        return droplet
+    }
+
+    package func createDroplet(request: Harpoon_V1_CreateDropletRequest, context: ServerContext) async throws -> Harpoon_V1_CreateDropletResponse {
+        guard !request.customer.isEmpty else { throw RPCError(code: .invalidArgument, message: "customer is required") }
+        guard !request.name.isEmpty else { throw RPCError(code: .invalidArgument, message: "name is required") }
+        guard !request.region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required") }
+        guard let size = request.size, size.vcpus > 0, size.memoryMb > 0 else {
+            throw RPCError(code: .invalidArgument, message: "size with vCPUs and memory is required")
+        }
+        let (droplet, event) = try await store.createDroplet(request)
+        mutated()
+        return Harpoon_V1_CreateDropletResponse(droplet: droplet, event: event)
+    }
+
+    package func getDroplet(request: Harpoon_V1_GetDropletRequest, context: ServerContext) async throws -> Harpoon_V1_Droplet {
+        try await ownedDroplet(request.id, customer: request.customer)
+    }
+
+    package func listDroplets(request: Harpoon_V1_ListDropletsRequest, context: ServerContext) async throws -> Harpoon_V1_ListDropletsResponse {
+        guard !request.customer.isEmpty else { throw RPCError(code: .invalidArgument, message: "customer is required") }
+        let page = try await store.droplets(
+            customer: request.customer, region: request.region.isEmpty ? nil : request.region,
+            limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken)
+        )
+        return Harpoon_V1_ListDropletsResponse(droplets: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
+    }
+
+    package func deleteDroplet(request: Harpoon_V1_DeleteDropletRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+        let droplet = try await ownedDroplet(request.id, customer: request.customer)
+        guard !droplet.hypervisorId.isEmpty else {
+            throw RPCError(code: .failedPrecondition, message: "droplet \(droplet.id) is not placed yet")
+        }
+        let event = try await store.createEvent(
+            Harpoon_V1_CreateEventRequest(idempotencyKey: request.idempotencyKey, type: "destroy", dropletId: droplet.id, customer: droplet.customer),
+            region: droplet.region, hypervisorId: droplet.hypervisorId
+        )
+        mutated()
+        return event
+    }
+
+    package func createEvent(request: Harpoon_V1_CreateEventRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+        guard !request.type.isEmpty else { throw RPCError(code: .invalidArgument, message: "type is required") }
+        var region = request.region
+        var hypervisorId = request.hypervisorId
+        if request.dropletId != 0 {
+            let droplet = try await ownedDroplet(request.dropletId, customer: request.customer)
+            region = droplet.region
+            if hypervisorId.isEmpty { hypervisorId = droplet.hypervisorId }
+        }
+        guard !region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required for an event without a droplet") }
+        let event = try await store.createEvent(request, region: region, hypervisorId: hypervisorId)
+        mutated()
+        return event
+    }
+
+    package func getEvent(request: Harpoon_V1_GetEventRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+        guard let event = try await store.event(id: request.id), request.customer.isEmpty || event.customer == request.customer else {
+            throw RPCError(code: .notFound, message: "event \(request.id) not found")
+        }
+        return event
+    }
+
+    package func listEvents(request: Harpoon_V1_ListEventsRequest, context: ServerContext) async throws -> Harpoon_V1_ListEventsResponse {
+        let filter = EventFilter(
+            dropletId: request.dropletId == 0 ? nil : request.dropletId, customer: request.customer.isEmpty ? nil : request.customer,
+            type: request.type.isEmpty ? nil : request.type, status: request.onlyStatus ? request.status : nil
+        )
+        let page = try await store.events(filter, limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken))
+        return Harpoon_V1_ListEventsResponse(events: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
+    }
+
+    package func watchEvents(
+        request: Harpoon_V1_WatchEventsRequest, response: RPCResponseWriter<Harpoon_V1_Event>, context: ServerContext
+    ) async throws {
+        var cursor = request.afterCursor
+        let customer = request.customer.isEmpty ? nil : request.customer
+        while !Task.isCancelled {
+            let seen = changes.version
+            let batch = try await store.changes(after: cursor, customer: customer, limit: 500)
+            for event in batch {
+                try await response.write(event)
+                cursor = event.cursor
+            }
+            if batch.count < 500 { await changes.wait(since: seen) }
+        }
+    }
+
+    package func reportEventStatus(request: Harpoon_V1_ReportEventStatusRequest, context: ServerContext) async throws -> Harpoon_V1_ReportEventStatusResponse {
+        let event = try await store.updateEvent(
+            id: request.eventId, status: request.status,
+            hypervisorId: request.hypervisorId.isEmpty ? nil : request.hypervisorId,
+            error: request.error.isEmpty ? nil : request.error,
+            ipv4Address: request.ipv4Address.isEmpty ? nil : request.ipv4Address, then: nil
+        )
+        changes.changed()
+        if EventTransitions.isTerminal(event.status), event.type == "create" { await placer?.release(event) }
+        return Harpoon_V1_ReportEventStatusResponse(event: event)
+    }
+
+    package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
+        Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: store.connectionCount), outboxPending: UInt64(try await store.outboxCount()))
+    }
+}
+
+/// Placement through Scheduler V2 over RPC.
+package struct SchedulerPlacer: Placer {
+    let scheduler: Scheduler_V2_Scheduler.Client
+
+    package init(client: RPCClient) {
+        self.scheduler = Scheduler_V2_Scheduler.Client(client)
+    }
+
+    package func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
+        let response = try await scheduler.place(
+            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer),
+            options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())
+        )
+        if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId) }
+        return .unplaceable(reason: response.reason, retryable: response.retryable)
+    }
+
+    package func release(_ event: Harpoon_V1_Event) async {
+        _ = try? await scheduler.release(Scheduler_V2_ReleaseRequest(eventId: String(event.id)), options: CallOptions(timeout: .seconds(2)))
+    }
+}

@@ -1,0 +1,72 @@
+package import HarpoonAPI
+
+/// Where an outbox entry goes.
+package enum OutboxDestination: String, Sendable, Hashable {
+    /// The scheduler, for a placement.
+    case scheduler
+    /// The event router of the event's region.
+    case router
+}
+
+/// An event waiting to be pushed somewhere; removed once the destination has acknowledged it.
+package struct OutboxEntry: Sendable, Hashable {
+    package var id: Int64
+    package var eventId: Int64
+    package var destination: OutboxDestination
+    package var attempts: Int
+    /// Not before this time (seconds since the Unix epoch): the backoff after a failed attempt.
+    package var notBefore: Double
+}
+
+/// Filters for listing events.
+package struct EventFilter: Sendable, Hashable {
+    package var dropletId: Int64?
+    package var customer: String?
+    package var type: String?
+    package var status: Harpoon_V1_Event.Status?
+
+    package init(dropletId: Int64? = nil, customer: String? = nil, type: String? = nil, status: Harpoon_V1_Event.Status? = nil) {
+        self.dropletId = dropletId
+        self.customer = customer
+        self.type = type
+        self.status = status
+    }
+}
+
+/// A page of results: the items, the total matching, and the id to continue after.
+package struct Page<Item: Sendable>: Sendable {
+    package var items: [Item]
+    package var total: Int
+    package var nextAfterID: Int64?
+}
+
+/// The events database, behind which Harpoon's logic sits. SQLite now; a PostgreSQL store implements the same.
+///
+/// Every mutation is one transaction. Mutations that take an idempotency key return the first result for a key
+/// again instead of acting twice.
+package protocol HarpoonStore: Sendable {
+    /// Droplet + create event + outbox entry (to the scheduler), atomically.
+    func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event)
+    func droplet(id: Int64) async throws -> Harpoon_V1_Droplet?
+    func droplets(customer: String, region: String?, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Droplet>
+    /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
+    func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event
+    func event(id: Int64) async throws -> Harpoon_V1_Event?
+    func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event>
+    /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event.
+    func updateEvent(
+        id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?
+    ) async throws -> Harpoon_V1_Event
+    /// Event changes after `cursor`, oldest first (each event once, in its latest state).
+    func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event]
+    /// Outbox entries that are due, oldest first.
+    func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry]
+    /// The earliest time an entry becomes due, if any waits.
+    func nextOutboxTime() async throws -> Double?
+    func acknowledge(_ entry: OutboxEntry) async throws
+    func postpone(_ entry: OutboxEntry, until: Double) async throws
+    func outboxCount() async throws -> Int
+    /// Open connections to the database.
+    var connectionCount: Int { get }
+}

@@ -1,0 +1,143 @@
+internal import Foundation
+package import HarpoonAPI
+
+/// What the scheduler answered for an event.
+package enum PlacementOutcome: Sendable, Hashable {
+    case placed(hypervisorId: String)
+    /// No hypervisor fits: `retryable` if waiting can help.
+    case unplaceable(reason: String, retryable: Bool)
+}
+
+/// Finds a hypervisor for an event (Scheduler V2 in production).
+package protocol Placer: Sendable {
+    func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome
+    /// The event is finished: its reservation can go.
+    func release(_ event: Harpoon_V1_Event) async
+}
+
+/// Hands an event to the event router of its region.
+package protocol EventDelivery: Sendable {
+    func deliver(_ event: Harpoon_V1_Event) async throws
+}
+
+/// Drains the durable outbox: placements go to the scheduler, placed or addressed events to their region's router.
+///
+/// The worker sleeps until woken by new work (``wake()``) or until a postponed entry is due; nothing polls the table
+/// on a timer. A failed push is postponed with exponential backoff and jitter. After a restart the worker finds
+/// whatever was not acknowledged and pushes it again; every step checks the event's state first, so pushing twice
+/// does nothing twice.
+package final class OutboxWorker: Sendable {
+    private let store: any HarpoonStore
+    private let placer: any Placer
+    private let delivery: any EventDelivery
+    private let wakeup = Wakeup()
+    private let onChange: @Sendable () -> Void
+    /// Placement attempts for an event that cannot be placed yet before it is errored.
+    package let maxPlacementAttempts: Int
+    private let concurrency: Int
+
+    package init(
+        store: any HarpoonStore, placer: any Placer, delivery: any EventDelivery, maxPlacementAttempts: Int = 30,
+        concurrency: Int = 64, onChange: @escaping @Sendable () -> Void = {}
+    ) {
+        self.store = store
+        self.placer = placer
+        self.delivery = delivery
+        self.maxPlacementAttempts = maxPlacementAttempts
+        self.concurrency = concurrency
+        self.onChange = onChange
+    }
+
+    /// New work is in the outbox.
+    package func wake() { wakeup.signal() }
+
+    /// Runs until the task is cancelled.
+    package func run() async {
+        while !Task.isCancelled {
+            let now = Date().timeIntervalSince1970
+            let due = (try? await store.dueOutbox(now: now, limit: 512)) ?? []
+            if due.isEmpty {
+                let next = try? await store.nextOutboxTime()
+                await wakeup.wait(timeout: next.map { .milliseconds(Int64(max(1, ($0 - now) * 1000))) })
+                continue
+            }
+            await withTaskGroup(of: Void.self) { group in
+                var running = 0
+                for entry in due {
+                    if running == concurrency {
+                        await group.next()
+                        running -= 1
+                    }
+                    group.addTask { await self.process(entry) }
+                    running += 1
+                }
+            }
+        }
+    }
+
+    /// Backoff after `attempts` failures: 100 ms doubling to 10 s, with full jitter.
+    static func backoff(attempts: Int) -> Double {
+        let ceiling = min(10.0, 0.1 * pow(2, Double(min(attempts, 20))))
+        return Double.random(in: ceiling / 2...ceiling)
+    }
+
+    private func postpone(_ entry: OutboxEntry) async {
+        try? await store.postpone(entry, until: Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts))
+    }
+
+    func process(_ entry: OutboxEntry) async {
+        do {
+            guard let event = try await store.event(id: entry.eventId) else {
+                try await store.acknowledge(entry)
+                return
+            }
+            switch entry.destination {
+            case .scheduler: try await schedule(event, entry: entry)
+            case .router: try await route(event, entry: entry)
+            }
+        } catch {
+            await postpone(entry)
+        }
+    }
+
+    private func schedule(_ event: Harpoon_V1_Event, entry: OutboxEntry) async throws {
+        guard event.status == .pending else {
+            try await store.acknowledge(entry)  // placed already (a push repeated after a restart)
+            return
+        }
+        guard let droplet = try await store.droplet(id: event.dropletId) else {
+            _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "the event's droplet does not exist", ipv4Address: nil, then: nil)
+            try await store.acknowledge(entry)
+            onChange()
+            return
+        }
+        switch try await placer.place(event, size: droplet.size ?? Scheduler_V2_Size()) {
+        case .placed(let hypervisorId):
+            _ = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router)
+            try await store.acknowledge(entry)
+            onChange()
+            wake()
+        case .unplaceable(let reason, let retryable):
+            if retryable, entry.attempts + 1 < maxPlacementAttempts {
+                await postpone(entry)
+            } else {
+                _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil)
+                try await store.acknowledge(entry)
+                onChange()
+            }
+        }
+    }
+
+    private func route(_ event: Harpoon_V1_Event, entry: OutboxEntry) async throws {
+        guard !EventTransitions.isTerminal(event.status) else {
+            try await store.acknowledge(entry)
+            return
+        }
+        try await delivery.deliver(event)
+        if event.status == .pending || event.status == .placed {
+            _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            onChange()
+        }
+        try await store.acknowledge(entry)
+    }
+}

@@ -1,0 +1,331 @@
+internal import Foundation
+internal import GRDB
+package import HarpoonAPI
+
+/// The events database in one SQLite file, in WAL mode, through a small pool: one writer and a few readers.
+///
+/// The connection count is fixed by configuration; it does not grow with the fleet.
+package final class SQLiteHarpoonStore: HarpoonStore {
+    private let pool: DatabasePool
+    private let readers: Int
+
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    package init(path: String, readers: Int = 4) throws {
+        var configuration = Configuration()
+        configuration.maximumReaderCount = readers
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")  // WAL: durable at checkpoints, safe on crash
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        self.readers = readers
+        try Self.migrator.migrate(pool)
+    }
+
+    package var connectionCount: Int { 1 + readers }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE droplets (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    customer TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    region TEXT NOT NULL,
+                    size BLOB NOT NULL,
+                    image TEXT NOT NULL,
+                    status INTEGER NOT NULL,
+                    hypervisor_id TEXT NOT NULL DEFAULT '',
+                    ipv4_address TEXT NOT NULL DEFAULT '',
+                    error TEXT NOT NULL DEFAULT '',
+                    created_at REAL NOT NULL
+                );
+                CREATE INDEX droplets_by_customer ON droplets(customer, region, id);
+                CREATE TABLE events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    type TEXT NOT NULL,
+                    droplet_id INTEGER NOT NULL,
+                    customer TEXT NOT NULL,
+                    region TEXT NOT NULL,
+                    hypervisor_id TEXT NOT NULL DEFAULT '',
+                    status INTEGER NOT NULL,
+                    payload BLOB NOT NULL,
+                    error TEXT NOT NULL DEFAULT '',
+                    created_at REAL NOT NULL,
+                    updated_at REAL NOT NULL,
+                    cursor INTEGER NOT NULL
+                );
+                CREATE INDEX events_by_droplet ON events(droplet_id, id);
+                CREATE INDEX events_by_customer ON events(customer, id);
+                CREATE UNIQUE INDEX events_by_cursor ON events(cursor);
+                CREATE TABLE outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    event_id INTEGER NOT NULL,
+                    destination TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    not_before REAL NOT NULL DEFAULT 0
+                );
+                CREATE INDEX outbox_by_time ON outbox(not_before, id);
+                CREATE TABLE idempotency (
+                    key TEXT PRIMARY KEY,
+                    droplet_id INTEGER NOT NULL,
+                    event_id INTEGER NOT NULL
+                );
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: Rows
+
+    private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
+    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor"
+
+    private static func timestamp(_ seconds: Double) -> Google_Protobuf_Timestamp {
+        let whole = seconds.rounded(.down)
+        return Google_Protobuf_Timestamp(seconds: Int64(whole), nanos: Int32((seconds - whole) * 1e9))
+    }
+
+    private static func droplet(_ row: Row) throws -> Harpoon_V1_Droplet {
+        let sizeBytes: Data = row["size"]
+        return Harpoon_V1_Droplet(
+            id: row["id"], customer: row["customer"], name: row["name"], region: row["region"],
+            size: try Scheduler_V2_Size(serializedBytes: [UInt8](sizeBytes)), image: row["image"],
+            status: Harpoon_V1_Droplet.Status(rawValue: row["status"]), hypervisorId: row["hypervisor_id"],
+            ipv4Address: row["ipv4_address"], createdAt: timestamp(row["created_at"]), error: row["error"]
+        )
+    }
+
+    private static func event(_ row: Row) -> Harpoon_V1_Event {
+        let payload: Data = row["payload"]
+        return Harpoon_V1_Event(
+            id: row["id"], type: row["type"], dropletId: row["droplet_id"], customer: row["customer"], region: row["region"],
+            hypervisorId: row["hypervisor_id"], status: Harpoon_V1_Event.Status(rawValue: row["status"]), payload: [UInt8](payload),
+            error: row["error"], createdAt: timestamp(row["created_at"]), updatedAt: timestamp(row["updated_at"]), cursor: row["cursor"]
+        )
+    }
+
+    private static func nextCursor(_ db: Database) throws -> Int64 {
+        (try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) + 1 FROM events")) ?? 1
+    }
+
+    private static func fetchEvent(_ db: Database, id: Int64) throws -> Harpoon_V1_Event? {
+        try Row.fetchOne(db, sql: "SELECT \(eventColumns) FROM events WHERE id = ?", arguments: [id]).map(event)
+    }
+
+    private static func fetchDroplet(_ db: Database, id: Int64) throws -> Harpoon_V1_Droplet? {
+        try Row.fetchOne(db, sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?", arguments: [id]).map(droplet)
+    }
+
+    private static func insertEvent(
+        _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
+        payload: [UInt8], now: Double, destination: OutboxDestination
+    ) throws -> Int64 {
+        try db.execute(
+            sql: """
+                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [type, dropletId, customer, region, hypervisorId, Harpoon_V1_Event.Status.pending.rawValue, Data(payload), now, now, try nextCursor(db)]
+        )
+        let id = db.lastInsertedRowID
+        try db.execute(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)", arguments: [id, destination.rawValue])
+        return id
+    }
+
+    // MARK: Droplets
+
+    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
+        try await pool.write { db in
+            if !request.idempotencyKey.isEmpty,
+               let row = try Row.fetchOne(db, sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?", arguments: [request.idempotencyKey]),
+               let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]) {
+                return (droplet, event)
+            }
+            let now = Date().timeIntervalSince1970
+            let size = Data((request.size ?? Scheduler_V2_Size()).serializedBytes())
+            try db.execute(
+                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [request.customer, request.name, request.region, size, request.image, Harpoon_V1_Droplet.Status.new.rawValue, now]
+            )
+            let dropletId = db.lastInsertedRowID
+            let eventId = try Self.insertEvent(
+                db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
+                hypervisorId: "", payload: [], now: now, destination: .scheduler
+            )
+            if !request.idempotencyKey.isEmpty {
+                try db.execute(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)",
+                    arguments: [request.idempotencyKey, dropletId, eventId]
+                )
+            }
+            guard let droplet = try Self.fetchDroplet(db, id: dropletId), let event = try Self.fetchEvent(db, id: eventId) else {
+                throw RPCError(code: .internal, message: "a droplet just written cannot be read back")
+            }
+            return (droplet, event)
+        }
+    }
+
+    package func droplet(id: Int64) async throws -> Harpoon_V1_Droplet? {
+        try await pool.read { db in try Self.fetchDroplet(db, id: id) }
+    }
+
+    package func droplets(customer: String, region: String?, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Droplet> {
+        try await pool.read { db in
+            var condition = "customer = ? AND status != ?"
+            var arguments: StatementArguments = [customer, Harpoon_V1_Droplet.Status.deleted.rawValue]
+            if let region {
+                condition += " AND region = ?"
+                _ = arguments.append(contentsOf: [region])
+            }
+            let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM droplets WHERE \(condition)", arguments: arguments) ?? 0
+            var pageArguments = arguments
+            _ = pageArguments.append(contentsOf: [afterID, limit + 1])
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE \(condition) AND id > ? ORDER BY id LIMIT ?",
+                arguments: pageArguments
+            )
+            var items = try rows.prefix(limit).map(Self.droplet)
+            let next = rows.count > limit ? items.last?.id : nil
+            if items.count > limit { items.removeLast() }
+            return Page(items: items, total: total, nextAfterID: next)
+        }
+    }
+
+    // MARK: Events
+
+    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+        try await pool.write { db in
+            if !request.idempotencyKey.isEmpty,
+               let eventId = try Int64.fetchOne(db, sql: "SELECT event_id FROM idempotency WHERE key = ?", arguments: [request.idempotencyKey]),
+               let event = try Self.fetchEvent(db, id: eventId) {
+                return event
+            }
+            let now = Date().timeIntervalSince1970
+            let eventId = try Self.insertEvent(
+                db, type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,
+                hypervisorId: hypervisorId, payload: request.payload, now: now,
+                destination: hypervisorId.isEmpty ? .scheduler : .router
+            )
+            if !request.idempotencyKey.isEmpty {
+                try db.execute(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)",
+                    arguments: [request.idempotencyKey, request.dropletId, eventId]
+                )
+            }
+            guard let event = try Self.fetchEvent(db, id: eventId) else {
+                throw RPCError(code: .internal, message: "an event just written cannot be read back")
+            }
+            return event
+        }
+    }
+
+    package func event(id: Int64) async throws -> Harpoon_V1_Event? {
+        try await pool.read { db in try Self.fetchEvent(db, id: id) }
+    }
+
+    package func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event> {
+        try await pool.read { db in
+            var conditions: [String] = []
+            var arguments = StatementArguments()
+            if let dropletId = filter.dropletId { conditions.append("droplet_id = ?"); _ = arguments.append(contentsOf: [dropletId]) }
+            if let customer = filter.customer { conditions.append("customer = ?"); _ = arguments.append(contentsOf: [customer]) }
+            if let type = filter.type { conditions.append("type = ?"); _ = arguments.append(contentsOf: [type]) }
+            if let status = filter.status { conditions.append("status = ?"); _ = arguments.append(contentsOf: [status.rawValue]) }
+            let condition = conditions.isEmpty ? "1" : conditions.joined(separator: " AND ")
+            let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE \(condition)", arguments: arguments) ?? 0
+            var pageArguments = arguments
+            _ = pageArguments.append(contentsOf: [afterID, limit + 1])
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT \(Self.eventColumns) FROM events WHERE \(condition) AND id > ? ORDER BY id LIMIT ?",
+                arguments: pageArguments
+            )
+            let items = rows.prefix(limit).map(Self.event)
+            return Page(items: Array(items), total: total, nextAfterID: rows.count > limit ? items.last?.id : nil)
+        }
+    }
+
+    package func updateEvent(
+        id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?
+    ) async throws -> Harpoon_V1_Event {
+        try await pool.write { db in
+            guard let current = try Self.fetchEvent(db, id: id) else {
+                throw RPCError(code: .notFound, message: "no event \(id)")
+            }
+            try EventTransitions.check(from: current.status, to: status, eventId: id)
+            if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
+                return current  // a repeated report: nothing changes
+            }
+            let now = Date().timeIntervalSince1970
+            try db.execute(
+                sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?",
+                arguments: [status.rawValue, hypervisorId, error, now, try Self.nextCursor(db), id]
+            )
+            if let destination {
+                try db.execute(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)", arguments: [id, destination.rawValue])
+            }
+            if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
+                try db.execute(
+                    sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?",
+                    arguments: [dropletStatus.rawValue, hypervisorId, ipv4Address, status == .errored ? error : nil, current.dropletId]
+                )
+            } else if let hypervisorId, current.type == "create" {
+                try db.execute(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?", arguments: [hypervisorId, current.dropletId])
+            }
+            guard let updated = try Self.fetchEvent(db, id: id) else {
+                throw RPCError(code: .internal, message: "an event just updated cannot be read back")
+            }
+            return updated
+        }
+    }
+
+    package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {
+        try await pool.read { db in
+            if let customer {
+                return try Row.fetchAll(
+                    db, sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?",
+                    arguments: [cursor, customer, limit]
+                ).map(Self.event)
+            }
+            return try Row.fetchAll(
+                db, sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", arguments: [cursor, limit]
+            ).map(Self.event)
+        }
+    }
+
+    // MARK: Outbox
+
+    private static func outboxEntry(_ row: Row) -> OutboxEntry? {
+        guard let destination = OutboxDestination(rawValue: row["destination"]) else { return nil }
+        return OutboxEntry(id: row["id"], eventId: row["event_id"], destination: destination, attempts: row["attempts"], notBefore: row["not_before"])
+    }
+
+    package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?",
+                arguments: [now, limit]
+            ).compactMap(Self.outboxEntry)
+        }
+    }
+
+    package func nextOutboxTime() async throws -> Double? {
+        try await pool.read { db in try Double.fetchOne(db, sql: "SELECT MIN(not_before) FROM outbox") }
+    }
+
+    package func acknowledge(_ entry: OutboxEntry) async throws {
+        try await pool.write { db in try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [entry.id]) }
+    }
+
+    package func postpone(_ entry: OutboxEntry, until: Double) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?", arguments: [until, entry.id])
+        }
+    }
+
+    package func outboxCount() async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+    }
+}

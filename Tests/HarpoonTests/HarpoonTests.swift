@@ -1,0 +1,300 @@
+import Foundation
+@testable import Harpoon
+import HarpoonAPI
+import NIOCore
+import Synchronization
+import Testing
+
+let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
+
+/// A fresh SQLite file in a temporary directory, removed afterwards.
+func withStore<T>(_ body: (SQLiteHarpoonStore, String) async throws -> T) async throws -> T {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("harpoon-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let path = directory.appendingPathComponent("events.sqlite").path
+    return try await body(try SQLiteHarpoonStore(path: path), path)
+}
+
+func createRequest(_ name: String, customer: String = "alice", region: String = "nyc1", key: String = "") -> Harpoon_V1_CreateDropletRequest {
+    Harpoon_V1_CreateDropletRequest(idempotencyKey: key, customer: customer, name: name, region: region, size: small, image: "ubuntu-24-04-x64")
+}
+
+func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return try await condition()
+}
+
+@Suite("the SQLite events store")
+struct StoreTests {
+    @Test("creating a droplet writes the droplet, its create event and an outbox entry together, durably")
+    func createDroplet() async throws {
+        try await withStore { store, path in
+            let (droplet, event) = try await store.createDroplet(createRequest("web-1"))
+            #expect(droplet.status == .new)
+            #expect(droplet.size == small)
+            #expect(event.type == "create" && event.dropletId == droplet.id && event.status == .pending)
+            #expect(try await store.outboxCount() == 1)
+            let due = try await store.dueOutbox(now: Date().timeIntervalSince1970, limit: 10)
+            #expect(due.map(\.destination) == [.scheduler])
+            // Another connection to the same file sees it all.
+            let reopened = try SQLiteHarpoonStore(path: path)
+            #expect(try await reopened.droplet(id: droplet.id) == droplet)
+            #expect(try await reopened.event(id: event.id) == event)
+        }
+    }
+
+    @Test("an idempotency key makes a repeated create return the first result")
+    func idempotentCreate() async throws {
+        try await withStore { store, _ in
+            let first = try await store.createDroplet(createRequest("web-1", key: "k1"))
+            let again = try await store.createDroplet(createRequest("web-1", key: "k1"))
+            #expect(first.0 == again.0 && first.1 == again.1)
+            #expect(try await store.outboxCount() == 1)
+            let other = try await store.createDroplet(createRequest("web-2", key: "k2"))
+            #expect(other.0.id != first.0.id)
+        }
+    }
+
+    @Test("droplets list by customer and region, in pages")
+    func pagination() async throws {
+        try await withStore { store, _ in
+            for index in 0..<25 { _ = try await store.createDroplet(createRequest("d\(index)", region: index % 2 == 0 ? "nyc1" : "sfo3")) }
+            _ = try await store.createDroplet(createRequest("theirs", customer: "bob"))
+            var seen: [String] = []
+            var after: Int64 = 0
+            while true {
+                let page = try await store.droplets(customer: "alice", region: nil, limit: 10, afterID: after)
+                #expect(page.total == 25)
+                seen += page.items.map(\.name)
+                guard let next = page.nextAfterID else { break }
+                after = next
+            }
+            #expect(seen == (0..<25).map { "d\($0)" })
+            let nyc = try await store.droplets(customer: "alice", region: "nyc1", limit: 100, afterID: 0)
+            #expect(nyc.total == 13 && nyc.nextAfterID == nil)
+        }
+    }
+
+    @Test("events move forward only, reach one terminal state, and carry the droplet with them")
+    func transitions() async throws {
+        try await withStore { store, _ in
+            let (droplet, event) = try await store.createDroplet(createRequest("web-1"))
+            let placed = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: "hv7", error: nil, ipv4Address: nil, then: .router)
+            #expect(placed.status == .placed && placed.hypervisorId == "hv7")
+            #expect(try await store.droplet(id: droplet.id)?.hypervisorId == "hv7")
+            _ = try await store.updateEvent(id: event.id, status: .running, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            let done = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.1.0.5", then: nil)
+            #expect(done.status == .completed)
+            let active = try await store.droplet(id: droplet.id)
+            #expect(active?.status == .active && active?.ipv4Address == "10.1.0.5")
+            // Repeating the terminal report is harmless; anything else is refused.
+            #expect(try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil) == done)
+            do {
+                _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "late", ipv4Address: nil, then: nil)
+                Issue.record("a completed event became errored")
+            } catch let error as RPCError {
+                #expect(error.code == .failedPrecondition)
+            }
+            do {
+                _ = try await store.updateEvent(id: 999, status: .running, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+                Issue.record("an unknown event was updated")
+            } catch let error as RPCError {
+                #expect(error.code == .notFound)
+            }
+        }
+    }
+
+    @Test("the change feed returns each changed event once, in its latest state, after a cursor")
+    func changeFeed() async throws {
+        try await withStore { store, _ in
+            let (_, first) = try await store.createDroplet(createRequest("a"))
+            let (_, second) = try await store.createDroplet(createRequest("b", customer: "bob"))
+            let all = try await store.changes(after: 0, customer: nil, limit: 100)
+            #expect(all.map(\.id) == [first.id, second.id])
+            let cursor = all.last?.cursor ?? 0
+            _ = try await store.updateEvent(id: first.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil)
+            let later = try await store.changes(after: cursor, customer: nil, limit: 100)
+            #expect(later.map(\.id) == [first.id] && later.first?.status == .placed)
+            #expect(try await store.changes(after: 0, customer: "bob", limit: 100).map(\.id) == [second.id])
+        }
+    }
+
+    @Test("postponed outbox entries wait out their backoff; acknowledged ones are gone")
+    func outbox() async throws {
+        try await withStore { store, _ in
+            _ = try await store.createDroplet(createRequest("a"))
+            let now = Date().timeIntervalSince1970
+            let entry = try #require(try await store.dueOutbox(now: now, limit: 10).first)
+            try await store.postpone(entry, until: now + 60)
+            #expect(try await store.dueOutbox(now: now, limit: 10).isEmpty)
+            let next = try #require(try await store.nextOutboxTime())
+            #expect(abs(next - (now + 60)) < 1)
+            let later = try #require(try await store.dueOutbox(now: now + 61, limit: 10).first)
+            #expect(later.attempts == 1)
+            try await store.acknowledge(later)
+            #expect(try await store.outboxCount() == 0)
+        }
+    }
+}
+
+/// Placements answered from a script; deliveries recorded.
+final class FakeScheduler: Placer, EventDelivery {
+    let answers: Mutex<[PlacementOutcome]>
+    let fallback: PlacementOutcome
+    let delivered = Mutex<[Int64]>([])
+    let released = Mutex<[Int64]>([])
+    let failDeliveries = Mutex(0)
+
+    init(answers: [PlacementOutcome] = [], fallback: PlacementOutcome = .placed(hypervisorId: "hv1")) {
+        self.answers = Mutex(answers)
+        self.fallback = fallback
+    }
+
+    func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
+        answers.withLock { $0.isEmpty ? fallback : $0.removeFirst() }
+    }
+
+    func release(_ event: Harpoon_V1_Event) async {
+        released.withLock { $0.append(event.id) }
+    }
+
+    func deliver(_ event: Harpoon_V1_Event) async throws {
+        let fail = failDeliveries.withLock { count -> Bool in
+            if count > 0 { count -= 1; return true }
+            return false
+        }
+        if fail { throw RPCError(code: .unavailable, message: "router down") }
+        delivered.withLock { $0.append(event.id) }
+    }
+}
+
+@Suite("the outbox worker")
+struct OutboxWorkerTests {
+    func run<T>(_ store: SQLiteHarpoonStore, _ fake: FakeScheduler, maxAttempts: Int = 30, _ body: (OutboxWorker) async throws -> T) async throws -> T {
+        let worker = OutboxWorker(store: store, placer: fake, delivery: fake, maxPlacementAttempts: maxAttempts)
+        let task = Task { await worker.run() }
+        defer { task.cancel() }
+        worker.wake()
+        return try await body(worker)
+    }
+
+    @Test("a new droplet's event is placed, then delivered to its router, woken without polling")
+    func placeAndDeliver() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv3"))
+            try await run(store, fake) { worker in
+                let (droplet, event) = try await store.createDroplet(createRequest("web"))
+                worker.wake()
+                #expect(await eventually { (try? await store.event(id: event.id))?.status == .delivered })
+                #expect(fake.delivered.withLock { $0 } == [event.id])
+                #expect(try await store.droplet(id: droplet.id)?.hypervisorId == "hv3")
+                #expect(await eventually { (try? await store.outboxCount()) == 0 })
+            }
+        }
+    }
+
+    @Test("a droplet that fits nowhere ends errored with the scheduler's reason")
+    func unplaceable() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler(fallback: .unplaceable(reason: "no hypervisor in nyc1 can ever hold s-64vcpu", retryable: false))
+            try await run(store, fake) { worker in
+                let (droplet, event) = try await store.createDroplet(createRequest("huge"))
+                worker.wake()
+                #expect(await eventually { (try? await store.event(id: event.id))?.status == .errored })
+                #expect(try await store.event(id: event.id)?.error == "no hypervisor in nyc1 can ever hold s-64vcpu")
+                let errored = try await store.droplet(id: droplet.id)
+                #expect(errored?.status == .errored && errored?.error == "no hypervisor in nyc1 can ever hold s-64vcpu")
+            }
+        }
+    }
+
+    @Test("transient failures are retried with backoff: a busy fleet, a router that is down")
+    func retries() async throws {
+        try await withStore { store, _ in
+            let busy = PlacementOutcome.unplaceable(reason: "busy", retryable: true)
+            let fake = FakeScheduler(answers: [busy, busy], fallback: .placed(hypervisorId: "hv1"))
+            fake.failDeliveries.withLock { $0 = 2 }
+            try await run(store, fake) { worker in
+                let (_, event) = try await store.createDroplet(createRequest("web"))
+                worker.wake()
+                #expect(await eventually(timeout: .seconds(10)) { (try? await store.event(id: event.id))?.status == .delivered })
+                #expect(fake.delivered.withLock { $0 } == [event.id])
+            }
+        }
+    }
+
+    @Test("after a restart, a new worker pushes what the old one had not acknowledged")
+    func restart() async throws {
+        try await withStore { store, path in
+            // Work arrives while no worker runs (Harpoon was down between the write and the push).
+            let (_, event) = try await store.createDroplet(createRequest("web"))
+            let reopened = try SQLiteHarpoonStore(path: path)
+            let fake = FakeScheduler()
+            try await run(reopened, fake) { _ in
+                #expect(await eventually { (try? await reopened.event(id: event.id))?.status == .delivered })
+            }
+        }
+    }
+}
+
+@Suite("harpoon.v1.Harpoon over RPC")
+struct HarpoonRPCTests {
+    @Test("create, get, list and watch; another customer's droplet is NOT_FOUND; bad input is INVALID_ARGUMENT")
+    func overRPC() async throws {
+        try await withStore { store, _ in
+            let changes = ChangeNotifier()
+            let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [HarpoonService(store: store, worker: nil, changes: changes)])
+            let port = try #require(try await server.start().port)
+            let client = RPCClient(targets: [("127.0.0.1", port)])
+            let harpoon = Harpoon_V1_Harpoon.Client(client)
+            do {
+                let created = try await harpoon.createDroplet(createRequest("web-1", key: "key-1"))
+                let again = try await harpoon.createDroplet(createRequest("web-1", key: "key-1"))
+                #expect(created == again)
+                let droplet = try #require(created.droplet)
+                #expect(try await harpoon.getDroplet(.init(id: droplet.id, customer: "alice")) == droplet)
+                do {
+                    _ = try await harpoon.getDroplet(.init(id: droplet.id, customer: "bob"))
+                    Issue.record("bob saw alice's droplet")
+                } catch let error as RPCError {
+                    #expect(error.code == .notFound)
+                }
+                do {
+                    _ = try await harpoon.createDroplet(Harpoon_V1_CreateDropletRequest(customer: "alice", name: "x", region: "nyc1"))
+                    Issue.record("a droplet without a size was accepted")
+                } catch let error as RPCError {
+                    #expect(error.code == .invalidArgument)
+                }
+                let list = try await harpoon.listDroplets(.init(customer: "alice"))
+                #expect(list.droplets.map(\.id) == [droplet.id] && list.total == 1)
+
+                // Watch from the start, see the create, then a change made while watching.
+                let eventId = try #require(created.event?.id)
+                let seen = try await harpoon.watchEvents(.init(afterCursor: 0, customer: "alice")) { stream in
+                    var statuses: [Harpoon_V1_Event.Status] = []
+                    for try await event in stream where event.id == eventId {
+                        statuses.append(event.status)
+                        if statuses.count == 1 {
+                            _ = try await harpoon.reportEventStatus(.init(eventId: eventId, status: .running, hypervisorId: "hv2"))
+                        } else {
+                            break
+                        }
+                    }
+                    return statuses
+                }
+                #expect(seen == [.pending, .running])
+                let stats = try await harpoon.stats(.init())
+                #expect(stats.databaseConnections == 5)
+            } catch {
+                Issue.record("\(error)")
+            }
+            await client.close()
+            await server.shutdownGracefully()
+        }
+    }
+}

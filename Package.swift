@@ -84,9 +84,18 @@ let package = Package(
         ),
         .target(
             name: "Harpoon",
-            dependencies: ["HarpoonAPI", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["HarpoonAPI", "EventRouterAPI", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strictSettings
         ),
+        // Event Router (one per region) and the simulated hypervisor agent.
+        .target(
+            name: "EventRouterAPI",
+            dependencies: ["HarpoonAPI"],
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .target(name: "EventRouter", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
+        .target(name: "HypervisorAgent", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
         .target(name: "ProtoGenCore", swiftSettings: strictSettings),
         .executableTarget(
@@ -156,7 +165,10 @@ let package = Package(
         ),
         .testTarget(
             name: "HarpoonTests",
-            dependencies: ["Harpoon", "HarpoonAPI", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

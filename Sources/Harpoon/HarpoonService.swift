@@ -1,4 +1,5 @@
 package import HarpoonAPI
+internal import EventRouterAPI
 
 /// `harpoon.v1.Harpoon`: the event API over a ``HarpoonStore``.
 ///
@@ -162,5 +163,22 @@ package struct SchedulerPlacer: Placer {
 
     package func release(_ event: Harpoon_V1_Event) async {
         _ = try? await scheduler.release(Scheduler_V2_ReleaseRequest(eventId: String(event.id)), options: CallOptions(timeout: .seconds(2)))
+    }
+}
+
+/// Delivery to the event router of each region over RPC.
+package struct RouterDelivery: EventDelivery {
+    let routers: [String: Eventrouter_V1_EventRouter.Client]
+
+    /// - Parameter routers: an RPC client per region.
+    package init(routers: [String: RPCClient]) {
+        self.routers = routers.mapValues { Eventrouter_V1_EventRouter.Client($0) }
+    }
+
+    package func deliver(_ event: Harpoon_V1_Event) async throws {
+        guard let router = routers[event.region] else {
+            throw RPCError(code: .unavailable, message: "no event router is configured for region \(event.region)")
+        }
+        _ = try await router.deliver(Eventrouter_V1_DeliverRequest(event: event), options: CallOptions(timeout: .seconds(5)))
     }
 }

@@ -150,9 +150,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 arguments: [request.customer, request.name, request.region, size, request.image, Harpoon_V1_Droplet.Status.new.rawValue, now]
             )
             let dropletId = db.lastInsertedRowID
+            // The create event carries the size, so that the agent knows what it creates.
             let eventId = try Self.insertEvent(
                 db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
-                hypervisorId: "", payload: [], now: now, destination: .scheduler
+                hypervisorId: "", payload: [UInt8](size), now: now, destination: .scheduler
             )
             if !request.idempotencyKey.isEmpty {
                 try db.execute(

@@ -65,7 +65,7 @@ public protocol RPCClientInterceptor: Sendable {
 public struct RPCResponseStream<Message: ProtoMessage>: AsyncSequence, Sendable {
     let call: ClientCall
 
-    public struct AsyncIterator: AsyncIteratorProtocol {
+    public struct AsyncIterator: AsyncIteratorProtocol, Sendable {
         let queue: InboundMessageQueue
 
         public mutating func next() async throws -> Message? {

@@ -33,7 +33,7 @@ public struct ServerContext: Sendable {
 public struct RPCRequestStream<Message: ProtoMessage>: AsyncSequence, Sendable {
     let queue: InboundMessageQueue
 
-    public struct AsyncIterator: AsyncIteratorProtocol {
+    public struct AsyncIterator: AsyncIteratorProtocol, Sendable {
         let queue: InboundMessageQueue
 
         public mutating func next() async throws -> Message? {

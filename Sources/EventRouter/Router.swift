@@ -1,0 +1,255 @@
+internal import Synchronization
+package import EventRouterAPI
+
+/// Where event outcomes go: Harpoon's ReportEventStatus in production.
+package protocol ResultSink: Sendable {
+    func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws
+}
+
+/// Where hypervisor states go: the scheduler in production.
+package protocol FleetSink: Sendable {
+    func report(_ states: [Scheduler_V2_HypervisorState]) async throws
+    func markUnresponsive(_ hypervisorIds: [String]) async throws
+}
+
+/// The event router of one region: the streams of its hypervisor agents, the events waiting for them, and the
+/// batches of their states for the scheduler.
+///
+/// An event stays with the router from Deliver until its agent reports an outcome and that outcome has reached
+/// Harpoon; if its agent reconnects before that, the event is sent again (agents ignore event ids they have run,
+/// re-sending the outcome instead).
+package final class Router: Sendable {
+    private struct Session {
+        var id: Int
+        var outgoing: AsyncStream<Eventrouter_V1_RouterMessage>.Continuation
+    }
+
+    private struct State {
+        var sessions: [String: Session] = [:]
+        var nextSession = 0
+        var pending: [String: [Int64: Harpoon_V1_Event]] = [:]
+        var lastSeen: [String: ContinuousClock.Instant] = [:]
+        var dirty: [String: Scheduler_V2_HypervisorState] = [:]
+        var unresponsive: Set<String> = []
+    }
+
+    package let region: String
+    private let results: any ResultSink
+    private let fleet: any FleetSink
+    private let state = Mutex(State())
+    /// An agent silent for this long is unresponsive.
+    package let heartbeatTimeout: Duration
+
+    package init(region: String, results: any ResultSink, fleet: any FleetSink, heartbeatTimeout: Duration = .seconds(5)) {
+        self.region = region
+        self.results = results
+        self.fleet = fleet
+        self.heartbeatTimeout = heartbeatTimeout
+    }
+
+    package var connectedAgents: Int { state.withLock { $0.sessions.count } }
+    package var pendingEvents: Int { state.withLock { $0.pending.values.reduce(0) { $0 + $1.count } } }
+
+    /// Keeps `event` for its hypervisor and sends it now if the agent is connected; returns whether it is.
+    package func deliver(_ event: Harpoon_V1_Event) throws(RPCError) -> Bool {
+        guard event.region == region else {
+            throw RPCError(code: .failedPrecondition, message: "event \(event.id) is for region \(event.region); this router serves \(region)")
+        }
+        guard !event.hypervisorId.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "event \(event.id) has no hypervisor")
+        }
+        let session = state.withLock { state -> Session? in
+            state.pending[event.hypervisorId, default: [:]][event.id] = event
+            return state.sessions[event.hypervisorId]
+        }
+        session?.outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event)))
+        return session != nil
+    }
+
+    /// Registers an agent's stream (replacing an older one for the same hypervisor) and queues its pending events.
+    func attach(_ hello: Eventrouter_V1_AgentHello, outgoing: AsyncStream<Eventrouter_V1_RouterMessage>.Continuation) -> Int {
+        let (id, replaced, pending) = state.withLock { state in
+            let id = state.nextSession
+            state.nextSession += 1
+            let replaced = state.sessions[hello.hypervisorId]
+            state.sessions[hello.hypervisorId] = Session(id: id, outgoing: outgoing)
+            state.lastSeen[hello.hypervisorId] = .now
+            state.unresponsive.remove(hello.hypervisorId)
+            if var agentState = hello.state {
+                agentState.unresponsive = false
+                state.dirty[hello.hypervisorId] = agentState
+            }
+            let pending = (state.pending[hello.hypervisorId] ?? [:]).values.sorted { $0.id < $1.id }
+            return (id, replaced, pending)
+        }
+        replaced?.outgoing.finish()
+        for event in pending { outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event))) }
+        return id
+    }
+
+    /// The stream ended; the agent is unresponsive until it reconnects.
+    func detach(_ hypervisorId: String, session: Int) {
+        let wasCurrent = state.withLock { state -> Bool in
+            guard state.sessions[hypervisorId]?.id == session else { return false }
+            state.sessions[hypervisorId] = nil
+            state.unresponsive.insert(hypervisorId)
+            return true
+        }
+        if wasCurrent {
+            let fleet = self.fleet
+            Task { try? await fleet.markUnresponsive([hypervisorId]) }
+        }
+    }
+
+    func heartbeat(_ agentState: Scheduler_V2_HypervisorState, from hypervisorId: String) {
+        state.withLock { state in
+            state.lastSeen[hypervisorId] = .now
+            var agentState = agentState
+            agentState.id = hypervisorId
+            agentState.region = region
+            state.dirty[hypervisorId] = agentState
+        }
+    }
+
+    /// An outcome from an agent: forwarded to Harpoon (retried until it gets there); a terminal one ends the
+    /// router's custody of the event.
+    func progress(_ progress: Eventrouter_V1_EventProgress, from hypervisorId: String) async {
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                try await results.report(progress, hypervisorId: hypervisorId)
+                break
+            } catch let error as RPCError where error.code == .failedPrecondition || error.code == .notFound {
+                break  // Harpoon already has a terminal state for it (a repeated report), or no such event
+            } catch {
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(min(5000, 50 << min(attempt, 7))))
+            }
+        }
+        if progress.status == .completed || progress.status == .errored {
+            state.withLock { _ = $0.pending[hypervisorId]?.removeValue(forKey: progress.eventId) }
+        }
+    }
+
+    /// Sends the states gathered since the last flush to the scheduler, and marks silent agents unresponsive.
+    package func flush() async {
+        let now = ContinuousClock.now
+        let (batch, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], [String]) in
+            let batch = Array(state.dirty.values)
+            state.dirty = [:]
+            var silent: [String] = []
+            for (id, seen) in state.lastSeen where now - seen > heartbeatTimeout && !state.unresponsive.contains(id) {
+                state.unresponsive.insert(id)
+                silent.append(id)
+            }
+            return (batch, silent)
+        }
+        if !batch.isEmpty {
+            do {
+                try await fleet.report(batch)
+            } catch {
+                // Keep the newest state of each for the next flush, unless a newer one arrived meanwhile.
+                state.withLock { state in
+                    for agentState in batch where state.dirty[agentState.id] == nil { state.dirty[agentState.id] = agentState }
+                }
+            }
+        }
+        if !silent.isEmpty { try? await fleet.markUnresponsive(silent) }
+    }
+
+    /// Flushes every `interval` until cancelled.
+    package func run(flushInterval: Duration = .milliseconds(200)) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: flushInterval)
+            await flush()
+        }
+    }
+}
+
+/// `eventrouter.v1.EventRouter` over a ``Router``.
+package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
+    package let router: Router
+
+    package init(router: Router) {
+        self.router = router
+    }
+
+    package func connect(
+        requests: RPCRequestStream<Eventrouter_V1_AgentMessage>,
+        response: RPCResponseWriter<Eventrouter_V1_RouterMessage>,
+        context: ServerContext
+    ) async throws {
+        var iterator = requests.makeAsyncIterator()
+        // The hello first, then the rest of the stream in the reading task below.
+        guard let first = try await iterator.next(), case .hello(let hello)? = first.kind, !hello.hypervisorId.isEmpty else {
+            throw RPCError(code: .failedPrecondition, message: "an agent's first message must be a hello with its hypervisor id")
+        }
+        guard hello.region == router.region else {
+            throw RPCError(code: .invalidArgument, message: "hypervisor \(hello.hypervisorId) is in \(hello.region); this router serves \(router.region)")
+        }
+        let (outgoing, continuation) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
+        let session = router.attach(hello, outgoing: continuation)
+        defer { router.detach(hello.hypervisorId, session: session) }
+        let hypervisorId = hello.hypervisorId
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await message in outgoing { try await response.write(message) }
+            }
+            group.addTask { [router, iterator] in
+                var iterator = iterator
+                while let message = try await iterator.next() {
+                    switch message.kind {
+                    case .heartbeat(let heartbeat)?: router.heartbeat(heartbeat.state ?? .init(), from: hypervisorId)
+                    case .progress(let progress)?: await router.progress(progress, from: hypervisorId)
+                    case .ack?, .hello?, nil: break
+                    }
+                }
+            }
+            // Either side ending ends the session.
+            _ = try await group.next()
+            continuation.finish()
+            group.cancelAll()
+        }
+    }
+
+    package func deliver(request: Eventrouter_V1_DeliverRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverResponse {
+        guard let event = request.event else { throw RPCError(code: .invalidArgument, message: "no event") }
+        return Eventrouter_V1_DeliverResponse(agentConnected: try router.deliver(event))
+    }
+
+    package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
+        Eventrouter_V1_RouterStatsResponse(connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents))
+    }
+}
+
+/// Outcomes to Harpoon over RPC.
+package struct HarpoonResultSink: ResultSink {
+    let harpoon: Harpoon_V1_Harpoon.Client
+
+    package init(client: RPCClient) { harpoon = Harpoon_V1_Harpoon.Client(client) }
+
+    package func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
+        _ = try await harpoon.reportEventStatus(
+            Harpoon_V1_ReportEventStatusRequest(
+                eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
+                hypervisorId: hypervisorId
+            ),
+            options: CallOptions(timeout: .seconds(5))
+        )
+    }
+}
+
+/// States to the scheduler over RPC.
+package struct SchedulerFleetSink: FleetSink {
+    let scheduler: Scheduler_V2_Scheduler.Client
+
+    package init(client: RPCClient) { scheduler = Scheduler_V2_Scheduler.Client(client) }
+
+    package func report(_ states: [Scheduler_V2_HypervisorState]) async throws {
+        _ = try await scheduler.reportFleet(Scheduler_V2_ReportFleetRequest(hypervisors: states), options: CallOptions(timeout: .seconds(5)))
+    }
+
+    package func markUnresponsive(_ hypervisorIds: [String]) async throws {
+        _ = try await scheduler.markUnresponsive(Scheduler_V2_MarkUnresponsiveRequest(hypervisorIds: hypervisorIds), options: CallOptions(timeout: .seconds(5)))
+    }
+}

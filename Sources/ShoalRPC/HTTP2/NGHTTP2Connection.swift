@@ -28,7 +28,9 @@ public struct HTTP2Configuration: Sendable, Hashable {
 /// Confined to the connection's event loop. Subclasses receive the stream's events.
 class HTTP2Stream {
     let id: Int32
-    unowned let connection: NGHTTP2Connection
+    // Strong: a handler task may hold its call after the channel has closed; the connection drops its streams
+    // when it closes, which breaks the cycle.
+    let connection: NGHTTP2Connection
     /// The header block being received.
     var receivedHeaders: [HTTP2Header] = []
     /// Outgoing DATA bytes not yet taken by nghttp2.

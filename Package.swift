@@ -20,10 +20,14 @@ let package = Package(
         .library(name: "ShoalRPC", targets: ["ShoalRPC"]),
         .executable(name: "interop-server", targets: ["interop-server"]),
         .executable(name: "scheduler", targets: ["scheduler"]),
+        .executable(name: "harpoon", targets: ["harpoon"]),
+        .executable(name: "event-router", targets: ["event-router"]),
+        .executable(name: "hypervisor", targets: ["hypervisor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -71,7 +75,7 @@ let package = Package(
         .target(name: "Scheduler", dependencies: ["SchedulerAPI"], swiftSettings: strictSettings),
         .executableTarget(
             name: "scheduler",
-            dependencies: ["Scheduler", "SchedulerAPI"],
+            dependencies: ["Scheduler", "SchedulerAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/SchedulerServer",
             swiftSettings: strictSettings
         ),
@@ -85,6 +89,26 @@ let package = Package(
         .target(
             name: "Harpoon",
             dependencies: ["HarpoonAPI", "EventRouterAPI", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strictSettings
+        ),
+        // What every executable shares: addresses, the readiness line, running until SIGTERM.
+        .target(name: "ServiceRuntime", dependencies: ["ShoalRPC"], swiftSettings: strictSettings),
+        .executableTarget(
+            name: "harpoon",
+            dependencies: ["Harpoon", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/HarpoonServer",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "event-router",
+            dependencies: ["EventRouter", "EventRouterAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/EventRouterServer",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "hypervisor",
+            dependencies: ["HypervisorAgent", "EventRouterAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/HypervisorServer",
             swiftSettings: strictSettings
         ),
         // Event Router (one per region) and the simulated hypervisor agent.

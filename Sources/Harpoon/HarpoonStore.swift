@@ -53,7 +53,8 @@ package protocol HarpoonStore: Sendable {
     func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event
     func event(id: Int64) async throws -> Harpoon_V1_Event?
     func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event>
-    /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event.
+    /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event. A terminal
+    /// status removes the event's outbox entries.
     func updateEvent(
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?
@@ -65,7 +66,10 @@ package protocol HarpoonStore: Sendable {
     /// The earliest time an entry becomes due, if any waits.
     func nextOutboxTime() async throws -> Double?
     func acknowledge(_ entry: OutboxEntry) async throws
+    /// After a failed attempt: try again at `until`, counting the attempt.
     func postpone(_ entry: OutboxEntry, until: Double) async throws
+    /// After a delivery: look again at `until` (without counting an attempt) unless the outcome removes the entry.
+    func reschedule(_ entry: OutboxEntry, until: Double) async throws
     func outboxCount() async throws -> Int
     /// Open connections to the database.
     var connectionCount: Int { get }

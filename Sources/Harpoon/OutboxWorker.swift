@@ -22,6 +22,9 @@ package protocol EventDelivery: Sendable {
 
 /// Drains the durable outbox: placements go to the scheduler, placed or addressed events to their region's router.
 ///
+/// A router's entry stays in the outbox until the event's outcome is recorded, and is delivered again if the outcome
+/// does not come within ``redeliveryInterval``: a router or agent that restarts loses nothing.
+///
 /// The worker sleeps until woken by new work (``wake()``) or until a postponed entry is due; nothing polls the table
 /// on a timer. A failed push is postponed with exponential backoff and jitter. After a restart the worker finds
 /// whatever was not acknowledged and pushes it again; every step checks the event's state first, so pushing twice
@@ -35,11 +38,16 @@ package final class OutboxWorker: Sendable {
     /// Placement attempts for an event that cannot be placed yet before it is errored.
     package let maxPlacementAttempts: Int
     private let concurrency: Int
+    /// How long a delivered event may go without an outcome before it is delivered again (a router that restarted
+    /// has lost it; agents ignore an event they have run).
+    package let redeliveryInterval: Double
 
     package init(
         store: any HarpoonStore, placer: any Placer, delivery: any EventDelivery, maxPlacementAttempts: Int = 30,
-        concurrency: Int = 64, onChange: @escaping @Sendable () -> Void = {}
+        concurrency: Int = 64, redeliveryInterval: Duration = .seconds(10), onChange: @escaping @Sendable () -> Void = {}
     ) {
+        let (seconds, attoseconds) = redeliveryInterval.components
+        self.redeliveryInterval = Double(seconds) + Double(attoseconds) / 1e18
         self.store = store
         self.placer = placer
         self.delivery = delivery
@@ -138,6 +146,7 @@ package final class OutboxWorker: Sendable {
             _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
             onChange()
         }
-        try await store.acknowledge(entry)
+        // The entry stays until the event's outcome arrives (which removes it); if none comes in time, deliver again.
+        try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
     }
 }

@@ -264,6 +264,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?",
                 arguments: [status.rawValue, hypervisorId, error, now, try Self.nextCursor(db), id]
             )
+            if EventTransitions.isTerminal(status) {
+                try db.execute(sql: "DELETE FROM outbox WHERE event_id = ?", arguments: [id])
+            }
             if let destination {
                 try db.execute(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)", arguments: [id, destination.rawValue])
             }
@@ -323,6 +326,12 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func postpone(_ entry: OutboxEntry, until: Double) async throws {
         try await pool.write { db in
             try db.execute(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?", arguments: [until, entry.id])
+        }
+    }
+
+    package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE outbox SET not_before = ? WHERE id = ?", arguments: [until, entry.id])
         }
     }
 

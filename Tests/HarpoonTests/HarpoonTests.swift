@@ -193,7 +193,10 @@ struct OutboxWorkerTests {
                 #expect(await eventually { (try? await store.event(id: event.id))?.status == .delivered })
                 #expect(fake.delivered.withLock { $0 } == [event.id])
                 #expect(try await store.droplet(id: droplet.id)?.hypervisorId == "hv3")
-                #expect(await eventually { (try? await store.outboxCount()) == 0 })
+                // The router's entry waits for the outcome, which removes it.
+                #expect(try await store.outboxCount() == 1)
+                _ = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.0.0.2", then: nil)
+                #expect(try await store.outboxCount() == 0)
             }
         }
     }
@@ -225,6 +228,23 @@ struct OutboxWorkerTests {
                 #expect(await eventually(timeout: .seconds(10)) { (try? await store.event(id: event.id))?.status == .delivered })
                 #expect(fake.delivered.withLock { $0 } == [event.id])
             }
+        }
+    }
+
+    @Test("a delivered event with no outcome is delivered again (its router may have restarted)")
+    func redelivery() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler()
+            let worker = OutboxWorker(store: store, placer: fake, delivery: fake, redeliveryInterval: .milliseconds(100))
+            let task = Task { await worker.run() }
+            defer { task.cancel() }
+            let (_, event) = try await store.createDroplet(createRequest("web"))
+            worker.wake()
+            #expect(await eventually { fake.delivered.withLock { $0.count } >= 3 })
+            #expect(fake.delivered.withLock { Set($0) } == [event.id])
+            // The outcome ends redelivery: its outbox entry is gone.
+            _ = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            #expect(await eventually { (try? await store.outboxCount()) == 0 })
         }
     }
 

@@ -111,6 +111,9 @@ public final class RPCServer: Sendable {
     /// The address the server listens on, once started.
     public var localAddress: SocketAddress? { state.withLockedValue { $0.channel?.localAddress } }
 
+    /// The port the server listens on, once started (the one chosen when configured with port 0).
+    public var port: Int? { localAddress?.port }
+
     private func initialize(_ channel: any Channel) throws {
         let executor: (any TaskExecutor)? = switch configuration.handlerExecutor {
         case .eventLoop: EventLoopTaskExecutor(channel.eventLoop)

@@ -1,0 +1,32 @@
+// event-router: one per region; holds the streams of the region's hypervisor agents.
+import ArgumentParser
+import EventRouter
+import EventRouterAPI
+import ServiceRuntime
+
+@main
+struct EventRouterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "event-router", abstract: "Event Router: pushes events to a region's hypervisors.")
+
+    @Option(help: "The region this router serves.") var region: String
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on (0: any free port).") var port = 50070
+    @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
+    @Option(help: "The scheduler, host:port.") var scheduler = "127.0.0.1:50060"
+    @Option(help: "Milliseconds between batches of hypervisor states to the scheduler.") var flushMilliseconds = 200
+    @Option(help: "Seconds without a heartbeat before a hypervisor is unresponsive.") var heartbeatTimeoutSeconds = 5
+
+    func run() async throws {
+        let router = Router(
+            region: region,
+            results: HarpoonResultSink(client: RPCClient(targets: [try ServiceRuntime.address(harpoon)])),
+            fleet: SchedulerFleetSink(client: RPCClient(targets: [try ServiceRuntime.address(scheduler)])),
+            heartbeatTimeout: .seconds(heartbeatTimeoutSeconds)
+        )
+        let server = RPCServer(configuration: .init(host: host, port: port), services: [EventRouterService(router: router)])
+        try await server.start()
+        ServiceRuntime.announce("event-router \(region) ready on \(host):\(server.port ?? port)")
+        let interval = Duration.milliseconds(flushMilliseconds)
+        await ServiceRuntime.run(server: server, background: [{ await router.run(flushInterval: interval) }])
+    }
+}

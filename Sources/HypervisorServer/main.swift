@@ -1,0 +1,47 @@
+// hypervisor: a simulated hypervisor agent (or a fleet of them, each on its own connection).
+import ArgumentParser
+import EventRouterAPI
+import HypervisorAgent
+import ServiceRuntime
+
+@main
+struct HypervisorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "hypervisor", abstract: "A simulated hypervisor agent.")
+
+    @Option(help: "The region's event router, host:port.") var router = "127.0.0.1:50070"
+    @Option(help: "The region.") var region: String
+    @Option(help: "The hypervisor id (with --fleet, a prefix: ID-0, ID-1, ...).") var id = "hv"
+    @Option(help: "Run this many agents in this process, each on its own connection.") var fleet = 1
+    @Option(help: "CPUs.") var cpus: UInt32 = 32
+    @Option(help: "Memory, MB.") var memoryMb: UInt64 = 131_072
+    @Option(help: "Disk, GB.") var diskGb: UInt64 = 4000
+    @Option(help: "Milliseconds each event takes.") var eventMilliseconds = 50
+    @Option(help: "Fraction of events that fail (0 to 1).") var failureRate = 0.0
+    @Option(help: "Milliseconds between heartbeats.") var heartbeatMilliseconds = 500
+
+    func validate() throws {
+        guard fleet >= 1 else { throw ValidationError("--fleet must be at least 1") }
+        guard (0...1).contains(failureRate) else { throw ValidationError("--failure-rate must be between 0 and 1") }
+    }
+
+    func run() async throws {
+        let address = try ServiceRuntime.address(router)
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<fleet {
+                var configuration = AgentConfiguration(hypervisorId: fleet == 1 ? id : "\(id)-\(index)", region: region)
+                configuration.cpus = cpus
+                configuration.memoryMB = memoryMb
+                configuration.diskGB = diskGb
+                configuration.subnet = UInt8(truncatingIfNeeded: index)
+                configuration.eventDuration = .milliseconds(eventMilliseconds)
+                configuration.failureRate = failureRate
+                configuration.heartbeatInterval = .milliseconds(heartbeatMilliseconds)
+                let agent = HypervisorAgent(configuration)
+                // Each agent has its own client, so its own HTTP/2 connection.
+                let client = RPCClient(targets: [address])
+                group.addTask { await agent.run(client: client) }
+            }
+            ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")
+        }
+    }
+}

@@ -1,0 +1,52 @@
+internal import Dispatch
+package import ShoalRPC
+
+#if canImport(Glibc)
+internal import Glibc
+#endif
+
+/// What every Shoal executable shares: parsing addresses, the readiness line, running until SIGTERM or SIGINT.
+package enum ServiceRuntime {
+    /// Writes a line to standard output at once (unbuffered), so a launcher waiting for readiness sees it.
+    package static func announce(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+    }
+
+    /// Writes a line to standard error at once.
+    package static func complain(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// Parses `host:port` (or `[v6]:port`).
+    package static func address(_ text: String) throws(RPCError) -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+            throw RPCError(code: .invalidArgument, message: "'\(text)' is not host:port")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw RPCError(code: .invalidArgument, message: "'\(text)' has no host") }
+        return (host, port)
+    }
+
+    /// Runs `background` tasks beside the started `server` until SIGTERM or SIGINT, then shuts down gracefully.
+    package static func run(server: RPCServer, background: [@Sendable () async -> Void] = []) async {
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let terminate = AsyncStream<Void>.makeStream()
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { terminate.continuation.yield() }
+            source.resume()
+            sources.append(source)
+        }
+        let tasks = background.map { body in Task { await body() } }
+        var iterator = terminate.stream.makeAsyncIterator()
+        _ = await iterator.next()
+        for task in tasks { task.cancel() }
+        await server.shutdownGracefully(timeout: .seconds(10))
+        for source in sources { source.cancel() }
+    }
+}

@@ -195,6 +195,16 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Multi-process: the built executables started as a cluster on 127.0.0.1.
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "HarpoonAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "ProtoGenCoreTests",
             dependencies: ["ProtoGenCore", "ProtoRuntime", "ConformanceMessages"],

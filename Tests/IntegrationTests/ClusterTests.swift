@@ -1,0 +1,108 @@
+import Foundation
+import HarpoonAPI
+import Testing
+
+let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
+/// Each simulated hypervisor (8 CPUs, 16 GiB) holds 15 small droplets: 16 GiB less the 1 GiB floor.
+let perHypervisor = 15
+
+func create(_ harpoon: Harpoon_V1_Harpoon.Client, index: Int, regions: [String]) async throws -> Harpoon_V1_CreateDropletResponse {
+    // Retried (same idempotency key) while Harpoon is down or restarting.
+    try await harpoon.createDroplet(
+        .init(idempotencyKey: "create-\(index)", customer: index % 3 == 0 ? "bob" : "alice", name: "web-\(index)",
+              region: regions[index % regions.count], size: small, image: "ubuntu-24-04-x64"),
+        options: CallOptions(timeout: .seconds(60), retry: RetryPolicy(maxAttempts: 40))
+    )
+}
+
+func waitUntilSettled(_ cluster: ProcessCluster, count: Int, timeout: Duration) async throws -> [Harpoon_V1_Droplet] {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    var droplets: [Harpoon_V1_Droplet] = []
+    while ContinuousClock.now < deadline {
+        droplets = (try? await cluster.droplets(customers: ["alice", "bob"])) ?? []
+        if droplets.count >= count, droplets.allSatisfy({ $0.status == .active || $0.status == .errored }) { return droplets }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return droplets
+}
+
+@Suite("the cluster as separate processes on 127.0.0.1", .serialized)
+struct ClusterTests {
+    @Test("200 droplets requested at once become active on 20 agents in two regions, none oversubscribed; one that fits nowhere is errored with the reason")
+    func twoHundredDroplets() async throws {
+        let regions = ["nyc1", "sfo3"]
+        let cluster = try await ProcessCluster(regions: regions)
+        do {
+            try await cluster.start(agentsPerRegion: 10)
+            let harpoon = cluster.harpoon
+            let requested = 200
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<requested { group.addTask { _ = try await create(harpoon, index: index, regions: regions) } }
+                try await group.waitForAll()
+            }
+            let huge = try await harpoon.createDroplet(.init(
+                customer: "alice", name: "huge", region: "nyc1",
+                size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840), image: "ubuntu"
+            ))
+            let droplets = try await waitUntilSettled(cluster, count: requested + 1, timeout: .seconds(120))
+            let normal = droplets.filter { $0.name != "huge" }
+            #expect(normal.count == requested)
+            #expect(normal.allSatisfy { $0.status == .active }, "\(normal.filter { $0.status != .active }.prefix(3))")
+            var perHost: [String: Int] = [:]
+            for droplet in normal { perHost[droplet.hypervisorId, default: 0] += 1 }
+            #expect(perHost.values.allSatisfy { $0 <= perHypervisor }, "\(perHost)")
+            #expect(normal.allSatisfy { $0.hypervisorId.hasPrefix($0.region) })
+            let errored = try #require(droplets.first { $0.id == huge.droplet?.id })
+            #expect(errored.status == .errored)
+            #expect(errored.error.contains("can ever hold s-32vcpu-192gb"), "\(errored.error)")
+            let stats = try await harpoon.stats(.init())
+            #expect(stats.databaseConnections == 5)
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
+
+    @Test("kill -9 Harpoon, a router and a fleet of agents mid-run and restart them: every droplet settles once, none is lost or duplicated")
+    func faults() async throws {
+        let regions = ["nyc1", "sfo3"]
+        let cluster = try await ProcessCluster(regions: regions)
+        do {
+            try await cluster.start(agentsPerRegion: 10)
+            let harpoon = cluster.harpoon
+            let requested = 120
+            let creations = Task {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<requested {
+                        group.addTask { _ = try await create(harpoon, index: index, regions: regions) }
+                        if index % 20 == 19 { try await Task.sleep(for: .milliseconds(20)) }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            // Crash each kind of process while creations are under way, then bring it back.
+            try await Task.sleep(for: .milliseconds(100))
+            cluster.processes["harpoon"]?.crash()
+            try await cluster.startService("harpoon")
+            cluster.processes["router-nyc1"]?.crash()
+            try await cluster.startService("router-nyc1")
+            cluster.processes["fleet-sfo3"]?.crash()
+            try await cluster.startFleet(region: "sfo3", agents: 10)
+            try await creations.value
+            let droplets = try await waitUntilSettled(cluster, count: requested, timeout: .seconds(120))
+            #expect(droplets.count == requested, "\(droplets.count) droplets for \(requested) requests")
+            #expect(Set(droplets.map(\.name)).count == requested)
+            #expect(droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
+            // One create event per droplet, each in exactly one terminal state.
+            for customer in ["alice", "bob"] {
+                let events = try await harpoon.listEvents(.init(customer: customer, type: "create", pageSize: 200))
+                let perDroplet = Dictionary(grouping: events.events, by: \.dropletId)
+                #expect(perDroplet.values.allSatisfy { $0.count == 1 })
+                #expect(events.events.allSatisfy { $0.status == .completed })
+            }
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
+}

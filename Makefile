@@ -93,7 +93,17 @@ fuzz: deps ## Fuzz the message decoder (FUZZ_RUNS, default 2,000,000) and the gR
 	  -artifact_prefix=.build-fuzz/artifacts/ .build-fuzz/deframer-corpus Tests/Fuzz/DeframerSeeds
 
 .PHONY: bench
-bench: bench-codec bench-rpc ## Run every benchmark.
+bench: bench-codec bench-rpc bench-pipeline ## Run every benchmark.
+
+.PHONY: bench-pipeline
+bench-pipeline: deps ## The event pipeline as processes, 1,000 agents and 20: creations/s, p50/p99 to completed, db connections.
+	swift build -c release --product scheduler
+	swift build -c release --product harpoon
+	swift build -c release --product event-router
+	swift build -c release --product hypervisor
+	swift build -c release --product pipeline-bench
+	@echo "== 20 agents"; .build/release/pipeline-bench --agents 20 --seconds $${SECONDS_20:-5} | tail -5
+	@echo "== 1000 agents"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10}
 
 .PHONY: bench-rpc
 bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 anchor server (ends with the min rps ratio).

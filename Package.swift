@@ -111,6 +111,13 @@ let package = Package(
             path: "Sources/HypervisorServer",
             swiftSettings: strictSettings
         ),
+        // make bench-pipeline: the pipeline as processes under concurrent creations.
+        .executableTarget(
+            name: "pipeline-bench",
+            dependencies: ["HarpoonAPI", "EventRouterAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/PipelineBench",
+            swiftSettings: strictSettings
+        ),
         // Event Router (one per region) and the simulated hypervisor agent.
         .target(
             name: "EventRouterAPI",

@@ -226,13 +226,7 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
                     continuation.resume(throwing: RPCError(code: .cancelled, message: "the call has ended"))
                     return
                 }
-                var frame = frame
-                connection.appendOutbound(self, &frame)
-                if outbound.readableBytes >= connection.configuration.streamWriteHighWatermark {
-                    writeWaiters.append(continuation)
-                } else {
-                    continuation.resume()
-                }
+                enqueueOutbound(frame, resuming: continuation)
             }
         }
     }

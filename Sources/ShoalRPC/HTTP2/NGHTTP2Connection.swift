@@ -69,6 +69,18 @@ class HTTP2Stream {
     /// ``NGHTTP2Connection/readerConsumed(_:)`` once it catches up, and the window is not replenished meanwhile.
     func withholdWindowIfBacklogExceeds(_ limit: Int) -> Bool { false }
 
+    /// Queues a framed message; resumes `continuation` now, or once the outgoing buffer has drained below the write
+    /// watermark (the peer's flow-control window is what drains it).
+    func enqueueOutbound(_ frame: ByteBuffer, resuming continuation: CheckedContinuation<Void, any Error>) {
+        var frame = frame
+        connection.appendOutbound(self, &frame)
+        if outbound.readableBytes >= connection.configuration.streamWriteHighWatermark {
+            writeWaiters.append(continuation)
+        } else {
+            continuation.resume()
+        }
+    }
+
     /// Fails every waiting writer, for a stream that will never drain.
     func failWriters(_ error: any Error) {
         let waiters = writeWaiters

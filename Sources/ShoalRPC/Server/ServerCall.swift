@@ -270,13 +270,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
                     headersSent = true
                     connection.submitResponse(self, headers: responseHeaders(), endStream: false)
                 }
-                var frame = frame
-                connection.appendOutbound(self, &frame)
-                if outbound.readableBytes >= connection.configuration.streamWriteHighWatermark {
-                    writeWaiters.append(continuation)
-                } else {
-                    continuation.resume()
-                }
+                enqueueOutbound(frame, resuming: continuation)
             }
             onLoop(send)
         }

@@ -18,6 +18,24 @@ package struct OutboxEntry: Sendable, Hashable {
     package var notBefore: Double
 }
 
+/// What becomes of the outbox entry that led to an event update, in the same transaction.
+package enum OutboxSettlement: Sendable, Hashable {
+    /// Done: delete it.
+    case acknowledge(OutboxEntry)
+    /// Look again at this time (seconds since the Unix epoch), without counting an attempt.
+    case reschedule(OutboxEntry, until: Double)
+}
+
+extension HarpoonStore {
+    /// An update with no outbox entry to settle.
+    package func updateEvent(
+        id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?
+    ) async throws -> Harpoon_V1_Event {
+        try await updateEvent(id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: nil)
+    }
+}
+
 /// Filters for listing events.
 package struct EventFilter: Sendable, Hashable {
     package var dropletId: Int64?
@@ -52,12 +70,14 @@ package protocol HarpoonStore: Sendable {
     /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
     func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event
     func event(id: Int64) async throws -> Harpoon_V1_Event?
+    /// Events and their droplets by event id, in one read (for a batch of outbox entries).
+    func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)]
     func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event>
     /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event. A terminal
     /// status removes the event's outbox entries.
     func updateEvent(
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
-        then destination: OutboxDestination?
+        then destination: OutboxDestination?, settling entry: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event
     /// Event changes after `cursor`, oldest first (each event once, in its latest state).
     func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event]

@@ -69,6 +69,8 @@ package final class OutboxWorker: Sendable {
                 await wakeup.wait(timeout: next.map { .milliseconds(Int64(max(1, ($0 - now) * 1000))) })
                 continue
             }
+            // One read for the whole batch's events and droplets.
+            let loaded = (try? await store.eventsWithDroplets(ids: due.map(\.eventId))) ?? [:]
             await withTaskGroup(of: Void.self) { group in
                 var running = 0
                 for entry in due {
@@ -76,7 +78,8 @@ package final class OutboxWorker: Sendable {
                         await group.next()
                         running -= 1
                     }
-                    group.addTask { await self.process(entry) }
+                    let item = loaded[entry.eventId]
+                    group.addTask { await self.process(entry, loaded: item) }
                     running += 1
                 }
             }
@@ -93,14 +96,15 @@ package final class OutboxWorker: Sendable {
         try? await store.postpone(entry, until: Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts))
     }
 
-    func process(_ entry: OutboxEntry) async {
+    func process(_ entry: OutboxEntry, loaded: (Harpoon_V1_Event, Harpoon_V1_Droplet?)?) async {
         do {
-            guard let event = try await store.event(id: entry.eventId) else {
-                try await store.acknowledge(entry)
+            guard let (event, droplet) = loaded else {
+                // No such event (or the batch read failed: then the entry simply comes round again).
+                if try await store.event(id: entry.eventId) == nil { try await store.acknowledge(entry) }
                 return
             }
             switch entry.destination {
-            case .scheduler: try await schedule(event, entry: entry)
+            case .scheduler: try await schedule(event, droplet: droplet, entry: entry)
             case .router: try await route(event, entry: entry)
             }
         } catch {
@@ -108,12 +112,12 @@ package final class OutboxWorker: Sendable {
         }
     }
 
-    private func schedule(_ event: Harpoon_V1_Event, entry: OutboxEntry) async throws {
+    private func schedule(_ event: Harpoon_V1_Event, droplet: Harpoon_V1_Droplet?, entry: OutboxEntry) async throws {
         guard event.status == .pending else {
             try await store.acknowledge(entry)  // placed already (a push repeated after a restart)
             return
         }
-        guard let droplet = try await store.droplet(id: event.dropletId) else {
+        guard let droplet else {
             _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "the event's droplet does not exist", ipv4Address: nil, then: nil)
             try await store.acknowledge(entry)
             onChange()
@@ -121,16 +125,18 @@ package final class OutboxWorker: Sendable {
         }
         switch try await placer.place(event, size: droplet.size ?? Scheduler_V2_Size()) {
         case .placed(let hypervisorId):
-            _ = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router)
-            try await store.acknowledge(entry)
+            _ = try await store.updateEvent(
+                id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(entry)
+            )
             onChange()
             wake()
         case .unplaceable(let reason, let retryable):
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)
             } else {
-                _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil)
-                try await store.acknowledge(entry)
+                _ = try await store.updateEvent(
+                    id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil, settling: .acknowledge(entry)
+                )
                 onChange()
             }
         }
@@ -142,11 +148,17 @@ package final class OutboxWorker: Sendable {
             return
         }
         try await delivery.deliver(event)
-        if event.status == .pending || event.status == .placed {
-            _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
-            onChange()
-        }
         // The entry stays until the event's outcome arrives (which removes it); if none comes in time, deliver again.
-        try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
+        let again = OutboxSettlement.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
+        if event.status == .pending || event.status == .placed {
+            do {
+                _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil, settling: again)
+                onChange()
+            } catch let error as RPCError where error.code == .failedPrecondition {
+                try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)  // the outcome came first
+            }
+        } else {
+            try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
+        }
     }
 }

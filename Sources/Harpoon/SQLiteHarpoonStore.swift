@@ -7,6 +7,7 @@ package import HarpoonAPI
 /// The connection count is fixed by configuration; it does not grow with the fleet.
 package final class SQLiteHarpoonStore: HarpoonStore {
     private let pool: DatabasePool
+    private let writer: WriteCoalescer
     private let readers: Int
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -20,6 +21,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         pool = try DatabasePool(path: path, configuration: configuration)
         self.readers = readers
         try Self.migrator.migrate(pool)
+        writer = WriteCoalescer(pool: pool)
     }
 
     package var connectionCount: Int { 1 + readers }
@@ -107,46 +109,46 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     }
 
     private static func nextCursor(_ db: Database) throws -> Int64 {
-        (try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) + 1 FROM events")) ?? 1
+        (try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) + 1 FROM events"))) ?? 1
     }
 
     private static func fetchEvent(_ db: Database, id: Int64) throws -> Harpoon_V1_Event? {
-        try Row.fetchOne(db, sql: "SELECT \(eventColumns) FROM events WHERE id = ?", arguments: [id]).map(event)
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT \(eventColumns) FROM events WHERE id = ?"), arguments: [id]).map(event)
     }
 
     private static func fetchDroplet(_ db: Database, id: Int64) throws -> Harpoon_V1_Droplet? {
-        try Row.fetchOne(db, sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?", arguments: [id]).map(droplet)
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?"), arguments: [id]).map(droplet)
     }
 
     private static func insertEvent(
         _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
         payload: [UInt8], now: Double, destination: OutboxDestination
     ) throws -> Int64 {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """).execute(
             arguments: [type, dropletId, customer, region, hypervisorId, Harpoon_V1_Event.Status.pending.rawValue, Data(payload), now, now, try nextCursor(db)]
         )
         let id = db.lastInsertedRowID
-        try db.execute(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)", arguments: [id, destination.rawValue])
+        try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
         return id
     }
 
     // MARK: Droplets
 
     package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
-        try await pool.write { db in
+        try await writer.write { db in
             if !request.idempotencyKey.isEmpty,
-               let row = try Row.fetchOne(db, sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?", arguments: [request.idempotencyKey]),
+               let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]),
                let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]) {
                 return (droplet, event)
             }
             let now = Date().timeIntervalSince1970
             let size = Data((request.size ?? Scheduler_V2_Size()).serializedBytes())
-            try db.execute(
-                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            try db.cachedStatement(
+                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
                 arguments: [request.customer, request.name, request.region, size, request.image, Harpoon_V1_Droplet.Status.new.rawValue, now]
             )
             let dropletId = db.lastInsertedRowID
@@ -156,8 +158,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 hypervisorId: "", payload: [UInt8](size), now: now, destination: .scheduler
             )
             if !request.idempotencyKey.isEmpty {
-                try db.execute(
-                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)",
+                try db.cachedStatement(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
                     arguments: [request.idempotencyKey, dropletId, eventId]
                 )
             }
@@ -180,11 +182,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 condition += " AND region = ?"
                 _ = arguments.append(contentsOf: [region])
             }
-            let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM droplets WHERE \(condition)", arguments: arguments) ?? 0
+            let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM droplets WHERE \(condition)"), arguments: arguments) ?? 0
             var pageArguments = arguments
             _ = pageArguments.append(contentsOf: [afterID, limit + 1])
             let rows = try Row.fetchAll(
-                db, sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE \(condition) AND id > ? ORDER BY id LIMIT ?",
+                db.cachedStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
                 arguments: pageArguments
             )
             var items = try rows.prefix(limit).map(Self.droplet)
@@ -197,9 +199,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     // MARK: Events
 
     package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
-        try await pool.write { db in
+        try await writer.write { db in
             if !request.idempotencyKey.isEmpty,
-               let eventId = try Int64.fetchOne(db, sql: "SELECT event_id FROM idempotency WHERE key = ?", arguments: [request.idempotencyKey]),
+               let eventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]),
                let event = try Self.fetchEvent(db, id: eventId) {
                 return event
             }
@@ -210,8 +212,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 destination: hypervisorId.isEmpty ? .scheduler : .router
             )
             if !request.idempotencyKey.isEmpty {
-                try db.execute(
-                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)",
+                try db.cachedStatement(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
                     arguments: [request.idempotencyKey, request.dropletId, eventId]
                 )
             }
@@ -226,6 +228,26 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in try Self.fetchEvent(db, id: id) }
     }
 
+    package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
+        guard !ids.isEmpty else { return [:] }
+        return try await pool.read { db in
+            let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+            let events = try Row.fetchAll(db, sql: "SELECT \(Self.eventColumns) FROM events WHERE id IN (\(marks))", arguments: StatementArguments(ids)).map(Self.event)
+            let dropletIds = Array(Set(events.map(\.dropletId)))
+            var droplets: [Int64: Harpoon_V1_Droplet] = [:]
+            if !dropletIds.isEmpty {
+                let dropletMarks = Array(repeating: "?", count: dropletIds.count).joined(separator: ",")
+                for row in try Row.fetchAll(db, sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN (\(dropletMarks))", arguments: StatementArguments(dropletIds)) {
+                    let droplet = try Self.droplet(row)
+                    droplets[droplet.id] = droplet
+                }
+            }
+            var result: [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] = [:]
+            for event in events { result[event.id] = (event, droplets[event.dropletId]) }
+            return result
+        }
+    }
+
     package func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event> {
         try await pool.read { db in
             var conditions: [String] = []
@@ -235,11 +257,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             if let type = filter.type { conditions.append("type = ?"); _ = arguments.append(contentsOf: [type]) }
             if let status = filter.status { conditions.append("status = ?"); _ = arguments.append(contentsOf: [status.rawValue]) }
             let condition = conditions.isEmpty ? "1" : conditions.joined(separator: " AND ")
-            let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE \(condition)", arguments: arguments) ?? 0
+            let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM events WHERE \(condition)"), arguments: arguments) ?? 0
             var pageArguments = arguments
             _ = pageArguments.append(contentsOf: [afterID, limit + 1])
             let rows = try Row.fetchAll(
-                db, sql: "SELECT \(Self.eventColumns) FROM events WHERE \(condition) AND id > ? ORDER BY id LIMIT ?",
+                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
                 arguments: pageArguments
             )
             let items = rows.prefix(limit).map(Self.event)
@@ -249,34 +271,42 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func updateEvent(
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
-        then destination: OutboxDestination?
+        then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event {
-        try await pool.write { db in
+        try await writer.write { db in
             guard let current = try Self.fetchEvent(db, id: id) else {
                 throw RPCError(code: .notFound, message: "no event \(id)")
             }
             try EventTransitions.check(from: current.status, to: status, eventId: id)
+            switch settlement {
+            case .acknowledge(let entry)?:
+                try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
+            case .reschedule(let entry, let until)?:
+                try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
+            case nil:
+                break
+            }
             if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
                 return current  // a repeated report: nothing changes
             }
             let now = Date().timeIntervalSince1970
-            try db.execute(
-                sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?",
+            try db.cachedStatement(
+                sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
                 arguments: [status.rawValue, hypervisorId, error, now, try Self.nextCursor(db), id]
             )
             if EventTransitions.isTerminal(status) {
-                try db.execute(sql: "DELETE FROM outbox WHERE event_id = ?", arguments: [id])
+                try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute(arguments: [id])
             }
             if let destination {
-                try db.execute(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)", arguments: [id, destination.rawValue])
+                try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
             }
             if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
-                try db.execute(
-                    sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?",
+                try db.cachedStatement(
+                    sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?").execute(
                     arguments: [dropletStatus.rawValue, hypervisorId, ipv4Address, status == .errored ? error : nil, current.dropletId]
                 )
             } else if let hypervisorId, current.type == "create" {
-                try db.execute(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?", arguments: [hypervisorId, current.dropletId])
+                try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
             }
             guard let updated = try Self.fetchEvent(db, id: id) else {
                 throw RPCError(code: .internal, message: "an event just updated cannot be read back")
@@ -289,12 +319,12 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in
             if let customer {
                 return try Row.fetchAll(
-                    db, sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?",
+                    db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?"),
                     arguments: [cursor, customer, limit]
                 ).map(Self.event)
             }
             return try Row.fetchAll(
-                db, sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", arguments: [cursor, limit]
+                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?"), arguments: [cursor, limit]
             ).map(Self.event)
         }
     }
@@ -309,33 +339,33 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {
         try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?",
+                db.cachedStatement(sql: "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?"),
                 arguments: [now, limit]
             ).compactMap(Self.outboxEntry)
         }
     }
 
     package func nextOutboxTime() async throws -> Double? {
-        try await pool.read { db in try Double.fetchOne(db, sql: "SELECT MIN(not_before) FROM outbox") }
+        try await pool.read { db in try Double.fetchOne(db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox")) }
     }
 
     package func acknowledge(_ entry: OutboxEntry) async throws {
-        try await pool.write { db in try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [entry.id]) }
+        try await writer.write { db in try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id]) }
     }
 
     package func postpone(_ entry: OutboxEntry, until: Double) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?", arguments: [until, entry.id])
+        try await writer.write { db in
+            try db.cachedStatement(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
         }
     }
 
     package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE outbox SET not_before = ? WHERE id = ?", arguments: [until, entry.id])
+        try await writer.write { db in
+            try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
         }
     }
 
     package func outboxCount() async throws -> Int {
-        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+        try await pool.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM outbox")) ?? 0 }
     }
 }

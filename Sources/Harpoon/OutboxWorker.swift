@@ -1,4 +1,5 @@
 internal import Foundation
+internal import Synchronization
 package import HarpoonAPI
 
 /// What the scheduler answered for an event.
@@ -34,6 +35,8 @@ package final class OutboxWorker: Sendable {
     private let placer: any Placer
     private let delivery: any EventDelivery
     private let wakeup = Wakeup()
+    /// Outbox entries being processed now.
+    private let inFlight = Mutex<Set<Int64>>([])
     private let onChange: @Sendable () -> Void
     /// Placement attempts for an event that cannot be placed yet before it is errored.
     package let maxPlacementAttempts: Int
@@ -44,7 +47,7 @@ package final class OutboxWorker: Sendable {
 
     package init(
         store: any HarpoonStore, placer: any Placer, delivery: any EventDelivery, maxPlacementAttempts: Int = 30,
-        concurrency: Int = 64, redeliveryInterval: Duration = .seconds(10), onChange: @escaping @Sendable () -> Void = {}
+        concurrency: Int = 256, redeliveryInterval: Duration = .seconds(10), onChange: @escaping @Sendable () -> Void = {}
     ) {
         let (seconds, attoseconds) = redeliveryInterval.components
         self.redeliveryInterval = Double(seconds) + Double(attoseconds) / 1e18
@@ -60,29 +63,44 @@ package final class OutboxWorker: Sendable {
     package func wake() { wakeup.signal() }
 
     /// Runs until the task is cancelled.
+    ///
+    /// Entries are processed as a stream, not in rounds: the worker starts every due entry that is not already being
+    /// processed (up to `concurrency` at once) and looks again whenever one finishes or new work arrives, so a
+    /// placement's delivery starts as soon as the placement is recorded.
     package func run() async {
         while !Task.isCancelled {
             let now = Date().timeIntervalSince1970
-            let due = (try? await store.dueOutbox(now: now, limit: 512)) ?? []
-            if due.isEmpty {
-                let next = try? await store.nextOutboxTime()
-                await wakeup.wait(timeout: next.map { .milliseconds(Int64(max(1, ($0 - now) * 1000))) })
-                continue
-            }
-            // One read for the whole batch's events and droplets.
-            let loaded = (try? await store.eventsWithDroplets(ids: due.map(\.eventId))) ?? [:]
-            await withTaskGroup(of: Void.self) { group in
-                var running = 0
-                for entry in due {
-                    if running == concurrency {
-                        await group.next()
-                        running -= 1
+            let busy = inFlight.withLock { $0.count }
+            let room = concurrency - busy
+            var started = 0
+            if room > 0 {
+                let due = (try? await store.dueOutbox(now: now, limit: busy + room)) ?? []
+                let chosen = inFlight.withLock { running -> [OutboxEntry] in
+                    var chosen: [OutboxEntry] = []
+                    for entry in due where chosen.count < room && !running.contains(entry.id) {
+                        running.insert(entry.id)
+                        chosen.append(entry)
                     }
-                    let item = loaded[entry.eventId]
-                    group.addTask { await self.process(entry, loaded: item) }
-                    running += 1
+                    return chosen
+                }
+                if !chosen.isEmpty {
+                    // One read for the batch's events and droplets.
+                    let loaded = (try? await store.eventsWithDroplets(ids: chosen.map(\.eventId))) ?? [:]
+                    for entry in chosen {
+                        let item = loaded[entry.eventId]
+                        Task {
+                            await self.process(entry, loaded: item)
+                            self.inFlight.withLock { _ = $0.remove(entry.id) }
+                            self.wakeup.signal()
+                        }
+                    }
+                    started = chosen.count
                 }
             }
+            if started > 0 { continue }
+            // Nothing new to start: wait for new work, a finished entry, or the next postponed entry's time.
+            let next = busy > 0 ? nil : try? await store.nextOutboxTime()
+            await wakeup.wait(timeout: next.map { .milliseconds(Int64(max(1, ($0 - now) * 1000))) } ?? (busy > 0 ? .seconds(1) : nil))
         }
     }
 

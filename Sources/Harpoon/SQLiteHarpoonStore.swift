@@ -89,22 +89,24 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return Google_Protobuf_Timestamp(seconds: Int64(whole), nanos: Int32((seconds - whole) * 1e9))
     }
 
+    // Rows are read by position, in the order of `dropletColumns` / `eventColumns` (GRDB's lookups by name compare
+    // names case-insensitively on every access, which showed in profiles).
     private static func droplet(_ row: Row) throws -> Harpoon_V1_Droplet {
-        let sizeBytes: Data = row["size"]
+        let sizeBytes: Data = row[4]
         return Harpoon_V1_Droplet(
-            id: row["id"], customer: row["customer"], name: row["name"], region: row["region"],
-            size: try Scheduler_V2_Size(serializedBytes: [UInt8](sizeBytes)), image: row["image"],
-            status: Harpoon_V1_Droplet.Status(rawValue: row["status"]), hypervisorId: row["hypervisor_id"],
-            ipv4Address: row["ipv4_address"], createdAt: timestamp(row["created_at"]), error: row["error"]
+            id: row[0], customer: row[1], name: row[2], region: row[3],
+            size: try Scheduler_V2_Size(serializedBytes: [UInt8](sizeBytes)), image: row[5],
+            status: Harpoon_V1_Droplet.Status(rawValue: row[6]), hypervisorId: row[7],
+            ipv4Address: row[8], createdAt: timestamp(row[10]), error: row[9]
         )
     }
 
     private static func event(_ row: Row) -> Harpoon_V1_Event {
-        let payload: Data = row["payload"]
+        let payload: Data = row[7]
         return Harpoon_V1_Event(
-            id: row["id"], type: row["type"], dropletId: row["droplet_id"], customer: row["customer"], region: row["region"],
-            hypervisorId: row["hypervisor_id"], status: Harpoon_V1_Event.Status(rawValue: row["status"]), payload: [UInt8](payload),
-            error: row["error"], createdAt: timestamp(row["created_at"]), updatedAt: timestamp(row["updated_at"]), cursor: row["cursor"]
+            id: row[0], type: row[1], dropletId: row[2], customer: row[3], region: row[4],
+            hypervisorId: row[5], status: Harpoon_V1_Event.Status(rawValue: row[6]), payload: [UInt8](payload),
+            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11]
         )
     }
 
@@ -332,8 +334,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     // MARK: Outbox
 
     private static func outboxEntry(_ row: Row) -> OutboxEntry? {
-        guard let destination = OutboxDestination(rawValue: row["destination"]) else { return nil }
-        return OutboxEntry(id: row["id"], eventId: row["event_id"], destination: destination, attempts: row["attempts"], notBefore: row["not_before"])
+        // By position: id, event_id, destination, attempts, not_before.
+        guard let destination = OutboxDestination(rawValue: row[2]) else { return nil }
+        return OutboxEntry(id: row[0], eventId: row[1], destination: destination, attempts: row[3], notBefore: row[4])
     }
 
     package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {

@@ -66,7 +66,8 @@ package final class Fleet: Sendable {
     }
 
     /// Picks a hypervisor and reserves the size on it. Placing an event that already holds a reservation returns
-    /// that hypervisor again (the caller may retry).
+    /// that hypervisor again (the caller may retry). A successful placement carries only the chosen candidate;
+    /// when nothing fits, the response has every skip and its reason.
     package func place(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
             let now = ContinuousClock.now
@@ -74,8 +75,11 @@ package final class Fleet: Sendable {
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
-            let response = PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
+            var response = PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
             if !response.hypervisorId.isEmpty {
+                // A placement answers with the choice; the full report (every skip, every candidate) is Explain's.
+                response.ranking.removeSubrange(min(1, response.ranking.count)...)
+                response.skipped = []
                 let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
                 state.reservations[key] = Reservation(
                     hypervisorId: response.hypervisorId, size: request.size ?? Scheduler_V2_Size(),

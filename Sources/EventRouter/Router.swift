@@ -200,7 +200,10 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
                 while let message = try await iterator.next() {
                     switch message.kind {
                     case .heartbeat(let heartbeat)?: router.heartbeat(heartbeat.state ?? .init(), from: hypervisorId)
-                    case .progress(let progress)?: await router.progress(progress, from: hypervisorId)
+                    case .progress(let progress)?:
+                        // Reported on its own task: while Harpoon is unreachable the report retries, and the agent's
+                        // heartbeats and other outcomes keep flowing.
+                        Task { await router.progress(progress, from: hypervisorId) }
                     case .ack?, .hello?, nil: break
                     }
                 }

@@ -26,6 +26,19 @@ func waitUntilSettled(_ cluster: ProcessCluster, count: Int, timeout: Duration) 
     return droplets
 }
 
+/// A small deterministic generator (SplitMix64), so a fault schedule can be replayed from its seed.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
 @Suite("the cluster as separate processes on 127.0.0.1", .serialized)
 struct ClusterTests {
     @Test("200 droplets requested at once become active on 20 agents in two regions, none oversubscribed; one that fits nowhere is errored with the reason")
@@ -63,7 +76,7 @@ struct ClusterTests {
         await cluster.stop()
     }
 
-    @Test("kill -9 Harpoon, a router and a fleet of agents mid-run and restart them: every droplet settles once, none is lost or duplicated")
+    @Test("kill -9 Harpoon, routers and agent fleets at random points mid-run and restart them: every droplet settles once, none is lost or duplicated")
     func faults() async throws {
         let regions = ["nyc1", "sfo3"]
         let cluster = try await ProcessCluster(regions: regions)
@@ -80,14 +93,22 @@ struct ClusterTests {
                     try await group.waitForAll()
                 }
             }
-            // Crash each kind of process while creations are under way, then bring it back.
-            try await Task.sleep(for: .milliseconds(100))
-            cluster.processes["harpoon"]?.crash()
-            try await cluster.startService("harpoon")
-            cluster.processes["router-nyc1"]?.crash()
-            try await cluster.startService("router-nyc1")
-            cluster.processes["fleet-sfo3"]?.crash()
-            try await cluster.startFleet(region: "sfo3", agents: 10)
+            // Crash Harpoon, a router and an agent fleet at random points while creations are under way (the seed is
+            // printed, so a failure can be replayed), restarting each.
+            let seed = UInt64.random(in: 1...UInt64.max)
+            var random = SeededRandom(seed: seed)
+            print("fault schedule seed: \(seed)")
+            let victims = ["harpoon", "router-nyc1", "router-sfo3", "fleet-nyc1", "fleet-sfo3"]
+            for _ in 0..<4 {
+                try await Task.sleep(for: .milliseconds(Int.random(in: 20...300, using: &random)))
+                let victim = victims[Int.random(in: 0..<victims.count, using: &random)]
+                cluster.processes[victim]?.crash()
+                if victim.hasPrefix("fleet-") {
+                    try await cluster.startFleet(region: String(victim.dropFirst("fleet-".count)), agents: 10)
+                } else {
+                    try await cluster.startService(victim)
+                }
+            }
             try await creations.value
             let droplets = try await waitUntilSettled(cluster, count: requested, timeout: .seconds(120))
             #expect(droplets.count == requested, "\(droplets.count) droplets for \(requested) requests")

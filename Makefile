@@ -47,11 +47,15 @@ interop-deps: ## Install Python grpcio in .build-interop/venv and generate its s
 .PHONY: test
 test: deps check-generated interop-deps ## Install what is missing, build, and run every test (what CI runs).
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
-	swift test --skip-build 2>&1 | tee .build/swift-test.log
+	@# The multi-process cluster tests run on their own, after the rest: on 2 cores, a dozen processes beside the
+	@# in-process network tests would only measure the contention.
+	swift test --skip-build --skip IntegrationTests 2>&1 | tee .build/swift-test.log
+	swift test --skip-build --filter IntegrationTests 2>&1 | tee .build/swift-test-integration.log
 	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
 	@# One plain closing line for CI: the XCTest runner also prints "Executed 0 tests" (all tests are Swift Testing).
 	@n=$$(sed -nE 's/.*Test run with ([0-9]+) tests? .*passed.*/\1/p' .build/swift-test.log | tail -1); \
-	  echo "fuzz: $(FUZZ_RUNS) decoder runs and $(DEFRAMER_FUZZ_RUNS) deframer runs clean"; echo "tests: $${n:-0} passed, 0 failed"
+	  m=$$(sed -nE 's/.*Test run with ([0-9]+) tests? .*passed.*/\1/p' .build/swift-test-integration.log | tail -1); \
+	  echo "fuzz: $(FUZZ_RUNS) decoder runs and $(DEFRAMER_FUZZ_RUNS) deframer runs clean"; echo "tests: $$(( $${n:-0} + $${m:-0} )) passed, 0 failed"
 
 .PHONY: test-unit
 test-unit: interop-deps ## Run the Swift tests only, no fuzzing (fast inner loop).

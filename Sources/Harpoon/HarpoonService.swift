@@ -154,7 +154,7 @@ package struct SchedulerPlacer: Placer {
 
     package func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
         let response = try await scheduler.place(
-            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer),
+            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId),
             options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())
         )
         if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId) }
@@ -162,7 +162,9 @@ package struct SchedulerPlacer: Placer {
     }
 
     package func release(_ event: Harpoon_V1_Event) async {
-        _ = try? await scheduler.release(Scheduler_V2_ReleaseRequest(eventId: String(event.id)), options: CallOptions(timeout: .seconds(2)))
+        _ = try? await scheduler.release(
+            Scheduler_V2_ReleaseRequest(eventId: String(event.id), completed: event.status == .completed), options: CallOptions(timeout: .seconds(2))
+        )
     }
 }
 

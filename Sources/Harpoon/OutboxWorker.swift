@@ -35,8 +35,8 @@ package final class OutboxWorker: Sendable {
     private let placer: any Placer
     private let delivery: any EventDelivery
     private let wakeup = Wakeup()
-    /// Outbox entries being processed now.
-    private let inFlight = Mutex<Set<Int64>>([])
+    /// Outbox entries being processed now, and those finished since the worker last read the outbox.
+    private let inFlight = Mutex<(running: Set<Int64>, finished: Set<Int64>)>(([], []))
     private let onChange: @Sendable () -> Void
     /// Placement attempts for an event that cannot be placed yet before it is errored.
     package let maxPlacementAttempts: Int
@@ -70,15 +70,19 @@ package final class OutboxWorker: Sendable {
     package func run() async {
         while !Task.isCancelled {
             let now = Date().timeIntervalSince1970
-            let busy = inFlight.withLock { $0.count }
+            let busy = inFlight.withLock { state in
+                // Entries that finish from here on may still show in the read below, as they were: skip them.
+                state.finished.removeAll(keepingCapacity: true)
+                return state.running.count
+            }
             let room = concurrency - busy
             var started = 0
             if room > 0 {
                 let due = (try? await store.dueOutbox(now: now, limit: busy + room)) ?? []
-                let chosen = inFlight.withLock { running -> [OutboxEntry] in
+                let chosen = inFlight.withLock { state -> [OutboxEntry] in
                     var chosen: [OutboxEntry] = []
-                    for entry in due where chosen.count < room && !running.contains(entry.id) {
-                        running.insert(entry.id)
+                    for entry in due where chosen.count < room && !state.running.contains(entry.id) && !state.finished.contains(entry.id) {
+                        state.running.insert(entry.id)
                         chosen.append(entry)
                     }
                     return chosen
@@ -90,7 +94,10 @@ package final class OutboxWorker: Sendable {
                         let item = loaded[entry.eventId]
                         Task {
                             await self.process(entry, loaded: item)
-                            self.inFlight.withLock { _ = $0.remove(entry.id) }
+                            self.inFlight.withLock { state in
+                                state.running.remove(entry.id)
+                                state.finished.insert(entry.id)
+                            }
                             self.wakeup.signal()
                         }
                     }

@@ -76,6 +76,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 );
                 """)
         }
+        migrator.registerMigration("v2: outbox by event") { db in
+            // A terminal event deletes its outbox entries by event id.
+            try db.execute(sql: "CREATE INDEX outbox_by_event ON outbox(event_id)")
+        }
         return migrator
     }
 
@@ -292,9 +296,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 return current  // a repeated report: nothing changes
             }
             let now = Date().timeIntervalSince1970
+            let cursor = try Self.nextCursor(db)
             try db.cachedStatement(
                 sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
-                arguments: [status.rawValue, hypervisorId, error, now, try Self.nextCursor(db), id]
+                arguments: [status.rawValue, hypervisorId, error, now, cursor, id]
             )
             if EventTransitions.isTerminal(status) {
                 try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute(arguments: [id])
@@ -310,9 +315,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             } else if let hypervisorId, current.type == "create" {
                 try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
             }
-            guard let updated = try Self.fetchEvent(db, id: id) else {
-                throw RPCError(code: .internal, message: "an event just updated cannot be read back")
-            }
+            // The row as just written, without reading it back.
+            var updated = current
+            updated.status = status
+            if let hypervisorId { updated.hypervisorId = hypervisorId }
+            if let error { updated.error = error }
+            updated.updatedAt = Self.timestamp(now)
+            updated.cursor = cursor
             return updated
         }
     }

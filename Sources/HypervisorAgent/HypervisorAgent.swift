@@ -73,6 +73,7 @@ package final class HypervisorAgent: Sendable {
             current.dropletCount = UInt32(state.droplets.count)
             current.recentErrors = UInt32(state.recentErrors)
             current.customers = Array(Set(state.droplets.values.map(\.customer))).sorted()
+            current.dropletIds = state.droplets.keys.sorted()
             return current
         }
     }

@@ -11,6 +11,7 @@ package final class Fleet: Sendable {
         var hypervisorId: String
         var size: Scheduler_V2_Size
         var customer: String
+        var dropletId: Int64
         var expires: ContinuousClock.Instant
     }
 
@@ -32,7 +33,17 @@ package final class Fleet: Sendable {
     @discardableResult
     package func report(_ hypervisors: [Scheduler_V2_HypervisorState]) -> Int {
         state.withLock { state in
-            for hypervisor in hypervisors where !hypervisor.id.isEmpty { state.hypervisors[hypervisor.id] = hypervisor }
+            var hosted: [String: Set<Int64>] = [:]
+            for hypervisor in hypervisors where !hypervisor.id.isEmpty {
+                state.hypervisors[hypervisor.id] = hypervisor
+                if !hypervisor.dropletIds.isEmpty { hosted[hypervisor.id] = Set(hypervisor.dropletIds) }
+            }
+            // A droplet the hypervisor now reports is in its usage: its reservation has done its job.
+            if !hosted.isEmpty {
+                state.reservations = state.reservations.filter { _, reservation in
+                    !(reservation.dropletId != 0 && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true)
+                }
+            }
             return state.hypervisors.count
         }
     }
@@ -83,17 +94,27 @@ package final class Fleet: Sendable {
                 let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
                 state.reservations[key] = Reservation(
                     hypervisorId: response.hypervisorId, size: request.size ?? Scheduler_V2_Size(),
-                    customer: request.customer, expires: now.advanced(by: reservationTTL)
+                    customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
                 )
             }
             return response
         }
     }
 
-    /// Ends an event's reservation; `false` if it held none.
+    /// Ends an event's reservation; `false` if it held none. For a completed create whose droplet the hypervisor has
+    /// not reported yet, the room stays held until it does (or the reservation expires): released earlier, the
+    /// droplet would be counted neither in the hypervisor's usage nor here, and the room could be given twice.
     @discardableResult
-    package func release(eventId: String) -> Bool {
-        state.withLock { $0.reservations.removeValue(forKey: eventId) != nil }
+    package func release(eventId: String, completed: Bool = false) -> Bool {
+        state.withLock { state in
+            guard let reservation = state.reservations[eventId] else { return false }
+            if completed, reservation.dropletId != 0,
+               state.hypervisors[reservation.hypervisorId]?.dropletIds.contains(reservation.dropletId) != true {
+                return true
+            }
+            state.reservations[eventId] = nil
+            return true
+        }
     }
 
     package var reservationCount: Int { state.withLock { $0.reservations.count } }

@@ -35,6 +35,6 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
     }
 
     package func release(request: Scheduler_V2_ReleaseRequest, context: ServerContext) async throws -> Scheduler_V2_ReleaseResponse {
-        Scheduler_V2_ReleaseResponse(released: fleet.release(eventId: request.eventId))
+        Scheduler_V2_ReleaseResponse(released: fleet.release(eventId: request.eventId, completed: request.completed))
     }
 }

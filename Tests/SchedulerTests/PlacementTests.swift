@@ -158,6 +158,33 @@ struct FleetTests {
         #expect(freed)
     }
 
+    @Test("a completed create holds its room until the hypervisor reports hosting the droplet")
+    func heldUntilReported() {
+        let fleet = Fleet()
+        fleet.report([hypervisor("hv1", memoryMB: 2048)])  // room for one small droplet
+        var request = place(small, event: "e1")
+        request.dropletId = 41
+        #expect(fleet.place(request).hypervisorId == "hv1")
+        // The create completed, but the hypervisor's last report predates it: the room is still taken.
+        #expect(fleet.release(eventId: "e1", completed: true))
+        #expect(fleet.explain(place(small)).hypervisorId.isEmpty)
+        // The hypervisor reports the droplet (and its usage): the reservation is done.
+        var hosting = hypervisor("hv1", memoryMB: 2048)
+        hosting.usedMemoryMb = 1024
+        hosting.dropletCount = 1
+        hosting.dropletIds = [41]
+        fleet.report([hosting])
+        #expect(fleet.reservationCount == 0)
+        #expect(fleet.explain(place(small)).hypervisorId.isEmpty)  // full by its own report now
+        // A failed create releases at once.
+        fleet.report([hypervisor("hv1", memoryMB: 2048)])
+        var second = place(small, event: "e2")
+        second.dropletId = 42
+        #expect(fleet.place(second).hypervisorId == "hv1")
+        #expect(fleet.release(eventId: "e2", completed: false))
+        #expect(fleet.reservationCount == 0)
+    }
+
     @Test("an unresponsive hypervisor is skipped until it reports again")
     func unresponsive() {
         let fleet = Fleet()

@@ -164,7 +164,7 @@ struct ConnectionTests {
 struct KeepaliveTests {
     @Test("a quiet connection is pinged and the client's ACKs keep it open")
     func keepalive() async throws {
-        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(30); $0.keepaliveTimeout = .seconds(5) }) { server, client, _ in
+        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(100); $0.keepaliveTimeout = .seconds(5) }) { server, client, _ in
             _ = try await Rpctest_V1_Probe.Client(client).echo(Request())
             #expect(await eventually { server.pingAcksReceived >= 3 })
             #expect(server.connectionCount == 1)
@@ -186,8 +186,8 @@ struct KeepaliveTests {
 
     @Test("a connection with a call in flight is not idle")
     func busyIsNotIdle() async throws {
-        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(100) }) { server, client, _ in
-            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "slow", delayMs: 500))
+        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(400) }) { server, client, _ in
+            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "slow", delayMs: 1200))
             #expect(response.text == "slow")
         }
     }

@@ -20,7 +20,7 @@ func createRequest(_ name: String, customer: String = "alice", region: String = 
     Harpoon_V1_CreateDropletRequest(idempotencyKey: key, customer: customer, name: name, region: region, size: small, image: "ubuntu-24-04-x64")
 }
 
-func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
+func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while ContinuousClock.now < deadline {
         if try await condition() { return true }

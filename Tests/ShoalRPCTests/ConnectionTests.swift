@@ -164,7 +164,7 @@ struct ConnectionTests {
 struct KeepaliveTests {
     @Test("a quiet connection is pinged and the client's ACKs keep it open")
     func keepalive() async throws {
-        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(100); $0.keepaliveTimeout = .seconds(5) }) { server, client, _ in
+        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(100); $0.keepaliveTimeout = .seconds(30) }) { server, client, _ in
             _ = try await Rpctest_V1_Probe.Client(client).echo(Request())
             #expect(await eventually { server.pingAcksReceived >= 3 })
             #expect(server.connectionCount == 1)

@@ -188,7 +188,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         if result < 0 {
             // A protocol error: nghttp2 has queued GOAWAY; send it, then close.
             flush()
-            close(context: context)
+            close(context: context, reason: "HTTP/2 error from the peer: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: result))))")
             return
         }
     }
@@ -207,11 +207,13 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var closeReason: RPCError?
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if closeReason == nil { closeReason = error as? RPCError }
-        close(context: context)
+        if closeReason == nil, let error = error as? RPCError { closeReason = error }
+        close(context: context, reason: "\(error)")
     }
 
-    private func close(context: ChannelHandlerContext) {
+    /// Closes the channel, remembering why (the first reason wins) for the calls it ends.
+    private func close(context: ChannelHandlerContext, reason: String) {
+        if closeReason == nil { closeReason = RPCError(code: .unavailable, message: "the connection closed: \(reason)") }
         guard !isClosed else { return }
         isClosed = true
         context.close(promise: nil)
@@ -227,8 +229,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         streams = [:]
         for (_, stream) in open.sorted(by: { $0.key < $1.key }) {
             stream.closed = true
-            stream.failWriters(closeReason ?? RPCError(code: .unavailable, message: "connection closed"))
-            stream.connectionClosed(closeReason ?? RPCError(code: .unavailable, message: "the connection closed"))
+            stream.failWriters(closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
+            stream.connectionClosed(closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
         }
         delegate?.connectionClosed(self)
     }
@@ -280,7 +282,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
             var pointer: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &pointer)
             if count < 0 {
-                close(context: context)
+                close(context: context, reason: "HTTP/2 error: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: count))))")
                 return
             }
             guard count > 0, let pointer else { break }
@@ -297,7 +299,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         if let output { context.write(wrapOutboundOut(output), promise: nil) }
         context.flush()
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
-            close(context: context)
+            close(context: context, reason: "the HTTP/2 session is over (GOAWAY, no streams left)")
         }
     }
 
@@ -413,17 +415,17 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Closes the channel now (after flushing what is queued).
-    func closeNow() {
+    func closeNow(reason: String = "closed by this side") {
         guard let context else { return }
         flush()
-        close(context: context)
+        close(context: context, reason: reason)
     }
 
     /// After GOAWAY (either way), the connection closes once its last stream does.
     private func closeIfDrained() {
         guard (goAwaySent || goAwayReceived), streams.isEmpty, let context else { return }
         flush()
-        close(context: context)
+        close(context: context, reason: "GOAWAY, and the last stream is done")
     }
 
     // MARK: Callbacks from nghttp2 (inside mem_recv / mem_send)

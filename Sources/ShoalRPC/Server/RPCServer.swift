@@ -172,6 +172,7 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     var onClose: (@Sendable () -> Void)?
     private var idleTimer: Scheduled<Void>?
     private var keepaliveTimer: RepeatedTask?
+    private var pingOverdue = false
 
     init(context: ServerConnectionContext, configuration: RPCServer.Configuration, channel: any Channel) {
         self.context = context
@@ -187,8 +188,14 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
                 guard let self else { return }
                 let now = NIODeadline.now()
                 if self.handler.awaitingPingAck {
-                    if let sent = self.handler.lastPingSent, now - sent >= timeout { self.handler.closeNow() }
+                    // Overdue on two ticks in a row before closing: after a stall of this event loop, the ACK may be
+                    // waiting unread in the socket when the first overdue tick runs.
+                    if let sent = self.handler.lastPingSent, now - sent >= timeout {
+                        if self.pingOverdue { self.handler.closeNow(reason: "keepalive: no PING ACK within the timeout") }
+                        self.pingOverdue = true
+                    }
                 } else if now - self.handler.lastActivity >= interval {
+                    self.pingOverdue = false
                     self.handler.sendPing()
                 }
             }
@@ -231,6 +238,6 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     }
 
     func close() {
-        channel.eventLoop.execute { self.handler.closeNow() }
+        channel.eventLoop.execute { self.handler.closeNow(reason: "the server is shutting down") }
     }
 }

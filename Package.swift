@@ -164,9 +164,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ProtoRuntimeTests",
-            dependencies: ["ProtoRuntime", "ProtoWellKnownTypes", "ConformanceMessages", "CProtobufCReference"],
+            dependencies: ["ProtoRuntime", "ProtoWellKnownTypes", "ConformanceMessages", "CProtobufCReference", "TestSupport"],
             swiftSettings: strictSettings
         ),
+        // What the test targets share: waiting on conditions, seeded randomness.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "RPCCoreTests",
             dependencies: ["RPCCore"],
@@ -182,7 +184,7 @@ let package = Package(
         .testTarget(
             name: "ShoalRPCTests",
             dependencies: [
-                "ShoalRPC", "RPCCore", "RPCTestServices", "InteropService",
+                "ShoalRPC", "RPCCore", "RPCTestServices", "InteropService", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -197,7 +199,7 @@ let package = Package(
         .testTarget(
             name: "HarpoonTests",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent",
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
@@ -206,7 +208,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI",
+                "HarpoonAPI", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

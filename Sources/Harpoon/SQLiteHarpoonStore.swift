@@ -142,6 +142,23 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return id
     }
 
+    /// One page of `table` rows matching `condition`, by id after `afterID`, with the total that match.
+    private static func page<Item: Sendable>(
+        _ db: Database, table: String, columns: String, condition: String, arguments: StatementArguments,
+        limit: Int, afterID: Int64, decode: (Row) throws -> Item
+    ) throws -> Page<Item> where Item: Identified {
+        let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM \(table) WHERE \(condition)"), arguments: arguments) ?? 0
+        var pageArguments = arguments
+        _ = pageArguments.append(contentsOf: [afterID, limit + 1])
+        // One row past the page says whether another page follows.
+        let rows = try Row.fetchAll(
+            db.cachedStatement(sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
+            arguments: pageArguments
+        )
+        let items = try rows.prefix(limit).map(decode)
+        return Page(items: items, total: total, nextAfterID: rows.count > limit ? items.last?.id : nil)
+    }
+
     // MARK: Droplets
 
     package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
@@ -188,17 +205,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 condition += " AND region = ?"
                 _ = arguments.append(contentsOf: [region])
             }
-            let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM droplets WHERE \(condition)"), arguments: arguments) ?? 0
-            var pageArguments = arguments
-            _ = pageArguments.append(contentsOf: [afterID, limit + 1])
-            let rows = try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
-                arguments: pageArguments
-            )
-            var items = try rows.prefix(limit).map(Self.droplet)
-            let next = rows.count > limit ? items.last?.id : nil
-            if items.count > limit { items.removeLast() }
-            return Page(items: items, total: total, nextAfterID: next)
+            return try Self.page(db, table: "droplets", columns: Self.dropletColumns, condition: condition, arguments: arguments, limit: limit, afterID: afterID, decode: Self.droplet)
         }
     }
 
@@ -263,15 +270,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             if let type = filter.type { conditions.append("type = ?"); _ = arguments.append(contentsOf: [type]) }
             if let status = filter.status { conditions.append("status = ?"); _ = arguments.append(contentsOf: [status.rawValue]) }
             let condition = conditions.isEmpty ? "1" : conditions.joined(separator: " AND ")
-            let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM events WHERE \(condition)"), arguments: arguments) ?? 0
-            var pageArguments = arguments
-            _ = pageArguments.append(contentsOf: [afterID, limit + 1])
-            let rows = try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
-                arguments: pageArguments
-            )
-            let items = rows.prefix(limit).map(Self.event)
-            return Page(items: Array(items), total: total, nextAfterID: rows.count > limit ? items.last?.id : nil)
+            return try Self.page(db, table: "events", columns: Self.eventColumns, condition: condition, arguments: arguments, limit: limit, afterID: afterID, decode: Self.event)
         }
     }
 
@@ -381,3 +380,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM outbox")) ?? 0 }
     }
 }
+
+/// A row type paged by its integer id.
+protocol Identified { var id: Int64 { get } }
+extension Harpoon_V1_Droplet: Identified {}
+extension Harpoon_V1_Event: Identified {}

@@ -4,6 +4,7 @@ import HarpoonAPI
 import NIOCore
 import Synchronization
 import Testing
+import TestSupport
 
 let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 
@@ -18,15 +19,6 @@ func withStore<T>(_ body: (SQLiteHarpoonStore, String) async throws -> T) async 
 
 func createRequest(_ name: String, customer: String = "alice", region: String = "nyc1", key: String = "") -> Harpoon_V1_CreateDropletRequest {
     Harpoon_V1_CreateDropletRequest(idempotencyKey: key, customer: customer, name: name, region: region, size: small, image: "ubuntu-24-04-x64")
-}
-
-func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now.advanced(by: timeout)
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return try await condition()
 }
 
 @Suite("the SQLite events store")

@@ -8,6 +8,7 @@ import NIOCore
 import Scheduler
 import Synchronization
 import Testing
+import TestSupport
 
 /// A result sink whose target is set once Harpoon's port is known (routers start before Harpoon).
 final class LateResultSink: ResultSink {

@@ -1,6 +1,7 @@
 import Foundation
 import HarpoonAPI
 import Testing
+import TestSupport
 
 let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 /// Each simulated hypervisor (8 CPUs, 16 GiB) holds 15 small droplets: 16 GiB less the 1 GiB floor.
@@ -24,19 +25,6 @@ func waitUntilSettled(_ cluster: ProcessCluster, count: Int, timeout: Duration) 
         try await Task.sleep(for: .milliseconds(100))
     }
     return droplets
-}
-
-/// A small deterministic generator (SplitMix64), so a fault schedule can be replayed from its seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 @Suite("the cluster as separate processes on 127.0.0.1", .serialized)

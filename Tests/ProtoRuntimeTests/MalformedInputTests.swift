@@ -1,6 +1,7 @@
 import ConformanceMessages
 import ProtoRuntime
 import Testing
+import TestSupport
 
 /// Every kind of bad input, with the error it must give: a typed error naming the field, never a crash.
 @Suite("Malformed input")

@@ -3,6 +3,7 @@ import ConformanceMessages
 import ProtoRuntime
 import ProtoWellKnownTypes
 import Testing
+import TestSupport
 
 /// Differential tests against protobuf-c, the C reference implementation, in process: thousands of seeded random
 /// messages covering every field shape go through Shoal and protobuf-c both ways and are compared field by field.

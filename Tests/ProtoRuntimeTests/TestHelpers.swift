@@ -1,6 +1,7 @@
 import ConformanceMessages
 import ProtoRuntime
 import Testing
+import TestSupport
 
 /// Encodes `message`, checks the bytes and the size pass, and decodes them back to the same message.
 func assertEncodes<M: ProtoMessage>(
@@ -27,22 +28,8 @@ func assertDecodeFails<M: ProtoMessage>(
     }
 }
 
-/// A seeded generator (splitmix64), so every random test is reproducible from its seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed &* 0x2545_F491_4F6C_DD1D &+ 1 }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func chance(_ percent: Int) -> Bool { Int(next() % 100) < percent }
-
+/// Random values for the codec tests, on the shared seeded generator.
+extension SeededRandom {
     /// Integers biased to the edges: zero, small, negative, extremes, every varint length.
     mutating func bits() -> UInt64 {
         switch next() % 8 {

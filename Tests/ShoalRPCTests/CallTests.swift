@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import RPCTestServices
 import ShoalRPC
 import Testing
+import TestSupport
 
 @Suite("gRPC calls over 127.0.0.1")
 struct CallTests {

@@ -3,6 +3,7 @@ import NIOCore
 import RPCTestServices
 @testable import ShoalRPC
 import Testing
+import TestSupport
 
 /// Rejects calls without the right bearer token.
 struct AuthInterceptor: RPCServerInterceptor {

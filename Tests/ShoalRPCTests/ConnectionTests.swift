@@ -4,6 +4,7 @@ import NIOPosix
 import RPCTestServices
 @testable import ShoalRPC
 import Testing
+import TestSupport
 
 /// Streams `count` responses of `size` bytes and counts how many it has written.
 struct FloodService: RPCService {

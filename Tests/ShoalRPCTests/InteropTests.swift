@@ -4,6 +4,7 @@ import NIOCore
 import RPCTestServices
 import ShoalRPC
 import Testing
+import TestSupport
 
 /// Python grpcio (from pip, installed by `make interop-deps`) against ShoalRPC, both ways.
 enum Interop {

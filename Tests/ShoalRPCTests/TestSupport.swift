@@ -3,6 +3,7 @@ import NIOCore
 import RPCTestServices
 import ShoalRPC
 import Testing
+import TestSupport
 
 typealias Request = Rpctest_V1_ProbeRequest
 typealias Response = Rpctest_V1_ProbeResponse
@@ -26,16 +27,6 @@ final class EventLog: Sendable {
     func started(_ method: String) -> Int {
         count { if case .started(let name) = $0 { name == method } else { false } }
     }
-}
-
-/// Polls `condition` every few milliseconds until it holds or `timeout` passes; returns whether it held.
-func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now.advanced(by: timeout)
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return try await condition()
 }
 
 /// Starts a server on 127.0.0.1 with `services`, runs `body` with it and a client connected to it, stops both.

@@ -49,6 +49,7 @@ final class Recorder: Sendable {
     let sent = Mutex<[Int64: ContinuousClock.Instant]>([:])
     let latencies = Mutex<[Duration]>([])
     let issued = Mutex(0)
+    let errored = Mutex(0)
     /// Completions seen in the measured window (whenever they were requested).
     let window = Mutex<(open: Bool, completions: Int)>((false, 0))
     /// Load workers waiting for their droplet's create to complete, and completions that came first.
@@ -141,8 +142,22 @@ struct PipelineBench: AsyncParsableCommand {
         // Completion times, from Harpoon's own change stream.
         let recorder = Recorder()
         let watcher = Task {
-            try? await harpoon.watchEvents(.init(afterCursor: 0)) { stream in
-                for try await event in stream where event.type == "create" && event.status == .completed {
+            // Resumed from the last cursor seen if the stream breaks, so no completion is missed.
+            let cursor = Mutex<Int64>(0)
+            while !Task.isCancelled {
+              do {
+                try await harpoon.watchEvents(.init(afterCursor: cursor.withLock { $0 })) { stream in
+                for try await event in stream {
+                    cursor.withLock { $0 = max($0, event.cursor) }
+                    guard event.type == "create" else { continue }
+                    if event.status == .errored {
+                        // No room left (a small fleet fills up): the worker goes on, the failure is counted.
+                        recorder.errored.withLock { $0 += 1 }
+                        recorder.sent.withLock { _ = $0.removeValue(forKey: event.dropletId) }
+                        recorder.completed(event.dropletId)
+                        continue
+                    }
+                    guard event.status == .completed else { continue }
                     let now = ContinuousClock.now
                     recorder.window.withLock { if $0.open { $0.completions += 1 } }
                     recorder.completed(event.dropletId)
@@ -150,6 +165,10 @@ struct PipelineBench: AsyncParsableCommand {
                         recorder.latencies.withLock { $0.append(now - start) }
                     }
                 }
+                }
+              } catch {
+                if !Task.isCancelled { print("watch broke (\(error)); resuming from cursor \(cursor.withLock { $0 })") }
+              }
             }
         }
         let concurrency = self.concurrency
@@ -197,6 +216,13 @@ struct PipelineBench: AsyncParsableCommand {
         watcher.cancel()
         let measured = recorder.latencies.withLock { $0.sorted() }
         let requested = recorder.issued.withLock { $0 } - issuedBefore
+        // Where the creations that never finished are stuck, for whoever reads a failed run.
+        for dropletId in recorder.sent.withLock({ Array($0.keys.sorted().prefix(5)) }) {
+            let events = try? await harpoon.listEvents(.init(dropletId: dropletId, pageSize: 10))
+            for event in events?.events ?? [] {
+                print("not completed: droplet \(dropletId) event \(event.id) \(event.type) \(event.status) hypervisor '\(event.hypervisorId)' \(event.error)")
+            }
+        }
         let stats = try await harpoon.stats(.init())
         let totalSeconds = Double(loadTime.components.seconds) + Double(loadTime.components.attoseconds) / 1e18
         func percentile(_ p: Double) -> Double {
@@ -204,7 +230,7 @@ struct PipelineBench: AsyncParsableCommand {
             let value = measured[min(measured.count - 1, Int(Double(measured.count) * p))]
             return Double(value.components.seconds) * 1000 + Double(value.components.attoseconds) / 1e15
         }
-        print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.sent.withLock { $0.count })")
+        print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.sent.withLock { $0.count }); errored: \(recorder.errored.withLock { $0 })")
         // The sustained rate: creations that completed during the measured window.
         print("creations/s: \(Int(Double(windowCompletions) / totalSeconds))")
         print(String(format: "p50 ms: %.1f", percentile(0.5)))

@@ -79,25 +79,27 @@ package enum PlacementRules {
         if let busy = hypervisor.inFlight.first(where: { policy.busyOperations.contains($0) }) {
             return skip("is busy with \(busy)", transient: true)
         }
-        // Capacity, counting what other placements hold.
+        // Capacity, counting what other placements hold. Room taken by holds comes back within seconds (a hold ends
+        // when its event does), so waiting for it is worth it; room taken by droplets comes back only when one is
+        // deleted, so a hypervisor full of droplets is a final answer.
         let droplets = Int(hypervisor.dropletCount) + held.droplets
         if droplets >= policy.maxDroplets {
-            return skip("hosts \(droplets) droplets (at most \(policy.maxDroplets))", transient: true)
+            return skip("hosts \(droplets) droplets (at most \(policy.maxDroplets))", transient: Int(hypervisor.dropletCount) < policy.maxDroplets)
         }
         let vcpus = UInt64(hypervisor.usedVcpus) + held.vcpus + UInt64(size.vcpus)
         let vcpuLimit = Double(hypervisor.cpus) * policy.cpuOvercommit
         if Double(vcpus) > vcpuLimit {
-            return skip("would run \(vcpus) vCPUs on \(hypervisor.cpus) CPUs (overcommit at most \(policy.cpuOvercommit))", transient: true)
+            return skip("would run \(vcpus) vCPUs on \(hypervisor.cpus) CPUs (overcommit at most \(policy.cpuOvercommit))", transient: Double(vcpus - held.vcpus) <= vcpuLimit)
         }
         let memory = hypervisor.usedMemoryMb + held.memoryMB + size.memoryMb
         if memory + policy.memoryFloorMB > hypervisor.memoryMb {
             let free = hypervisor.memoryMb.subtractingClamped(hypervisor.usedMemoryMb + held.memoryMB + policy.memoryFloorMB)
-            return skip("has \(free) MB of memory free above the floor; the size needs \(size.memoryMb) MB", transient: true)
+            return skip("has \(free) MB of memory free above the floor; the size needs \(size.memoryMb) MB", transient: memory - held.memoryMB + policy.memoryFloorMB <= hypervisor.memoryMb)
         }
         let disk = hypervisor.usedDiskGb + held.diskGB + size.diskGb
         if disk > hypervisor.diskGb {
             let free = hypervisor.diskGb.subtractingClamped(hypervisor.usedDiskGb + held.diskGB)
-            return skip("has \(free) GB of disk free; the size needs \(size.diskGb) GB", transient: true)
+            return skip("has \(free) GB of disk free; the size needs \(size.diskGb) GB", transient: disk - held.diskGB <= hypervisor.diskGb)
         }
         // Rank: the capacity left after placing (the scarcest resource counts), so load spreads; a hypervisor that
         // already hosts the customer ranks lower, so a customer's droplets spread too.
@@ -136,7 +138,7 @@ package enum PlacementRules {
             response.retryable = response.skipped.contains(where: \.transient)
             response.reason = response.retryable
                 ? "no hypervisor in \(request.region) can take \(size.slug) now: \(summary(response.skipped))"
-                : "no hypervisor in \(request.region) can ever hold \(size.slug): \(summary(response.skipped))"
+                : "no hypervisor in \(request.region) has room for \(size.slug): \(summary(response.skipped))"
         }
         return response
     }

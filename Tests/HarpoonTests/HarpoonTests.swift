@@ -196,14 +196,14 @@ struct OutboxWorkerTests {
     @Test("a droplet that fits nowhere ends errored with the scheduler's reason")
     func unplaceable() async throws {
         try await withStore { store, _ in
-            let fake = FakeScheduler(fallback: .unplaceable(reason: "no hypervisor in nyc1 can ever hold s-64vcpu", retryable: false))
+            let fake = FakeScheduler(fallback: .unplaceable(reason: "no hypervisor in nyc1 has room for s-64vcpu", retryable: false))
             try await run(store, fake) { worker in
                 let (droplet, event) = try await store.createDroplet(createRequest("huge"))
                 worker.wake()
                 #expect(await eventually { (try? await store.event(id: event.id))?.status == .errored })
-                #expect(try await store.event(id: event.id)?.error == "no hypervisor in nyc1 can ever hold s-64vcpu")
+                #expect(try await store.event(id: event.id)?.error == "no hypervisor in nyc1 has room for s-64vcpu")
                 let errored = try await store.droplet(id: droplet.id)
-                #expect(errored?.status == .errored && errored?.error == "no hypervisor in nyc1 can ever hold s-64vcpu")
+                #expect(errored?.status == .errored && errored?.error == "no hypervisor in nyc1 has room for s-64vcpu")
             }
         }
     }

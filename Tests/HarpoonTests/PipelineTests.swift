@@ -137,7 +137,7 @@ struct PipelineTests {
             let hugeId = try #require(huge.droplet?.id)
             #expect(await eventually(timeout: .seconds(30)) { (try? await store.droplet(id: hugeId))?.status == .errored })
             let reason = try await store.droplet(id: hugeId)?.error ?? ""
-            #expect(reason.contains("can ever hold s-32vcpu-192gb"), "\(reason)")
+            #expect(reason.contains("has room for s-32vcpu-192gb"), "\(reason)")
             // Every droplet has an address from its hypervisor.
             let sample = try #require(try await store.droplet(id: ids[0]))
             #expect(sample.ipv4Address.hasPrefix("10.") && !sample.hypervisorId.isEmpty)

@@ -55,7 +55,7 @@ struct ClusterTests {
             #expect(normal.allSatisfy { $0.hypervisorId.hasPrefix($0.region) })
             let errored = try #require(droplets.first { $0.id == huge.droplet?.id })
             #expect(errored.status == .errored)
-            #expect(errored.error.contains("can ever hold s-32vcpu-192gb"), "\(errored.error)")
+            #expect(errored.error.contains("has room for s-32vcpu-192gb"), "\(errored.error)")
             let stats = try await harpoon.stats(.init())
             #expect(stats.databaseConnections == 5)
         } catch {

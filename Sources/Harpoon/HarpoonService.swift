@@ -61,8 +61,8 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     package func listDroplets(request: Harpoon_V1_ListDropletsRequest, context: ServerContext) async throws -> Harpoon_V1_ListDropletsResponse {
         guard !request.customer.isEmpty else { throw RPCError(code: .invalidArgument, message: "customer is required") }
         let page = try await store.droplets(
-            customer: request.customer, region: request.region.isEmpty ? nil : request.region,
-            limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken)
+            customer: request.customer, region: request.region.isEmpty ? nil : request.region, name: request.name.isEmpty ? nil : request.name,
+            limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken), offset: Int(request.offset)
         )
         return Harpoon_V1_ListDropletsResponse(droplets: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
     }
@@ -105,9 +105,11 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     package func listEvents(request: Harpoon_V1_ListEventsRequest, context: ServerContext) async throws -> Harpoon_V1_ListEventsResponse {
         let filter = EventFilter(
             dropletId: request.dropletId == 0 ? nil : request.dropletId, customer: request.customer.isEmpty ? nil : request.customer,
-            type: request.type.isEmpty ? nil : request.type, status: request.onlyStatus ? request.status : nil
+            type: request.type.isEmpty ? nil : request.type, status: request.onlyStatus ? request.status : nil, types: request.types
         )
-        let page = try await store.events(filter, limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken))
+        let page = try await store.events(
+            filter, limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken), offset: Int(request.offset)
+        )
         return Harpoon_V1_ListEventsResponse(events: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
     }
 

@@ -42,12 +42,15 @@ package struct EventFilter: Sendable, Hashable {
     package var customer: String?
     package var type: String?
     package var status: Harpoon_V1_Event.Status?
+    /// Any of these types; empty for all.
+    package var types: [String]
 
-    package init(dropletId: Int64? = nil, customer: String? = nil, type: String? = nil, status: Harpoon_V1_Event.Status? = nil) {
+    package init(dropletId: Int64? = nil, customer: String? = nil, type: String? = nil, status: Harpoon_V1_Event.Status? = nil, types: [String] = []) {
         self.dropletId = dropletId
         self.customer = customer
         self.type = type
         self.status = status
+        self.types = types
     }
 }
 
@@ -66,13 +69,13 @@ package protocol HarpoonStore: Sendable {
     /// Droplet + create event + outbox entry (to the scheduler), atomically.
     func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event)
     func droplet(id: Int64) async throws -> Harpoon_V1_Droplet?
-    func droplets(customer: String, region: String?, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Droplet>
+    func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet>
     /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
     func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event
     func event(id: Int64) async throws -> Harpoon_V1_Event?
     /// Events and their droplets by event id, in one read (for a batch of outbox entries).
     func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)]
-    func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event>
+    func events(_ filter: EventFilter, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Event>
     /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event. A terminal
     /// status removes the event's outbox entries.
     func updateEvent(

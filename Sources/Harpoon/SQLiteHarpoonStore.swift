@@ -142,17 +142,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return id
     }
 
-    /// One page of `table` rows matching `condition`, by id after `afterID`, with the total that match.
+    /// One page of `table` rows matching `condition`, by id after `afterID` and `offset` more, with the total that match.
     private static func page<Item: Sendable>(
         _ db: Database, table: String, columns: String, condition: String, arguments: StatementArguments,
-        limit: Int, afterID: Int64, decode: (Row) throws -> Item
+        limit: Int, afterID: Int64, offset: Int, decode: (Row) throws -> Item
     ) throws -> Page<Item> where Item: Identified {
         let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM \(table) WHERE \(condition)"), arguments: arguments) ?? 0
         var pageArguments = arguments
-        _ = pageArguments.append(contentsOf: [afterID, limit + 1])
+        _ = pageArguments.append(contentsOf: [afterID, limit + 1, max(0, offset)])
         // One row past the page says whether another page follows.
         let rows = try Row.fetchAll(
-            db.cachedStatement(sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ?"),
+            db.cachedStatement(sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ? OFFSET ?"),
             arguments: pageArguments
         )
         let items = try rows.prefix(limit).map(decode)
@@ -197,7 +197,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in try Self.fetchDroplet(db, id: id) }
     }
 
-    package func droplets(customer: String, region: String?, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Droplet> {
+    package func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet> {
         try await pool.read { db in
             var condition = "customer = ? AND status != ?"
             var arguments: StatementArguments = [customer, Harpoon_V1_Droplet.Status.deleted.rawValue]
@@ -205,7 +205,14 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 condition += " AND region = ?"
                 _ = arguments.append(contentsOf: [region])
             }
-            return try Self.page(db, table: "droplets", columns: Self.dropletColumns, condition: condition, arguments: arguments, limit: limit, afterID: afterID, decode: Self.droplet)
+            if let name {
+                condition += " AND name = ? COLLATE NOCASE"
+                _ = arguments.append(contentsOf: [name])
+            }
+            return try Self.page(
+                db, table: "droplets", columns: Self.dropletColumns, condition: condition, arguments: arguments,
+                limit: limit, afterID: afterID, offset: offset, decode: Self.droplet
+            )
         }
     }
 
@@ -261,7 +268,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func events(_ filter: EventFilter, limit: Int, afterID: Int64) async throws -> Page<Harpoon_V1_Event> {
+    package func events(_ filter: EventFilter, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Event> {
         try await pool.read { db in
             var conditions: [String] = []
             var arguments = StatementArguments()
@@ -269,8 +276,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             if let customer = filter.customer { conditions.append("customer = ?"); _ = arguments.append(contentsOf: [customer]) }
             if let type = filter.type { conditions.append("type = ?"); _ = arguments.append(contentsOf: [type]) }
             if let status = filter.status { conditions.append("status = ?"); _ = arguments.append(contentsOf: [status.rawValue]) }
+            if !filter.types.isEmpty {
+                conditions.append("type IN (\(Array(repeating: "?", count: filter.types.count).joined(separator: ",")))")
+                _ = arguments.append(contentsOf: StatementArguments(filter.types))
+            }
             let condition = conditions.isEmpty ? "1" : conditions.joined(separator: " AND ")
-            return try Self.page(db, table: "events", columns: Self.eventColumns, condition: condition, arguments: arguments, limit: limit, afterID: afterID, decode: Self.event)
+            return try Self.page(
+                db, table: "events", columns: Self.eventColumns, condition: condition, arguments: arguments,
+                limit: limit, afterID: afterID, offset: offset, decode: Self.event
+            )
         }
     }
 

@@ -60,15 +60,36 @@ struct StoreTests {
             var seen: [String] = []
             var after: Int64 = 0
             while true {
-                let page = try await store.droplets(customer: "alice", region: nil, limit: 10, afterID: after)
+                let page = try await store.droplets(customer: "alice", region: nil, name: nil, limit: 10, afterID: after, offset: 0)
                 #expect(page.total == 25)
                 seen += page.items.map(\.name)
                 guard let next = page.nextAfterID else { break }
                 after = next
             }
             #expect(seen == (0..<25).map { "d\($0)" })
-            let nyc = try await store.droplets(customer: "alice", region: "nyc1", limit: 100, afterID: 0)
+            let nyc = try await store.droplets(customer: "alice", region: "nyc1", name: nil, limit: 100, afterID: 0, offset: 0)
             #expect(nyc.total == 13 && nyc.nextAfterID == nil)
+            // Page numbers (the customer API's paging) skip by offset.
+            let third = try await store.droplets(customer: "alice", region: nil, name: nil, limit: 10, afterID: 0, offset: 20)
+            #expect(third.items.map(\.name) == (20..<25).map { "d\($0)" } && third.total == 25 && third.nextAfterID == nil)
+            let named = try await store.droplets(customer: "alice", region: nil, name: "D7", limit: 10, afterID: 0, offset: 0)
+            #expect(named.items.map(\.name) == ["d7"] && named.total == 1)
+        }
+    }
+
+    @Test("events filter by any of several types")
+    func eventTypes() async throws {
+        try await withStore { store, _ in
+            let (droplet, _) = try await store.createDroplet(createRequest("web-1"))
+            for type in ["power_off", "assign_ip", "power_on"] {
+                _ = try await store.createEvent(
+                    Harpoon_V1_CreateEventRequest(type: type, dropletId: droplet.id, customer: "alice"), region: "nyc1", hypervisorId: "hv1"
+                )
+            }
+            let power = try await store.events(EventFilter(dropletId: droplet.id, types: ["create", "power_on", "power_off"]), limit: 10, afterID: 0, offset: 0)
+            #expect(power.items.map(\.type) == ["create", "power_off", "power_on"] && power.total == 3)
+            let second = try await store.events(EventFilter(customer: "alice"), limit: 1, afterID: 0, offset: 1)
+            #expect(second.items.map(\.type) == ["power_off"] && second.total == 4)
         }
     }
 

@@ -225,6 +225,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                let event = try Self.fetchEvent(db, id: eventId) {
                 return event
             }
+            if request.exclusive, request.dropletId != 0,
+               try Bool.fetchOne(
+                   db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = ? AND status NOT IN (?, ?))"),
+                   arguments: [request.dropletId, Harpoon_V1_Event.Status.completed.rawValue, Harpoon_V1_Event.Status.errored.rawValue]
+               ) == true {
+                throw RPCError(code: .failedPrecondition, message: "droplet \(request.dropletId) already has a pending event")
+            }
             let now = Date().timeIntervalSince1970
             let eventId = try Self.insertEvent(
                 db, type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,

@@ -90,6 +90,13 @@ struct StoreTests {
             #expect(power.items.map(\.type) == ["create", "power_off", "power_on"] && power.total == 3)
             let second = try await store.events(EventFilter(customer: "alice"), limit: 1, afterID: 0, offset: 1)
             #expect(second.items.map(\.type) == ["power_off"] && second.total == 4)
+            // Customer actions take turns: an exclusive event is refused while another is unfinished.
+            let refused = await #expect(throws: RPCError.self) {
+                try await store.createEvent(
+                    Harpoon_V1_CreateEventRequest(type: "reboot", dropletId: droplet.id, customer: "alice", exclusive: true), region: "nyc1", hypervisorId: "hv1"
+                )
+            }
+            #expect(refused?.code == .failedPrecondition && refused?.message == "droplet \(droplet.id) already has a pending event")
         }
     }
 

@@ -23,11 +23,15 @@ let package = Package(
         .executable(name: "harpoon", targets: ["harpoon"]),
         .executable(name: "event-router", targets: ["event-router"]),
         .executable(name: "hypervisor", targets: ["hypervisor"]),
+        .executable(name: "reserved-ip", targets: ["reserved-ip"]),
+        .executable(name: "aggregator", targets: ["aggregator"]),
+        .executable(name: "shoal-local", targets: ["shoal-local"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -127,6 +131,43 @@ let package = Package(
         ),
         .target(name: "EventRouter", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
         .target(name: "HypervisorAgent", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
+        // The reserved-IP orchestrator: the API (generated only), the service library, the executable.
+        .target(
+            name: "ReservedIPAPI",
+            dependencies: ["ShoalRPC", "ProtoWellKnownTypes"],
+            swiftSettings: strictSettings,
+            plugins: ["ProtoGenPlugin"]
+        ),
+        .target(
+            name: "ReservedIP",
+            dependencies: ["ReservedIPAPI", "HarpoonAPI", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "reserved-ip",
+            dependencies: ["ReservedIP", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/ReservedIPServer",
+            swiftSettings: strictSettings
+        ),
+        // The aggregator: the customer HTTP API (DigitalOcean API v2 shapes) over Harpoon and the orchestrator.
+        .target(
+            name: "Aggregator",
+            dependencies: ["ReservedIPAPI", "HarpoonAPI", .product(name: "Hummingbird", package: "hummingbird")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "aggregator",
+            dependencies: ["Aggregator", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/AggregatorServer",
+            swiftSettings: strictSettings
+        ),
+        // make run: the whole cluster on 127.0.0.1, supervised; the API integration tests start it too.
+        .executableTarget(
+            name: "shoal-local",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/Launcher",
+            swiftSettings: strictSettings
+        ),
         // .proto parser, resolver, IR and Swift renderer: a pure library.
         .target(name: "ProtoGenCore", swiftSettings: strictSettings),
         .executableTarget(

@@ -1,0 +1,201 @@
+internal import Foundation
+package import HarpoonAPI
+internal import ReservedIPAPI
+internal import Synchronization
+
+/// Runs reserved-IP actions to their end: each step asks Harpoon for an event addressed to a droplet's hypervisor and
+/// waits for Harpoon to report it finished — on Harpoon's event stream, never by polling.
+///
+/// Actions are durable in the store, so after a restart `resume()` picks up every one still in progress; each step's
+/// event is created with an idempotency key of its own, so a step retried or re-driven never creates a second event.
+package final class TransitionDriver: Sendable {
+    private let store: ReservedIPStore
+    private let harpoon: Harpoon_V1_Harpoon.Client
+    /// Terminal events seen, waiting for their step's driver; and the drivers waiting for their event.
+    private let waiting = Mutex<[Int64: CheckedContinuation<Harpoon_V1_Event, Never>]>([:])
+    private let finished = Mutex<[Int64: Harpoon_V1_Event]>([:])
+    /// Actions with a driver task running (one per action).
+    private let driving = Mutex<Set<Int64>>([])
+    /// How long a step keeps trying when its droplet has another event in flight, before the action errors.
+    private let busyPatience: Duration
+
+    package init(store: ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60)) {
+        self.store = store
+        self.harpoon = Harpoon_V1_Harpoon.Client(harpoon)
+        self.busyPatience = busyPatience
+    }
+
+    /// Backoff before retry `attempt` of a transient failure: 50 ms doubling to 5 s, with full jitter.
+    static func backoff(attempt: Int) -> Duration {
+        let ceiling = min(5.0, 0.05 * pow(2, Double(min(attempt, 16))))
+        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
+    }
+
+    static func isTransient(_ error: any Error) -> Bool {
+        guard let error = error as? RPCError else { return true }
+        return [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted, .internal, .unknown, .cancelled].contains(error.code)
+    }
+
+    // MARK: Steps
+
+    /// Creates the Harpoon event of the action's current step, unless it exists. With `refuseIfBusy`, a droplet with
+    /// another event in flight throws FAILED_PRECONDITION at once (the caller is answering a request); otherwise the
+    /// step waits its turn. Transient failures are retried with backoff until `deadline`, then rethrown.
+    func createEvent(for state: ActionState, refuseIfBusy: Bool, deadline: ContinuousClock.Instant? = nil) async throws -> ActionState {
+        guard state.eventId == 0, let step = state.currentStep else { return state }
+        var attempt = 0
+        let busySince = ContinuousClock.now
+        while true {
+            do {
+                let event = try await harpoon.createEvent(
+                    Harpoon_V1_CreateEventRequest(
+                        idempotencyKey: state.eventKey, type: step.type, dropletId: step.dropletId, customer: state.action.customer,
+                        payload: Array(state.action.ip.utf8), exclusive: true
+                    ),
+                    options: CallOptions(timeout: .seconds(5))
+                )
+                try await store.recordEvent(actionId: state.action.id, phase: state.phase, eventId: event.id)
+                var next = state
+                next.eventId = event.id
+                return next
+            } catch let error as RPCError where error.code == .failedPrecondition {
+                if refuseIfBusy { throw RPCError(code: .failedPrecondition, message: "Droplet already has a pending event.") }
+                if ContinuousClock.now - busySince > busyPatience { throw error }
+            } catch let error as RPCError where error.code == .notFound {
+                throw error
+            } catch {
+                if let deadline, ContinuousClock.now > deadline { throw error }
+                if !Self.isTransient(error) { throw error }
+            }
+            attempt += 1
+            try await Task.sleep(for: Self.backoff(attempt: attempt))
+        }
+    }
+
+    /// Starts a driver for the action if none is running.
+    package func drive(_ actionId: Int64) {
+        let start = driving.withLock { $0.insert(actionId).inserted }
+        guard start else { return }
+        Task {
+            await self.run(actionId)
+            _ = self.driving.withLock { $0.remove(actionId) }
+        }
+    }
+
+    /// Drives every action still in progress (after a restart).
+    package func resume() async throws {
+        for state in try await store.actionsInProgress() { drive(state.action.id) }
+    }
+
+    private func run(_ actionId: Int64) async {
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                guard var state = try await store.actionState(id: actionId), state.action.status == .inProgress, state.currentStep != nil else { return }
+                do {
+                    state = try await createEvent(for: state, refuseIfBusy: false)
+                } catch let error as RPCError where error.code == .notFound {
+                    // The droplet is gone: nothing to unassign from; nothing to assign to.
+                    let leaving = state.currentStep?.type == "unassign_ip"
+                    try await store.finishStep(actionId: actionId, phase: state.phase, completed: leaving, error: leaving ? "" : "the droplet no longer exists")
+                    continue
+                } catch let error as RPCError where error.code == .failedPrecondition {
+                    try await store.finishStep(actionId: actionId, phase: state.phase, completed: false, error: "the droplet stayed busy with another event")
+                    continue
+                }
+                let event = await terminal(eventId: state.eventId)
+                try await store.finishStep(actionId: actionId, phase: state.phase, completed: event.status == .completed, error: event.error)
+                attempt = 0
+            } catch {
+                // The store or Harpoon failed for now: try again.
+                attempt += 1
+                try? await Task.sleep(for: Self.backoff(attempt: attempt))
+            }
+        }
+    }
+
+    // MARK: Completion
+
+    /// Waits until Harpoon reports the event terminal: from the watch, or from one look if it already was.
+    private func terminal(eventId: Int64) async -> Harpoon_V1_Event {
+        if let event = finished.withLock({ $0.removeValue(forKey: eventId) }) { return event }
+        let lookup = Task {
+            // One look closes the race with a completion the watch reported before we started waiting.
+            var attempt = 0
+            while !Task.isCancelled {
+                do {
+                    let event = try await harpoon.getEvent(Harpoon_V1_GetEventRequest(id: eventId), options: CallOptions(timeout: .seconds(5)))
+                    if event.status == .completed || event.status == .errored { self.deliver(event) }
+                    return
+                } catch {
+                    attempt += 1
+                    try? await Task.sleep(for: Self.backoff(attempt: attempt))
+                }
+            }
+        }
+        defer { lookup.cancel() }
+        return await withCheckedContinuation { continuation in
+            let ready = waiting.withLock { waiting -> Harpoon_V1_Event? in
+                if let event = finished.withLock({ $0.removeValue(forKey: eventId) }) { return event }
+                waiting[eventId] = continuation
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// A terminal event arrived: wake its step's driver, or keep it for the driver about to wait.
+    private func deliver(_ event: Harpoon_V1_Event) {
+        let waiter = waiting.withLock { waiting -> CheckedContinuation<Harpoon_V1_Event, Never>? in
+            if let waiter = waiting.removeValue(forKey: event.id) { return waiter }
+            finished.withLock { finished in
+                // Only events of actions in progress matter; keep few, so an unrelated stream cannot grow this.
+                if finished.count > 10_000 { finished.removeAll() }
+                finished[event.id] = event
+            }
+            return nil
+        }
+        waiter?.resume(returning: event)
+    }
+
+    /// Follows Harpoon's event stream from the saved cursor until cancelled, reconnecting with backoff: finished
+    /// steps wake their drivers, and a destroyed droplet drops its IP.
+    package func watch() async {
+        var attempt = 0
+        let start = (try? await store.watchCursor()) ?? 0
+        let position = Mutex<(cursor: Int64, saved: Int64)>((start, start))
+        while !Task.isCancelled {
+            do {
+                let after = position.withLock { $0.cursor }
+                try await harpoon.watchEvents(Harpoon_V1_WatchEventsRequest(afterCursor: after)) { stream in
+                    for try await event in stream {
+                        let checkpoint = position.withLock { position -> Int64? in
+                            position.cursor = max(position.cursor, event.cursor)
+                            guard position.cursor - position.saved >= 256 else { return nil }
+                            position.saved = position.cursor
+                            return position.cursor
+                        }
+                        if event.status == .completed || event.status == .errored {
+                            switch event.type {
+                            case "assign_ip", "unassign_ip":
+                                let awaited = self.waiting.withLock { $0[event.id] != nil }
+                                if awaited || self.driving.withLock({ !$0.isEmpty }) { self.deliver(event) }
+                            case "destroy" where event.status == .completed:
+                                try await self.store.dropletDestroyed(event.dropletId)
+                            default:
+                                break
+                            }
+                        }
+                        if let checkpoint { try await self.store.saveWatchCursor(checkpoint) }
+                    }
+                }
+                attempt = 0
+            } catch {
+                if Task.isCancelled { break }
+            }
+            try? await store.saveWatchCursor(position.withLock { $0.cursor })
+            attempt += 1
+            try? await Task.sleep(for: Self.backoff(attempt: attempt))
+        }
+    }
+}

@@ -1,0 +1,37 @@
+// reserved-ip: the reserved-IP orchestrator, sole owner of the reserved-IP database.
+import ArgumentParser
+import HarpoonAPI
+import ReservedIP
+import ServiceRuntime
+
+@main
+struct ReservedIPCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reserved-ip", abstract: "The reserved-IP orchestrator.")
+
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on (0: any free port).") var port = 50070
+    @Option(help: "The SQLite database file (created if missing).") var database = "reserved-ip.sqlite"
+    @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
+    @Option(help: "An address pool, region=a.b.c.d/n; repeat for more blocks or regions.") var pool: [String] = []
+
+    func run() async throws {
+        let pools: AddressPools
+        do {
+            pools = try AddressPools(parsing: pool)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if pools.blocks.isEmpty { throw ValidationError("give at least one --pool region=a.b.c.d/n") }
+        let harpoonClient = RPCClient(targets: [try ServiceRuntime.address(harpoon)])
+        let store = try ReservedIPStore(path: database, pools: pools)
+        let driver = TransitionDriver(store: store, harpoon: harpoonClient)
+        let server = RPCServer(
+            configuration: .init(host: host, port: port),
+            services: [ReservedIPService(store: store, driver: driver, harpoon: harpoonClient)]
+        )
+        try await server.start()
+        try await driver.resume()
+        ServiceRuntime.announce("reserved-ip ready on \(host):\(server.port ?? port)")
+        await ServiceRuntime.run(server: server, background: [{ await driver.watch() }])
+    }
+}

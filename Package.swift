@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -152,12 +153,18 @@ let package = Package(
         // The aggregator: the customer HTTP API (DigitalOcean API v2 shapes) over Harpoon and the orchestrator.
         .target(
             name: "Aggregator",
-            dependencies: ["ReservedIPAPI", "HarpoonAPI", .product(name: "Hummingbird", package: "hummingbird")],
+            dependencies: [
+                "ReservedIPAPI", "HarpoonAPI",
+                .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "aggregator",
-            dependencies: ["Aggregator", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Aggregator", "ServiceRuntime", "ShoalRPC", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/AggregatorServer",
             swiftSettings: strictSettings
         ),
@@ -252,6 +259,14 @@ let package = Package(
                 "HarpoonAPI", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ReservedIPTests",
+            dependencies: [
+                "ReservedIP", "ReservedIPAPI", "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent",
+                "Aggregator", "TestSupport",
             ],
             swiftSettings: strictSettings
         ),

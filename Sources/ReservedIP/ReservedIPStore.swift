@@ -108,9 +108,11 @@ package final class ReservedIPStore: Sendable {
                 CREATE INDEX actions_by_ip ON actions(ip, id);
                 CREATE INDEX actions_in_progress ON actions(status, droplet_id, from_droplet_id);
                 CREATE TABLE idempotency (
-                    key TEXT PRIMARY KEY,
+                    customer TEXT NOT NULL,
+                    key TEXT NOT NULL,
                     ip TEXT NOT NULL,
-                    action_id INTEGER NOT NULL
+                    action_id INTEGER NOT NULL,
+                    PRIMARY KEY (customer, key)
                 );
                 CREATE TABLE billing (
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -165,19 +167,27 @@ package final class ReservedIPStore: Sendable {
 
     // MARK: Idempotency
 
-    private static func scopedKey(_ key: String, customer: String) -> String? {
-        key.isEmpty ? nil : "\(customer)\u{0}\(key)"
+    /// Idempotency keys are the customer's own: two customers may use the same key.
+    private struct ScopedKey {
+        var customer: String
+        var key: String
     }
 
-    private static func remembered(_ db: Database, key: String?) throws -> (ip: String, actionId: Int64)? {
+    private static func scopedKey(_ key: String, customer: String) -> ScopedKey? {
+        key.isEmpty ? nil : ScopedKey(customer: customer, key: key)
+    }
+
+    private static func remembered(_ db: Database, key: ScopedKey?) throws -> (ip: String, actionId: Int64)? {
         guard let key else { return nil }
-        return try Row.fetchOne(db.cachedStatement(sql: "SELECT ip, action_id FROM idempotency WHERE key = ?"), arguments: [key])
-            .map { ($0["ip"], $0["action_id"]) }
+        return try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT ip, action_id FROM idempotency WHERE customer = ? AND key = ?"), arguments: [key.customer, key.key]
+        ).map { ($0["ip"], $0["action_id"]) }
     }
 
-    private static func remember(_ db: Database, key: String?, ip: String, actionId: Int64) throws {
+    private static func remember(_ db: Database, key: ScopedKey?, ip: String, actionId: Int64) throws {
         guard let key else { return }
-        try db.cachedStatement(sql: "INSERT INTO idempotency (key, ip, action_id) VALUES (?, ?, ?)").execute(arguments: [key, ip, actionId])
+        try db.cachedStatement(sql: "INSERT INTO idempotency (customer, key, ip, action_id) VALUES (?, ?, ?, ?)")
+            .execute(arguments: [key.customer, key.key, ip, actionId])
     }
 
     // MARK: Checks shared by the transitions

@@ -9,7 +9,7 @@ struct ReservedIPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "reserved-ip", abstract: "The reserved-IP orchestrator.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
-    @Option(help: "Port to listen on (0: any free port).") var port = 50070
+    @Option(help: "Port to listen on (0: any free port).") var port = 50080
     @Option(help: "The SQLite database file (created if missing).") var database = "reserved-ip.sqlite"
     @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
     @Option(help: "An address pool, region=a.b.c.d/n; repeat for more blocks or regions.") var pool: [String] = []

@@ -1,0 +1,251 @@
+// shoal-local (make run): the whole cluster on 127.0.0.1 — scheduler, Harpoon, a router per region, the reserved-IP
+// orchestrator, the aggregator and a simulated fleet — with SQLite files under one data directory. It waits until
+// every service is ready, prints how to use the API, restarts a service that dies, and stops everything on Ctrl-C or
+// SIGTERM. The API integration tests start the cluster through it too.
+import ArgumentParser
+import Dispatch
+import Foundation
+import Synchronization
+
+/// A supervised child process: its output goes to a log file and is watched for the readiness line.
+final class Service: Sendable {
+    let name: String
+    let path: String
+    let arguments: [String]
+    let ready: String
+    let logURL: URL
+    private let state = Mutex<(process: Process?, output: String, stopping: Bool, restarts: Int)>((nil, "", false, 0))
+    private let onRestart: @Sendable (Service, Int32) -> Void
+
+    init(name: String, path: String, arguments: [String], ready: String, logURL: URL, onRestart: @escaping @Sendable (Service, Int32) -> Void) {
+        self.name = name
+        self.path = path
+        self.arguments = arguments
+        self.ready = ready
+        self.logURL = logURL
+        self.onRestart = onRestart
+    }
+
+    var pid: Int32 { state.withLock { $0.process?.processIdentifier ?? 0 } }
+
+    func start() throws {
+        if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
+        let log = try FileHandle(forWritingTo: logURL)
+        _ = try? log.seekToEnd()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                return
+            }
+            log.write(data)
+            self?.state.withLock { state in
+                state.output += String(decoding: data, as: UTF8.self)
+                if state.output.count > 65_536 { state.output = String(state.output.suffix(16_384)) }
+            }
+        }
+        process.terminationHandler = { [weak self] finished in
+            guard let self else { return }
+            let restart = self.state.withLock { state -> Int? in
+                guard !state.stopping, state.process === finished else { return nil }
+                state.restarts += 1
+                state.output = ""
+                return state.restarts
+            }
+            guard let restart else { return }
+            // Back off a little more each time a service dies, up to 5 s.
+            let delay = min(5.0, 0.2 * pow(2, Double(min(restart - 1, 5))))
+            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
+                guard !self.state.withLock({ $0.stopping }) else { return }
+                do {
+                    try self.start()
+                    self.onRestart(self, finished.terminationStatus)
+                } catch {
+                    FileHandle.standardError.write(Data("shoal-local: cannot restart \(self.name): \(error)\n".utf8))
+                }
+            }
+        }
+        try process.run()
+        state.withLock { $0.process = process }
+    }
+
+    /// Waits for the readiness line; returns it.
+    func waitUntilReady(timeout: Duration = .seconds(60)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let (output, running) = state.withLock { ($0.output, $0.process?.isRunning ?? false) }
+            if let line = output.split(separator: "\n").first(where: { $0.contains(ready) }) { return String(line) }
+            if !running, state.withLock({ $0.process != nil }) {
+                try await Task.sleep(for: .milliseconds(50))
+                if !(state.withLock { $0.process?.isRunning ?? false }) {
+                    throw ValidationError("\(name) exited before it was ready; its log (\(logURL.path)) ends:\n\(output.suffix(2000))")
+                }
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ValidationError("\(name) was not ready within \(timeout); its log: \(logURL.path)")
+    }
+
+    func stop() {
+        guard let process = state.withLock({ state -> Process? in
+            state.stopping = true
+            return state.process
+        }), process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        for _ in 0..<1000 where process.isRunning { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+/// A free TCP port on 127.0.0.1, from the kernel.
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ValidationError("cannot open a socket") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw ValidationError("cannot find a free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+@main
+struct Launcher: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shoal-local", abstract: "Runs the whole Shoal cluster on 127.0.0.1 until Ctrl-C or SIGTERM."
+    )
+
+    @Option(help: "Where the SQLite files and logs go.") var dataDir = ".shoal"
+    @Option(help: "Port of the customer API (0: any free port).") var apiPort = 8080
+    @Option(help: "Directory of the Shoal executables (default: this one's).") var bin: String?
+    @Option(help: "Regions, slug=Name=pool CIDR; repeat for each.") var region: [String] = [
+        "nyc1=New York 1=192.0.2.0/24", "sfo3=San Francisco 3=198.51.100.0/24",
+    ]
+    @Option(help: "Simulated hypervisors per region.") var agentsPerRegion = 5
+    @Option(help: "How long a simulated hypervisor takes to run an event, in milliseconds.") var eventMilliseconds = 300
+    @Option(help: "The demo customer's token, token=customer (more from SHOAL_API_TOKENS=tokenA=alice,tokenB=bob).") var token = "shoal-demo-token=demo"
+    @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
+    @Option(help: "Requests per minute per token (the burst limit).") var burstPerMinute = 250
+    @Option(help: "A token's own limits, token=perHour/perMinute; repeatable.") var tokenLimit: [String] = []
+
+    func run() async throws {
+        let bin = self.bin ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        for name in ["scheduler", "harpoon", "event-router", "hypervisor", "reserved-ip", "aggregator"]
+        where !FileManager.default.isExecutableFile(atPath: "\(bin)/\(name)") {
+            throw ValidationError("\(bin)/\(name) is missing: build every product first (swift build)")
+        }
+        let data = URL(fileURLWithPath: dataDir, isDirectory: true)
+        let logs = data.appendingPathComponent("logs", isDirectory: true)
+        try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+        struct RegionConfig { var slug, name, pool: String }
+        let regions = try region.map { entry -> RegionConfig in
+            let parts = entry.split(separator: "=", maxSplits: 2).map(String.init)
+            guard parts.count == 3 else { throw ValidationError("--region takes slug=Name=CIDR, not '\(entry)'") }
+            return RegionConfig(slug: parts[0], name: parts[1], pool: parts[2])
+        }
+        guard !regions.isEmpty else { throw ValidationError("give at least one --region") }
+
+        let schedulerPort = try freePort(), harpoonPort = try freePort(), reservedIPPort = try freePort()
+        var routerPorts: [String: Int] = [:]
+        for region in regions { routerPorts[region.slug] = try freePort() }
+        let apiPort = self.apiPort == 0 ? try freePort() : self.apiPort
+        func local(_ port: Int) -> String { "127.0.0.1:\(port)" }
+
+        var services: [Service] = []
+        let signals = AsyncStream<Int32>.makeStream()
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { signals.continuation.yield(number) }
+            source.resume()
+            sources.append(source)
+        }
+        func stopAll() {
+            for service in services.reversed() { service.stop() }
+        }
+        func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
+            let service = Service(
+                name: name, path: "\(bin)/\(executable)", arguments: arguments, ready: ready, logURL: logs.appendingPathComponent("\(name).log"),
+                onRestart: { service, status in say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)") }
+            )
+            services.append(service)
+            try service.start()
+            let line = try await service.waitUntilReady()
+            say("service \(name) pid \(service.pid): \(line)")
+        }
+        do {
+            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)"], ready: "ready on")
+            try await launch("harpoon", "harpoon", [
+                "--port", "\(harpoonPort)", "--database", data.appendingPathComponent("harpoon.sqlite").path, "--scheduler", local(schedulerPort),
+            ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] }, ready: "ready on")
+            for region in regions {
+                try await launch("event-router-\(region.slug)", "event-router", [
+                    "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", local(harpoonPort),
+                    "--scheduler", local(schedulerPort),
+                ], ready: "ready on")
+            }
+            try await launch("reserved-ip", "reserved-ip", [
+                "--port", "\(reservedIPPort)", "--database", data.appendingPathComponent("reserved-ip.sqlite").path, "--harpoon", local(harpoonPort),
+            ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] }, ready: "ready on")
+            for region in regions {
+                try await launch("hypervisors-\(region.slug)", "hypervisor", [
+                    "--region", region.slug, "--router", local(routerPorts[region.slug] ?? 0), "--id", "\(region.slug)-hv",
+                    "--fleet", "\(agentsPerRegion)", "--event-milliseconds", "\(eventMilliseconds)",
+                    "--cpus", "32", "--memory-mb", "131072", "--disk-gb", "4000",
+                ], ready: "agent(s)")
+            }
+            try await launch("aggregator", "aggregator", [
+                "--port", "\(apiPort)", "--harpoon", local(harpoonPort), "--reserved-ip", local(reservedIPPort), "--token", token,
+                "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
+            ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] }, ready: "ready on")
+        } catch {
+            stopAll()
+            throw error
+        }
+        let demoToken = token.split(separator: "=").first.map(String.init) ?? token
+        let api = "http://127.0.0.1:\(apiPort)"
+        say("""
+
+        Shoal is running: \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
+        API: \(api)
+        token: \(demoToken)
+
+          export TOKEN=\(demoToken)
+          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/regions
+          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+               -d '{"name":"web-1","region":"\(regions[0].slug)","size":"s-1vcpu-1gb","image":"ubuntu-24-04-x64"}' \(api)/v2/droplets
+          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/droplets
+          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d '{"region":"\(regions[0].slug)"}' \(api)/v2/reserved_ips
+          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+               -d '{"type":"assign","droplet_id":DROPLET_ID}' \(api)/v2/reserved_ips/IP/actions
+          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/actions
+
+        Ctrl-C stops everything.
+        cluster ready
+        """)
+        var iterator = signals.stream.makeAsyncIterator()
+        _ = await iterator.next()
+        say("stopping")
+        stopAll()
+        for source in sources { source.cancel() }
+        say("stopped")
+    }
+}

@@ -7,6 +7,10 @@ import Dispatch
 import Foundation
 import Synchronization
 
+/// Set once the cluster is stopping: from then on no service is restarted (Ctrl-C in a terminal reaches the
+/// children too, and their exits must not look like crashes).
+let shuttingDown = Mutex(false)
+
 /// A supervised child process: its output goes to a log file and is watched for the readiness line.
 final class Service: Sendable {
     let name: String
@@ -14,15 +18,21 @@ final class Service: Sendable {
     let arguments: [String]
     let ready: String
     let logURL: URL
+    /// `<data>/run/<name>.pid`: the live process, rewritten on every (re)start, for operators and tests.
+    let pidURL: URL
     private let state = Mutex<(process: Process?, output: String, stopping: Bool, restarts: Int)>((nil, "", false, 0))
     private let onRestart: @Sendable (Service, Int32) -> Void
 
-    init(name: String, path: String, arguments: [String], ready: String, logURL: URL, onRestart: @escaping @Sendable (Service, Int32) -> Void) {
+    init(
+        name: String, path: String, arguments: [String], ready: String, logURL: URL, pidURL: URL,
+        onRestart: @escaping @Sendable (Service, Int32) -> Void
+    ) {
         self.name = name
         self.path = path
         self.arguments = arguments
         self.ready = ready
         self.logURL = logURL
+        self.pidURL = pidURL
         self.onRestart = onRestart
     }
 
@@ -53,7 +63,7 @@ final class Service: Sendable {
         process.terminationHandler = { [weak self] finished in
             guard let self else { return }
             let restart = self.state.withLock { state -> Int? in
-                guard !state.stopping, state.process === finished else { return nil }
+                guard !state.stopping, !shuttingDown.withLock({ $0 }), state.process === finished else { return nil }
                 state.restarts += 1
                 state.output = ""
                 return state.restarts
@@ -62,7 +72,7 @@ final class Service: Sendable {
             // Back off a little more each time a service dies, up to 5 s.
             let delay = min(5.0, 0.2 * pow(2, Double(min(restart - 1, 5))))
             DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
-                guard !self.state.withLock({ $0.stopping }) else { return }
+                guard !self.state.withLock({ $0.stopping }), !shuttingDown.withLock({ $0 }) else { return }
                 do {
                     try self.start()
                     self.onRestart(self, finished.terminationStatus)
@@ -73,6 +83,7 @@ final class Service: Sendable {
         }
         try process.run()
         state.withLock { $0.process = process }
+        try Data("\(process.processIdentifier)\n".utf8).write(to: pidURL, options: .atomic)
     }
 
     /// Waits for the readiness line; returns it.
@@ -101,6 +112,7 @@ final class Service: Sendable {
         for _ in 0..<1000 where process.isRunning { usleep(10_000) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
+        try? FileManager.default.removeItem(at: pidURL)
     }
 }
 
@@ -152,7 +164,9 @@ struct Launcher: AsyncParsableCommand {
         }
         let data = URL(fileURLWithPath: dataDir, isDirectory: true)
         let logs = data.appendingPathComponent("logs", isDirectory: true)
+        let pids = data.appendingPathComponent("run", isDirectory: true)
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: pids, withIntermediateDirectories: true)
         struct RegionConfig { var slug, name, pool: String }
         let regions = try region.map { entry -> RegionConfig in
             let parts = entry.split(separator: "=", maxSplits: 2).map(String.init)
@@ -179,11 +193,13 @@ struct Launcher: AsyncParsableCommand {
             sources.append(source)
         }
         func stopAll() {
+            shuttingDown.withLock { $0 = true }
             for service in services.reversed() { service.stop() }
         }
         func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
             let service = Service(
                 name: name, path: "\(bin)/\(executable)", arguments: arguments, ready: ready, logURL: logs.appendingPathComponent("\(name).log"),
+                pidURL: pids.appendingPathComponent("\(name).pid"),
                 onRestart: { service, status in say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)") }
             )
             services.append(service)

@@ -41,10 +41,10 @@ package enum EventTransitions {
     /// The droplet status an event's new status implies, if any.
     package static func dropletStatus(eventType: String, eventStatus: Harpoon_V1_Event.Status) -> Harpoon_V1_Droplet.Status? {
         switch (eventType, eventStatus) {
-        case ("create", .completed), ("power_on", .completed), ("reboot", .completed): .active
+        case ("create", .completed), ("power_on", .completed), ("reboot", .completed), ("power_cycle", .completed): .active
         case ("create", .errored): .errored
         case ("destroy", .completed): .deleted
-        case ("power_off", .completed): .off
+        case ("power_off", .completed), ("shutdown", .completed): .off
         default: nil
         }
     }

@@ -66,12 +66,17 @@ package struct AddressPools: Sendable {
 
     package var regions: [String] { blocks.keys.sorted() }
 
-    /// The lowest address of `region` not in `used`, or nil when the region has none left (or no pool).
-    package func firstFree(in region: String, excluding used: Set<UInt32>) -> UInt32? {
-        for block in blocks[region] ?? [] {
-            for address in block.hosts where !used.contains(address) { return address }
+    /// The first address of `region` after `last` (in pool order, wrapping round) that is not in `used`; nil when
+    /// the region has none left (or no pool).
+    package func nextFree(in region: String, after last: UInt32?, excluding used: Set<UInt32>) -> UInt32? {
+        let all = (blocks[region] ?? []).lazy.flatMap { $0.hosts }
+        var fallback: UInt32?
+        for address in all where !used.contains(address) {
+            guard let last else { return address }
+            if address > last { return address }
+            if fallback == nil { fallback = address }
         }
-        return nil
+        return fallback
     }
 }
 

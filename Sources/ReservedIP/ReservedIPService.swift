@@ -139,9 +139,10 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
 
     package func getAction(request: Reservedip_V1_GetActionRequest, context: ServerContext) async throws -> Reservedip_V1_Action {
         try Self.require(customer: request.customer)
-        guard let state = try await store.action(id: request.id, customer: request.customer), request.ip.isEmpty || state.action.ip == request.ip else {
-            throw Refusal.notFound("action \(request.id)")
-        }
+        let found = request.ip.isEmpty
+            ? try await store.action(id: request.id, customer: request.customer)
+            : try await store.action(id: request.id, customer: request.customer, ip: request.ip)
+        guard let state = found else { throw Refusal.notFound("action \(request.id)") }
         return state.action
     }
 

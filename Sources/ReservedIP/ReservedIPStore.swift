@@ -92,6 +92,8 @@ package final class ReservedIPStore: Sendable {
                     type TEXT NOT NULL,
                     status INTEGER NOT NULL,
                     ip TEXT NOT NULL,
+                    -- which reservation of the address it belongs to (an address can be released and reserved again)
+                    reservation INTEGER NOT NULL,
                     customer TEXT NOT NULL,
                     region TEXT NOT NULL,
                     project_id TEXT NOT NULL,
@@ -105,7 +107,7 @@ package final class ReservedIPStore: Sendable {
                     error TEXT NOT NULL DEFAULT ''
                 );
                 CREATE INDEX actions_by_customer ON actions(customer, id);
-                CREATE INDEX actions_by_ip ON actions(ip, id);
+                CREATE INDEX actions_by_ip ON actions(ip, reservation, id);
                 CREATE INDEX actions_in_progress ON actions(status, droplet_id, from_droplet_id);
                 CREATE TABLE idempotency (
                     customer TEXT NOT NULL,
@@ -132,7 +134,7 @@ package final class ReservedIPStore: Sendable {
 
     // MARK: Rows
 
-    private static let ipColumns = "ip, customer, region, project_id, droplet_id, action_id, created_at"
+    private static let ipColumns = "ip, customer, region, project_id, droplet_id, action_id, created_at, seq"
     private static let actionColumns =
         "id, type, status, ip, customer, region, project_id, droplet_id, from_droplet_id, phase, event_id, releasing, started_at, completed_at, error"
 
@@ -210,10 +212,10 @@ package final class ReservedIPStore: Sendable {
         _ db: Database, type: String, ip: Reservedip_V1_ReservedIP, dropletId: Int64, fromDropletId: Int64, releasing: Bool
     ) throws -> Int64 {
         try db.cachedStatement(sql: """
-            INSERT INTO actions (type, status, ip, customer, region, project_id, droplet_id, from_droplet_id, releasing, started_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO actions (type, status, ip, reservation, customer, region, project_id, droplet_id, from_droplet_id, releasing, started_at)
+            VALUES (?, ?, ?, (SELECT seq FROM reserved_ips WHERE ip = ?), ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
-                type, Reservedip_V1_Action.Status.inProgress.rawValue, ip.ip, ip.customer, ip.region, ip.projectId, dropletId, fromDropletId,
+                type, Reservedip_V1_Action.Status.inProgress.rawValue, ip.ip, ip.ip, ip.customer, ip.region, ip.projectId, dropletId, fromDropletId,
                 releasing, now(),
             ])
         let id = db.lastInsertedRowID
@@ -231,12 +233,18 @@ package final class ReservedIPStore: Sendable {
             throw RPCError(code: .failedPrecondition, message: "region \(region) has no reserved IP pool")
         }
         let used = Set(try Int64.fetchAll(db.cachedStatement(sql: "SELECT number FROM reserved_ips WHERE region = ?"), arguments: [region]).map { UInt32(truncatingIfNeeded: $0) })
-        guard let number = pools.firstFree(in: region, excluding: used) else {
+        // Addresses are handed out in turn, so a released one is not at once someone else's.
+        let cursorKey = "last_allocated/\(region)"
+        let last = try Int64.fetchOne(db.cachedStatement(sql: "SELECT value FROM meta WHERE key = ?"), arguments: [cursorKey]).map { UInt32(truncatingIfNeeded: $0) }
+        guard let number = pools.nextFree(in: region, after: last, excluding: used) else {
             throw RPCError(code: .resourceExhausted, message: "no reserved IP is free in \(region)")
         }
         let ip = IPv4.format(number)
         let created = now()
-        let seq = (try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) + 1 FROM reserved_ips")) ?? 1
+        try db.cachedStatement(sql: "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .execute(arguments: [cursorKey, Int64(number)])
+        try db.execute(sql: "INSERT INTO meta (key, value) VALUES ('reservations', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1")
+        let seq = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'reservations'") ?? 1
         try db.cachedStatement(sql: """
             INSERT INTO reserved_ips (ip, number, customer, region, project_id, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [ip, Int64(number), customer, region, projectId, created, seq])
@@ -433,13 +441,23 @@ package final class ReservedIPStore: Sendable {
         try await pool.read { db in try Self.fetchAction(db, id: id).flatMap { $0.action.customer == customer ? $0 : nil } }
     }
 
+    /// The action if it belongs to the address's current reservation (the per-IP actions path).
+    package func action(id: Int64, customer: String, ip: String) async throws -> ActionState? {
+        try await pool.read { db in
+            guard let seq = try Int64.fetchOne(
+                db.cachedStatement(sql: "SELECT seq FROM reserved_ips WHERE ip = ? AND customer = ? AND released = 0"), arguments: [ip, customer]
+            ), try Int64.fetchOne(db.cachedStatement(sql: "SELECT reservation FROM actions WHERE id = ?"), arguments: [id]) == seq else { return nil }
+            return try Self.fetchAction(db, id: id).flatMap { $0.action.customer == customer ? $0 : nil }
+        }
+    }
+
     package func actions(customer: String, ip: String?, limit: Int, offset: Int) async throws -> (items: [Reservedip_V1_Action], total: Int) {
         try await pool.read { db in
             var condition = "customer = ?"
             var arguments: StatementArguments = [customer]
             if let ip {
-                condition += " AND ip = ?"
-                _ = arguments.append(contentsOf: [ip])
+                condition += " AND ip = ? AND reservation = (SELECT seq FROM reserved_ips WHERE ip = ? AND customer = ? AND released = 0)"
+                _ = arguments.append(contentsOf: [ip, ip, customer])
             }
             let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM actions WHERE \(condition)"), arguments: arguments) ?? 0
             _ = arguments.append(contentsOf: [limit, offset])

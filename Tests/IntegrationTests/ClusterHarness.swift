@@ -10,25 +10,31 @@ final class ManagedProcess: Sendable {
     let name: String
     let executable: String
     let arguments: [String]
+    /// Added to the test's own environment.
+    let environment: [String: String]
     private let state = Mutex<(process: Process?, output: String)>((nil, ""))
 
     static let binDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent(".build/debug").path
 
-    init(_ name: String, _ executable: String, _ arguments: [String]) {
+    init(_ name: String, _ executable: String, _ arguments: [String], environment: [String: String] = [:]) {
         self.name = name
         self.executable = executable
         self.arguments = arguments
+        self.environment = environment
     }
 
-    func start() throws {
-        let path = "\(Self.binDirectory)/\(executable)"
+    /// Starts the executable: one of the cluster's by name, or (`absolute`) a path of its own, in `directory` if given.
+    func start(absolute: Bool = false, in directory: URL? = nil) throws {
+        let path = absolute ? executable : "\(Self.binDirectory)/\(executable)"
         guard FileManager.default.isExecutableFile(atPath: path) else {
             throw RPCError(code: .failedPrecondition, message: "\(path) is not built: run `swift build` (make test does)")
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, added in added }
+        if let directory { process.currentDirectoryURL = directory }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -51,6 +57,16 @@ final class ManagedProcess: Sendable {
             try await Task.sleep(for: .milliseconds(10))
         }
         throw RPCError(code: .deadlineExceeded, message: "\(name) did not print '\(text)'; output:\n\(output)")
+    }
+
+    /// Waits for the process to exit by itself (SIGKILL after `timeout`); returns its exit status.
+    func wait(timeout: Duration) async -> Int32 {
+        guard let process = state.withLock({ $0.process }) else { return -1 }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return process.terminationStatus
     }
 
     /// SIGKILL: the process dies mid-flight, as in a crash.

@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+
+/// The customer API end to end: for each group of tests in `Tests/APITests/test_api.py`, a cluster started by
+/// `shoal-local` (the launcher `make run` uses) on free ports, driven by the official DigitalOcean client pydo and by
+/// plain HTTP from Python. Each group gets a fresh cluster, so none depends on another's leftovers.
+@Suite("the customer API through shoal-local, with pydo", .serialized)
+struct APITests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let python = root.appendingPathComponent(".build-interop/venv/bin/python").path
+
+    @Test("regions and sizes, with links and meta")
+    func catalog() async throws { try await run("CatalogTests") }
+
+    @Test("droplets: create, list, get, power actions, one at a time, pagination, delete")
+    func droplets() async throws { try await run("DropletTests") }
+
+    @Test("reserved IPs: reserve, reserve to a droplet, assign, reassign, unassign, release; floating_ips; every documented error; auth and rate limits")
+    func reservedIPs() async throws { try await run("ReservedIPTests") }
+
+    @Test("tenant isolation: another customer's droplet, IP or action is 404 on every endpoint")
+    func tenants() async throws { try await run("TenantTests") }
+
+    @Test("20 concurrent assign and unassign requests on one IP leave it on at most one droplet, every action finished")
+    func concurrency() async throws { try await run("ConcurrencyTests") }
+
+    @Test("kill -9 of the orchestrator during assignments loses no action and puts no IP on two droplets")
+    func orchestratorRestart() async throws { try await run("RestartTests") }
+
+    func run(_ name: String) async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.python), "no Python venv with pydo: run `make interop-deps` (make test does)")
+        let data = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-api-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: data) }
+        let launcher = ManagedProcess("shoal-local", "shoal-local", [
+            "--data-dir", data.path, "--api-port", "0", "--agents-per-region", "3", "--event-milliseconds", "100",
+            "--token", "alice-token=alice", "--token-limit", "carol-token=1000/5",
+            "--requests-per-hour", "1000000", "--burst-per-minute", "100000",
+        ], environment: ["SHOAL_API_TOKENS": "bob-token=bob,carol-token=carol,dave-token=dave"])
+        try launcher.start()
+        defer { launcher.stop() }
+        try await launcher.waitFor("cluster ready", timeout: .seconds(90))
+        let api = try #require(
+            launcher.output.split(separator: "\n").first { $0.hasPrefix("API: ") }.map { String($0.dropFirst("API: ".count)) },
+            "the launcher printed no API line"
+        )
+        let tests = ManagedProcess("pytest-\(name)", Self.python, [
+            "-m", "unittest", "-v", "Tests.APITests.test_api.\(name)",
+        ], environment: ["SHOAL_API": api, "SHOAL_DATA": data.path, "PYTHONDONTWRITEBYTECODE": "1"])
+        try tests.start(absolute: true, in: Self.root)
+        let status = await tests.wait(timeout: .seconds(300))
+        #expect(status == 0, "\(name) failed:\n\(tests.output)\n--- launcher ---\n\(launcher.output)")
+        #expect(tests.output.contains("\nOK"), "\(tests.output)")
+    }
+}

@@ -103,7 +103,7 @@ fuzz: deps ## Fuzz the message decoder (FUZZ_RUNS, default 2,000,000) and the gR
 	  -artifact_prefix=.build-fuzz/artifacts/ .build-fuzz/deframer-corpus Tests/Fuzz/DeframerSeeds
 
 .PHONY: bench
-bench: bench-codec bench-rpc bench-pipeline ## Run every benchmark.
+bench: bench-codec bench-rpc bench-pipeline bench-api ## Run every benchmark.
 
 .PHONY: bench-pipeline
 bench-pipeline: deps ## The event pipeline as processes, 1,000 agents and 20: creations/s, p50/p99 to completed, db connections.
@@ -134,3 +134,9 @@ bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the an
 .PHONY: clean
 clean: ## Remove build products.
 	rm -rf .build .build-fuzz .build-anchor .build-interop Benchmarks/.build $(FUZZ_PKG)/.build $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated
+
+.PHONY: bench-api
+bench-api: deps ## wrk against the aggregator of a running cluster: GET /v2/reserved_ips/{ip} rps and p99, assign p99 to completed.
+	@command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	swift build -c release
+	BIN=$$(swift build -c release --show-bin-path) Benchmarks/api/run.sh

@@ -163,6 +163,7 @@ let package = Package(
             name: "aggregator",
             dependencies: [
                 "Aggregator", "ServiceRuntime", "ShoalRPC", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/AggregatorServer",

@@ -31,9 +31,15 @@ package struct Catalog: Sendable {
     package var regions: [Region]
     package var sizes: [DropletSize]
 
+    /// Each region's and size's JSON, encoded once: they appear in nearly every response.
+    private var encodedRegions: [String: [UInt8]] = [:]
+    private var encodedSizes: [String: [UInt8]] = [:]
+
     package init(regions: [Region], sizes: [DropletSize] = Catalog.standardSizes) {
         self.regions = regions
         self.sizes = sizes
+        for region in regions { encodedRegions[region.slug] = buildRegionJSON(region.slug).encoded() }
+        for size in sizes { encodedSizes[size.slug] = buildSizeJSON(size).encoded() }
     }
 
     package static let standardSizes: [DropletSize] = [
@@ -50,6 +56,10 @@ package struct Catalog: Sendable {
     package func size(_ slug: String) -> DropletSize? { sizes.first { $0.slug == slug } }
 
     func regionJSON(_ slug: String) -> JSON {
+        encodedRegions[slug].map(JSON.raw) ?? buildRegionJSON(slug)
+    }
+
+    private func buildRegionJSON(_ slug: String) -> JSON {
         let region = region(slug) ?? Region(slug: slug, name: slug)
         return .object([
             ("name", .string(region.name)), ("slug", .string(region.slug)),
@@ -59,6 +69,10 @@ package struct Catalog: Sendable {
     }
 
     func sizeJSON(_ size: DropletSize) -> JSON {
+        encodedSizes[size.slug].map(JSON.raw) ?? buildSizeJSON(size)
+    }
+
+    private func buildSizeJSON(_ size: DropletSize) -> JSON {
         .object([
             ("slug", .string(size.slug)), ("memory", .int(Int64(size.memoryMB))), ("vcpus", .int(Int64(size.vcpus))),
             ("disk", .int(Int64(size.diskGB))), ("transfer", .double(size.transferTB)), ("price_monthly", .double(size.priceMonthly)),
@@ -69,7 +83,8 @@ package struct Catalog: Sendable {
 
     /// A size as the droplet object embeds it: from the catalog, or from what Harpoon recorded if it left the catalog.
     func sizeJSON(for size: Scheduler_V2_Size) -> JSON {
-        sizeJSON(self.size(size.slug) ?? DropletSize(
+        if let encoded = encodedSizes[size.slug] { return .raw(encoded) }
+        return sizeJSON(self.size(size.slug) ?? DropletSize(
             slug: size.slug, vcpus: size.vcpus, memoryMB: size.memoryMb, diskGB: size.diskGb, transferTB: 0, priceMonthly: 0, description: ""
         ))
     }

@@ -10,6 +10,8 @@ package indirect enum JSON: Sendable, Equatable {
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
+    /// Already encoded JSON, written as is: for fragments that repeat in every response (regions, sizes).
+    case raw([UInt8])
 
     package static func == (lhs: JSON, rhs: JSON) -> Bool {
         switch (lhs, rhs) {
@@ -20,6 +22,7 @@ package indirect enum JSON: Sendable, Equatable {
         case (.string(let a), .string(let b)): a == b
         case (.array(let a), .array(let b)): a == b
         case (.object(let a), .object(let b)): a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        case (.raw(let a), .raw(let b)): a == b
         default: false
         }
     }
@@ -56,10 +59,11 @@ package indirect enum JSON: Sendable, Equatable {
 
     private func write(into out: inout [UInt8]) {
         switch self {
-        case .null: out += Array("null".utf8)
-        case .bool(let value): out += Array((value ? "true" : "false").utf8)
-        case .int(let value): out += Array(String(value).utf8)
-        case .double(let value): out += Array((value.isFinite ? "\(value)" : "null").utf8)
+        case .null: out.append(contentsOf: "null".utf8)
+        case .bool(let value): out.append(contentsOf: (value ? "true" : "false").utf8)
+        case .int(let value): out.append(contentsOf: String(value).utf8)
+        case .double(let value): out.append(contentsOf: (value.isFinite ? "\(value)" : "null").utf8)
+        case .raw(let bytes): out.append(contentsOf: bytes)
         case .string(let value): Self.writeString(value, into: &out)
         case .array(let items):
             out.append(UInt8(ascii: "["))
@@ -82,6 +86,17 @@ package indirect enum JSON: Sendable, Equatable {
 
     private static func writeString(_ value: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        var value = value
+        // Most strings need no escaping: copy them whole.
+        let plain = value.withUTF8 { bytes in
+            guard !bytes.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
+            out.append(contentsOf: bytes)
+            return true
+        }
+        if plain {
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in value.utf8 {
             switch byte {
             case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]

@@ -14,7 +14,7 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (0: any free port).") var port = 8080
     @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
     @Option(name: .customLong("reserved-ip"), help: "The reserved-IP orchestrator, host:port.") var reservedIP = "127.0.0.1:50080"
-    @Option(help: "A region, slug=Name; repeat for each (the first is the default for new droplets).") var region: [String] = []
+    @Option(help: "A region, slug=Name; repeat for each (the first is the default for new droplets). Also from SHOAL_REGIONS (comma-separated).") var region: [String] = []
     @Option(help: "A customer's API token, token=customer; repeat for each. Also from SHOAL_API_TOKENS (comma-separated).") var token: [String] = []
     @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
     @Option(help: "Requests per minute per token (the burst limit).") var burstPerMinute = 250
@@ -32,7 +32,8 @@ struct AggregatorCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment["SHOAL_API_TOKENS"].map { $0.split(separator: ",").map(String.init) } ?? []
         let tokens = Dictionary(try Self.pairs(token + environment, what: "--token"), uniquingKeysWith: { _, last in last })
         if tokens.isEmpty { throw ValidationError("give at least one --token token=customer (or SHOAL_API_TOKENS)") }
-        let regions = try Self.pairs(region.isEmpty ? ["nyc1=New York 1"] : region, what: "--region").map { Region(slug: $0.0, name: $0.1) }
+        let regionEntries = region + (ProcessInfo.processInfo.environment["SHOAL_REGIONS"].map { $0.split(separator: ",").map(String.init) } ?? [])
+        let regions = try Self.pairs(regionEntries.isEmpty ? ["nyc1=New York 1"] : regionEntries, what: "--region").map { Region(slug: $0.0, name: $0.1) }
         var tokenLimits: [String: RateLimiter.Limits] = [:]
         for (token, limits) in try Self.pairs(tokenLimit, what: "--token-limit") {
             let numbers = limits.split(separator: "/").compactMap { Int($0) }

@@ -112,7 +112,7 @@ bench-pipeline: deps ## The event pipeline as processes, 1,000 agents and 20: cr
 	swift build -c release --product event-router
 	swift build -c release --product hypervisor
 	swift build -c release --product pipeline-bench
-	@echo "== 20 agents (short and light: 20 hypervisors hold 2,700 droplets at most)"; .build/release/pipeline-bench --agents 20 --seconds 1 --concurrency 32 | tail -5
+	@echo "== 20 agents (short and light: 20 hypervisors hold 2,700 droplets at most)"; .build/release/pipeline-bench --agents 20 --seconds 1 --concurrency 32 --warmup-milliseconds 300 | tail -5
 	@echo "== 1000 agents"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10}
 
 .PHONY: bench-rpc

@@ -50,6 +50,7 @@ final class Recorder: Sendable {
     let latencies = Mutex<[Duration]>([])
     let issued = Mutex(0)
     let errored = Mutex(0)
+    let firstError = Mutex("")
     /// Completions seen in the measured window (whenever they were requested).
     let window = Mutex<(open: Bool, completions: Int)>((false, 0))
     /// Load workers waiting for their droplet's create to complete, and completions that came first.
@@ -92,6 +93,7 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "Creations in flight: each worker creates a droplet, waits until it is active, creates the next.") var concurrency = 256
     @Option(help: "Directory of the built executables.") var bin = ".build/release"
     @Option(help: "First of the ports to use (five in a row).") var basePort = 52000
+    @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
 
     func run() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pipeline-bench-\(UUID().uuidString)")
@@ -153,6 +155,7 @@ struct PipelineBench: AsyncParsableCommand {
                     if event.status == .errored {
                         // No room left (a small fleet fills up): the worker goes on, the failure is counted.
                         recorder.errored.withLock { $0 += 1 }
+                        recorder.firstError.withLock { if $0.isEmpty { $0 = event.error } }
                         recorder.sent.withLock { _ = $0.removeValue(forKey: event.dropletId) }
                         recorder.completed(event.dropletId)
                         continue
@@ -199,8 +202,8 @@ struct PipelineBench: AsyncParsableCommand {
                 }
             }
         }
-        print("warming up (2 s, not measured) with \(agents) agents, \(concurrency) calls in flight")
-        await load(for: .seconds(2), timed: false)
+        print("warming up (\(warmupMilliseconds) ms, not measured) with \(agents) agents, \(concurrency) calls in flight")
+        await load(for: .milliseconds(warmupMilliseconds), timed: false)
         let issuedBefore = recorder.issued.withLock { $0 }
         print("measuring (\(seconds) s)")
         recorder.window.withLock { $0.open = true }
@@ -232,6 +235,7 @@ struct PipelineBench: AsyncParsableCommand {
         }
         print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.sent.withLock { $0.count }); errored: \(recorder.errored.withLock { $0 })")
         // The sustained rate: creations that completed during the measured window.
+        if recorder.errored.withLock({ $0 }) > 0 { print("first error: \(recorder.firstError.withLock { $0 })") }
         print("creations/s: \(Int(Double(windowCompletions) / totalSeconds))")
         print(String(format: "p50 ms: %.1f", percentile(0.5)))
         print(String(format: "p99 ms: %.1f", percentile(0.99)))

@@ -242,7 +242,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SchedulerTests",
-            dependencies: ["Scheduler", "SchedulerAPI", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["Scheduler", "SchedulerAPI", "TestSupport", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strictSettings
         ),
         .testTarget(

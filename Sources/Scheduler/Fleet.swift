@@ -17,7 +17,33 @@ package final class Fleet: Sendable {
 
     private struct State {
         var hypervisors: [String: Scheduler_V2_HypervisorState] = [:]
+        /// Each hypervisor's customers as a set (its report carries a list), for the spread rule.
+        var customers: [String: Set<String>] = [:]
         var reservations: [String: Reservation] = [:]
+        /// What the reservations hold, per hypervisor: kept up to date as they come and go, not recounted per
+        /// placement.
+        var held: [String: HeldCapacity] = [:]
+        /// The earliest expiry among the reservations, so expired ones are looked for only when one is due.
+        var nextExpiry: ContinuousClock.Instant?
+
+        mutating func hold(_ key: String, _ reservation: Reservation) {
+            drop(key)
+            reservations[key] = reservation
+            held[reservation.hypervisorId, default: HeldCapacity()].add(reservation.size, customer: reservation.customer)
+            nextExpiry = min(nextExpiry ?? reservation.expires, reservation.expires)
+        }
+
+        mutating func drop(_ key: String) {
+            guard let reservation = reservations.removeValue(forKey: key) else { return }
+            held[reservation.hypervisorId]?.remove(reservation.size, customer: reservation.customer)
+            if held[reservation.hypervisorId]?.isEmpty == true { held[reservation.hypervisorId] = nil }
+        }
+
+        mutating func expire(now: ContinuousClock.Instant) {
+            guard let next = nextExpiry, next <= now else { return }
+            for (key, reservation) in reservations where reservation.expires <= now { drop(key) }
+            nextExpiry = reservations.values.lazy.map(\.expires).min()
+        }
     }
 
     private let state = Mutex(State())
@@ -36,13 +62,15 @@ package final class Fleet: Sendable {
             var hosted: [String: Set<Int64>] = [:]
             for hypervisor in hypervisors where !hypervisor.id.isEmpty {
                 state.hypervisors[hypervisor.id] = hypervisor
+                state.customers[hypervisor.id] = Set(hypervisor.customers)
                 if !hypervisor.dropletIds.isEmpty { hosted[hypervisor.id] = Set(hypervisor.dropletIds) }
             }
             // A droplet the hypervisor now reports is in its usage: its reservation has done its job.
             if !hosted.isEmpty {
-                state.reservations = state.reservations.filter { _, reservation in
-                    !(reservation.dropletId != 0 && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true)
+                let done = state.reservations.compactMap { key, reservation in
+                    reservation.dropletId != 0 && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true ? key : nil
                 }
+                for key in done { state.drop(key) }
             }
             return state.hypervisors.count
         }
@@ -58,21 +86,11 @@ package final class Fleet: Sendable {
         state.withLock { $0.hypervisors[id] }
     }
 
-    /// Capacity held per hypervisor by unexpired reservations.
-    private static func held(_ state: inout State, now: ContinuousClock.Instant) -> [String: HeldCapacity] {
-        state.reservations = state.reservations.filter { $0.value.expires > now }
-        var held: [String: HeldCapacity] = [:]
-        for reservation in state.reservations.values {
-            held[reservation.hypervisorId, default: HeldCapacity()].add(reservation.size, customer: reservation.customer)
-        }
-        return held
-    }
-
     /// The placement report, without placing.
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
-            let held = Self.held(&state, now: .now)
-            return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
+            state.expire(now: .now)
+            return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: state.held, request: request, policy: policy)
         }
     }
 
@@ -82,22 +100,29 @@ package final class Fleet: Sendable {
     package func place(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
             let now = ContinuousClock.now
-            let held = Self.held(&state, now: now)
+            state.expire(now: now)
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
-            var response = PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: held, request: request, policy: policy)
-            if !response.hypervisorId.isEmpty {
-                // A placement answers with the choice; the full report (every skip, every candidate) is Explain's.
-                response.ranking.removeSubrange(min(1, response.ranking.count)...)
-                response.skipped = []
-                let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
-                state.reservations[key] = Reservation(
-                    hypervisorId: response.hypervisorId, size: request.size ?? Scheduler_V2_Size(),
-                    customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
-                )
+            let customers = state.customers
+            let best = PlacementRules.best(
+                hypervisors: state.hypervisors.values, held: state.held, request: request, policy: policy,
+                hostsCustomer: { customers[$0.id]?.contains(request.customer) == true }
+            )
+            guard let best else {
+                // Nothing fits: the full report says why, hypervisor by hypervisor.
+                return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: state.held, request: request, policy: policy)
             }
-            return response
+            let hostsCustomer = customers[best.id]?.contains(request.customer) == true
+                || state.held[best.id]?.customers[request.customer, default: 0] ?? 0 > 0
+            let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
+            state.hold(key, Reservation(
+                hypervisorId: best.id, size: request.size ?? Scheduler_V2_Size(),
+                customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
+            ))
+            return Scheduler_V2_PlaceResponse(
+                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: hostsCustomer)]
+            )
         }
     }
 
@@ -112,7 +137,7 @@ package final class Fleet: Sendable {
                state.hypervisors[reservation.hypervisorId]?.dropletIds.contains(reservation.dropletId) != true {
                 return true
             }
-            state.reservations[eventId] = nil
+            state.drop(eventId)
             return true
         }
     }

@@ -24,16 +24,27 @@ package struct HeldCapacity: Sendable, Hashable {
     package var memoryMB: UInt64 = 0
     package var diskGB: UInt64 = 0
     package var droplets = 0
-    package var customers: Set<String> = []
+    /// Holds per customer.
+    package var customers: [String: Int] = [:]
 
     package init() {}
+
+    package var isEmpty: Bool { droplets == 0 }
 
     package mutating func add(_ size: Scheduler_V2_Size, customer: String) {
         vcpus += UInt64(size.vcpus)
         memoryMB += size.memoryMb
         diskGB += size.diskGb
         droplets += 1
-        customers.insert(customer)
+        customers[customer, default: 0] += 1
+    }
+
+    package mutating func remove(_ size: Scheduler_V2_Size, customer: String) {
+        vcpus -= min(vcpus, UInt64(size.vcpus))
+        memoryMB -= min(memoryMB, size.memoryMb)
+        diskGB -= min(diskGB, size.diskGb)
+        droplets = max(0, droplets - 1)
+        if let count = customers[customer] { customers[customer] = count > 1 ? count - 1 : nil }
     }
 }
 
@@ -41,6 +52,45 @@ package struct HeldCapacity: Sendable, Hashable {
 package enum Verdict: Sendable, Hashable {
     case candidate(Scheduler_V2_Candidate)
     case skip(Scheduler_V2_Skip)
+}
+
+/// Why a hypervisor is skipped, as data: the text is made only when someone reads it (Explain, or a placement that
+/// found nothing), not for each of the hundreds of hypervisors a successful placement passes over.
+package enum SkipReason: Sendable, Hashable {
+    case cpus(have: UInt32, need: UInt32)
+    case memory(have: UInt64, need: UInt64, floor: UInt64)
+    case disk(have: UInt64, need: UInt64)
+    case errors(Int32, max: Int)
+    case maintenance(String)
+    case unresponsive
+    case busy(String)
+    case droplets(Int, max: Int)
+    case overcommit(vcpus: UInt64, cpus: UInt32, limit: Double)
+    case memoryFree(UInt64, need: UInt64)
+    case diskFree(UInt64, need: UInt64)
+
+    package var text: String {
+        switch self {
+        case .cpus(let have, let need): "has \(have) CPUs; the size needs \(need)"
+        case .memory(let have, let need, let floor): "has \(have) MB of memory; the size needs \(need) MB above a \(floor) MB floor"
+        case .disk(let have, let need): "has \(have) GB of disk; the size needs \(need) GB"
+        case .errors(let count, let max): "has \(count) recent errors (more than \(max))"
+        case .maintenance(let what): "is in maintenance: \(what)"
+        case .unresponsive: "is unresponsive"
+        case .busy(let operation): "is busy with \(operation)"
+        case .droplets(let count, let max): "hosts \(count) droplets (at most \(max))"
+        case .overcommit(let vcpus, let cpus, let limit): "would run \(vcpus) vCPUs on \(cpus) CPUs (overcommit at most \(limit))"
+        case .memoryFree(let free, let need): "has \(free) MB of memory free above the floor; the size needs \(need) MB"
+        case .diskFree(let free, let need): "has \(free) GB of disk free; the size needs \(need) GB"
+        }
+    }
+}
+
+/// One hypervisor judged for one placement, before any text or message is made of it.
+package enum Assessment: Sendable, Hashable {
+    case candidate(score: Double, hostsCustomer: Bool)
+    /// `transient`: waiting may help (the hypervisor is busy or unhealthy, or only holds are in the way).
+    case skip(SkipReason, transient: Bool)
 }
 
 /// The scheduling rules as pure functions: filters first (any failure skips the hypervisor, with the reason), then
@@ -53,53 +103,69 @@ package enum PlacementRules {
         customer: String,
         policy: PlacementPolicy
     ) -> Verdict {
-        func skip(_ reason: String, transient: Bool) -> Verdict {
-            .skip(Scheduler_V2_Skip(hypervisorId: hypervisor.id, reason: reason, transient: transient))
+        let hosts = hypervisor.customers.contains(customer)
+        switch assess(hypervisor, held: held, size: size, hostsCustomer: hosts || held.customers[customer, default: 0] > 0, policy: policy) {
+        case .candidate(let score, let hostsCustomer):
+            return .candidate(Scheduler_V2_Candidate(hypervisorId: hypervisor.id, score: score, hostsCustomer: hostsCustomer))
+        case .skip(let reason, let transient):
+            return .skip(Scheduler_V2_Skip(hypervisorId: hypervisor.id, reason: reason.text, transient: transient))
         }
+    }
+
+    /// The rules for one hypervisor. `hostsCustomer`: it already hosts (or is about to host) one of the customer's
+    /// droplets.
+    @inline(__always)
+    package static func assess(
+        _ hypervisor: Scheduler_V2_HypervisorState,
+        held: HeldCapacity,
+        size: Scheduler_V2_Size,
+        hostsCustomer: Bool,
+        policy: PlacementPolicy
+    ) -> Assessment {
         // Hardware that can never hold the size: not worth waiting for.
         if hypervisor.cpus < size.vcpus {
-            return skip("has \(hypervisor.cpus) CPUs; the size needs \(size.vcpus)", transient: false)
+            return .skip(.cpus(have: hypervisor.cpus, need: size.vcpus), transient: false)
         }
         if hypervisor.memoryMb < size.memoryMb + policy.memoryFloorMB {
-            return skip("has \(hypervisor.memoryMb) MB of memory; the size needs \(size.memoryMb) MB above a \(policy.memoryFloorMB) MB floor", transient: false)
+            return .skip(.memory(have: hypervisor.memoryMb, need: size.memoryMb, floor: policy.memoryFloorMB), transient: false)
         }
         if hypervisor.diskGb < size.diskGb {
-            return skip("has \(hypervisor.diskGb) GB of disk; the size needs \(size.diskGb) GB", transient: false)
+            return .skip(.disk(have: hypervisor.diskGb, need: size.diskGb), transient: false)
         }
         // Health and state.
         if hypervisor.recentErrors > policy.maxRecentErrors {
-            return skip("has \(hypervisor.recentErrors) recent errors (more than \(policy.maxRecentErrors))", transient: true)
+            return .skip(.errors(Int32(clamping: hypervisor.recentErrors), max: policy.maxRecentErrors), transient: true)
         }
         if !hypervisor.maintenance.isEmpty {
-            return skip("is in maintenance: \(hypervisor.maintenance)", transient: true)
+            return .skip(.maintenance(hypervisor.maintenance), transient: true)
         }
         if hypervisor.unresponsive {
-            return skip("is unresponsive", transient: true)
+            return .skip(.unresponsive, transient: true)
         }
-        if let busy = hypervisor.inFlight.first(where: { policy.busyOperations.contains($0) }) {
-            return skip("is busy with \(busy)", transient: true)
+        if !hypervisor.inFlight.isEmpty, let busy = hypervisor.inFlight.first(where: { policy.busyOperations.contains($0) }) {
+            return .skip(.busy(busy), transient: true)
         }
         // Capacity, counting what other placements hold. Room taken by holds comes back within seconds (a hold ends
         // when its event does), so waiting for it is worth it; room taken by droplets comes back only when one is
         // deleted, so a hypervisor full of droplets is a final answer.
         let droplets = Int(hypervisor.dropletCount) + held.droplets
         if droplets >= policy.maxDroplets {
-            return skip("hosts \(droplets) droplets (at most \(policy.maxDroplets))", transient: Int(hypervisor.dropletCount) < policy.maxDroplets)
+            return .skip(.droplets(droplets, max: policy.maxDroplets), transient: Int(hypervisor.dropletCount) < policy.maxDroplets)
         }
         let vcpus = UInt64(hypervisor.usedVcpus) + held.vcpus + UInt64(size.vcpus)
         let vcpuLimit = Double(hypervisor.cpus) * policy.cpuOvercommit
         if Double(vcpus) > vcpuLimit {
-            return skip("would run \(vcpus) vCPUs on \(hypervisor.cpus) CPUs (overcommit at most \(policy.cpuOvercommit))", transient: Double(vcpus - held.vcpus) <= vcpuLimit)
+            return .skip(.overcommit(vcpus: vcpus, cpus: hypervisor.cpus, limit: policy.cpuOvercommit), transient: Double(vcpus - held.vcpus) <= vcpuLimit)
         }
         let memory = hypervisor.usedMemoryMb + held.memoryMB + size.memoryMb
         if memory + policy.memoryFloorMB > hypervisor.memoryMb {
             let free = hypervisor.memoryMb.subtractingClamped(hypervisor.usedMemoryMb + held.memoryMB + policy.memoryFloorMB)
-            return skip("has \(free) MB of memory free above the floor; the size needs \(size.memoryMb) MB", transient: memory - held.memoryMB + policy.memoryFloorMB <= hypervisor.memoryMb)
+            return .skip(.memoryFree(free, need: size.memoryMb), transient: memory - held.memoryMB + policy.memoryFloorMB <= hypervisor.memoryMb)
         }
         let disk = hypervisor.usedDiskGb + held.diskGB + size.diskGb
         if disk > hypervisor.diskGb {
             let free = hypervisor.diskGb.subtractingClamped(hypervisor.usedDiskGb + held.diskGB)
-            return skip("has \(free) GB of disk free; the size needs \(size.diskGb) GB", transient: disk - held.diskGB <= hypervisor.diskGb)
+            return .skip(.diskFree(free, need: size.diskGb), transient: disk - held.diskGB <= hypervisor.diskGb)
         }
         // Rank: the capacity left after placing (the scarcest resource counts), so load spreads; a hypervisor that
         // already hosts the customer ranks lower, so a customer's droplets spread too.
@@ -107,9 +173,30 @@ package enum PlacementRules {
         let memoryLeft = 1 - Double(memory + policy.memoryFloorMB) / Double(hypervisor.memoryMb)
         let diskLeft = hypervisor.diskGb == 0 ? 1 : 1 - Double(disk) / Double(hypervisor.diskGb)
         let dropletsLeft = 1 - Double(droplets + 1) / Double(policy.maxDroplets)
-        let hostsCustomer = hypervisor.customers.contains(customer) || held.customers.contains(customer)
         let score = min(cpuLeft, memoryLeft, diskLeft, dropletsLeft) - (hostsCustomer ? policy.sameCustomerPenalty : 0)
-        return .candidate(Scheduler_V2_Candidate(hypervisorId: hypervisor.id, score: score, hostsCustomer: hostsCustomer))
+        return .candidate(score: score, hostsCustomer: hostsCustomer)
+    }
+
+    /// The best candidate only, with no report: what a placement needs when one fits (the usual case). Same rules
+    /// and the same order as `report` (highest score, ties to the lowest id), without a message per hypervisor.
+    package static func best<Hypervisors: Sequence>(
+        hypervisors: Hypervisors,
+        held: [String: HeldCapacity],
+        request: Scheduler_V2_PlaceRequest,
+        policy: PlacementPolicy,
+        hostsCustomer: (Scheduler_V2_HypervisorState) -> Bool
+    ) -> (id: String, score: Double)? where Hypervisors.Element == Scheduler_V2_HypervisorState {
+        let size = request.size ?? Scheduler_V2_Size()
+        let empty = HeldCapacity()
+        var best: (id: String, score: Double)?
+        for hypervisor in hypervisors where hypervisor.region == request.region {
+            let holds = held[hypervisor.id] ?? empty
+            let hosts = hostsCustomer(hypervisor) || holds.customers[request.customer, default: 0] > 0
+            guard case .candidate(let score, _) = assess(hypervisor, held: holds, size: size, hostsCustomer: hosts, policy: policy) else { continue }
+            if let current = best, current.score > score || (current.score == score && current.id < hypervisor.id) { continue }
+            best = (hypervisor.id, score)
+        }
+        return best
     }
 
     /// Evaluates every hypervisor and ranks the survivors, best first (ties by id, so the answer is deterministic).

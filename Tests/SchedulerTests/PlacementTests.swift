@@ -1,6 +1,7 @@
 import NIOCore
 @testable import Scheduler
 import SchedulerAPI
+import TestSupport
 import Testing
 
 typealias Hypervisor = Scheduler_V2_HypervisorState
@@ -226,5 +227,66 @@ struct SchedulerRPCTests {
         }
         await client.close()
         await server.shutdownGracefully()
+    }
+}
+
+@Suite("the placement fast path")
+struct FastPathTests {
+    @Test("best() picks what report() ranks first, on thousands of seeded random fleets, holds and requests")
+    func agreesWithReport() {
+        var random = SeededRandom(seed: 42)
+        let sizes = [small, large, Size(slug: "s-2vcpu-4gb", vcpus: 2, memoryMb: 4096, diskGb: 80)]
+        for _ in 0..<2000 {
+            var fleet: [Hypervisor] = []
+            var held: [String: HeldCapacity] = [:]
+            for index in 0..<Int(random.next() % 12) {
+                var subject = hypervisor("hv\(index)", region: random.chance(80) ? "nyc1" : "sfo3", cpus: UInt32(random.next() % 16), memoryMB: 1024 * (random.next() % 32), diskGB: random.next() % 1000)
+                subject.usedVcpus = UInt32(random.next() % 40)
+                subject.usedMemoryMb = random.next() % 16384
+                subject.usedDiskGb = random.next() % 500
+                subject.dropletCount = UInt32(random.next() % 140)
+                if random.chance(10) { subject.recentErrors = 5 }
+                if random.chance(10) { subject.inFlight = ["create"] }
+                if random.chance(30) { subject.customers = ["c\(random.next() % 4)"] }
+                fleet.append(subject)
+                if random.chance(40) {
+                    var holds = HeldCapacity()
+                    for _ in 0..<Int(random.next() % 4) { holds.add(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)") }
+                    held[subject.id] = holds
+                }
+            }
+            let request = place(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)")
+            let report = PlacementRules.report(hypervisors: fleet, held: held, request: request, policy: PlacementPolicy())
+            let best = PlacementRules.best(hypervisors: fleet, held: held, request: request, policy: PlacementPolicy()) {
+                $0.customers.contains(request.customer)
+            }
+            #expect(best?.id ?? "" == report.hypervisorId)
+            #expect(best?.score == report.ranking.first?.score)
+        }
+    }
+
+    @Test("holds are counted as they come and go: released, expired, or reported by the hypervisor")
+    func holdsKeptCurrent() async throws {
+        let fleet = Fleet(reservationTTL: .milliseconds(200))
+        fleet.report([hypervisor("hv1", memoryMB: 3072)])  // room for two small droplets above the floor
+        #expect(fleet.place(place(small, event: "a")).hypervisorId == "hv1")
+        var second = place(small, event: "b")
+        second.dropletId = 7
+        #expect(fleet.place(second).hypervisorId == "hv1")
+        #expect(fleet.place(place(small, event: "c")).hypervisorId.isEmpty)
+        fleet.release(eventId: "a")
+        #expect(fleet.place(place(small, event: "c")).hypervisorId == "hv1")
+        // The hypervisor reports droplet 7 (event b's), now in its usage: b's hold ends, the usage counts instead.
+        var reported = hypervisor("hv1", memoryMB: 3072)
+        reported.usedMemoryMb = 1024
+        reported.dropletCount = 1
+        reported.dropletIds = [7]
+        fleet.report([reported])
+        #expect(fleet.reservationCount == 1)
+        #expect(fleet.place(place(small, event: "d")).hypervisorId.isEmpty)
+        // Holds expire.
+        try await Task.sleep(for: .milliseconds(250))
+        #expect(fleet.place(place(small, event: "e")).hypervisorId == "hv1")
+        #expect(fleet.reservationCount == 1)
     }
 }

@@ -31,6 +31,12 @@ package final class Router: Sendable {
         var lastSeen: [String: ContinuousClock.Instant] = [:]
         var dirty: [String: Scheduler_V2_HypervisorState] = [:]
         var unresponsive: Set<String> = []
+        /// Events whose `running` report is being held back, in case their outcome follows at once.
+        var runningHeld: Set<Int64> = []
+        /// Events whose outcome came before their `running` report (each report runs on its own task, so they may
+        /// be taken in either order): that report is dropped when it comes. Bounded: at worst a late `running` goes
+        /// out and Harpoon refuses it, as it refuses any step back.
+        var finishedEarly: Set<Int64> = []
     }
 
     package let region: String
@@ -40,7 +46,15 @@ package final class Router: Sendable {
     /// An agent silent for this long is unresponsive.
     package let heartbeatTimeout: Duration
 
-    package init(region: String, results: any ResultSink, fleet: any FleetSink, heartbeatTimeout: Duration = .seconds(5)) {
+    /// How long a `running` report waits for the event's outcome: a quick event is reported once, as finished, which
+    /// saves Harpoon a write and an RPC per event; a slow one is reported running after this delay.
+    package let runningReportDelay: Duration
+
+    package init(
+        region: String, results: any ResultSink, fleet: any FleetSink, heartbeatTimeout: Duration = .seconds(5),
+        runningReportDelay: Duration = .milliseconds(50)
+    ) {
+        self.runningReportDelay = runningReportDelay
         self.region = region
         self.results = results
         self.fleet = fleet
@@ -114,6 +128,25 @@ package final class Router: Sendable {
     /// An outcome from an agent: forwarded to Harpoon (retried until it gets there); a terminal one ends the
     /// router's custody of the event.
     func progress(_ progress: Eventrouter_V1_EventProgress, from hypervisorId: String) async {
+        let terminal = progress.status == .completed || progress.status == .errored
+        if progress.status == .running, runningReportDelay > .zero {
+            let superseded = state.withLock { state in
+                if state.finishedEarly.remove(progress.eventId) != nil { return true }
+                state.runningHeld.insert(progress.eventId)
+                return false
+            }
+            if superseded { return }
+            try? await Task.sleep(for: runningReportDelay)
+            // Superseded by the outcome meanwhile: the outcome says more, and Harpoon accepts it from any state.
+            guard state.withLock({ $0.runningHeld.remove(progress.eventId) != nil }) else { return }
+        } else if terminal, runningReportDelay > .zero {
+            state.withLock { state in
+                if state.runningHeld.remove(progress.eventId) == nil {
+                    if state.finishedEarly.count >= 10_000 { state.finishedEarly.removeAll(keepingCapacity: true) }
+                    state.finishedEarly.insert(progress.eventId)
+                }
+            }
+        }
         var attempt = 0
         while !Task.isCancelled {
             do {
@@ -126,7 +159,7 @@ package final class Router: Sendable {
                 try? await Task.sleep(for: .milliseconds(min(5000, 50 << min(attempt, 7))))
             }
         }
-        if progress.status == .completed || progress.status == .errored {
+        if terminal {
             state.withLock { _ = $0.pending[hypervisorId]?.removeValue(forKey: progress.eventId) }
         }
     }

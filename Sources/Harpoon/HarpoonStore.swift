@@ -24,6 +24,8 @@ package enum OutboxSettlement: Sendable, Hashable {
     case acknowledge(OutboxEntry)
     /// Look again at this time (seconds since the Unix epoch), without counting an attempt.
     case reschedule(OutboxEntry, until: Double)
+    /// Keep it for the event's next step: the entry now goes to `destination`, at this time, its attempts reset.
+    case handOver(OutboxEntry, to: OutboxDestination, until: Double)
 }
 
 extension HarpoonStore {

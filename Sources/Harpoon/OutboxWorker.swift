@@ -150,11 +150,33 @@ package final class OutboxWorker: Sendable {
         }
         switch try await placer.place(event, size: droplet.size ?? Scheduler_V2_Size()) {
         case .placed(let hypervisorId):
-            _ = try await store.updateEvent(
-                id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(entry)
-            )
-            onChange()
-            wake()
+            // Straight on to the region's router: when that works, one write records placement and delivery, and
+            // the entry stays, handed over to the router step, for redelivery if no outcome comes. (A crash before
+            // the write places again — the scheduler answers the same hypervisor for the same event — and
+            // delivers again; agents ignore an event they have run.)
+            var placed = event
+            placed.status = .placed
+            placed.hypervisorId = hypervisorId
+            do {
+                try await delivery.deliver(placed)
+            } catch {
+                // The router is not reachable now: record the placement; the router step retries with backoff.
+                _ = try await store.updateEvent(
+                    id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(entry)
+                )
+                onChange()
+                wake()
+                return
+            }
+            do {
+                _ = try await store.updateEvent(
+                    id: event.id, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil,
+                    settling: .handOver(entry, to: .router, until: Date().timeIntervalSince1970 + redeliveryInterval)
+                )
+                onChange()
+            } catch let error as RPCError where error.code == .failedPrecondition {
+                // The outcome came first (a quick agent): the event is finished and its entries are gone.
+            }
         case .unplaceable(let reason, let retryable):
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)

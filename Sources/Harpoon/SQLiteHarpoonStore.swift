@@ -317,6 +317,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
             case .reschedule(let entry, let until)?:
                 try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
+            case .handOver(let entry, let destination, let until)?:
+                try db.cachedStatement(sql: "UPDATE outbox SET destination = ?, not_before = ?, attempts = 0 WHERE id = ?")
+                    .execute(arguments: [destination.rawValue, until, entry.id])
             case nil:
                 break
             }

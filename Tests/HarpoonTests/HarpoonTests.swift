@@ -338,3 +338,29 @@ struct HarpoonRPCTests {
         }
     }
 }
+
+@Suite("outcomes and the scheduler's holds")
+struct ReleaseTests {
+    @Test("a failed create gives its room back at once; a completed one leaves its hold to the hypervisor's report")
+    func releaseOnlyFailures() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler()
+            let service = HarpoonService(store: store, worker: nil, changes: ChangeNotifier(), placer: fake)
+            let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [service])
+            _ = try await server.start()
+            let client = RPCClient(targets: [("127.0.0.1", server.port ?? 0)])
+            let harpoon = Harpoon_V1_Harpoon.Client(client)
+            do {
+                let (_, failing) = try await store.createDroplet(createRequest("a"))
+                let (_, finishing) = try await store.createDroplet(createRequest("b"))
+                _ = try await harpoon.reportEventStatus(.init(eventId: failing.id, status: .errored, error: "no disk", hypervisorId: "hv1"))
+                _ = try await harpoon.reportEventStatus(.init(eventId: finishing.id, status: .completed, ipv4Address: "10.0.0.2", hypervisorId: "hv1"))
+                #expect(fake.released.withLock { $0 } == [failing.id])
+            } catch {
+                Issue.record(error)
+            }
+            await client.close()
+            await server.shutdownGracefully(timeout: .seconds(2))
+        }
+    }
+}

@@ -15,28 +15,67 @@ package final class Fleet: Sendable {
         var expires: ContinuousClock.Instant
     }
 
+    /// One hypervisor as placements read it: its latest state, its customers as a set (its report carries a list),
+    /// and what reservations hold on it — together, so a placement reads each hypervisor with no lookups.
+    private struct Entry {
+        var state: Scheduler_V2_HypervisorState
+        var customers: Set<String>
+        var held = HeldCapacity()
+    }
+
     private struct State {
-        var hypervisors: [String: Scheduler_V2_HypervisorState] = [:]
-        /// Each hypervisor's customers as a set (its report carries a list), for the spread rule.
-        var customers: [String: Set<String>] = [:]
+        /// Region → hypervisor id → entry: a placement walks its region only.
+        var regions: [String: [String: Entry]] = [:]
+        /// Hypervisor id → region.
+        var regionOf: [String: String] = [:]
         var reservations: [String: Reservation] = [:]
-        /// What the reservations hold, per hypervisor: kept up to date as they come and go, not recounted per
-        /// placement.
-        var held: [String: HeldCapacity] = [:]
         /// The earliest expiry among the reservations, so expired ones are looked for only when one is due.
         var nextExpiry: ContinuousClock.Instant?
+
+        var count: Int { regionOf.count }
+
+        func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
+            regionOf[id].flatMap { regions[$0]?[id]?.state }
+        }
+
+        mutating func update(_ id: String, _ body: (inout Entry) -> Void) {
+            guard let region = regionOf[id] else { return }
+            body(&regions[region, default: [:]][id, default: Entry(state: .init(), customers: [])])
+        }
+
+        mutating func record(_ hypervisor: Scheduler_V2_HypervisorState) {
+            if let previous = regionOf[hypervisor.id], previous != hypervisor.region {
+                // Moved region (reconfigured): its holds go with it.
+                let held = regions[previous]?.removeValue(forKey: hypervisor.id)?.held ?? HeldCapacity()
+                regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(state: hypervisor, customers: Set(hypervisor.customers), held: held)
+            } else {
+                let held = regions[hypervisor.region]?[hypervisor.id]?.held ?? HeldCapacity()
+                regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(state: hypervisor, customers: Set(hypervisor.customers), held: held)
+            }
+            regionOf[hypervisor.id] = hypervisor.region
+        }
+
+        /// What reservations hold, per hypervisor (for the full report).
+        var held: [String: HeldCapacity] {
+            var held: [String: HeldCapacity] = [:]
+            for entries in regions.values {
+                for (id, entry) in entries where !entry.held.isEmpty { held[id] = entry.held }
+            }
+            return held
+        }
+
+        var allHypervisors: [Scheduler_V2_HypervisorState] { regions.values.flatMap { $0.values.map(\.state) } }
 
         mutating func hold(_ key: String, _ reservation: Reservation) {
             drop(key)
             reservations[key] = reservation
-            held[reservation.hypervisorId, default: HeldCapacity()].add(reservation.size, customer: reservation.customer)
+            update(reservation.hypervisorId) { $0.held.add(reservation.size, customer: reservation.customer) }
             nextExpiry = min(nextExpiry ?? reservation.expires, reservation.expires)
         }
 
         mutating func drop(_ key: String) {
             guard let reservation = reservations.removeValue(forKey: key) else { return }
-            held[reservation.hypervisorId]?.remove(reservation.size, customer: reservation.customer)
-            if held[reservation.hypervisorId]?.isEmpty == true { held[reservation.hypervisorId] = nil }
+            update(reservation.hypervisorId) { $0.held.remove(reservation.size, customer: reservation.customer) }
         }
 
         mutating func expire(now: ContinuousClock.Instant) {
@@ -61,8 +100,7 @@ package final class Fleet: Sendable {
         state.withLock { state in
             var hosted: [String: Set<Int64>] = [:]
             for hypervisor in hypervisors where !hypervisor.id.isEmpty {
-                state.hypervisors[hypervisor.id] = hypervisor
-                state.customers[hypervisor.id] = Set(hypervisor.customers)
+                state.record(hypervisor)
                 if !hypervisor.dropletIds.isEmpty { hosted[hypervisor.id] = Set(hypervisor.dropletIds) }
             }
             // A droplet the hypervisor now reports is in its usage: its reservation has done its job.
@@ -72,25 +110,25 @@ package final class Fleet: Sendable {
                 }
                 for key in done { state.drop(key) }
             }
-            return state.hypervisors.count
+            return state.count
         }
     }
 
     package func markUnresponsive(_ ids: [String]) {
         state.withLock { state in
-            for id in ids { state.hypervisors[id]?.unresponsive = true }
+            for id in ids { state.update(id) { $0.state.unresponsive = true } }
         }
     }
 
     package func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
-        state.withLock { $0.hypervisors[id] }
+        state.withLock { $0.hypervisor(id) }
     }
 
     /// The placement report, without placing.
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
             state.expire(now: .now)
-            return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: state.held, request: request, policy: policy)
+            return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
         }
     }
 
@@ -104,24 +142,24 @@ package final class Fleet: Sendable {
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
-            let customers = state.customers
+            let customer = request.customer
             let best = PlacementRules.best(
-                hypervisors: state.hypervisors.values, held: state.held, request: request, policy: policy,
-                hostsCustomer: { customers[$0.id]?.contains(request.customer) == true }
+                candidates: (state.regions[request.region] ?? [:]).values.lazy.map { entry in
+                    (entry.state, entry.held, entry.customers.contains(customer) || entry.held.customers[customer, default: 0] > 0)
+                },
+                request: request, policy: policy
             )
             guard let best else {
                 // Nothing fits: the full report says why, hypervisor by hypervisor.
-                return PlacementRules.report(hypervisors: Array(state.hypervisors.values), held: state.held, request: request, policy: policy)
+                return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
             }
-            let hostsCustomer = customers[best.id]?.contains(request.customer) == true
-                || state.held[best.id]?.customers[request.customer, default: 0] ?? 0 > 0
             let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
             state.hold(key, Reservation(
                 hypervisorId: best.id, size: request.size ?? Scheduler_V2_Size(),
                 customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
             ))
             return Scheduler_V2_PlaceResponse(
-                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: hostsCustomer)]
+                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)]
             )
         }
     }
@@ -134,7 +172,7 @@ package final class Fleet: Sendable {
         state.withLock { state in
             guard let reservation = state.reservations[eventId] else { return false }
             if completed, reservation.dropletId != 0,
-               state.hypervisors[reservation.hypervisorId]?.dropletIds.contains(reservation.dropletId) != true {
+               state.hypervisor(reservation.hypervisorId)?.dropletIds.contains(reservation.dropletId) != true {
                 return true
             }
             state.drop(eventId)

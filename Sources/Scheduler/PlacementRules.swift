@@ -179,22 +179,19 @@ package enum PlacementRules {
 
     /// The best candidate only, with no report: what a placement needs when one fits (the usual case). Same rules
     /// and the same order as `report` (highest score, ties to the lowest id), without a message per hypervisor.
-    package static func best<Hypervisors: Sequence>(
-        hypervisors: Hypervisors,
-        held: [String: HeldCapacity],
+    /// `candidates`: the region's hypervisors, each with what is held on it and whether it hosts the customer.
+    package static func best<Candidates: Sequence>(
+        candidates: Candidates,
         request: Scheduler_V2_PlaceRequest,
-        policy: PlacementPolicy,
-        hostsCustomer: (Scheduler_V2_HypervisorState) -> Bool
-    ) -> (id: String, score: Double)? where Hypervisors.Element == Scheduler_V2_HypervisorState {
+        policy: PlacementPolicy
+    ) -> (id: String, score: Double, hostsCustomer: Bool)?
+    where Candidates.Element == (Scheduler_V2_HypervisorState, HeldCapacity, Bool) {
         let size = request.size ?? Scheduler_V2_Size()
-        let empty = HeldCapacity()
-        var best: (id: String, score: Double)?
-        for hypervisor in hypervisors where hypervisor.region == request.region {
-            let holds = held[hypervisor.id] ?? empty
-            let hosts = hostsCustomer(hypervisor) || holds.customers[request.customer, default: 0] > 0
-            guard case .candidate(let score, _) = assess(hypervisor, held: holds, size: size, hostsCustomer: hosts, policy: policy) else { continue }
+        var best: (id: String, score: Double, hostsCustomer: Bool)?
+        for (hypervisor, held, hosts) in candidates where hypervisor.region == request.region {
+            guard case .candidate(let score, _) = assess(hypervisor, held: held, size: size, hostsCustomer: hosts, policy: policy) else { continue }
             if let current = best, current.score > score || (current.score == score && current.id < hypervisor.id) { continue }
-            best = (hypervisor.id, score)
+            best = (hypervisor.id, score, hosts)
         }
         return best
     }

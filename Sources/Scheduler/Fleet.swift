@@ -19,8 +19,21 @@ package final class Fleet: Sendable {
     /// and what reservations hold on it — together, so a placement reads each hypervisor with no lookups.
     private struct Entry {
         var state: Scheduler_V2_HypervisorState
+        var summary: HypervisorSummary
         var customers: Set<String>
         var held = HeldCapacity()
+
+        init(_ state: Scheduler_V2_HypervisorState, policy: PlacementPolicy, held: HeldCapacity = HeldCapacity()) {
+            self.state = state
+            summary = HypervisorSummary(state, policy: policy)
+            customers = Set(state.customers)
+            self.held = held
+        }
+
+        mutating func markUnresponsive(policy: PlacementPolicy) {
+            state.unresponsive = true
+            summary.unresponsive = true
+        }
     }
 
     private struct State {
@@ -40,18 +53,14 @@ package final class Fleet: Sendable {
 
         mutating func update(_ id: String, _ body: (inout Entry) -> Void) {
             guard let region = regionOf[id] else { return }
-            body(&regions[region, default: [:]][id, default: Entry(state: .init(), customers: [])])
+            regions[region]?[id].modifyInPlace(body)
         }
 
-        mutating func record(_ hypervisor: Scheduler_V2_HypervisorState) {
-            if let previous = regionOf[hypervisor.id], previous != hypervisor.region {
-                // Moved region (reconfigured): its holds go with it.
-                let held = regions[previous]?.removeValue(forKey: hypervisor.id)?.held ?? HeldCapacity()
-                regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(state: hypervisor, customers: Set(hypervisor.customers), held: held)
-            } else {
-                let held = regions[hypervisor.region]?[hypervisor.id]?.held ?? HeldCapacity()
-                regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(state: hypervisor, customers: Set(hypervisor.customers), held: held)
-            }
+        mutating func record(_ hypervisor: Scheduler_V2_HypervisorState, policy: PlacementPolicy) {
+            // A hypervisor that moved region (reconfigured) takes its holds with it.
+            let previous = regionOf[hypervisor.id] ?? hypervisor.region
+            let held = regions[previous]?.removeValue(forKey: hypervisor.id)?.held ?? HeldCapacity()
+            regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(hypervisor, policy: policy, held: held)
             regionOf[hypervisor.id] = hypervisor.region
         }
 
@@ -100,7 +109,7 @@ package final class Fleet: Sendable {
         state.withLock { state in
             var hosted: [String: Set<Int64>] = [:]
             for hypervisor in hypervisors where !hypervisor.id.isEmpty {
-                state.record(hypervisor)
+                state.record(hypervisor, policy: policy)
                 if !hypervisor.dropletIds.isEmpty { hosted[hypervisor.id] = Set(hypervisor.dropletIds) }
             }
             // A droplet the hypervisor now reports is in its usage: its reservation has done its job.
@@ -116,7 +125,7 @@ package final class Fleet: Sendable {
 
     package func markUnresponsive(_ ids: [String]) {
         state.withLock { state in
-            for id in ids { state.update(id) { $0.state.unresponsive = true } }
+            for id in ids { state.update(id) { $0.markUnresponsive(policy: policy) } }
         }
     }
 
@@ -143,11 +152,12 @@ package final class Fleet: Sendable {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
             let customer = request.customer
+            let region = state.regions[request.region] ?? [:]
             let best = PlacementRules.best(
-                candidates: (state.regions[request.region] ?? [:]).values.lazy.map { entry in
-                    (entry.state, entry.held, entry.customers.contains(customer) || entry.held.customers[customer, default: 0] > 0)
-                },
-                request: request, policy: policy
+                candidates: region.values.lazy.map { ($0.summary, $0.held) }, request: request, policy: policy,
+                hostsCustomer: { hypervisor, held in
+                    held.customers[customer, default: 0] > 0 || region[hypervisor.id]?.customers.contains(customer) == true
+                }
             )
             guard let best else {
                 // Nothing fits: the full report says why, hypervisor by hypervisor.
@@ -181,4 +191,15 @@ package final class Fleet: Sendable {
     }
 
     package var reservationCount: Int { state.withLock { $0.reservations.count } }
+}
+
+extension Optional {
+    /// Runs `body` on the wrapped value in place: the optional lets go of it first, so the value is uniquely
+    /// referenced and its collections are not copied on write.
+    fileprivate mutating func modifyInPlace(_ body: (inout Wrapped) -> Void) {
+        guard case .some(var value) = self else { return }
+        self = nil
+        body(&value)
+        self = value
+    }
 }

@@ -115,8 +115,8 @@ package enum PlacementRules {
     /// The rules for one hypervisor. `hostsCustomer`: it already hosts (or is about to host) one of the customer's
     /// droplets.
     @inline(__always)
-    package static func assess(
-        _ hypervisor: Scheduler_V2_HypervisorState,
+    package static func assess<Hypervisor: HypervisorFacts>(
+        _ hypervisor: Hypervisor,
         held: HeldCapacity,
         size: Scheduler_V2_Size,
         hostsCustomer: Bool,
@@ -142,7 +142,7 @@ package enum PlacementRules {
         if hypervisor.unresponsive {
             return .skip(.unresponsive, transient: true)
         }
-        if !hypervisor.inFlight.isEmpty, let busy = hypervisor.inFlight.first(where: { policy.busyOperations.contains($0) }) {
+        if let busy = hypervisor.busyOperation(policy) {
             return .skip(.busy(busy), transient: true)
         }
         // Capacity, counting what other placements hold. Room taken by holds comes back within seconds (a hold ends
@@ -179,17 +179,22 @@ package enum PlacementRules {
 
     /// The best candidate only, with no report: what a placement needs when one fits (the usual case). Same rules
     /// and the same order as `report` (highest score, ties to the lowest id), without a message per hypervisor.
-    /// `candidates`: the region's hypervisors, each with what is held on it and whether it hosts the customer.
-    package static func best<Candidates: Sequence>(
+    /// `candidates`: the region's hypervisors with what is held on each. `hostsCustomer` is asked only of a
+    /// hypervisor that could still win: hosting the customer only lowers a score.
+    package static func best<Candidates: Sequence, Hypervisor: HypervisorFacts>(
         candidates: Candidates,
         request: Scheduler_V2_PlaceRequest,
-        policy: PlacementPolicy
+        policy: PlacementPolicy,
+        hostsCustomer: (Hypervisor, HeldCapacity) -> Bool
     ) -> (id: String, score: Double, hostsCustomer: Bool)?
-    where Candidates.Element == (Scheduler_V2_HypervisorState, HeldCapacity, Bool) {
+    where Candidates.Element == (Hypervisor, HeldCapacity) {
         let size = request.size ?? Scheduler_V2_Size()
         var best: (id: String, score: Double, hostsCustomer: Bool)?
-        for (hypervisor, held, hosts) in candidates where hypervisor.region == request.region {
-            guard case .candidate(let score, _) = assess(hypervisor, held: held, size: size, hostsCustomer: hosts, policy: policy) else { continue }
+        for (hypervisor, held) in candidates {
+            guard case .candidate(let ceiling, _) = assess(hypervisor, held: held, size: size, hostsCustomer: false, policy: policy) else { continue }
+            if let current = best, current.score > ceiling || (current.score == ceiling && current.id < hypervisor.id) { continue }
+            let hosts = hostsCustomer(hypervisor, held)
+            let score = hosts ? ceiling - policy.sameCustomerPenalty : ceiling
             if let current = best, current.score > score || (current.score == score && current.id < hypervisor.id) { continue }
             best = (hypervisor.id, score, hosts)
         }
@@ -238,4 +243,62 @@ package enum PlacementRules {
 
 extension UInt64 {
     fileprivate func subtractingClamped(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
+}
+
+/// What the rules read of a hypervisor: its reported state, or the compact summary a fleet keeps for placements.
+package protocol HypervisorFacts {
+    var id: String { get }
+    var cpus: UInt32 { get }
+    var memoryMb: UInt64 { get }
+    var diskGb: UInt64 { get }
+    var usedVcpus: UInt32 { get }
+    var usedMemoryMb: UInt64 { get }
+    var usedDiskGb: UInt64 { get }
+    var dropletCount: UInt32 { get }
+    var recentErrors: UInt32 { get }
+    var maintenance: String { get }
+    var unresponsive: Bool { get }
+    /// The first operation in flight that makes it busy under `policy`, if any.
+    func busyOperation(_ policy: PlacementPolicy) -> String?
+}
+
+extension Scheduler_V2_HypervisorState: HypervisorFacts {
+    package func busyOperation(_ policy: PlacementPolicy) -> String? {
+        inFlight.isEmpty ? nil : inFlight.first { policy.busyOperations.contains($0) }
+    }
+}
+
+/// A hypervisor's state without its lists: a plain value a placement can read hundreds of times without reference
+/// counting (the lists are what the rules need only as a yes or no, worked out once per report).
+package struct HypervisorSummary: HypervisorFacts, Sendable {
+    package var id: String
+    package var cpus: UInt32
+    package var memoryMb: UInt64
+    package var diskGb: UInt64
+    package var usedVcpus: UInt32
+    package var usedMemoryMb: UInt64
+    package var usedDiskGb: UInt64
+    package var dropletCount: UInt32
+    package var recentErrors: UInt32
+    package var maintenance: String
+    package var unresponsive: Bool
+    /// `busyOperation` for the policy it was made with.
+    package var busy: String?
+
+    package init(_ state: Scheduler_V2_HypervisorState, policy: PlacementPolicy) {
+        id = state.id
+        cpus = state.cpus
+        memoryMb = state.memoryMb
+        diskGb = state.diskGb
+        usedVcpus = state.usedVcpus
+        usedMemoryMb = state.usedMemoryMb
+        usedDiskGb = state.usedDiskGb
+        dropletCount = state.dropletCount
+        recentErrors = state.recentErrors
+        maintenance = state.maintenance
+        unresponsive = state.unresponsive
+        busy = state.busyOperation(policy)
+    }
+
+    package func busyOperation(_ policy: PlacementPolicy) -> String? { busy }
 }

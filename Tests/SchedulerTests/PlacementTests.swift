@@ -257,11 +257,11 @@ struct FastPathTests {
             }
             let request = place(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)")
             let report = PlacementRules.report(hypervisors: fleet, held: held, request: request, policy: PlacementPolicy())
-            let candidates = fleet.map { subject in
-                let holds = held[subject.id] ?? HeldCapacity()
-                return (subject, holds, subject.customers.contains(request.customer) || holds.customers[request.customer, default: 0] > 0)
+            // The fleet hands best() the request's region only.
+            let candidates = fleet.filter { $0.region == request.region }.map { ($0, held[$0.id] ?? HeldCapacity()) }
+            let best = PlacementRules.best(candidates: candidates, request: request, policy: PlacementPolicy()) { subject, holds in
+                subject.customers.contains(request.customer) || holds.customers[request.customer, default: 0] > 0
             }
-            let best = PlacementRules.best(candidates: candidates, request: request, policy: PlacementPolicy())
             #expect(best?.id ?? "" == report.hypervisorId)
             #expect(best?.score == report.ranking.first?.score)
         }

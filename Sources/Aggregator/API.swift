@@ -376,11 +376,16 @@ package struct API: Sendable {
         return ip
     }
 
-    /// The IP with its droplet, as the public API embeds it.
+    /// The IP with its droplet, as the public API embeds it. A failure to fetch the droplet fails the request (an
+    /// assigned IP must not look unassigned because Harpoon was slow); only a droplet that is gone shows as `null`.
     func renderIP(_ ip: Reservedip_V1_ReservedIP, customer: String) async throws -> JSON {
         guard ip.dropletId != 0 else { return render.reservedIP(ip, droplet: nil) }
-        let droplet = try? await droplet(ip.dropletId, customer: customer)
-        return render.reservedIP(ip, droplet: droplet)
+        do {
+            return render.reservedIP(ip, droplet: try await droplet(ip.dropletId, customer: customer))
+        } catch let error as RPCError where error.code == .notFound {
+            // The droplet was just destroyed; the orchestrator drops the IP from it as soon as it hears.
+            return render.reservedIP(ip, droplet: nil)
+        }
     }
 
     func listIPs(_ request: Request, _ context: APIContext, legacy: Bool) async throws -> Response {

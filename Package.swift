@@ -119,7 +119,7 @@ let package = Package(
         // make bench-pipeline: the pipeline as processes under concurrent creations.
         .executableTarget(
             name: "pipeline-bench",
-            dependencies: ["HarpoonAPI", "EventRouterAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["HarpoonAPI", "EventRouterAPI", "ChildProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/PipelineBench",
             swiftSettings: strictSettings
         ),
@@ -170,9 +170,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // make run: the whole cluster on 127.0.0.1, supervised; the API integration tests start it too.
+        // Executables run as supervised child processes: the launcher, pipeline-bench and the multi-process tests.
+        .target(name: "ChildProcess", swiftSettings: strictSettings),
         .executableTarget(
             name: "shoal-local",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChildProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/Launcher",
             swiftSettings: strictSettings
         ),
@@ -257,9 +259,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI", "TestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "HarpoonAPI", "TestSupport", "ChildProcess",
             ],
             swiftSettings: strictSettings
         ),

@@ -4,6 +4,7 @@
 // SIGTERM. The API integration tests start the cluster through it too.
 import ArgumentParser
 import Dispatch
+import ChildProcess
 import Foundation
 import Synchronization
 
@@ -11,16 +12,17 @@ import Synchronization
 /// children too, and their exits must not look like crashes).
 let shuttingDown = Mutex(false)
 
-/// A supervised child process: its output goes to a log file and is watched for the readiness line.
+/// A supervised service: a child process restarted (with backoff) when it dies, its output in a log file, its pid in
+/// a pid file.
 final class Service: Sendable {
     let name: String
-    let path: String
-    let arguments: [String]
     let ready: String
-    let logURL: URL
     /// `<data>/run/<name>.pid`: the live process, rewritten on every (re)start, for operators and tests.
     let pidURL: URL
-    private let state = Mutex<(process: Process?, output: String, stopping: Bool, restarts: Int)>((nil, "", false, 0))
+    private let path: String
+    private let arguments: [String]
+    private let logURL: URL
+    private let state = Mutex<(child: ChildProcess?, stopping: Bool, restarts: Int)>((nil, false, 0))
     private let onRestart: @Sendable (Service, Int32) -> Void
 
     init(
@@ -28,109 +30,57 @@ final class Service: Sendable {
         onRestart: @escaping @Sendable (Service, Int32) -> Void
     ) {
         self.name = name
-        self.path = path
-        self.arguments = arguments
         self.ready = ready
-        self.logURL = logURL
         self.pidURL = pidURL
         self.onRestart = onRestart
+        self.path = path
+        self.arguments = arguments
+        self.logURL = logURL
     }
 
-    var pid: Int32 { state.withLock { $0.process?.processIdentifier ?? 0 } }
+    var pid: Int32 { state.withLock { $0.child?.pid ?? 0 } }
 
     func start() throws {
-        if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
-        let log = try FileHandle(forWritingTo: logURL)
-        _ = try? log.seekToEnd()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard !data.isEmpty else {
-                handle.readabilityHandler = nil
-                return
-            }
-            log.write(data)
-            self?.state.withLock { state in
-                state.output += String(decoding: data, as: UTF8.self)
-                if state.output.count > 65_536 { state.output = String(state.output.suffix(16_384)) }
+        let child = ChildProcess(path: path, arguments: arguments, log: logURL, outputLimit: 65_536)
+        state.withLock { $0.child = child }
+        try child.start { [weak self] status in self?.exited(child, status: status) }
+        try Data("\(child.pid)\n".utf8).write(to: pidURL, options: .atomic)
+    }
+
+    private func exited(_ child: ChildProcess, status: Int32) {
+        let restart = state.withLock { state -> Int? in
+            guard !state.stopping, !shuttingDown.withLock({ $0 }), state.child === child else { return nil }
+            state.restarts += 1
+            return state.restarts
+        }
+        guard let restart else { return }
+        // Back off a little more each time a service dies, up to 5 s.
+        let delay = min(5.0, 0.2 * pow(2, Double(min(restart - 1, 5))))
+        DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
+            guard !self.state.withLock({ $0.stopping }), !shuttingDown.withLock({ $0 }) else { return }
+            do {
+                try self.start()
+                self.onRestart(self, status)
+            } catch {
+                FileHandle.standardError.write(Data("shoal-local: cannot restart \(self.name): \(error)\n".utf8))
             }
         }
-        process.terminationHandler = { [weak self] finished in
-            guard let self else { return }
-            let restart = self.state.withLock { state -> Int? in
-                guard !state.stopping, !shuttingDown.withLock({ $0 }), state.process === finished else { return nil }
-                state.restarts += 1
-                state.output = ""
-                return state.restarts
-            }
-            guard let restart else { return }
-            // Back off a little more each time a service dies, up to 5 s.
-            let delay = min(5.0, 0.2 * pow(2, Double(min(restart - 1, 5))))
-            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
-                guard !self.state.withLock({ $0.stopping }), !shuttingDown.withLock({ $0 }) else { return }
-                do {
-                    try self.start()
-                    self.onRestart(self, finished.terminationStatus)
-                } catch {
-                    FileHandle.standardError.write(Data("shoal-local: cannot restart \(self.name): \(error)\n".utf8))
-                }
-            }
-        }
-        try process.run()
-        state.withLock { $0.process = process }
-        try Data("\(process.processIdentifier)\n".utf8).write(to: pidURL, options: .atomic)
     }
 
     /// Waits for the readiness line; returns it.
     func waitUntilReady(timeout: Duration = .seconds(60)) async throws -> String {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            let (output, running) = state.withLock { ($0.output, $0.process?.isRunning ?? false) }
-            if let line = output.split(separator: "\n").first(where: { $0.contains(ready) }) { return String(line) }
-            if !running, state.withLock({ $0.process != nil }) {
-                try await Task.sleep(for: .milliseconds(50))
-                if !(state.withLock { $0.process?.isRunning ?? false }) {
-                    throw ValidationError("\(name) exited before it was ready; its log (\(logURL.path)) ends:\n\(output.suffix(2000))")
-                }
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        throw ValidationError("\(name) was not ready within \(timeout); its log: \(logURL.path)")
+        guard let child = state.withLock({ $0.child }) else { throw ValidationError("\(name) was not started") }
+        return try await child.waitFor(ready, timeout: timeout)
     }
 
     func stop() {
-        guard let process = state.withLock({ state -> Process? in
+        let child = state.withLock { state -> ChildProcess? in
             state.stopping = true
-            return state.process
-        }), process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        for _ in 0..<1000 where process.isRunning { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+            return state.child
+        }
+        child?.stop()
         try? FileManager.default.removeItem(at: pidURL)
     }
-}
-
-/// A free TCP port on 127.0.0.1, from the kernel.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw ValidationError("cannot open a socket") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw ValidationError("cannot find a free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 func say(_ line: String) {
@@ -175,10 +125,10 @@ struct Launcher: AsyncParsableCommand {
         }
         guard !regions.isEmpty else { throw ValidationError("give at least one --region") }
 
-        let schedulerPort = try freePort(), harpoonPort = try freePort(), reservedIPPort = try freePort()
+        let schedulerPort = try freeLoopbackPort(), harpoonPort = try freeLoopbackPort(), reservedIPPort = try freeLoopbackPort()
         var routerPorts: [String: Int] = [:]
-        for region in regions { routerPorts[region.slug] = try freePort() }
-        let apiPort = self.apiPort == 0 ? try freePort() : self.apiPort
+        for region in regions { routerPorts[region.slug] = try freeLoopbackPort() }
+        let apiPort = self.apiPort == 0 ? try freeLoopbackPort() : self.apiPort
         func local(_ port: Int) -> String { "127.0.0.1:\(port)" }
 
         var services: [Service] = []

@@ -4,45 +4,11 @@
 //
 // usage: pipeline-bench [--agents N] [--seconds S] [--concurrency C] [--bin DIR]
 import ArgumentParser
+import ChildProcess
 import Foundation
 import EventRouterAPI
 import HarpoonAPI
 import Synchronization
-
-final class Child: Sendable {
-    let process = Mutex<Process?>(nil)
-    let output = Mutex("")
-
-    func start(_ path: String, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            if !data.isEmpty { self?.output.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-        }
-        try process.run()
-        self.process.withLock { $0 = process }
-    }
-
-    func waitFor(_ text: String) async throws {
-        for _ in 0..<3000 {
-            if output.withLock({ $0.contains(text) }) { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        throw ValidationError("a child did not print '\(text)': \(output.withLock { $0 })")
-    }
-
-    func stop() {
-        guard let process = process.withLock({ $0 }), process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        for _ in 0..<300 where process.isRunning { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-    }
-}
 
 /// Request times and completion latencies, shared by the load tasks and the watcher.
 final class Recorder: Sendable {
@@ -102,12 +68,12 @@ struct PipelineBench: AsyncParsableCommand {
         let regions = ["nyc1", "sfo3"]
         let schedulerPort = basePort, harpoonPort = basePort + 1
         let routerPorts = [regions[0]: basePort + 2, regions[1]: basePort + 3]
-        var children: [Child] = []
-        defer { for child in children.reversed() { child.stop() } }
+        var children: [ChildProcess] = []
+        defer { for child in children.reversed() { child.stop(grace: .seconds(3)) } }
         func launch(_ name: String, _ arguments: [String], ready: String) async throws {
-            let child = Child()
+            let child = ChildProcess(path: "\(bin)/\(name)", arguments: arguments)
             children.append(child)
-            try child.start("\(bin)/\(name)", arguments)
+            try child.start()
             try await child.waitFor(ready)
         }
         try await launch("scheduler", ["--port", "\(schedulerPort)"], ready: "ready on")

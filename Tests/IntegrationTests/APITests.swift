@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Testing
 
@@ -31,7 +32,7 @@ struct APITests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.python), "no Python venv with pydo: run `make interop-deps` (make test does)")
         let data = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-api-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: data) }
-        let launcher = ManagedProcess("shoal-local", "shoal-local", [
+        let launcher = ChildProcess(path: built("shoal-local"), arguments: [
             "--data-dir", data.path, "--api-port", "0", "--agents-per-region", "3", "--event-milliseconds", "100",
             "--token", "alice-token=alice", "--token-limit", "carol-token=1000/5",
             "--requests-per-hour", "1000000", "--burst-per-minute", "100000",
@@ -43,12 +44,22 @@ struct APITests {
             launcher.output.split(separator: "\n").first { $0.hasPrefix("API: ") }.map { String($0.dropFirst("API: ".count)) },
             "the launcher printed no API line"
         )
-        let tests = ManagedProcess("pytest-\(name)", Self.python, [
-            "-m", "unittest", "-v", "Tests.APITests.test_api.\(name)",
-        ], environment: ["SHOAL_API": api, "SHOAL_DATA": data.path, "PYTHONDONTWRITEBYTECODE": "1"])
-        try tests.start(absolute: true, in: Self.root)
+        let tests = ChildProcess(
+            path: Self.python, arguments: ["-m", "unittest", "-v", "Tests.APITests.test_api.\(name)"],
+            environment: ["SHOAL_API": api, "SHOAL_DATA": data.path, "PYTHONDONTWRITEBYTECODE": "1"], directory: Self.root
+        )
+        try tests.start()
         let status = await tests.wait(timeout: .seconds(300))
         #expect(status == 0, "\(name) failed:\n\(tests.output)\n--- launcher ---\n\(launcher.output)")
         #expect(tests.output.contains("\nOK"), "\(tests.output)")
+        // SIGTERM stops the whole cluster: every service the launcher ran is gone once it has exited.
+        let run = data.appendingPathComponent("run")
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: run.path)) ?? []).compactMap { file in
+            (try? String(contentsOf: run.appendingPathComponent(file), encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        #expect(pids.count == 8, "scheduler, Harpoon, two routers, the orchestrator, two fleets, the aggregator: \(pids)")
+        launcher.stop()
+        #expect(launcher.output.contains("\nstopped"), "\(launcher.output.suffix(500))")
+        for pid in pids { #expect(kill(pid, 0) != 0, "service pid \(pid) outlived the launcher") }
     }
 }

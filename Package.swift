@@ -93,9 +93,11 @@ let package = Package(
         ),
         .target(
             name: "Harpoon",
-            dependencies: ["HarpoonAPI", "EventRouterAPI", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["HarpoonAPI", "EventRouterAPI", "SQLiteSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strictSettings
         ),
+        // What the SQLite stores share: opening a service's database, point reads.
+        .target(name: "SQLiteSupport", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
         .target(name: "ServiceRuntime", dependencies: ["ShoalRPC"], swiftSettings: strictSettings),
         .executableTarget(
@@ -141,7 +143,7 @@ let package = Package(
         ),
         .target(
             name: "ReservedIP",
-            dependencies: ["ReservedIPAPI", "HarpoonAPI", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["ReservedIPAPI", "HarpoonAPI", "SQLiteSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strictSettings
         ),
         .executableTarget(

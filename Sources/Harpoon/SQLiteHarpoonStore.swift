@@ -1,30 +1,24 @@
 internal import Foundation
 internal import GRDB
+internal import SQLiteSupport
 package import HarpoonAPI
 
 /// The events database in one SQLite file, in WAL mode, through a small pool: one writer and a few readers.
 ///
 /// The connection count is fixed by configuration; it does not grow with the fleet.
 package final class SQLiteHarpoonStore: HarpoonStore {
+    private let database: SQLiteDatabase
     private let pool: DatabasePool
     private let writer: WriteCoalescer
-    private let readers: Int
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     package init(path: String, readers: Int = 4) throws {
-        var configuration = Configuration()
-        configuration.maximumReaderCount = readers
-        configuration.busyMode = .timeout(10)
-        configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")  // WAL: durable at checkpoints, safe on crash
-        }
-        pool = try DatabasePool(path: path, configuration: configuration)
-        self.readers = readers
-        try Self.migrator.migrate(pool)
+        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
+        pool = database.pool
         writer = WriteCoalescer(pool: pool)
     }
 
-    package var connectionCount: Int { 1 + readers }
+    package var connectionCount: Int { database.connectionCount }
 
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -193,16 +187,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    /// A point read on the caller's thread: a WAL reader never waits for the writer, and one indexed row costs less
-    /// than the two thread hops of an asynchronous read (this is the hot path of the customer API's GETs). Only for a
-    /// single statement, which SQLite runs atomically on its own: it skips the BEGIN/COMMIT of an isolated read,
-    /// which cost twice the SELECT itself.
-    private func readNow<T>(_ body: (Database) throws -> T) throws -> T {
-        try pool.unsafeRead(body)
-    }
-
     package func droplet(id: Int64) async throws -> Harpoon_V1_Droplet? {
-        try readNow { db in try Self.fetchDroplet(db, id: id) }
+        try database.readNow { db in try Self.fetchDroplet(db, id: id) }
     }
 
     package func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet> {
@@ -260,7 +246,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     }
 
     package func event(id: Int64) async throws -> Harpoon_V1_Event? {
-        try readNow { db in try Self.fetchEvent(db, id: id) }
+        try database.readNow { db in try Self.fetchEvent(db, id: id) }
     }
 
     package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {

@@ -1,5 +1,6 @@
 internal import Foundation
 internal import GRDB
+internal import SQLiteSupport
 package import ReservedIPAPI
 
 /// One step of an action: a Harpoon event on a droplet's hypervisor.
@@ -49,22 +50,17 @@ package enum Refusal {
 /// Every transition is one transaction, and writes are serialised, so two requests racing for one IP or one droplet
 /// cannot both pass the checks: the second sees the first's lock.
 package final class ReservedIPStore: Sendable {
+    private let database: SQLiteDatabase
     private let pool: DatabasePool
-    private let readers: Int
     package let pools: AddressPools
 
     package init(path: String, pools: AddressPools, readers: Int = 2) throws {
-        var configuration = Configuration()
-        configuration.maximumReaderCount = readers
-        configuration.busyMode = .timeout(10)
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
-        pool = try DatabasePool(path: path, configuration: configuration)
-        self.readers = readers
+        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
+        pool = database.pool
         self.pools = pools
-        try Self.migrator.migrate(pool)
     }
 
-    package var connectionCount: Int { 1 + readers }
+    package var connectionCount: Int { database.connectionCount }
 
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -422,16 +418,8 @@ package final class ReservedIPStore: Sendable {
 
     // MARK: Reads
 
-    /// A point read on the caller's thread: a WAL reader never waits for the writer, and one indexed row costs less
-    /// than the two thread hops of an asynchronous read (this is the hot path of the customer API's GETs). Only for a
-    /// single statement, which SQLite runs atomically on its own: it skips the BEGIN/COMMIT of an isolated read,
-    /// which cost twice the SELECT itself.
-    private func readNow<T>(_ body: (Database) throws -> T) throws -> T {
-        try pool.unsafeRead(body)
-    }
-
     package func reservedIP(_ ip: String, customer: String) async throws -> Reservedip_V1_ReservedIP? {
-        try readNow { db in try Self.fetchIP(db, ip, customer: customer) }
+        try database.readNow { db in try Self.fetchIP(db, ip, customer: customer) }
     }
 
     package func reservedIPs(customer: String, limit: Int, offset: Int) async throws -> (items: [Reservedip_V1_ReservedIP], total: Int) {
@@ -446,7 +434,7 @@ package final class ReservedIPStore: Sendable {
     }
 
     package func action(id: Int64, customer: String) async throws -> ActionState? {
-        try readNow { db in try Self.fetchAction(db, id: id).flatMap { $0.action.customer == customer ? $0 : nil } }
+        try database.readNow { db in try Self.fetchAction(db, id: id).flatMap { $0.action.customer == customer ? $0 : nil } }
     }
 
     /// The action if it belongs to the address's current reservation (the per-IP actions path).
@@ -482,6 +470,14 @@ package final class ReservedIPStore: Sendable {
                 db.cachedStatement(sql: "SELECT \(Self.actionColumns) FROM actions WHERE status = ? ORDER BY id"),
                 arguments: [Reservedip_V1_Action.Status.inProgress.rawValue]
             ).map(Self.actionState)
+        }
+    }
+
+    package func actionsInProgressCount() async throws -> Int {
+        try await pool.read { db in
+            try Int.fetchOne(
+                db.cachedStatement(sql: "SELECT COUNT(*) FROM actions WHERE status = ?"), arguments: [Reservedip_V1_Action.Status.inProgress.rawValue]
+            ) ?? 0
         }
     }
 

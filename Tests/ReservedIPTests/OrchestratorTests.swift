@@ -168,6 +168,8 @@ struct OrchestratorTests {
             #expect(action.type == "assign_ip" && action.status == .inProgress && action.dropletId == droplet)
             #expect(try await orchestrator.ip(ip).locked)
             #expect(try await orchestrator.ip(ip).dropletId == 0)  // not before the action completes
+            let during = try await orchestrator.api.stats(.init())
+            #expect(during.actionsInProgress == 1 && during.databaseConnections == 3)
             // One action at a time, on the IP and on the droplet.
             let busyIP = await refusal { try await orchestrator.api.assign(.init(customer: "alice", ip: ip, dropletId: other)) }
             #expect(busyIP?.code == .failedPrecondition && busyIP?.message == "The reserved IP already has a pending event.")
@@ -183,6 +185,7 @@ struct OrchestratorTests {
             #expect(assigned.dropletId == droplet && !assigned.locked)
             #expect(try await bench.pendingIPEvents().isEmpty)
             #expect(try await orchestrator.store.billing(customer: "alice").map(\.kind) == ["reserve", "reserve", "assign"])
+            #expect(try await orchestrator.api.stats(.init()).actionsInProgress == 0)
             // A droplet holds one reserved IP.
             let twice = await refusal { try await orchestrator.api.assign(.init(customer: "alice", ip: second, dropletId: droplet)) }
             #expect(twice?.code == .failedPrecondition && twice?.message.contains("already has reserved IP \(ip)") == true)

@@ -122,9 +122,8 @@ package struct API: Sendable {
     /// `links` and `meta` of a collection, with absolute URLs on the host the client called.
     static func collection(_ key: String, _ items: [JSON], total: Int, paging: Paging, request: Request) -> JSON {
         let last = max(1, (total + paging.perPage - 1) / paging.perPage)
-        let host = request.head.authority ?? "127.0.0.1"
         let path = request.uri.path.hasSuffix("/") && request.uri.path.count > 1 ? String(request.uri.path.dropLast()) : request.uri.path
-        func url(_ page: Int) -> JSON { .string("http://\(host)\(path)?page=\(page)&per_page=\(paging.perPage)") }
+        func url(_ page: Int) -> JSON { .string(href(request, "\(path)?page=\(page)&per_page=\(paging.perPage)")) }
         var pages: [(String, JSON)] = []
         if paging.page > 1 {
             pages.append(("first", url(1)))
@@ -210,14 +209,15 @@ package struct API: Sendable {
             )
             droplets.append(render.droplet(created.droplet ?? Harpoon_V1_Droplet()))
             let actionId = ActionID.public(eventId: created.event?.id ?? 0)
-            actions.append(.object([("id", .int(actionId)), ("rel", .string("create")), ("href", .string(href(request, "/v2/actions/\(actionId)")))]))
+            actions.append(.object([("id", .int(actionId)), ("rel", .string("create")), ("href", .string(Self.href(request, "/v2/actions/\(actionId)")))]))
         }
         let links = JSON.object([("actions", .array(actions))])
         if many { return Self.json(.object([("droplets", .array(droplets)), ("links", links)]), status: .accepted) }
         return Self.json(.object([("droplet", droplets.first ?? .null), ("links", links)]), status: .accepted)
     }
 
-    func href(_ request: Request, _ path: String) -> String {
+    /// An absolute URL on the host the client called (python-digitalocean follows links verbatim).
+    static func href(_ request: Request, _ path: String) -> String {
         "http://\(request.head.authority ?? "127.0.0.1")\(path)"
     }
 
@@ -335,32 +335,32 @@ package struct API: Sendable {
     }
 
     func collectEvents(customer: String, count: Int) async throws -> ([Harpoon_V1_Event], Int) {
-        var events: [Harpoon_V1_Event] = []
-        var total = 0
-        repeat {
+        try await Self.collect(count: count) { offset in
             let page = try await harpoon.listEvents(
-                Harpoon_V1_ListEventsRequest(customer: customer, pageSize: 200, offset: UInt32(events.count), types: Self.shownDropletEventTypes),
-                options: Self.call
+                Harpoon_V1_ListEventsRequest(customer: customer, pageSize: 200, offset: offset, types: Self.shownDropletEventTypes), options: Self.call
             )
-            total = Int(page.total)
-            events += page.events
-            if page.events.isEmpty { break }
-        } while events.count < min(count, total)
-        return (events, total)
+            return (page.events, Int(page.total))
+        }
     }
 
     func collectIPActions(customer: String, count: Int) async throws -> ([Reservedip_V1_Action], Int) {
-        var actions: [Reservedip_V1_Action] = []
+        try await Self.collect(count: count) { offset in
+            let page = try await reservedIPs.listActions(Reservedip_V1_ListActionsRequest(customer: customer, pageSize: 200, offset: offset), options: Self.call)
+            return (page.actions, Int(page.total))
+        }
+    }
+
+    /// The first `count` items of a paginated source (fewer if it has fewer), and its total.
+    static func collect<Item>(count: Int, page: (_ offset: UInt32) async throws -> ([Item], Int)) async throws -> ([Item], Int) {
+        var items: [Item] = []
         var total = 0
         repeat {
-            let page = try await reservedIPs.listActions(
-                Reservedip_V1_ListActionsRequest(customer: customer, pageSize: 200, offset: UInt32(actions.count)), options: Self.call
-            )
-            total = Int(page.total)
-            actions += page.actions
-            if page.actions.isEmpty { break }
-        } while actions.count < min(count, total)
-        return (actions, total)
+            let (more, all) = try await page(UInt32(clamping: items.count))
+            total = all
+            items += more
+            if more.isEmpty { break }
+        } while items.count < min(count, total)
+        return (items, total)
     }
 
     // MARK: Reserved IPs
@@ -440,8 +440,8 @@ package struct API: Sendable {
         if let action = reserved.action {
             let actionId = ActionID.public(reservedIPActionId: action.id)
             links = [
-                ("droplets", .array([.object([("id", .int(action.dropletId)), ("rel", .string("droplet")), ("href", .string(href(request, "/v2/droplets/\(action.dropletId)")))])])),
-                ("actions", .array([.object([("id", .int(actionId)), ("rel", .string("assign_ip")), ("href", .string(href(request, "/v2/actions/\(actionId)")))])])),
+                ("droplets", .array([.object([("id", .int(action.dropletId)), ("rel", .string("droplet")), ("href", .string(Self.href(request, "/v2/droplets/\(action.dropletId)")))])])),
+                ("actions", .array([.object([("id", .int(actionId)), ("rel", .string("assign_ip")), ("href", .string(Self.href(request, "/v2/actions/\(actionId)")))])])),
             ]
         }
         return Self.json(.object([(Self.keys(legacy: legacy).one, render.reservedIP(ip, droplet: nil)), ("links", .object(links))]), status: .accepted)

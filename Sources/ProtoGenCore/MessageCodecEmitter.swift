@@ -86,7 +86,7 @@ public struct MessageCodecEmitter: SwiftEmitter {
                 w.line("case \(field.packedTag): try reader.readPacked(\(field.codec).self, into: &\(target))")
                 w.line("case \(field.tag): \(target).append(try \(field.codec).read(from: &reader))")
             } else {
-                w.line("case \(field.tag): \(target).append(try \(field.codec).read(from: &reader))")
+                w.line("case \(field.tag): try reader.readElement(\(field.codec).self, appendingTo: &\(target))")
             }
         case .singular, .optional:
             if field.isBoxed {

@@ -229,12 +229,24 @@ public struct WireReader {
     /// Reads an embedded message and appends it to a repeated field.
     @inlinable
     public mutating func readMessage<M: ProtoMessage>(appendingTo field: inout [M]) throws(ProtoDecodingError) {
+        // Elements of one repeated field usually stand together: count them first so the array is sized once.
+        if field.isEmpty { field.reserveCapacity(countContiguousEntries()) }
         var message = M()
         try readMessage(into: &message)
         field.append(message)
     }
 
     // MARK: - Repeated and map fields
+
+    /// Reads one element of a repeated `string` or `bytes` field (the tag was just read) and appends it to `field`.
+    @inlinable
+    public mutating func readElement<F: ProtoFieldCodec>(
+        _: F.Type,
+        appendingTo field: inout [F.Value]
+    ) throws(ProtoDecodingError) {
+        if field.isEmpty { field.reserveCapacity(countContiguousEntries()) }
+        field.append(try F.read(from: &self))
+    }
 
     /// Reads a packed run of scalars and appends them to `field`.
     @inlinable
@@ -249,12 +261,13 @@ public struct WireReader {
             let width = F.wireType == .fixed32 ? 4 : 8
             if MemoryLayout<F.Value>.size == width && MemoryLayout<F.Value>.stride == width {
                 let count = length / width
-                let old = field.count
-                field.append(contentsOf: repeatElement(F.defaultValue, count: count))
-                let source = position
-                field.withUnsafeMutableBytes { $0.baseAddress.map { ($0 + old * width).copyMemory(from: source, byteCount: count * width) } }
-                position += count * width
-                guard count * width == length else { throw error(.truncated) }
+                guard count * width == length else {
+                    position += count * width  // the error points at the partial element
+                    throw error(.truncated)
+                }
+                // Grow once, then one copy straight from the input into the array's new tail.
+                field.append(contentsOf: UnalignedRun<F.Value>(start: position, count: count))
+                position += length
                 return
             }
         }
@@ -314,11 +327,20 @@ public struct WireReader {
             guard let length = try? probe.readLength() else { return max(count, 1) }
             probe.position += length
             count += 1
-            guard probe.end - probe.position >= tagLength, memcmp(probe.position, tagStart, tagLength) == 0 else {
+            guard probe.end - probe.position >= tagLength, Self.bytesEqual(probe.position, tagStart, tagLength) else {
                 return count
             }
             probe.position += tagLength
         }
+    }
+
+    /// Whether two short byte ranges (a tag: 1 to 5 bytes) are equal, without calling `memcmp`.
+    @inlinable @inline(__always)
+    static func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
+        for i in 0..<count where a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self) {
+            return false
+        }
+        return true
     }
 
     // MARK: - Unknown fields
@@ -365,5 +387,63 @@ public struct WireReader {
             try skipField(tag: tag)
         }
         depthRemaining += 1
+    }
+}
+
+/// `count` fixed-width little-endian values stored back to back at `start`, with no alignment: a packed fixed32 or
+/// fixed64 run on a little-endian machine, whose bytes are already the in-memory layout of the values.
+///
+/// `Array.append(contentsOf:)` copies a sequence into the array's new tail through `_copyContents(initializing:)`;
+/// this one does it with one `memcpy`, so appending a run is one growth and one copy. (Building the array with
+/// `Array(unsafeUninitializedCapacity:)` or `Array(repeating:count:)` instead looked up generic metadata on every
+/// call, which cost more than the copy.) `Element` must be a trivial type of the run's width.
+@usableFromInline
+struct UnalignedRun<Element>: Sequence {
+    @usableFromInline let start: UnsafeRawPointer
+    @usableFromInline let count: Int
+
+    @inlinable
+    init(start: UnsafeRawPointer, count: Int) {
+        self.start = start
+        self.count = count
+    }
+
+    @usableFromInline
+    struct Iterator: IteratorProtocol {
+        @usableFromInline var position: UnsafeRawPointer
+        @usableFromInline var remaining: Int
+
+        @inlinable
+        init(position: UnsafeRawPointer, remaining: Int) {
+            self.position = position
+            self.remaining = remaining
+        }
+
+        @inlinable
+        mutating func next() -> Element? {
+            guard remaining > 0 else { return nil }
+            let value = position.loadUnaligned(as: Element.self)
+            position += MemoryLayout<Element>.stride
+            remaining -= 1
+            return value
+        }
+    }
+
+    @inlinable
+    var underestimatedCount: Int { count }
+
+    @inlinable
+    func makeIterator() -> Iterator { Iterator(position: start, remaining: count) }
+
+    @inlinable
+    func _copyContents(
+        initializing buffer: UnsafeMutableBufferPointer<Element>
+    ) -> (Iterator, UnsafeMutableBufferPointer<Element>.Index) {
+        let copied = Swift.min(count, buffer.count)
+        if copied > 0, let destination = buffer.baseAddress {
+            UnsafeMutableRawPointer(destination).copyMemory(from: start, byteCount: copied * MemoryLayout<Element>.stride)
+        }
+        let rest = Iterator(position: start + copied * MemoryLayout<Element>.stride, remaining: count - copied)
+        return (rest, copied)
     }
 }

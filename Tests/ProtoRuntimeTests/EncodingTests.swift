@@ -63,6 +63,28 @@ struct EncodingTests {
         #expect(try AllTypes(serializedBytes: [0xC8, 0x02, 0x01] + [0xCA, 0x02, 0x01, 0x02]).uInt32 == [1, 2])
     }
 
+    @Test("packed fixed-width runs at any alignment append to what came before, in order")
+    func fixedWidthRunsAppend() throws {
+        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
+        // One unpacked fixed32, then two packed runs of the same field: every run starts at an odd address offset.
+        let fixed: [UInt8] = [0xDD, 0x01] + le(UInt32(1)) + [0xDA, 0x01, 0x08] + le(UInt32(2)) + le(UInt32(0xFFFF_FFFF))
+            + [0xDA, 0x01, 0x04] + le(UInt32(4))
+        #expect(try AllTypes(serializedBytes: fixed).rFixed32 == [1, 2, 0xFFFF_FFFF, 4])
+        let doubles: [UInt8] = [0xAA, 0x01, 0x10] + le(1.5.bitPattern) + le((-2.25).bitPattern) + [0xA9, 0x01] + le(4.0.bitPattern)
+        #expect(try AllTypes(serializedBytes: [0x28, 0x01] + doubles).rDouble == [1.5, -2.25, 4.0])
+    }
+
+    @Test("repeated strings and messages, together or split by other fields, keep every element in order")
+    func repeatedElementsAppend() throws {
+        // r_string (29) three times, another field, r_string again; r_message (37) twice around it.
+        let strings: [UInt8] = [0xEA, 0x01, 0x01, 0x61, 0xEA, 0x01, 0x00, 0xEA, 0x01, 0x02, 0x62, 0x63]
+        let inner: [UInt8] = [0xAA, 0x02, 0x03, 0x12, 0x01, 0x78]
+        let bytes = strings + inner + [0x28, 0x01] + [0xEA, 0x01, 0x01, 0x64] + inner
+        let message = try AllTypes(serializedBytes: bytes)
+        #expect(message.rString == ["a", "", "bc", "d"])
+        #expect(message.rMessage.map(\.b) == ["x", "x"])
+    }
+
     @Test("the last occurrence of a singular scalar wins")
     func lastOneWins() throws {
         #expect(try AllTypes(serializedBytes: [0x28, 0x01, 0x28, 0x02]).fInt32 == 2)

@@ -54,4 +54,19 @@ struct WireFormatTests {
             assertDecodeFails(Conformance_V1_Inner.self, [0x12, UInt8(bytes.count)] + bytes, .invalidUTF8, path: ["b"])
         }
     }
+
+    @Test("the ASCII check sees a high byte at every position of strings of every length up to 40")
+    func asciiCheckCoversEveryByte() throws {
+        // The check reads whole words and overlapping tails: a byte it skipped would let a lone 0x80 through.
+        for length in 1...40 {
+            let ascii = (0..<length).map { UInt8(0x61 + $0 % 26) }
+            let message = try Conformance_V1_Inner(serializedBytes: [0x12, UInt8(length)] + ascii)
+            #expect(Array(message.b.utf8) == ascii)
+            for position in 0..<length {
+                var bytes = ascii
+                bytes[position] = 0x80  // a continuation byte with no lead: never valid
+                assertDecodeFails(Conformance_V1_Inner.self, [0x12, UInt8(length)] + bytes, .invalidUTF8, path: ["b"])
+            }
+        }
+    }
 }

@@ -99,7 +99,11 @@ let package = Package(
         // What the SQLite stores share: opening a service's database, point reads.
         .target(name: "SQLiteSupport", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
-        .target(name: "ServiceRuntime", dependencies: ["ShoalRPC"], swiftSettings: strictSettings),
+        .target(
+            name: "ServiceRuntime",
+            dependencies: ["ShoalRPC", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harpoon",
             dependencies: ["Harpoon", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -253,7 +257,7 @@ let package = Package(
             name: "HarpoonTests",
             dependencies: [
                 "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictSettings
         ),

@@ -253,25 +253,42 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
         return Eventrouter_V1_DeliverResponse(agentConnected: try router.deliver(event))
     }
 
+    package func deliverBatch(request: Eventrouter_V1_DeliverBatchRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverBatchResponse {
+        Eventrouter_V1_DeliverBatchResponse(outcomes: request.events.map { event in
+            do {
+                return Eventrouter_V1_DeliverOutcome(agentConnected: try router.deliver(event))
+            } catch {
+                let (code, message) = RPCError.batchedStatus(of: error)
+                return Eventrouter_V1_DeliverOutcome(errorCode: code, errorMessage: message)
+            }
+        })
+    }
+
     package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
         Eventrouter_V1_RouterStatsResponse(connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents))
     }
 }
 
-/// Outcomes to Harpoon over RPC.
+/// Outcomes to Harpoon over RPC: the reports that come in while a call is out go together in the next one.
 package struct HarpoonResultSink: ResultSink {
-    let harpoon: Harpoon_V1_Harpoon.Client
+    private let reports: CallBatcher<Harpoon_V1_ReportEventStatusRequest, Harpoon_V1_Event>
 
-    package init(client: RPCClient) { harpoon = Harpoon_V1_Harpoon.Client(client) }
+    package init(client: RPCClient) {
+        let harpoon = Harpoon_V1_Harpoon.Client(client)
+        reports = CallBatcher(
+            call: { batch in
+                try await harpoon.reportEventStatuses(.init(reports: batch), options: CallOptions(timeout: .seconds(5))).outcomes
+            },
+            status: { ($0.errorCode, $0.errorMessage) },
+            value: { $0.event ?? Harpoon_V1_Event() }
+        )
+    }
 
     package func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
-        _ = try await harpoon.reportEventStatus(
-            Harpoon_V1_ReportEventStatusRequest(
-                eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
-                hypervisorId: hypervisorId
-            ),
-            options: CallOptions(timeout: .seconds(5))
-        )
+        _ = try await reports.submit(Harpoon_V1_ReportEventStatusRequest(
+            eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
+            hypervisorId: hypervisorId
+        ))
     }
 }
 

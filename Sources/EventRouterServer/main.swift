@@ -4,7 +4,6 @@ import EventRouter
 import EventRouterAPI
 import ServiceRuntime
 
-@main
 struct EventRouterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "event-router", abstract: "Event Router: pushes events to a region's hypervisors.")
 
@@ -29,4 +28,12 @@ struct EventRouterCommand: AsyncParsableCommand {
         let interval = Duration.milliseconds(flushMilliseconds)
         await ServiceRuntime.run(server: server, background: [{ await router.run(flushInterval: interval) }])
     }
+}
+
+ServiceRuntime.runConcurrencyOnEventLoops()
+do {
+    let command = try EventRouterCommand.parse()
+    try await command.run()
+} catch {
+    EventRouterCommand.exit(withError: error)
 }

@@ -130,6 +130,33 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     }
 
     package func reportEventStatus(request: Harpoon_V1_ReportEventStatusRequest, context: ServerContext) async throws -> Harpoon_V1_ReportEventStatusResponse {
+        Harpoon_V1_ReportEventStatusResponse(event: try await apply(request))
+    }
+
+    package func reportEventStatuses(
+        request: Harpoon_V1_ReportEventStatusesRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ReportEventStatusesResponse {
+        // All at once: their writes meet in the store's next transaction. Each answers for itself.
+        let outcomes = await withTaskGroup(of: (Int, Harpoon_V1_ReportOutcome).self) { group in
+            for (index, report) in request.reports.enumerated() {
+                group.addTask {
+                    do {
+                        return (index, Harpoon_V1_ReportOutcome(event: try await apply(report)))
+                    } catch {
+                        let (code, message) = RPCError.batchedStatus(of: error)
+                        return (index, Harpoon_V1_ReportOutcome(errorCode: code, errorMessage: message))
+                    }
+                }
+            }
+            var outcomes = [Harpoon_V1_ReportOutcome](repeating: .init(), count: request.reports.count)
+            for await (index, outcome) in group { outcomes[index] = outcome }
+            return outcomes
+        }
+        return Harpoon_V1_ReportEventStatusesResponse(outcomes: outcomes)
+    }
+
+    /// Records one router's report of an event's status.
+    private func apply(_ request: Harpoon_V1_ReportEventStatusRequest) async throws -> Harpoon_V1_Event {
         let event = try await store.updateEvent(
             id: request.eventId, status: request.status,
             hypervisorId: request.hypervisorId.isEmpty ? nil : request.hypervisorId,
@@ -140,7 +167,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         // A failed create gives its room back now. A completed one needs no call: its hold ends when the hypervisor
         // reports hosting the droplet (the scheduler keeps it until then, so the room is not given twice).
         if event.status == .errored, event.type == "create" { await placer?.release(event) }
-        return Harpoon_V1_ReportEventStatusResponse(event: event)
+        return event
     }
 
     package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
@@ -149,17 +176,28 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
 }
 
 /// Placement through Scheduler V2 over RPC.
+///
+/// The placements asked for while a call is out go together in the next one (`PlaceBatch`).
 package struct SchedulerPlacer: Placer {
     let scheduler: Scheduler_V2_Scheduler.Client
+    private let placements: CallBatcher<Scheduler_V2_PlaceRequest, Scheduler_V2_PlaceResponse>
 
     package init(client: RPCClient) {
-        self.scheduler = Scheduler_V2_Scheduler.Client(client)
+        let scheduler = Scheduler_V2_Scheduler.Client(client)
+        self.scheduler = scheduler
+        // Retried: placing an event again gives the same hypervisor.
+        placements = CallBatcher(
+            call: { batch in
+                try await scheduler.placeBatch(.init(requests: batch), options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())).outcomes
+            },
+            status: { ($0.errorCode, $0.errorMessage) },
+            value: { $0.response ?? Scheduler_V2_PlaceResponse() }
+        )
     }
 
     package func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
-        let response = try await scheduler.place(
-            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId),
-            options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())
+        let response = try await placements.submit(
+            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId)
         )
         if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId) }
         return .unplaceable(reason: response.reason, retryable: response.retryable)
@@ -172,19 +210,29 @@ package struct SchedulerPlacer: Placer {
     }
 }
 
-/// Delivery to the event router of each region over RPC.
+/// Delivery to the event router of each region over RPC: the events for a region that come while a call to its
+/// router is out go together in the next one (`DeliverBatch`).
 package struct RouterDelivery: EventDelivery {
-    let routers: [String: Eventrouter_V1_EventRouter.Client]
+    private let routers: [String: CallBatcher<Harpoon_V1_Event, Bool>]
 
     /// - Parameter routers: an RPC client per region.
     package init(routers: [String: RPCClient]) {
-        self.routers = routers.mapValues { Eventrouter_V1_EventRouter.Client($0) }
+        self.routers = routers.mapValues { client in
+            let router = Eventrouter_V1_EventRouter.Client(client)
+            return CallBatcher(
+                call: { batch in
+                    try await router.deliverBatch(.init(events: batch), options: CallOptions(timeout: .seconds(5))).outcomes
+                },
+                status: { ($0.errorCode, $0.errorMessage) },
+                value: { $0.agentConnected }
+            )
+        }
     }
 
     package func deliver(_ event: Harpoon_V1_Event) async throws {
         guard let router = routers[event.region] else {
             throw RPCError(code: .unavailable, message: "no event router is configured for region \(event.region)")
         }
-        _ = try await router.deliver(Eventrouter_V1_DeliverRequest(event: event), options: CallOptions(timeout: .seconds(5)))
+        _ = try await router.submit(event)
     }
 }

@@ -123,17 +123,18 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private static func insertEvent(
         _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
         payload: [UInt8], now: Double, destination: OutboxDestination
-    ) throws -> Int64 {
+    ) throws -> (id: Int64, cursor: Int64) {
+        let cursor = try nextCursor(db)
         try db.cachedStatement(
             sql: """
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(
-            arguments: [type, dropletId, customer, region, hypervisorId, Harpoon_V1_Event.Status.pending.rawValue, Data(payload), now, now, try nextCursor(db)]
+            arguments: [type, dropletId, customer, region, hypervisorId, Harpoon_V1_Event.Status.pending.rawValue, Data(payload), now, now, cursor]
         )
         let id = db.lastInsertedRowID
         try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
-        return id
+        return (id, cursor)
     }
 
     /// One page of `table` rows matching `condition`, by id after `afterID` and `offset` more, with the total that match.
@@ -170,19 +171,27 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             )
             let dropletId = db.lastInsertedRowID
             // The create event carries the size, so that the agent knows what it creates.
-            let eventId = try Self.insertEvent(
+            let inserted = try Self.insertEvent(
                 db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
                 hypervisorId: "", payload: [UInt8](size), now: now, destination: .scheduler
             )
+            let eventId = inserted.id
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
                     sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
                     arguments: [request.idempotencyKey, dropletId, eventId]
                 )
             }
-            guard let droplet = try Self.fetchDroplet(db, id: dropletId), let event = try Self.fetchEvent(db, id: eventId) else {
-                throw RPCError(code: .internal, message: "a droplet just written cannot be read back")
-            }
+            // The rows as just written, without reading them back.
+            let created = Self.timestamp(now)
+            let droplet = Harpoon_V1_Droplet(
+                id: dropletId, customer: request.customer, name: request.name, region: request.region,
+                size: request.size ?? Scheduler_V2_Size(), image: request.image, status: .new, createdAt: created
+            )
+            let event = Harpoon_V1_Event(
+                id: eventId, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
+                status: .pending, payload: [UInt8](size), createdAt: created, updatedAt: created, cursor: inserted.cursor
+            )
             return (droplet, event)
         }
     }
@@ -231,7 +240,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 db, type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,
                 hypervisorId: hypervisorId, payload: request.payload, now: now,
                 destination: hypervisorId.isEmpty ? .scheduler : .router
-            )
+            ).id
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
                     sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(

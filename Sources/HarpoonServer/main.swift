@@ -4,7 +4,6 @@ import Harpoon
 import HarpoonAPI
 import ServiceRuntime
 
-@main
 struct HarpoonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "harpoon", abstract: "Harpoon: the event API and the events database.")
 
@@ -34,4 +33,12 @@ struct HarpoonCommand: AsyncParsableCommand {
         ServiceRuntime.announce("harpoon ready on \(host):\(server.port ?? port)")
         await ServiceRuntime.run(server: server, background: [{ await worker.run() }])
     }
+}
+
+ServiceRuntime.runConcurrencyOnEventLoops()
+do {
+    let command = try HarpoonCommand.parse()
+    try await command.run()
+} catch {
+    HarpoonCommand.exit(withError: error)
 }

@@ -4,7 +4,6 @@ import EventRouterAPI
 import HypervisorAgent
 import ServiceRuntime
 
-@main
 struct HypervisorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "hypervisor", abstract: "A simulated hypervisor agent.")
 
@@ -44,4 +43,12 @@ struct HypervisorCommand: AsyncParsableCommand {
             ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")
         }
     }
+}
+
+ServiceRuntime.runConcurrencyOnEventLoops()
+do {
+    let command = try HypervisorCommand.parse()
+    try await command.run()
+} catch {
+    HypervisorCommand.exit(withError: error)
 }

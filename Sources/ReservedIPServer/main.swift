@@ -4,7 +4,6 @@ import HarpoonAPI
 import ReservedIP
 import ServiceRuntime
 
-@main
 struct ReservedIPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "reserved-ip", abstract: "The reserved-IP orchestrator.")
 
@@ -34,4 +33,12 @@ struct ReservedIPCommand: AsyncParsableCommand {
         ServiceRuntime.announce("reserved-ip ready on \(host):\(server.port ?? port)")
         await ServiceRuntime.run(server: server, background: [{ await driver.watch() }])
     }
+}
+
+ServiceRuntime.runConcurrencyOnEventLoops()
+do {
+    let command = try ReservedIPCommand.parse()
+    try await command.run()
+} catch {
+    ReservedIPCommand.exit(withError: error)
 }

@@ -29,6 +29,18 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
         return fleet.place(request)
     }
 
+    package func placeBatch(request: Scheduler_V2_PlaceBatchRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceBatchResponse {
+        Scheduler_V2_PlaceBatchResponse(outcomes: request.requests.map { placement in
+            do {
+                try Self.validate(placement)
+                return Scheduler_V2_PlaceOutcome(response: fleet.place(placement))
+            } catch {
+                let (code, message) = RPCError.batchedStatus(of: error)
+                return Scheduler_V2_PlaceOutcome(errorCode: code, errorMessage: message)
+            }
+        })
+    }
+
     package func explain(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
         try Self.validate(request)
         return fleet.explain(request)

@@ -4,7 +4,6 @@ import Scheduler
 import SchedulerAPI
 import ServiceRuntime
 
-@main
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "scheduler", abstract: "Scheduler V2: places droplets on hypervisors.")
 
@@ -19,4 +18,12 @@ struct SchedulerCommand: AsyncParsableCommand {
         ServiceRuntime.announce("scheduler ready on \(host):\(server.port ?? port)")
         await ServiceRuntime.run(server: server)
     }
+}
+
+ServiceRuntime.runConcurrencyOnEventLoops()
+do {
+    let command = try SchedulerCommand.parse()
+    try await command.run()
+} catch {
+    SchedulerCommand.exit(withError: error)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 @testable import Harpoon
 import HarpoonAPI
 import NIOCore
@@ -356,11 +357,64 @@ struct ReleaseTests {
                 _ = try await harpoon.reportEventStatus(.init(eventId: failing.id, status: .errored, error: "no disk", hypervisorId: "hv1"))
                 _ = try await harpoon.reportEventStatus(.init(eventId: finishing.id, status: .completed, ipv4Address: "10.0.0.2", hypervisorId: "hv1"))
                 #expect(fake.released.withLock { $0 } == [failing.id])
+
+                // Several reports in one call, each on its own: applied, no such event, a step back, a repeat.
+                let (_, third) = try await store.createDroplet(createRequest("c"))
+                let batch = try await harpoon.reportEventStatuses(.init(reports: [
+                    .init(eventId: third.id, status: .errored, error: "no disk", hypervisorId: "hv2"),
+                    .init(eventId: 999_999, status: .completed, hypervisorId: "hv2"),
+                    .init(eventId: finishing.id, status: .running, hypervisorId: "hv1"),
+                    .init(eventId: finishing.id, status: .completed, ipv4Address: "10.0.0.2", hypervisorId: "hv1"),
+                ]))
+                #expect(batch.outcomes.map(\.errorCode) == [0, 5, 9, 0])
+                #expect(batch.outcomes[0].event?.status == .errored && batch.outcomes[0].event?.error == "no disk")
+                #expect(batch.outcomes[3].event?.status == .completed)
+                #expect(try await store.event(id: third.id)?.status == .errored)
+                #expect(fake.released.withLock { $0 } == [failing.id, third.id])
             } catch {
                 Issue.record(error)
             }
             await client.close()
             await server.shutdownGracefully(timeout: .seconds(2))
         }
+    }
+}
+
+@Suite("group commit")
+struct WriteCoalescerTests {
+    struct Refused: Error {}
+
+    @Test("writes that share a transaction commit together, and one that throws after writing rolls back alone")
+    func failingWriteRollsBackAlone() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coalescer-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let pool = try DatabasePool(path: directory.appendingPathComponent("t.sqlite").path)
+        try await pool.write { db in try db.execute(sql: "CREATE TABLE t (n INTEGER PRIMARY KEY)") }
+        let writer = WriteCoalescer(pool: pool)
+        // 200 writes at once, so that they meet in shared transactions; every third writes and then throws.
+        let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
+            for n in 0..<200 {
+                group.addTask {
+                    do {
+                        let written = try await writer.write { db -> Int in
+                            try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                            if n % 3 == 0 { throw Refused() }
+                            return n
+                        }
+                        return (written, true)
+                    } catch {
+                        return (n, false)
+                    }
+                }
+            }
+            var outcomes: [Int: Bool] = [:]
+            for await (n, succeeded) in group { outcomes[n] = succeeded }
+            return outcomes
+        }
+        #expect(outcomes.count == 200)
+        for (n, succeeded) in outcomes { #expect(succeeded == (n % 3 != 0), "write \(n)") }
+        let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
+        #expect(kept == (0..<200).filter { $0 % 3 != 0 })
     }
 }

@@ -222,6 +222,17 @@ struct SchedulerRPCTests {
             } catch let error as RPCError {
                 #expect(error.code == .invalidArgument)
             }
+
+            // A batch answers each request on its own and in order: placed, refused (no size), nothing fits, placed.
+            let batch = try await scheduler.placeBatch(.init(requests: [
+                place(small, event: "evt-10"), Scheduler_V2_PlaceRequest(region: "nyc1"), place(large, event: "evt-11"), place(small, event: "evt-12"),
+            ]))
+            #expect(batch.outcomes.map(\.errorCode) == [0, 3, 0, 0])
+            #expect(batch.outcomes.map { $0.response?.hypervisorId.isEmpty } == [false, nil, true, false])
+            #expect(batch.outcomes[2].response?.reason.isEmpty == false)
+            // The same event again, alone: the same hypervisor, as for Place.
+            let again = try await scheduler.place(place(small, event: "evt-10"))
+            #expect(again.hypervisorId == batch.outcomes[0].response?.hypervisorId)
         } catch {
             Issue.record("\(error)")
         }

@@ -1,6 +1,7 @@
 internal import Foundation
 internal import GRDB
 internal import SQLiteSupport
+internal import Synchronization
 package import HarpoonAPI
 
 /// The events database in one SQLite file, in WAL mode, through a small pool: one writer and a few readers.
@@ -108,8 +109,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         )
     }
 
-    private static func nextCursor(_ db: Database) throws -> Int64 {
-        (try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) + 1 FROM events"))) ?? 1
+    /// The last change cursor handed out, once read from the table. Only the writer's transactions take cursors,
+    /// one at a time, so a counter in memory gives the same increasing sequence as `MAX(cursor) + 1` without a
+    /// query per write. A transaction that rolls back leaves a gap, which watchers do not mind (they ask for what
+    /// comes after a cursor).
+    private let lastCursor = Mutex<Int64?>(nil)
+
+    private func nextCursor(_ db: Database) throws -> Int64 {
+        let cached = lastCursor.withLock { $0 }
+        let last = try cached ?? Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) FROM events")) ?? 0
+        lastCursor.withLock { $0 = last + 1 }
+        return last + 1
     }
 
     private static func fetchEvent(_ db: Database, id: Int64) throws -> Harpoon_V1_Event? {
@@ -120,7 +130,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try Row.fetchOne(db.cachedStatement(sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?"), arguments: [id]).map(droplet)
     }
 
-    private static func insertEvent(
+    private func insertEvent(
         _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
         payload: [UInt8], now: Double, destination: OutboxDestination
     ) throws -> (id: Int64, cursor: Int64) {
@@ -171,7 +181,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             )
             let dropletId = db.lastInsertedRowID
             // The create event carries the size, so that the agent knows what it creates.
-            let inserted = try Self.insertEvent(
+            let inserted = try self.insertEvent(
                 db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
                 hypervisorId: "", payload: [UInt8](size), now: now, destination: .scheduler
             )
@@ -236,7 +246,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 throw RPCError(code: .failedPrecondition, message: "droplet \(request.dropletId) already has a pending event")
             }
             let now = Date().timeIntervalSince1970
-            let eventId = try Self.insertEvent(
+            let eventId = try self.insertEvent(
                 db, type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,
                 hypervisorId: hypervisorId, payload: request.payload, now: now,
                 destination: hypervisorId.isEmpty ? .scheduler : .router
@@ -322,7 +332,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 return current  // a repeated report: nothing changes
             }
             let now = Date().timeIntervalSince1970
-            let cursor = try Self.nextCursor(db)
+            let cursor = try self.nextCursor(db)
             try db.cachedStatement(
                 sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
                 arguments: [status.rawValue, hypervisorId, error, now, cursor, id]

@@ -38,6 +38,9 @@ struct StoreTests {
             let reopened = try SQLiteHarpoonStore(path: path)
             #expect(try await reopened.droplet(id: droplet.id) == droplet)
             #expect(try await reopened.event(id: event.id) == event)
+            // The change cursor carries on from the file after a restart.
+            let (_, next) = try await reopened.createDroplet(createRequest("web-2"))
+            #expect(next.cursor == event.cursor + 1)
         }
     }
 
@@ -416,5 +419,27 @@ struct WriteCoalescerTests {
         for (n, succeeded) in outcomes { #expect(succeeded == (n % 3 != 0), "write \(n)") }
         let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
         #expect(kept == (0..<200).filter { $0 % 3 != 0 })
+
+        // Writes refused before they change anything (the common failure) leave the others alone too.
+        let second = await withTaskGroup(of: (Int, Bool).self) { group in
+            for n in 1000..<1200 {
+                group.addTask {
+                    do {
+                        _ = try await writer.write { db -> Int in
+                            if n % 4 == 0 { throw Refused() }
+                            try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                            return n
+                        }
+                        return (n, true)
+                    } catch {
+                        return (n, false)
+                    }
+                }
+            }
+            return await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+        }
+        for (n, succeeded) in second { #expect(succeeded == (n % 4 != 0), "write \(n)") }
+        let keptAfter = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t WHERE n >= 1000 ORDER BY n") }
+        #expect(keptAfter == (1000..<1200).filter { $0 % 4 != 0 })
     }
 }

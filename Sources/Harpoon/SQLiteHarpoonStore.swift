@@ -268,16 +268,31 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try database.readNow { db in try Self.fetchEvent(db, id: id) }
     }
 
+    /// `prefix (?, ?, …)` with room for `count` ids, rounded up to a power of two and prepared once per connection
+    /// for each: a few statements serve every batch size. ``inArguments(_:)`` fills the spare places.
+    private static func inStatement(_ db: Database, _ prefix: String, count: Int) throws -> Statement {
+        let places = max(1, count).nextPowerOfTwo
+        return try db.cachedStatement(sql: "\(prefix) (\(Array(repeating: "?", count: places).joined(separator: ",")))")
+    }
+
+    /// `ids`, with the last one repeated up to the next power of two (a repeated id in `IN` matches nothing more).
+    private static func inArguments(_ ids: [Int64]) -> StatementArguments {
+        guard let last = ids.last else { return StatementArguments() }
+        return StatementArguments(ids + Array(repeating: last, count: max(1, ids.count).nextPowerOfTwo - ids.count))
+    }
+
     package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
         guard !ids.isEmpty else { return [:] }
         return try await pool.read { db in
-            let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
-            let events = try Row.fetchAll(db, sql: "SELECT \(Self.eventColumns) FROM events WHERE id IN (\(marks))", arguments: StatementArguments(ids)).map(Self.event)
+            let events = try Row.fetchAll(
+                Self.inStatement(db, "SELECT \(Self.eventColumns) FROM events WHERE id IN", count: ids.count),
+                arguments: Self.inArguments(ids)
+            ).map(Self.event)
             let dropletIds = Array(Set(events.map(\.dropletId)))
             var droplets: [Int64: Harpoon_V1_Droplet] = [:]
             if !dropletIds.isEmpty {
-                let dropletMarks = Array(repeating: "?", count: dropletIds.count).joined(separator: ",")
-                for row in try Row.fetchAll(db, sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN (\(dropletMarks))", arguments: StatementArguments(dropletIds)) {
+                let statement = try Self.inStatement(db, "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN", count: dropletIds.count)
+                for row in try Row.fetchAll(statement, arguments: Self.inArguments(dropletIds)) {
                     let droplet = try Self.droplet(row)
                     droplets[droplet.id] = droplet
                 }
@@ -422,3 +437,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 protocol Identified { var id: Int64 { get } }
 extension Harpoon_V1_Droplet: Identified {}
 extension Harpoon_V1_Event: Identified {}
+
+extension Int {
+    /// The smallest power of two at least `self` (`self` > 0).
+    fileprivate var nextPowerOfTwo: Int { self <= 1 ? 1 : 1 << (Int.bitWidth - (self - 1).leadingZeroBitCount) }
+}

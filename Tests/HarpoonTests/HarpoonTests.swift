@@ -44,6 +44,22 @@ struct StoreTests {
         }
     }
 
+    @Test("events are read with their droplets in batches of any size, unknown ids left out")
+    func eventsWithDroplets() async throws {
+        try await withStore { store, _ in
+            var created: [(Harpoon_V1_Droplet, Harpoon_V1_Event)] = []
+            for index in 0..<9 { created.append(try await store.createDroplet(createRequest("d\(index)"))) }
+            for count in [1, 2, 3, 5, 8, 9] {
+                let chosen = Array(created.prefix(count))
+                let read = try await store.eventsWithDroplets(ids: chosen.map(\.1.id) + [999_999])
+                #expect(read.count == count, "batch of \(count)")
+                for (droplet, event) in chosen {
+                    #expect(read[event.id]?.0 == event && read[event.id]?.1 == droplet)
+                }
+            }
+        }
+    }
+
     @Test("an idempotency key makes a repeated create return the first result")
     func idempotentCreate() async throws {
         try await withStore { store, _ in

@@ -151,14 +151,7 @@ package final class Fleet: Sendable {
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
-            let customer = request.customer
-            let region = state.regions[request.region] ?? [:]
-            let best = PlacementRules.best(
-                candidates: region.values.lazy.map { ($0.summary, $0.held) }, request: request, policy: policy,
-                hostsCustomer: { hypervisor, held in
-                    held.customers[customer, default: 0] > 0 || region[hypervisor.id]?.customers.contains(customer) == true
-                }
-            )
+            let best = Self.best(in: state, for: request, policy: policy)
             guard let best else {
                 // Nothing fits: the full report says why, hypervisor by hypervisor.
                 return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
@@ -172,6 +165,22 @@ package final class Fleet: Sendable {
                 hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)]
             )
         }
+    }
+
+    /// The best candidate of the request's region. A function of its own so that its reference to the region's
+    /// entries ends before the caller holds capacity: were it still alive, that write would copy every entry of the
+    /// region (a copy on write), for each placement.
+    private static func best(
+        in state: borrowing State, for request: Scheduler_V2_PlaceRequest, policy: PlacementPolicy
+    ) -> (id: String, score: Double, hostsCustomer: Bool)? {
+        guard let region = state.regions[request.region] else { return nil }
+        let customer = request.customer
+        return PlacementRules.best(
+            candidates: region.values.lazy.map { ($0.summary, $0.held) }, request: request, policy: policy,
+            hostsCustomer: { hypervisor, held in
+                held.customers[customer, default: 0] > 0 || region[hypervisor.id]?.customers.contains(customer) == true
+            }
+        )
     }
 
     /// Ends an event's reservation; `false` if it held none. For a completed create whose droplet the hypervisor has

@@ -27,6 +27,7 @@ package struct API: Sendable {
     let reservedIPs: Reservedip_V1_ReservedIPs.Client
     let configuration: Configuration
     let render: Render
+    let guesses = DropletGuesses()
 
     /// Droplet actions customers can request, and the event types shown as droplet actions.
     static let dropletActionTypes: Set<String> = ["power_on", "power_off", "reboot", "shutdown", "power_cycle"]
@@ -405,9 +406,35 @@ package struct API: Sendable {
         return Self.json(Self.collection(Self.keys(legacy: legacy).many, rendered, total: Int(page.total), paging: paging, request: request))
     }
 
+    /// The droplet `id`, or why not; `nil` for no id.
+    private func fetchAhead(_ id: Int64?, customer: String) async -> Result<Harpoon_V1_Droplet, any Error>? {
+        guard let id else { return nil }
+        do {
+            return .success(try await droplet(id, customer: customer))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// One IP with its droplet. Harpoon is asked for the droplet the IP was last seen on at the same time as the
+    /// orchestrator is asked for the IP (see ``DropletGuesses``); if the IP has moved, its droplet is fetched after.
     func getIP(_ context: APIContext, legacy: Bool) async throws -> Response {
-        let ip = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: context.customer, ip: try Self.ipParameter(context)), options: Self.call)
-        return Self.json(.object([(Self.keys(legacy: legacy).one, try await renderIP(ip, customer: context.customer))]))
+        let address = try Self.ipParameter(context)
+        let customer = context.customer
+        let guess = guesses.guess(ip: address, customer: customer)
+        async let early = fetchAhead(guess, customer: customer)
+        let ip = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: customer, ip: address), options: Self.call)
+        guesses.record(ip: address, customer: customer, dropletId: ip.dropletId)
+        let rendered: JSON
+        switch await early {
+        case .success(let fetched)? where ip.dropletId != 0 && fetched.id == ip.dropletId:
+            rendered = render.reservedIP(ip, droplet: fetched)
+        case .failure(let error as RPCError)? where ip.dropletId == guess && error.code == .notFound:
+            rendered = render.reservedIP(ip, droplet: nil)  // the droplet was just destroyed, as in renderIP
+        default:
+            rendered = try await renderIP(ip, customer: customer)  // no guess, a wrong one, or Harpoon failed: ask again
+        }
+        return Self.json(.object([(Self.keys(legacy: legacy).one, rendered)]))
     }
 
     func createIP(_ request: Request, _ context: APIContext, legacy: Bool) async throws -> Response {

@@ -114,7 +114,7 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
         var context = context
-        context.requestId = UUID().uuidString.lowercased()
+        context.requestId = RequestID.next()
         var extra = HTTPFields()
         extra[HTTPField.Name("x-request-id")!] = context.requestId
         let response: Response

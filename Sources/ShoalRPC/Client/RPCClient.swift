@@ -175,14 +175,19 @@ public final class RPCClient: Sendable {
         var attempt = 0
         while true {
             let http2 = try await connection.connection()
+            let start: @Sendable () throws -> ClientCall = {
+                try ClientCall.start(
+                    on: http2, headers: headers, message: first, endRequest: endRequest,
+                    timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize,
+                    requestEncoding: options.compression
+                )
+            }
             do {
-                return try await http2.eventLoop.submit {
-                    try ClientCall.start(
-                        on: http2, headers: headers, message: first, endRequest: endRequest,
-                        timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize,
-                        requestEncoding: options.compression
-                    )
-                }.get()
+                // Already on the connection's event loop (tasks run on the event loops, and a call's task resumes
+                // where its last response arrived): start the stream here, without a round trip through the
+                // loop's task queue.
+                if http2.eventLoop.inEventLoop { return try start() }
+                return try await http2.eventLoop.submit(start).get()
             } catch let error as RPCError {
                 // The connection went away (GOAWAY, close) before the stream was sent: nothing was sent, so open
                 // it on a new connection.

@@ -101,7 +101,10 @@ let package = Package(
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
         .target(
             name: "ServiceRuntime",
-            dependencies: ["ShoalRPC", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "ShoalRPC", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(

@@ -31,9 +31,4 @@ struct EventRouterCommand: AsyncParsableCommand {
 }
 
 ServiceRuntime.runConcurrencyOnEventLoops()
-do {
-    let command = try EventRouterCommand.parse()
-    try await command.run()
-} catch {
-    EventRouterCommand.exit(withError: error)
-}
+await ServiceRuntime.main(EventRouterCommand.self)

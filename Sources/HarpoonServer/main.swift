@@ -36,9 +36,4 @@ struct HarpoonCommand: AsyncParsableCommand {
 }
 
 ServiceRuntime.runConcurrencyOnEventLoops()
-do {
-    let command = try HarpoonCommand.parse()
-    try await command.run()
-} catch {
-    HarpoonCommand.exit(withError: error)
-}
+await ServiceRuntime.main(HarpoonCommand.self)

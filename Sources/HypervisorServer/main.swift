@@ -46,9 +46,4 @@ struct HypervisorCommand: AsyncParsableCommand {
 }
 
 ServiceRuntime.runConcurrencyOnEventLoops()
-do {
-    let command = try HypervisorCommand.parse()
-    try await command.run()
-} catch {
-    HypervisorCommand.exit(withError: error)
-}
+await ServiceRuntime.main(HypervisorCommand.self)

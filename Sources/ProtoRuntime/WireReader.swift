@@ -398,9 +398,11 @@ public struct WireReader {
 /// `Array(unsafeUninitializedCapacity:)` or `Array(repeating:count:)` instead looked up generic metadata on every
 /// call, which cost more than the copy.) `Element` must be a trivial type of the run's width.
 @usableFromInline
-struct UnalignedRun<Element>: Sequence {
-    @usableFromInline let start: UnsafeRawPointer
-    @usableFromInline let count: Int
+struct UnalignedRun<Element>: Sequence, IteratorProtocol {
+    /// The next value's bytes.
+    @usableFromInline var start: UnsafeRawPointer
+    /// Values left.
+    @usableFromInline var count: Int
 
     @inlinable
     init(start: UnsafeRawPointer, count: Int) {
@@ -408,42 +410,24 @@ struct UnalignedRun<Element>: Sequence {
         self.count = count
     }
 
-    @usableFromInline
-    struct Iterator: IteratorProtocol {
-        @usableFromInline var position: UnsafeRawPointer
-        @usableFromInline var remaining: Int
-
-        @inlinable
-        init(position: UnsafeRawPointer, remaining: Int) {
-            self.position = position
-            self.remaining = remaining
-        }
-
-        @inlinable
-        mutating func next() -> Element? {
-            guard remaining > 0 else { return nil }
-            let value = position.loadUnaligned(as: Element.self)
-            position += MemoryLayout<Element>.stride
-            remaining -= 1
-            return value
-        }
-    }
-
     @inlinable
     var underestimatedCount: Int { count }
 
     @inlinable
-    func makeIterator() -> Iterator { Iterator(position: start, remaining: count) }
+    mutating func next() -> Element? {
+        guard count > 0 else { return nil }
+        let value = start.loadUnaligned(as: Element.self)
+        start += MemoryLayout<Element>.stride
+        count -= 1
+        return value
+    }
 
     @inlinable
-    func _copyContents(
-        initializing buffer: UnsafeMutableBufferPointer<Element>
-    ) -> (Iterator, UnsafeMutableBufferPointer<Element>.Index) {
+    func _copyContents(initializing buffer: UnsafeMutableBufferPointer<Element>) -> (UnalignedRun, Int) {
         let copied = Swift.min(count, buffer.count)
         if copied > 0, let destination = buffer.baseAddress {
             UnsafeMutableRawPointer(destination).copyMemory(from: start, byteCount: copied * MemoryLayout<Element>.stride)
         }
-        let rest = Iterator(position: start + copied * MemoryLayout<Element>.stride, remaining: count - copied)
-        return (rest, copied)
+        return (UnalignedRun(start: start + copied * MemoryLayout<Element>.stride, count: count - copied), copied)
     }
 }

@@ -36,9 +36,4 @@ struct ReservedIPCommand: AsyncParsableCommand {
 }
 
 ServiceRuntime.runConcurrencyOnEventLoops()
-do {
-    let command = try ReservedIPCommand.parse()
-    try await command.run()
-} catch {
-    ReservedIPCommand.exit(withError: error)
-}
+await ServiceRuntime.main(ReservedIPCommand.self)

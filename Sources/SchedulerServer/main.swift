@@ -21,9 +21,4 @@ struct SchedulerCommand: AsyncParsableCommand {
 }
 
 ServiceRuntime.runConcurrencyOnEventLoops()
-do {
-    let command = try SchedulerCommand.parse()
-    try await command.run()
-} catch {
-    SchedulerCommand.exit(withError: error)
-}
+await ServiceRuntime.main(SchedulerCommand.self)

@@ -1,3 +1,4 @@
+package import ArgumentParser
 internal import Dispatch
 internal import NIOCore
 internal import NIOPosix
@@ -17,6 +18,17 @@ package enum ServiceRuntime {
     /// an eighth of Harpoon's time under the pipeline benchmark).
     package static func runConcurrencyOnEventLoops() {
         _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+    }
+
+    /// Parses the command line as `Command` and runs it; a bad command line or a failure exits with its message (the
+    /// whole of every executable's `main.swift`, after ``runConcurrencyOnEventLoops()``).
+    package static func main<Command: AsyncParsableCommand>(_: Command.Type) async {
+        do {
+            var command = try Command.parse()
+            try await command.run()
+        } catch {
+            Command.exit(withError: error)
+        }
     }
 
     /// Writes a line to standard output at once (unbuffered), so a launcher waiting for readiness sees it.

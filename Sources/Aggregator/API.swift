@@ -379,10 +379,18 @@ package struct API: Sendable {
 
     /// The IP with its droplet, as the public API embeds it. A failure to fetch the droplet fails the request (an
     /// assigned IP must not look unassigned because Harpoon was slow); only a droplet that is gone shows as `null`.
-    func renderIP(_ ip: Reservedip_V1_ReservedIP, customer: String) async throws -> JSON {
+    ///
+    /// `fetchedAhead` is a droplet asked for before the IP's answer came (see ``getIP(_:legacy:)``): used if it is the
+    /// IP's droplet and its answer says something (the droplet, or that it is gone); otherwise it is fetched now.
+    func renderIP(
+        _ ip: Reservedip_V1_ReservedIP, customer: String, fetchedAhead: (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? = nil
+    ) async throws -> JSON {
         guard ip.dropletId != 0 else { return render.reservedIP(ip, droplet: nil) }
+        var ahead = fetchedAhead?.id == ip.dropletId ? fetchedAhead?.result : nil
+        if case .failure(let error)? = ahead, (error as? RPCError)?.code != .notFound { ahead = nil }  // Harpoon failed: ask again
         do {
-            return render.reservedIP(ip, droplet: try await droplet(ip.dropletId, customer: customer))
+            let fetched = if let ahead { try ahead.get() } else { try await droplet(ip.dropletId, customer: customer) }
+            return render.reservedIP(ip, droplet: fetched)
         } catch let error as RPCError where error.code == .notFound {
             // The droplet was just destroyed; the orchestrator drops the IP from it as soon as it hears.
             return render.reservedIP(ip, droplet: nil)
@@ -407,12 +415,12 @@ package struct API: Sendable {
     }
 
     /// The droplet `id`, or why not; `nil` for no id.
-    private func fetchAhead(_ id: Int64?, customer: String) async -> Result<Harpoon_V1_Droplet, any Error>? {
+    private func fetchAhead(_ id: Int64?, customer: String) async -> (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? {
         guard let id else { return nil }
         do {
-            return .success(try await droplet(id, customer: customer))
+            return (id, .success(try await droplet(id, customer: customer)))
         } catch {
-            return .failure(error)
+            return (id, .failure(error))
         }
     }
 
@@ -421,19 +429,10 @@ package struct API: Sendable {
     func getIP(_ context: APIContext, legacy: Bool) async throws -> Response {
         let address = try Self.ipParameter(context)
         let customer = context.customer
-        let guess = guesses.guess(ip: address, customer: customer)
-        async let early = fetchAhead(guess, customer: customer)
+        async let early = fetchAhead(guesses.guess(ip: address, customer: customer), customer: customer)
         let ip = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: customer, ip: address), options: Self.call)
         guesses.record(ip: address, customer: customer, dropletId: ip.dropletId)
-        let rendered: JSON
-        switch await early {
-        case .success(let fetched)? where ip.dropletId != 0 && fetched.id == ip.dropletId:
-            rendered = render.reservedIP(ip, droplet: fetched)
-        case .failure(let error as RPCError)? where ip.dropletId == guess && error.code == .notFound:
-            rendered = render.reservedIP(ip, droplet: nil)  // the droplet was just destroyed, as in renderIP
-        default:
-            rendered = try await renderIP(ip, customer: customer)  // no guess, a wrong one, or Harpoon failed: ask again
-        }
+        let rendered = try await renderIP(ip, customer: customer, fetchedAhead: await early)
         return Self.json(.object([(Self.keys(legacy: legacy).one, rendered)]))
     }
 

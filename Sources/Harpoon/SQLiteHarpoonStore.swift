@@ -116,10 +116,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private let lastCursor = Mutex<Int64?>(nil)
 
     private func nextCursor(_ db: Database) throws -> Int64 {
-        let cached = lastCursor.withLock { $0 }
-        let last = try cached ?? Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) FROM events")) ?? 0
-        lastCursor.withLock { $0 = last + 1 }
-        return last + 1
+        try lastCursor.withLock { last in
+            let next = try (last ?? Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) FROM events")) ?? 0) + 1
+            last = next
+            return next
+        }
     }
 
     private static func fetchEvent(_ db: Database, id: Int64) throws -> Harpoon_V1_Event? {

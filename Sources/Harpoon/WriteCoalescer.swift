@@ -71,7 +71,8 @@ final class WriteCoalescer: Sendable {
     }
 
     /// Runs `batch` in one transaction and commits it, or rolls it back and returns `nil` if a write failed after
-    /// changing rows (possible only when not `isolated`).
+    /// changing rows (possible only when not `isolated`). A transaction that fails answers every caller with its
+    /// error before throwing it.
     private func runTogether(_ batch: [Job], isolated: Bool) throws -> [@Sendable (Result<Void, any Error>) -> Void]? {
         try pool.writeWithoutTransaction { db in
             var answers: [@Sendable (Result<Void, any Error>) -> Void] = []
@@ -115,15 +116,10 @@ final class WriteCoalescer: Sendable {
                 return batch
             }
             if batch.isEmpty { return }
-            let outcome = Result { () throws -> [@Sendable (Result<Void, any Error>) -> Void] in
-                if let answers = try runTogether(batch, isolated: false) { return answers }
-                // A write failed half-way: again, each in a savepoint, so that it rolls back alone.
-                return try runTogether(batch, isolated: true) ?? []
-            }
-            switch outcome {
-            case .success(let answers): for answer in answers { answer(.success(())) }
-            case .failure(let error): _ = error  // every caller has been answered by runTogether
-            }
+            // A write that failed half-way makes the batch run again, each write in a savepoint, so it rolls back
+            // alone. A transaction that fails has answered its callers itself.
+            guard let answers = try? runTogether(batch, isolated: false) ?? runTogether(batch, isolated: true) else { continue }
+            for answer in answers { answer(.success(())) }
         }
     }
 }

@@ -302,17 +302,26 @@ struct OutboxWorkerTests {
     }
 }
 
+/// `service` on a server on 127.0.0.1 and a client to it for `body`; both stopped afterwards, a thrown error recorded.
+func withHarpoonServer(_ service: HarpoonService, _ body: (Harpoon_V1_Harpoon.Client) async throws -> Void) async throws {
+    let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [service])
+    let port = try #require(try await server.start().port)
+    let client = RPCClient(targets: [("127.0.0.1", port)])
+    do {
+        try await body(Harpoon_V1_Harpoon.Client(client))
+    } catch {
+        Issue.record(error)
+    }
+    await client.close()
+    await server.shutdownGracefully(timeout: .seconds(2))
+}
+
 @Suite("harpoon.v1.Harpoon over RPC")
 struct HarpoonRPCTests {
     @Test("create, get, list and watch; another customer's droplet is NOT_FOUND; bad input is INVALID_ARGUMENT")
     func overRPC() async throws {
         try await withStore { store, _ in
-            let changes = ChangeNotifier()
-            let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [HarpoonService(store: store, worker: nil, changes: changes)])
-            let port = try #require(try await server.start().port)
-            let client = RPCClient(targets: [("127.0.0.1", port)])
-            let harpoon = Harpoon_V1_Harpoon.Client(client)
-            do {
+            try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier())) { harpoon in
                 let created = try await harpoon.createDroplet(createRequest("web-1", key: "key-1"))
                 let again = try await harpoon.createDroplet(createRequest("web-1", key: "key-1"))
                 #expect(created == again)
@@ -350,11 +359,7 @@ struct HarpoonRPCTests {
                 #expect(seen == [.pending, .running])
                 let stats = try await harpoon.stats(.init())
                 #expect(stats.databaseConnections == 5)
-            } catch {
-                Issue.record("\(error)")
             }
-            await client.close()
-            await server.shutdownGracefully()
         }
     }
 }
@@ -365,12 +370,7 @@ struct ReleaseTests {
     func releaseOnlyFailures() async throws {
         try await withStore { store, _ in
             let fake = FakeScheduler()
-            let service = HarpoonService(store: store, worker: nil, changes: ChangeNotifier(), placer: fake)
-            let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [service])
-            _ = try await server.start()
-            let client = RPCClient(targets: [("127.0.0.1", server.port ?? 0)])
-            let harpoon = Harpoon_V1_Harpoon.Client(client)
-            do {
+            try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier(), placer: fake)) { harpoon in
                 let (_, failing) = try await store.createDroplet(createRequest("a"))
                 let (_, finishing) = try await store.createDroplet(createRequest("b"))
                 _ = try await harpoon.reportEventStatus(.init(eventId: failing.id, status: .errored, error: "no disk", hypervisorId: "hv1"))
@@ -390,11 +390,7 @@ struct ReleaseTests {
                 #expect(batch.outcomes[3].event?.status == .completed)
                 #expect(try await store.event(id: third.id)?.status == .errored)
                 #expect(fake.released.withLock { $0 } == [failing.id, third.id])
-            } catch {
-                Issue.record(error)
             }
-            await client.close()
-            await server.shutdownGracefully(timeout: .seconds(2))
         }
     }
 }

@@ -14,6 +14,15 @@ func hypervisor(_ id: String, region: String = "nyc1", cpus: UInt32 = 4, memoryM
     Hypervisor(id: id, region: region, cpus: cpus, memoryMb: memoryMB, diskGb: diskGB)
 }
 
+/// `id` reporting that it hosts `droplets` small droplets (1 GiB each, in its usage).
+func hosting(_ id: String, memoryMB: UInt64, droplets: [Int64]) -> Hypervisor {
+    var state = hypervisor(id, memoryMB: memoryMB)
+    state.usedMemoryMb = 1024 * UInt64(droplets.count)
+    state.dropletCount = UInt32(droplets.count)
+    state.dropletIds = droplets
+    return state
+}
+
 func place(_ size: Size, region: String = "nyc1", customer: String = "alice", event: String = "") -> Scheduler_V2_PlaceRequest {
     Scheduler_V2_PlaceRequest(eventId: event, size: size, region: region, customer: customer)
 }
@@ -170,11 +179,7 @@ struct FleetTests {
         #expect(fleet.release(eventId: "e1", completed: true))
         #expect(fleet.explain(place(small)).hypervisorId.isEmpty)
         // The hypervisor reports the droplet (and its usage): the reservation is done.
-        var hosting = hypervisor("hv1", memoryMB: 2048)
-        hosting.usedMemoryMb = 1024
-        hosting.dropletCount = 1
-        hosting.dropletIds = [41]
-        fleet.report([hosting])
+        fleet.report([hosting("hv1", memoryMB: 2048, droplets: [41])])
         #expect(fleet.reservationCount == 0)
         #expect(fleet.explain(place(small)).hypervisorId.isEmpty)  // full by its own report now
         // A failed create releases at once.
@@ -290,11 +295,7 @@ struct FastPathTests {
         fleet.release(eventId: "a")
         #expect(fleet.place(place(small, event: "c")).hypervisorId == "hv1")
         // The hypervisor reports droplet 7 (event b's), now in its usage: b's hold ends, the usage counts instead.
-        var reported = hypervisor("hv1", memoryMB: 3072)
-        reported.usedMemoryMb = 1024
-        reported.dropletCount = 1
-        reported.dropletIds = [7]
-        fleet.report([reported])
+        fleet.report([hosting("hv1", memoryMB: 3072, droplets: [7])])
         #expect(fleet.reservationCount == 1)
         #expect(fleet.place(place(small, event: "d")).hypervisorId.isEmpty)
         // Holds expire.

@@ -164,6 +164,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
             ipv4Address: request.ipv4Address.isEmpty ? nil : request.ipv4Address, then: nil
         )
         changes.changed()
+        if EventTransitions.isTerminal(event.status) { worker?.outcomeRecorded(event.id) }
         // A failed create gives its room back now. A completed one needs no call: its hold ends when the hypervisor
         // reports hosting the droplet (the scheduler keeps it until then, so the room is not given twice).
         if event.status == .errored, event.type == "create" { await placer?.release(event) }

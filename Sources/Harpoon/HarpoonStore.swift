@@ -95,6 +95,8 @@ package protocol HarpoonStore: Sendable {
     func postpone(_ entry: OutboxEntry, until: Double) async throws
     /// After a delivery: look again at `until` (without counting an attempt) unless the outcome removes the entry.
     func reschedule(_ entry: OutboxEntry, until: Double) async throws
+    /// Settles an outbox entry on its own (nothing if the entry is gone).
+    func settle(_ settlement: OutboxSettlement) async throws
     func outboxCount() async throws -> Int
     /// Open connections to the database.
     var connectionCount: Int { get }

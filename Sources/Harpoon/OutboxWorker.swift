@@ -44,10 +44,13 @@ package final class OutboxWorker: Sendable {
     /// How long a delivered event may go without an outcome before it is delivered again (a router that restarted
     /// has lost it; agents ignore an event they have run).
     package let redeliveryInterval: Double
+    /// Deliveries waiting a moment for their outcome before they record `delivered`.
+    private let outcomes: OutcomeWaits
 
     package init(
         store: any HarpoonStore, placer: any Placer, delivery: any EventDelivery, maxPlacementAttempts: Int = 30,
-        concurrency: Int = 256, redeliveryInterval: Duration = .seconds(10), onChange: @escaping @Sendable () -> Void = {}
+        concurrency: Int = 256, redeliveryInterval: Duration = .seconds(10), outcomeGrace: Duration = .milliseconds(200),
+        onChange: @escaping @Sendable () -> Void = {}
     ) {
         let (seconds, attoseconds) = redeliveryInterval.components
         self.redeliveryInterval = Double(seconds) + Double(attoseconds) / 1e18
@@ -57,10 +60,14 @@ package final class OutboxWorker: Sendable {
         self.maxPlacementAttempts = maxPlacementAttempts
         self.concurrency = concurrency
         self.onChange = onChange
+        outcomes = OutcomeWaits(grace: outcomeGrace)
     }
 
     /// New work is in the outbox.
     package func wake() { wakeup.signal() }
+
+    /// An event's terminal outcome is recorded (a delivery waiting for it need not record `delivered`).
+    package func outcomeRecorded(_ eventId: Int64) { outcomes.recorded(eventId) }
 
     /// Runs until the task is cancelled.
     ///
@@ -150,15 +157,16 @@ package final class OutboxWorker: Sendable {
         }
         switch try await placer.place(event, size: droplet.size ?? Scheduler_V2_Size()) {
         case .placed(let hypervisorId):
-            // Straight on to the region's router: when that works, one write records placement and delivery, and
-            // the entry stays, handed over to the router step, for redelivery if no outcome comes. (A crash before
-            // the write places again — the scheduler answers the same hypervisor for the same event — and
-            // delivers again; agents ignore an event they have run.)
+            // Straight on to the region's router: when that works, the outcome usually follows within milliseconds
+            // and is the only write. Otherwise one write records placement and delivery, and the entry stays,
+            // handed over to the router step, for redelivery if no outcome comes. (A crash before either write
+            // places again — the scheduler answers the same hypervisor for the same event — and delivers again;
+            // agents do not run an event twice, they report its outcome again.)
             var placed = event
             placed.status = .placed
             placed.hypervisorId = hypervisorId
             do {
-                try await delivery.deliver(placed)
+                try await deliver(placed)
             } catch {
                 // The router is not reachable now: record the placement; the router step retries with backoff.
                 _ = try await store.updateEvent(
@@ -168,15 +176,7 @@ package final class OutboxWorker: Sendable {
                 wake()
                 return
             }
-            do {
-                _ = try await store.updateEvent(
-                    id: event.id, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil,
-                    settling: .handOver(entry, to: .router, until: Date().timeIntervalSince1970 + redeliveryInterval)
-                )
-                onChange()
-            } catch let error as RPCError where error.code == .failedPrecondition {
-                // The outcome came first (a quick agent): the event is finished and its entries are gone.
-            }
+            try await recordDelivery(event.id, hypervisorId: hypervisorId, entry: entry, settling: .handOver(entry, to: .router, until: redeliveryDeadline))
         case .unplaceable(let reason, let retryable):
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)
@@ -194,18 +194,41 @@ package final class OutboxWorker: Sendable {
             try await store.acknowledge(entry)
             return
         }
-        try await delivery.deliver(event)
+        try await deliver(event)
         // The entry stays until the event's outcome arrives (which removes it); if none comes in time, deliver again.
-        let again = OutboxSettlement.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
         if event.status == .pending || event.status == .placed {
-            do {
-                _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil, settling: again)
-                onChange()
-            } catch let error as RPCError where error.code == .failedPrecondition {
-                try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)  // the outcome came first
-            }
-        } else {
-            try await store.reschedule(entry, until: Date().timeIntervalSince1970 + redeliveryInterval)
+            try await recordDelivery(event.id, hypervisorId: nil, entry: entry, settling: .reschedule(entry, until: redeliveryDeadline))
+        } else if await !outcomes.wait(for: event.id) {
+            try await store.reschedule(entry, until: redeliveryDeadline)
+        }
+    }
+
+    private var redeliveryDeadline: Double { Date().timeIntervalSince1970 + redeliveryInterval }
+
+    /// Delivers `event` to its router, expecting its outcome from then on.
+    private func deliver(_ event: Harpoon_V1_Event) async throws {
+        outcomes.expect(event.id)
+        do {
+            try await delivery.deliver(event)
+        } catch {
+            outcomes.forget(event.id)
+            throw error
+        }
+    }
+
+    /// After a delivery: records the event as `delivered` and settles its outbox entry for redelivery — unless the
+    /// outcome is recorded within the grace period, which makes that write moot (the outcome removes the entry).
+    private func recordDelivery(_ eventId: Int64, hypervisorId: String?, entry: OutboxEntry, settling settlement: OutboxSettlement) async throws {
+        if await outcomes.wait(for: eventId) { return }
+        do {
+            _ = try await store.updateEvent(
+                id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement
+            )
+            onChange()
+        } catch let error as RPCError where error.code == .failedPrecondition {
+            // The event moved on meanwhile (an agent reported it running, or finished it). Unfinished, it still needs
+            // its entry for redelivery; finished, its entry is gone and settling it changes nothing.
+            try await store.settle(settlement)
         }
     }
 }

@@ -333,17 +333,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 throw RPCError(code: .notFound, message: "no event \(id)")
             }
             try EventTransitions.check(from: current.status, to: status, eventId: id)
-            switch settlement {
-            case .acknowledge(let entry)?:
-                try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
-            case .reschedule(let entry, let until)?:
-                try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
-            case .handOver(let entry, let destination, let until)?:
-                try db.cachedStatement(sql: "UPDATE outbox SET destination = ?, not_before = ?, attempts = 0 WHERE id = ?")
-                    .execute(arguments: [destination.rawValue, until, entry.id])
-            case nil:
-                break
-            }
+            if let settlement { try Self.settle(settlement, db) }
             if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
                 return current  // a repeated report: nothing changes
             }
@@ -413,8 +403,24 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in try Double.fetchOne(db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox")) }
     }
 
+    private static func settle(_ settlement: OutboxSettlement, _ db: Database) throws {
+        switch settlement {
+        case .acknowledge(let entry):
+            try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
+        case .reschedule(let entry, let until):
+            try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
+        case .handOver(let entry, let destination, let until):
+            try db.cachedStatement(sql: "UPDATE outbox SET destination = ?, not_before = ?, attempts = 0 WHERE id = ?")
+                .execute(arguments: [destination.rawValue, until, entry.id])
+        }
+    }
+
+    package func settle(_ settlement: OutboxSettlement) async throws {
+        try await writer.write { db in try Self.settle(settlement, db) }
+    }
+
     package func acknowledge(_ entry: OutboxEntry) async throws {
-        try await writer.write { db in try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id]) }
+        try await settle(.acknowledge(entry))
     }
 
     package func postpone(_ entry: OutboxEntry, until: Double) async throws {
@@ -424,9 +430,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     }
 
     package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
-        try await writer.write { db in
-            try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
-        }
+        try await settle(.reschedule(entry, until: until))
     }
 
     package func outboxCount() async throws -> Int {

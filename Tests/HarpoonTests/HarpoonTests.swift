@@ -189,6 +189,8 @@ final class FakeScheduler: Placer, EventDelivery {
     let delivered = Mutex<[Int64]>([])
     let released = Mutex<[Int64]>([])
     let failDeliveries = Mutex(0)
+    /// What the agent does with a delivered event (nothing by default: no outcome comes).
+    let agent = Mutex<(@Sendable (Harpoon_V1_Event) -> Void)?>(nil)
 
     init(answers: [PlacementOutcome] = [], fallback: PlacementOutcome = .placed(hypervisorId: "hv1")) {
         self.answers = Mutex(answers)
@@ -210,6 +212,7 @@ final class FakeScheduler: Placer, EventDelivery {
         }
         if fail { throw RPCError(code: .unavailable, message: "router down") }
         delivered.withLock { $0.append(event.id) }
+        agent.withLock { $0 }?(event)
     }
 }
 
@@ -285,6 +288,58 @@ struct OutboxWorkerTests {
             // The outcome ends redelivery: its outbox entry is gone.
             _ = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
             #expect(await eventually { (try? await store.outboxCount()) == 0 })
+        }
+    }
+
+    @Test("an outcome that comes at once is the only write after the create: no separate delivered write")
+    func quickOutcome() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv2"))
+            try await run(store, fake) { worker in
+                // An agent that finishes as soon as it gets the event, reported the way HarpoonService records it.
+                fake.agent.withLock {
+                    $0 = { event in
+                        Task {
+                            _ = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: event.hypervisorId, error: nil, ipv4Address: "10.0.0.9", then: nil)
+                            worker.outcomeRecorded(event.id)
+                        }
+                    }
+                }
+                let (droplet, event) = try await store.createDroplet(createRequest("web"))
+                worker.wake()
+                #expect(await eventually { (try? await store.event(id: event.id))?.status == .completed })
+                let completed = try #require(try await store.event(id: event.id))
+                // Change cursors count writes: the create's, then the outcome's, and nothing between.
+                #expect(completed.cursor == event.cursor + 1)
+                #expect(completed.hypervisorId == "hv2")
+                #expect(try await store.droplet(id: droplet.id)?.status == .active)
+                #expect(try await store.outboxCount() == 0)
+            }
+        }
+    }
+
+    @Test("an event reported running before its delivery is recorded keeps its entry and is delivered again")
+    func runningBeforeDelivered() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler()
+            let worker = OutboxWorker(
+                store: store, placer: fake, delivery: fake, redeliveryInterval: .milliseconds(300), outcomeGrace: .milliseconds(100)
+            )
+            // A slow agent: it says the event is running, at once, and finishes only much later.
+            fake.agent.withLock {
+                $0 = { event in
+                    Task { _ = try? await store.updateEvent(id: event.id, status: .running, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil) }
+                }
+            }
+            let task = Task { await worker.run() }
+            defer { task.cancel() }
+            let (_, event) = try await store.createDroplet(createRequest("web"))
+            worker.wake()
+            // The delivered write finds the event running (refused: no going back), yet the entry goes to the router.
+            #expect(await eventually { fake.delivered.withLock { $0.count } >= 2 })
+            #expect(try await store.event(id: event.id)?.status == .running)
+            let entry = try #require(try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10).first)
+            #expect(entry.destination == .router && entry.eventId == event.id)
         }
     }
 
@@ -453,5 +508,40 @@ struct WriteCoalescerTests {
         for (n, succeeded) in second { #expect(succeeded == (n % 4 != 0), "write \(n)") }
         let keptAfter = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t WHERE n >= 1000 ORDER BY n") }
         #expect(keptAfter == (1000..<1200).filter { $0 % 4 != 0 })
+    }
+}
+
+@Suite("waiting a moment for an outcome")
+struct OutcomeWaitsTests {
+    @Test("an outcome recorded before or during the wait ends it with true")
+    func recorded() async {
+        let waits = OutcomeWaits(grace: .seconds(30))
+        waits.expect(1)
+        waits.recorded(1)
+        #expect(await waits.wait(for: 1))
+        waits.expect(2)
+        async let during = waits.wait(for: 2)
+        #expect(await eventually { waits.isWaiting(2) })
+        waits.recorded(2)
+        #expect(await during)
+    }
+
+    @Test("no outcome: the wait ends with false, not before its grace; a forgotten or unexpected event has nothing to wait for")
+    func noOutcome() async {
+        let waits = OutcomeWaits(grace: .milliseconds(50))
+        waits.expect(1)
+        let started = ContinuousClock.now
+        #expect(await waits.wait(for: 1) == false)
+        #expect(ContinuousClock.now - started >= .milliseconds(50))
+        // Every wait ended: later ones start the timer again.
+        waits.expect(2)
+        #expect(await waits.wait(for: 2) == false)
+
+        waits.expect(3)
+        waits.forget(3)
+        waits.recorded(3)
+        #expect(await waits.wait(for: 3) == false)
+        waits.recorded(4)  // never expected: ignored, not kept
+        #expect(await waits.wait(for: 4) == false)
     }
 }

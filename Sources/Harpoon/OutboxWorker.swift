@@ -176,7 +176,7 @@ package final class OutboxWorker: Sendable {
                 wake()
                 return
             }
-            try await recordDelivery(event.id, hypervisorId: hypervisorId, entry: entry, settling: .handOver(entry, to: .router, until: redeliveryDeadline))
+            try await recordDelivery(event.id, hypervisorId: hypervisorId) { .handOver(entry, to: .router, until: $0) }
         case .unplaceable(let reason, let retryable):
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)
@@ -197,7 +197,7 @@ package final class OutboxWorker: Sendable {
         try await deliver(event)
         // The entry stays until the event's outcome arrives (which removes it); if none comes in time, deliver again.
         if event.status == .pending || event.status == .placed {
-            try await recordDelivery(event.id, hypervisorId: nil, entry: entry, settling: .reschedule(entry, until: redeliveryDeadline))
+            try await recordDelivery(event.id, hypervisorId: nil) { .reschedule(entry, until: $0) }
         } else if await !outcomes.wait(for: event.id) {
             try await store.reschedule(entry, until: redeliveryDeadline)
         }
@@ -216,10 +216,14 @@ package final class OutboxWorker: Sendable {
         }
     }
 
-    /// After a delivery: records the event as `delivered` and settles its outbox entry for redelivery — unless the
-    /// outcome is recorded within the grace period, which makes that write moot (the outcome removes the entry).
-    private func recordDelivery(_ eventId: Int64, hypervisorId: String?, entry: OutboxEntry, settling settlement: OutboxSettlement) async throws {
+    /// After a delivery: records the event as `delivered` and settles its outbox entry for redelivery at the
+    /// redelivery deadline — unless the outcome is recorded within the grace period, which makes that write moot
+    /// (the outcome removes the entry).
+    private func recordDelivery(
+        _ eventId: Int64, hypervisorId: String?, settling settlementUntil: (_ redeliveryDeadline: Double) -> OutboxSettlement
+    ) async throws {
         if await outcomes.wait(for: eventId) { return }
+        let settlement = settlementUntil(redeliveryDeadline)  // counted from now, after the wait
         do {
             _ = try await store.updateEvent(
                 id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement

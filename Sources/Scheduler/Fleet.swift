@@ -15,30 +15,117 @@ package final class Fleet: Sendable {
         var expires: ContinuousClock.Instant
     }
 
-    /// One hypervisor as placements read it: its latest state, its customers as a set (its report carries a list),
-    /// and what reservations hold on it — together, so a placement reads each hypervisor with no lookups.
+    /// One hypervisor as the fleet keeps it: its latest state, its customers as a set (its report carries a list), and
+    /// what reservations hold on it.
     private struct Entry {
         var state: Scheduler_V2_HypervisorState
-        var summary: HypervisorSummary
         var customers: Set<String>
         var held = HeldCapacity()
 
-        init(_ state: Scheduler_V2_HypervisorState, policy: PlacementPolicy, held: HeldCapacity = HeldCapacity()) {
+        init(_ state: Scheduler_V2_HypervisorState, held: HeldCapacity = HeldCapacity()) {
             self.state = state
-            summary = HypervisorSummary(state, policy: policy)
             customers = Set(state.customers)
             self.held = held
         }
+    }
 
-        mutating func markUnresponsive(policy: PlacementPolicy) {
-            state.unresponsive = true
-            summary.unresponsive = true
+    /// What a placement reads of one hypervisor, as plain numbers, so that the scan of a region copies and compares
+    /// without reference counting. Its skip reasons carry no text: only ``PlacementRules/best`` reads slots, and it
+    /// keeps no reasons (the report reads the full state).
+    private struct Slot: HypervisorFacts {
+        /// The hypervisor's place among the region's ids in sorted order (ties go to the lowest id).
+        var order: Int32 = 0
+        /// Where its entry is in the region.
+        var index: Int32
+        var cpus: UInt32
+        var memoryMb: UInt64
+        var diskGb: UInt64
+        var usedVcpus: UInt32
+        var usedMemoryMb: UInt64
+        var usedDiskGb: UInt64
+        var dropletCount: UInt32
+        var recentErrors: UInt32
+        var inMaintenance: Bool
+        var unresponsive: Bool
+        var busy: Bool
+        var held: HeldTotals
+
+        init(_ entry: Entry, index: Int, order: Int32, policy: PlacementPolicy) {
+            let state = entry.state
+            self.order = order
+            self.index = Int32(index)
+            cpus = state.cpus
+            memoryMb = state.memoryMb
+            diskGb = state.diskGb
+            usedVcpus = state.usedVcpus
+            usedMemoryMb = state.usedMemoryMb
+            usedDiskGb = state.usedDiskGb
+            dropletCount = state.dropletCount
+            recentErrors = state.recentErrors
+            inMaintenance = state.inMaintenance
+            unresponsive = state.unresponsive
+            busy = state.busyOperation(policy) != nil
+            held = entry.held.totals
+        }
+
+        var maintenance: String { "" }
+        func busyOperation(_ policy: PlacementPolicy) -> String? { busy ? "" : nil }
+    }
+
+    /// A region's hypervisors: entries and their slots side by side, in one order, plus an index by id.
+    private struct Region {
+        var entries: [Entry] = []
+        var slots: [Slot] = []
+        var index: [String: Int] = [:]
+        /// A hypervisor joined or left: the slots' `order` is recomputed before the next placement.
+        var ordersStale = false
+
+        /// Adds or replaces a hypervisor's entry.
+        mutating func put(_ entry: Entry, policy: PlacementPolicy) {
+            if let position = index[entry.state.id] {
+                entries[position] = entry
+                slots[position] = Slot(entry, index: position, order: slots[position].order, policy: policy)
+            } else {
+                index[entry.state.id] = entries.count
+                slots.append(Slot(entry, index: entries.count, order: 0, policy: policy))
+                entries.append(entry)
+                ordersStale = true
+            }
+        }
+
+        /// Removes a hypervisor's entry (the last one takes its place), returning it.
+        mutating func remove(_ id: String) -> Entry? {
+            guard let position = index.removeValue(forKey: id) else { return nil }
+            let removed = entries[position]
+            let last = entries.count - 1
+            if position != last {
+                entries[position] = entries[last]
+                slots[position] = slots[last]
+                slots[position].index = Int32(position)
+                index[entries[position].state.id] = position
+            }
+            entries.removeLast()
+            slots.removeLast()
+            ordersStale = true
+            return removed
+        }
+
+        mutating func update(at position: Int, policy: PlacementPolicy, _ body: (inout Entry) -> Void) {
+            body(&entries[position])
+            slots[position] = Slot(entries[position], index: position, order: slots[position].order, policy: policy)
+        }
+
+        mutating func refreshOrders() {
+            guard ordersStale else { return }
+            let sorted = entries.indices.sorted { entries[$0].state.id < entries[$1].state.id }
+            for (order, position) in sorted.enumerated() { slots[position].order = Int32(order) }
+            ordersStale = false
         }
     }
 
     private struct State {
-        /// Region → hypervisor id → entry: a placement walks its region only.
-        var regions: [String: [String: Entry]] = [:]
+        /// Region → its hypervisors: a placement walks its region only.
+        var regions: [String: Region] = [:]
         /// Hypervisor id → region.
         var regionOf: [String: String] = [:]
         var reservations: [String: Reservation] = [:]
@@ -48,48 +135,53 @@ package final class Fleet: Sendable {
         var count: Int { regionOf.count }
 
         func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
-            regionOf[id].flatMap { regions[$0]?[id]?.state }
+            guard let region = regionOf[id].flatMap({ regions[$0] }), let position = region.index[id] else { return nil }
+            return region.entries[position].state
         }
 
-        mutating func update(_ id: String, _ body: (inout Entry) -> Void) {
-            guard let region = regionOf[id] else { return }
-            regions[region]?[id].modifyInPlace(body)
+        mutating func update(_ id: String, policy: PlacementPolicy, _ body: (inout Entry) -> Void) {
+            guard let name = regionOf[id], let position = regions[name]?.index[id] else { return }
+            regions[name]?.update(at: position, policy: policy, body)
         }
 
         mutating func record(_ hypervisor: Scheduler_V2_HypervisorState, policy: PlacementPolicy) {
             // A hypervisor that moved region (reconfigured) takes its holds with it.
-            let previous = regionOf[hypervisor.id] ?? hypervisor.region
-            let held = regions[previous]?.removeValue(forKey: hypervisor.id)?.held ?? HeldCapacity()
-            regions[hypervisor.region, default: [:]][hypervisor.id] = Entry(hypervisor, policy: policy, held: held)
+            var held = HeldCapacity()
+            if let previous = regionOf[hypervisor.id], previous != hypervisor.region {
+                held = regions[previous]?.remove(hypervisor.id)?.held ?? held
+            } else if let region = regions[hypervisor.region], let position = region.index[hypervisor.id] {
+                held = region.entries[position].held
+            }
+            regions[hypervisor.region, default: Region()].put(Entry(hypervisor, held: held), policy: policy)
             regionOf[hypervisor.id] = hypervisor.region
         }
 
         /// What reservations hold, per hypervisor (for the full report).
         var held: [String: HeldCapacity] {
             var held: [String: HeldCapacity] = [:]
-            for entries in regions.values {
-                for (id, entry) in entries where !entry.held.isEmpty { held[id] = entry.held }
+            for region in regions.values {
+                for entry in region.entries where !entry.held.isEmpty { held[entry.state.id] = entry.held }
             }
             return held
         }
 
-        var allHypervisors: [Scheduler_V2_HypervisorState] { regions.values.flatMap { $0.values.map(\.state) } }
+        var allHypervisors: [Scheduler_V2_HypervisorState] { regions.values.flatMap { $0.entries.map(\.state) } }
 
-        mutating func hold(_ key: String, _ reservation: Reservation) {
-            drop(key)
+        mutating func hold(_ key: String, _ reservation: Reservation, policy: PlacementPolicy) {
+            drop(key, policy: policy)
             reservations[key] = reservation
-            update(reservation.hypervisorId) { $0.held.add(reservation.size, customer: reservation.customer) }
+            update(reservation.hypervisorId, policy: policy) { $0.held.add(reservation.size, customer: reservation.customer) }
             nextExpiry = min(nextExpiry ?? reservation.expires, reservation.expires)
         }
 
-        mutating func drop(_ key: String) {
+        mutating func drop(_ key: String, policy: PlacementPolicy) {
             guard let reservation = reservations.removeValue(forKey: key) else { return }
-            update(reservation.hypervisorId) { $0.held.remove(reservation.size, customer: reservation.customer) }
+            update(reservation.hypervisorId, policy: policy) { $0.held.remove(reservation.size, customer: reservation.customer) }
         }
 
-        mutating func expire(now: ContinuousClock.Instant) {
+        mutating func expire(now: ContinuousClock.Instant, policy: PlacementPolicy) {
             guard let next = nextExpiry, next <= now else { return }
-            for (key, reservation) in reservations where reservation.expires <= now { drop(key) }
+            for (key, reservation) in reservations where reservation.expires <= now { drop(key, policy: policy) }
             nextExpiry = reservations.values.lazy.map(\.expires).min()
         }
     }
@@ -117,7 +209,7 @@ package final class Fleet: Sendable {
                 let done = state.reservations.compactMap { key, reservation in
                     reservation.dropletId != 0 && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true ? key : nil
                 }
-                for key in done { state.drop(key) }
+                for key in done { state.drop(key, policy: policy) }
             }
             return state.count
         }
@@ -125,7 +217,7 @@ package final class Fleet: Sendable {
 
     package func markUnresponsive(_ ids: [String]) {
         state.withLock { state in
-            for id in ids { state.update(id) { $0.markUnresponsive(policy: policy) } }
+            for id in ids { state.update(id, policy: policy) { $0.state.unresponsive = true } }
         }
     }
 
@@ -136,7 +228,7 @@ package final class Fleet: Sendable {
     /// The placement report, without placing.
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
-            state.expire(now: .now)
+            state.expire(now: .now, policy: policy)
             return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
         }
     }
@@ -147,11 +239,11 @@ package final class Fleet: Sendable {
     package func place(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
             let now = ContinuousClock.now
-            state.expire(now: now)
+            state.expire(now: now, policy: policy)
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
             }
-            let best = Self.best(in: state, for: request, policy: policy)
+            let best = Self.best(in: &state, for: request, policy: policy)
             guard let best else {
                 // Nothing fits: the full report says why, hypervisor by hypervisor.
                 return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
@@ -160,27 +252,33 @@ package final class Fleet: Sendable {
             state.hold(key, Reservation(
                 hypervisorId: best.id, size: request.size ?? Scheduler_V2_Size(),
                 customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
-            ))
+            ), policy: policy)
             return Scheduler_V2_PlaceResponse(
                 hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)]
             )
         }
     }
 
-    /// The best candidate of the request's region. A function of its own so that its reference to the region's
-    /// entries ends before the caller holds capacity: were it still alive, that write would copy every entry of the
-    /// region (a copy on write), for each placement.
+    /// The best candidate of the request's region: a scan of its slots, contiguous plain numbers. A function of its
+    /// own so that its reference to the region ends before the caller holds capacity: were it still alive, that
+    /// write would copy the region (a copy on write), for each placement.
     private static func best(
-        in state: borrowing State, for request: Scheduler_V2_PlaceRequest, policy: PlacementPolicy
+        in state: inout State, for request: Scheduler_V2_PlaceRequest, policy: PlacementPolicy
     ) -> (id: String, score: Double, hostsCustomer: Bool)? {
+        guard state.regions[request.region] != nil else { return nil }
+        state.regions[request.region]?.refreshOrders()
         guard let region = state.regions[request.region] else { return nil }
         let customer = request.customer
-        return PlacementRules.best(
-            candidates: region.values.lazy.map { ($0.summary, $0.held) }, request: request, policy: policy,
-            hostsCustomer: { hypervisor, held in
-                held.customers[customer, default: 0] > 0 || region[hypervisor.id]?.customers.contains(customer) == true
-            }
-        )
+        let best = region.slots.withUnsafeBufferPointer { slots in
+            PlacementRules.best(
+                candidates: slots.lazy.map { ($0, $0.held) }, request: request, policy: policy,
+                hostsCustomer: { slot in
+                    let position = Int(slot.index)
+                    return region.entries[position].held.customers[customer, default: 0] > 0 || region.entries[position].customers.contains(customer)
+                }
+            )
+        }
+        return best.map { (region.entries[Int($0.hypervisor.index)].state.id, $0.score, $0.hostsCustomer) }
     }
 
     /// Ends an event's reservation; `false` if it held none. For a completed create whose droplet the hypervisor has
@@ -194,21 +292,10 @@ package final class Fleet: Sendable {
                state.hypervisor(reservation.hypervisorId)?.dropletIds.contains(reservation.dropletId) != true {
                 return true
             }
-            state.drop(eventId)
+            state.drop(eventId, policy: policy)
             return true
         }
     }
 
     package var reservationCount: Int { state.withLock { $0.reservations.count } }
-}
-
-extension Optional {
-    /// Runs `body` on the wrapped value in place: the optional lets go of it first, so the value is uniquely
-    /// referenced and its collections are not copied on write.
-    fileprivate mutating func modifyInPlace(_ body: (inout Wrapped) -> Void) {
-        guard case .some(var value) = self else { return }
-        self = nil
-        body(&value)
-        self = value
-    }
 }

@@ -18,32 +18,39 @@ package struct PlacementPolicy: Sendable, Hashable {
     package init() {}
 }
 
-/// Capacity held by placements whose events have not finished yet.
-package struct HeldCapacity: Sendable, Hashable {
+/// What placements hold on a hypervisor, as plain numbers (what the rules compare).
+package struct HeldTotals: Sendable, Hashable {
     package var vcpus: UInt64 = 0
     package var memoryMB: UInt64 = 0
     package var diskGB: UInt64 = 0
     package var droplets = 0
+
+    package init() {}
+}
+
+/// Capacity held by placements whose events have not finished yet.
+package struct HeldCapacity: Sendable, Hashable {
+    package var totals = HeldTotals()
     /// Holds per customer.
     package var customers: [String: Int] = [:]
 
     package init() {}
 
-    package var isEmpty: Bool { droplets == 0 }
+    package var isEmpty: Bool { totals.droplets == 0 }
 
     package mutating func add(_ size: Scheduler_V2_Size, customer: String) {
-        vcpus += UInt64(size.vcpus)
-        memoryMB += size.memoryMb
-        diskGB += size.diskGb
-        droplets += 1
+        totals.vcpus += UInt64(size.vcpus)
+        totals.memoryMB += size.memoryMb
+        totals.diskGB += size.diskGb
+        totals.droplets += 1
         customers[customer, default: 0] += 1
     }
 
     package mutating func remove(_ size: Scheduler_V2_Size, customer: String) {
-        vcpus -= min(vcpus, UInt64(size.vcpus))
-        memoryMB -= min(memoryMB, size.memoryMb)
-        diskGB -= min(diskGB, size.diskGb)
-        droplets = max(0, droplets - 1)
+        totals.vcpus -= min(totals.vcpus, UInt64(size.vcpus))
+        totals.memoryMB -= min(totals.memoryMB, size.memoryMb)
+        totals.diskGB -= min(totals.diskGB, size.diskGb)
+        totals.droplets = max(0, totals.droplets - 1)
         if let count = customers[customer] { customers[customer] = count > 1 ? count - 1 : nil }
     }
 }
@@ -104,7 +111,7 @@ package enum PlacementRules {
         policy: PlacementPolicy
     ) -> Verdict {
         let hosts = hypervisor.customers.contains(customer)
-        switch assess(hypervisor, held: held, size: size, hostsCustomer: hosts || held.customers[customer, default: 0] > 0, policy: policy) {
+        switch assess(hypervisor, held: held.totals, size: size, hostsCustomer: hosts || held.customers[customer, default: 0] > 0, policy: policy) {
         case .candidate(let score, let hostsCustomer):
             return .candidate(Scheduler_V2_Candidate(hypervisorId: hypervisor.id, score: score, hostsCustomer: hostsCustomer))
         case .skip(let reason, let transient):
@@ -117,7 +124,7 @@ package enum PlacementRules {
     @inline(__always)
     package static func assess<Hypervisor: HypervisorFacts>(
         _ hypervisor: Hypervisor,
-        held: HeldCapacity,
+        held: HeldTotals,
         size: Scheduler_V2_Size,
         hostsCustomer: Bool,
         policy: PlacementPolicy
@@ -136,7 +143,7 @@ package enum PlacementRules {
         if hypervisor.recentErrors > policy.maxRecentErrors {
             return .skip(.errors(Int32(clamping: hypervisor.recentErrors), max: policy.maxRecentErrors), transient: true)
         }
-        if !hypervisor.maintenance.isEmpty {
+        if hypervisor.inMaintenance {
             return .skip(.maintenance(hypervisor.maintenance), transient: true)
         }
         if hypervisor.unresponsive {
@@ -178,25 +185,25 @@ package enum PlacementRules {
     }
 
     /// The best candidate only, with no report: what a placement needs when one fits (the usual case). Same rules
-    /// and the same order as `report` (highest score, ties to the lowest id), without a message per hypervisor.
-    /// `candidates`: the region's hypervisors with what is held on each. `hostsCustomer` is asked only of a
-    /// hypervisor that could still win: hosting the customer only lowers a score.
+    /// and the same order as `report` (highest score, ties to the lowest id, compared through `order`), without a
+    /// message per hypervisor. `candidates`: the region's hypervisors with what is held on each. `hostsCustomer` is
+    /// asked only of a hypervisor that could still win: hosting the customer only lowers a score.
     package static func best<Candidates: Sequence, Hypervisor: HypervisorFacts>(
         candidates: Candidates,
         request: Scheduler_V2_PlaceRequest,
         policy: PlacementPolicy,
-        hostsCustomer: (Hypervisor, HeldCapacity) -> Bool
-    ) -> (id: String, score: Double, hostsCustomer: Bool)?
-    where Candidates.Element == (Hypervisor, HeldCapacity) {
+        hostsCustomer: (Hypervisor) -> Bool
+    ) -> (hypervisor: Hypervisor, score: Double, hostsCustomer: Bool)?
+    where Candidates.Element == (Hypervisor, HeldTotals) {
         let size = request.size ?? Scheduler_V2_Size()
-        var best: (id: String, score: Double, hostsCustomer: Bool)?
+        var best: (hypervisor: Hypervisor, score: Double, hostsCustomer: Bool)?
         for (hypervisor, held) in candidates {
             guard case .candidate(let ceiling, _) = assess(hypervisor, held: held, size: size, hostsCustomer: false, policy: policy) else { continue }
-            if let current = best, current.score > ceiling || (current.score == ceiling && current.id < hypervisor.id) { continue }
-            let hosts = hostsCustomer(hypervisor, held)
+            if let current = best, current.score > ceiling || (current.score == ceiling && current.hypervisor.order < hypervisor.order) { continue }
+            let hosts = hostsCustomer(hypervisor)
             let score = hosts ? ceiling - policy.sameCustomerPenalty : ceiling
-            if let current = best, current.score > score || (current.score == score && current.id < hypervisor.id) { continue }
-            best = (hypervisor.id, score, hosts)
+            if let current = best, current.score > score || (current.score == score && current.hypervisor.order < hypervisor.order) { continue }
+            best = (hypervisor, score, hosts)
         }
         return best
     }
@@ -245,9 +252,11 @@ extension UInt64 {
     fileprivate func subtractingClamped(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
 }
 
-/// What the rules read of a hypervisor: its reported state, or the compact summary a fleet keeps for placements.
+/// What the rules read of a hypervisor: its reported state, or the plain numbers a fleet keeps for placements.
 package protocol HypervisorFacts {
-    var id: String { get }
+    /// Ties between equal scores go to the lowest `order`, which sorts as the hypervisor ids do.
+    associatedtype Order: Comparable
+    var order: Order { get }
     var cpus: UInt32 { get }
     var memoryMb: UInt64 { get }
     var diskGb: UInt64 { get }
@@ -256,6 +265,8 @@ package protocol HypervisorFacts {
     var usedDiskGb: UInt64 { get }
     var dropletCount: UInt32 { get }
     var recentErrors: UInt32 { get }
+    var inMaintenance: Bool { get }
+    /// What the maintenance is, for a skip reason (read only when `inMaintenance`).
     var maintenance: String { get }
     var unresponsive: Bool { get }
     /// The first operation in flight that makes it busy under `policy`, if any.
@@ -263,42 +274,10 @@ package protocol HypervisorFacts {
 }
 
 extension Scheduler_V2_HypervisorState: HypervisorFacts {
+    package var order: String { id }
+    package var inMaintenance: Bool { !maintenance.isEmpty }
+
     package func busyOperation(_ policy: PlacementPolicy) -> String? {
         inFlight.isEmpty ? nil : inFlight.first { policy.busyOperations.contains($0) }
     }
-}
-
-/// A hypervisor's state without its lists: a plain value a placement can read hundreds of times without reference
-/// counting (the lists are what the rules need only as a yes or no, worked out once per report).
-package struct HypervisorSummary: HypervisorFacts, Sendable {
-    package var id: String
-    package var cpus: UInt32
-    package var memoryMb: UInt64
-    package var diskGb: UInt64
-    package var usedVcpus: UInt32
-    package var usedMemoryMb: UInt64
-    package var usedDiskGb: UInt64
-    package var dropletCount: UInt32
-    package var recentErrors: UInt32
-    package var maintenance: String
-    package var unresponsive: Bool
-    /// `busyOperation` for the policy it was made with.
-    package var busy: String?
-
-    package init(_ state: Scheduler_V2_HypervisorState, policy: PlacementPolicy) {
-        id = state.id
-        cpus = state.cpus
-        memoryMb = state.memoryMb
-        diskGb = state.diskGb
-        usedVcpus = state.usedVcpus
-        usedMemoryMb = state.usedMemoryMb
-        usedDiskGb = state.usedDiskGb
-        dropletCount = state.dropletCount
-        recentErrors = state.recentErrors
-        maintenance = state.maintenance
-        unresponsive = state.unresponsive
-        busy = state.busyOperation(policy)
-    }
-
-    package func busyOperation(_ policy: PlacementPolicy) -> String? { busy }
 }

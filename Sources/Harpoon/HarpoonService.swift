@@ -49,9 +49,11 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         guard let size = request.size, size.vcpus > 0, size.memoryMb > 0 else {
             throw RPCError(code: .invalidArgument, message: "size with vCPUs and memory is required")
         }
-        let (droplet, event) = try await store.createDroplet(request)
-        mutated()
-        return Harpoon_V1_CreateDropletResponse(droplet: droplet, event: event)
+        let created = try await store.createDropletQueued(request)
+        // The worker starts on the new entry with the rows just written, without reading them back.
+        if let entry = created.entry { worker?.handOver(entry, event: created.event, droplet: created.droplet) }
+        changes.changed()
+        return Harpoon_V1_CreateDropletResponse(droplet: created.droplet, event: created.event)
     }
 
     package func getDroplet(request: Harpoon_V1_GetDropletRequest, context: ServerContext) async throws -> Harpoon_V1_Droplet {

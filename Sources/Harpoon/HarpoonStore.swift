@@ -28,7 +28,21 @@ package enum OutboxSettlement: Sendable, Hashable {
     case handOver(OutboxEntry, to: OutboxDestination, until: Double)
 }
 
+/// A droplet just created: its create event, and the outbox entry that takes the event to the scheduler (`nil` when
+/// the idempotency key had been used: nothing new was written).
+package struct CreatedDroplet: Sendable {
+    package var droplet: Harpoon_V1_Droplet
+    package var event: Harpoon_V1_Event
+    package var entry: OutboxEntry?
+}
+
 extension HarpoonStore {
+    /// Droplet + create event + outbox entry, atomically; the droplet and its event.
+    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
+        let created = try await createDropletQueued(request)
+        return (created.droplet, created.event)
+    }
+
     /// An update with no outbox entry to settle.
     package func updateEvent(
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
@@ -68,8 +82,9 @@ package struct Page<Item: Sendable>: Sendable {
 /// Every mutation is one transaction. Mutations that take an idempotency key return the first result for a key
 /// again instead of acting twice.
 package protocol HarpoonStore: Sendable {
-    /// Droplet + create event + outbox entry (to the scheduler), atomically.
-    func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event)
+    /// Droplet + create event + outbox entry (to the scheduler), atomically; the entry comes back too, so that the
+    /// outbox worker can start on it without reading it back.
+    func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet
     func droplet(id: Int64) async throws -> Harpoon_V1_Droplet?
     func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet>
     /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
@@ -88,8 +103,8 @@ package protocol HarpoonStore: Sendable {
     func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event]
     /// Outbox entries that are due, oldest first.
     func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry]
-    /// The earliest time an entry becomes due, if any waits.
-    func nextOutboxTime() async throws -> Double?
+    /// The earliest time after `now` at which an entry becomes due, if any waits.
+    func nextOutboxTime(after now: Double) async throws -> Double?
     func acknowledge(_ entry: OutboxEntry) async throws
     /// After a failed attempt: try again at `until`, counting the attempt.
     func postpone(_ entry: OutboxEntry, until: Double) async throws

@@ -26,21 +26,45 @@ package protocol EventDelivery: Sendable {
 /// A router's entry stays in the outbox until the event's outcome is recorded, and is delivered again if the outcome
 /// does not come within ``redeliveryInterval``: a router or agent that restarts loses nothing.
 ///
-/// The worker sleeps until woken by new work (``wake()``) or until a postponed entry is due; nothing polls the table
-/// on a timer. A failed push is postponed with exponential backoff and jitter. After a restart the worker finds
+/// The worker sleeps until woken by new work or until a postponed entry is due; nothing polls the table on a timer.
+/// A new droplet's entry is handed over in memory with the rows its create wrote (``handOver(_:event:droplet:)``), so
+/// the usual creation costs the worker no read. The table is read when it may hold work the worker has not been
+/// handed: at start, after ``wake()``, when an entry the worker postponed comes due, or when more is due than it had
+/// room for. A failed push is postponed with exponential backoff and jitter. After a restart the worker finds
 /// whatever was not acknowledged and pushes it again; every step checks the event's state first, so pushing twice
 /// does nothing twice.
 package final class OutboxWorker: Sendable {
+    /// An entry's event and droplet, as read or as just written.
+    typealias Loaded = (event: Harpoon_V1_Event, droplet: Harpoon_V1_Droplet?)
+
+    private struct State {
+        /// Entries being processed now.
+        var running: Set<Int64> = []
+        /// Entries finished while the table was being read: the read may still show them, as they were.
+        var finished: Set<Int64> = []
+        var reading = false
+        /// Entries handed over in memory and not started yet, oldest first, with their rows.
+        var handed: [Int64: (OutboxEntry, Loaded)] = [:]
+        var handedOrder: [Int64] = []
+        /// The highest entry id a read of the table has returned: a later handover of one of those is already served.
+        var highestRead: Int64 = 0
+        /// When the table must be read next: `0` at once, `.infinity` when nothing is known to wait there.
+        var tableDue = 0.0
+        /// Reads of the table finished so far.
+        var tableReads = 0
+    }
+
     private let store: any HarpoonStore
     private let placer: any Placer
     private let delivery: any EventDelivery
     private let wakeup = Wakeup()
-    /// Outbox entries being processed now, and those finished since the worker last read the outbox.
-    private let inFlight = Mutex<(running: Set<Int64>, finished: Set<Int64>)>(([], []))
+    private let state = Mutex(State())
     private let onChange: @Sendable () -> Void
     /// Placement attempts for an event that cannot be placed yet before it is errored.
     package let maxPlacementAttempts: Int
     private let concurrency: Int
+    /// Entries kept in memory, waiting for room; past this a handover is left to the table.
+    private let handedLimit: Int
     /// How long a delivered event may go without an outcome before it is delivered again (a router that restarted
     /// has lost it; agents ignore an event they have run).
     package let redeliveryInterval: Double
@@ -59,62 +83,135 @@ package final class OutboxWorker: Sendable {
         self.delivery = delivery
         self.maxPlacementAttempts = maxPlacementAttempts
         self.concurrency = concurrency
+        handedLimit = concurrency * 16
         self.onChange = onChange
         outcomes = OutcomeWaits(grace: outcomeGrace)
     }
 
-    /// New work is in the outbox.
-    package func wake() { wakeup.signal() }
+    /// New work is in the outbox table.
+    package func wake() {
+        state.withLock { $0.tableDue = 0 }
+        wakeup.signal()
+    }
+
+    /// A new entry, with the event and droplet its transaction wrote: the worker starts on it without reading the
+    /// table. (An entry a read has already returned is left to that read.)
+    package func handOver(_ entry: OutboxEntry, event: Harpoon_V1_Event, droplet: Harpoon_V1_Droplet?) {
+        state.withLock { state in
+            guard entry.id > state.highestRead, !state.running.contains(entry.id) else { return }
+            guard state.handed.count < handedLimit else {
+                state.tableDue = 0  // no room in memory: the table has it
+                return
+            }
+            state.handed[entry.id] = (entry, (event, droplet))
+            state.handedOrder.append(entry.id)
+        }
+        wakeup.signal()
+    }
+
+    /// The table holds an entry due at `time` (one the worker postponed or rescheduled).
+    private func due(at time: Double) {
+        state.withLock { $0.tableDue = min($0.tableDue, time) }
+    }
+
+    /// Reads of the outbox table finished so far, and entries handed over that wait for room.
+    var tableReads: Int { state.withLock { $0.tableReads } }
+    var handedWaiting: Int { state.withLock { $0.handed.count } }
 
     /// An event's terminal outcome is recorded (a delivery waiting for it need not record `delivered`).
     package func outcomeRecorded(_ eventId: Int64) { outcomes.recorded(eventId) }
 
     /// Runs until the task is cancelled.
     ///
-    /// Entries are processed as a stream, not in rounds: the worker starts every due entry that is not already being
-    /// processed (up to `concurrency` at once) and looks again whenever one finishes or new work arrives, so a
-    /// placement's delivery starts as soon as the placement is recorded.
+    /// Entries are processed as a stream, not in rounds: the worker starts every entry it has room for (up to
+    /// `concurrency` at once) and looks again whenever one finishes or new work arrives, so a placement's delivery
+    /// starts as soon as the placement is recorded.
     package func run() async {
         while !Task.isCancelled {
             let now = Date().timeIntervalSince1970
-            let busy = inFlight.withLock { state in
-                // Entries that finish from here on may still show in the read below, as they were: skip them.
+            let (handed, readLimit, room) = state.withLock { state -> ([(OutboxEntry, Loaded)], Int, Int) in
+                var room = concurrency - state.running.count
+                var handed: [(OutboxEntry, Loaded)] = []
+                var taken = 0
+                while room > 0, taken < state.handedOrder.count {
+                    let id = state.handedOrder[taken]
+                    taken += 1
+                    guard let item = state.handed.removeValue(forKey: id) else { continue }  // a read took it
+                    state.running.insert(id)
+                    handed.append(item)
+                    room -= 1
+                }
+                state.handedOrder.removeFirst(taken)
+                guard room > 0, state.tableDue <= now else { return (handed, 0, room) }
+                state.reading = true
                 state.finished.removeAll(keepingCapacity: true)
-                return state.running.count
+                state.tableDue = .infinity  // a wake during the read brings it back to 0
+                return (handed, state.running.count + room, room)
             }
-            let room = concurrency - busy
-            var started = 0
-            if room > 0 {
-                let due = (try? await store.dueOutbox(now: now, limit: busy + room)) ?? []
-                let chosen = inFlight.withLock { state -> [OutboxEntry] in
-                    var chosen: [OutboxEntry] = []
-                    for entry in due where chosen.count < room && !state.running.contains(entry.id) && !state.finished.contains(entry.id) {
-                        state.running.insert(entry.id)
-                        chosen.append(entry)
-                    }
-                    return chosen
-                }
-                if !chosen.isEmpty {
-                    // One read for the batch's events and droplets.
-                    let loaded = (try? await store.eventsWithDroplets(ids: chosen.map(\.eventId))) ?? [:]
-                    for entry in chosen {
-                        let item = loaded[entry.eventId]
-                        Task {
-                            await self.process(entry, loaded: item)
-                            self.inFlight.withLock { state in
-                                state.running.remove(entry.id)
-                                state.finished.insert(entry.id)
-                            }
-                            self.wakeup.signal()
-                        }
-                    }
-                    started = chosen.count
-                }
-            }
+            for (entry, loaded) in handed { start(entry, loaded: loaded) }
+            var started = handed.count
+            if readLimit > 0 { started += await readTable(now: now, limit: readLimit, room: room) }
             if started > 0 { continue }
             // Nothing new to start: wait for new work, a finished entry, or the next postponed entry's time.
-            let next = busy > 0 ? nil : try? await store.nextOutboxTime()
-            await wakeup.wait(timeout: next.map { .milliseconds(Int64(max(1, ($0 - now) * 1000))) } ?? (busy > 0 ? .seconds(1) : nil))
+            let tableDue = state.withLock { $0.tableDue }
+            await wakeup.wait(timeout: tableDue.isFinite ? .milliseconds(Int64(max(1, (tableDue - now) * 1000))) : nil)
+        }
+    }
+
+    /// Reads the due entries of the table and starts those not already in hand, up to `room`; returns how many.
+    private func readTable(now: Double, limit: Int, room: Int) async -> Int {
+        let due: [OutboxEntry]
+        let next: Double?
+        do {
+            due = try await store.dueOutbox(now: now, limit: limit)
+            next = due.count < limit ? try await store.nextOutboxTime(after: now) : now
+        } catch {
+            state.withLock { state in
+                state.reading = false
+                state.tableReads += 1
+                state.tableDue = min(state.tableDue, now + 1)  // the database is in trouble: look again in a second
+            }
+            return 0
+        }
+        let (chosen, handed) = state.withLock { state -> ([OutboxEntry], [Int64: Loaded]) in
+            var chosen: [OutboxEntry] = []
+            var handed: [Int64: Loaded] = [:]
+            var left = false
+            for entry in due where !state.running.contains(entry.id) && !state.finished.contains(entry.id) {
+                guard chosen.count < room else {
+                    left = true
+                    break
+                }
+                state.running.insert(entry.id)
+                chosen.append(entry)
+                if let (_, loaded) = state.handed.removeValue(forKey: entry.id) { handed[entry.id] = loaded }
+            }
+            state.highestRead = max(state.highestRead, due.map(\.id).max() ?? 0)
+            state.reading = false
+            state.tableReads += 1
+            state.finished.removeAll(keepingCapacity: true)
+            // More is due than there was room for: read again when room frees up.
+            state.tableDue = min(state.tableDue, left ? 0 : next ?? .infinity)
+            return (chosen, handed)
+        }
+        guard !chosen.isEmpty else { return 0 }
+        // One read for the events and droplets not already in hand.
+        let unknown = chosen.filter { handed[$0.id] == nil }.map(\.eventId)
+        let loaded = unknown.isEmpty ? [:] : (try? await store.eventsWithDroplets(ids: unknown)) ?? [:]
+        for entry in chosen {
+            start(entry, loaded: handed[entry.id] ?? loaded[entry.eventId].map { ($0.0, $0.1) })
+        }
+        return chosen.count
+    }
+
+    private func start(_ entry: OutboxEntry, loaded: Loaded?) {
+        Task {
+            await self.process(entry, loaded: loaded)
+            self.state.withLock { state in
+                state.running.remove(entry.id)
+                if state.reading { state.finished.insert(entry.id) }
+            }
+            self.wakeup.signal()
         }
     }
 
@@ -125,14 +222,21 @@ package final class OutboxWorker: Sendable {
     }
 
     private func postpone(_ entry: OutboxEntry) async {
-        try? await store.postpone(entry, until: Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts))
+        let until = Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts)
+        // Not postponed (the database refused): the entry is due as it was; look again at the same time.
+        try? await store.postpone(entry, until: until)
+        due(at: until)
     }
 
-    func process(_ entry: OutboxEntry, loaded: (Harpoon_V1_Event, Harpoon_V1_Droplet?)?) async {
+    func process(_ entry: OutboxEntry, loaded: Loaded?) async {
         do {
             guard let (event, droplet) = loaded else {
-                // No such event (or the batch read failed: then the entry simply comes round again).
-                if try await store.event(id: entry.eventId) == nil { try await store.acknowledge(entry) }
+                // No such event; or the batch read failed, and the entry comes round again shortly.
+                if try await store.event(id: entry.eventId) == nil {
+                    try await store.acknowledge(entry)
+                } else {
+                    due(at: Date().timeIntervalSince1970 + 0.1)
+                }
                 return
             }
             switch entry.destination {
@@ -199,7 +303,9 @@ package final class OutboxWorker: Sendable {
         if event.status == .pending || event.status == .placed {
             try await recordDelivery(event.id, hypervisorId: nil) { .reschedule(entry, until: $0) }
         } else if await !outcomes.wait(for: event.id) {
-            try await store.reschedule(entry, until: redeliveryDeadline)
+            let deadline = redeliveryDeadline
+            try await store.reschedule(entry, until: deadline)
+            due(at: deadline)
         }
     }
 
@@ -223,7 +329,9 @@ package final class OutboxWorker: Sendable {
         _ eventId: Int64, hypervisorId: String?, settling settlementUntil: (_ redeliveryDeadline: Double) -> OutboxSettlement
     ) async throws {
         if await outcomes.wait(for: eventId) { return }
-        let settlement = settlementUntil(redeliveryDeadline)  // counted from now, after the wait
+        let deadline = redeliveryDeadline  // counted from now, after the wait
+        let settlement = settlementUntil(deadline)
+        defer { due(at: deadline) }
         do {
             _ = try await store.updateEvent(
                 id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement

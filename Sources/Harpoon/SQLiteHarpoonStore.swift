@@ -134,7 +134,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private func insertEvent(
         _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
         payload: [UInt8], now: Double, destination: OutboxDestination
-    ) throws -> (id: Int64, cursor: Int64) {
+    ) throws -> (id: Int64, cursor: Int64, entryId: Int64) {
         let cursor = try nextCursor(db)
         try db.cachedStatement(
             sql: """
@@ -145,7 +145,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         )
         let id = db.lastInsertedRowID
         try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
-        return (id, cursor)
+        return (id, cursor, db.lastInsertedRowID)
     }
 
     /// One page of `table` rows matching `condition`, by id after `afterID` and `offset` more, with the total that match.
@@ -167,12 +167,12 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     // MARK: Droplets
 
-    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
+    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
         try await writer.write { db in
             if !request.idempotencyKey.isEmpty,
                let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]),
                let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]) {
-                return (droplet, event)
+                return CreatedDroplet(droplet: droplet, event: event, entry: nil)
             }
             let now = Date().timeIntervalSince1970
             let size = Data((request.size ?? Scheduler_V2_Size()).serializedBytes())
@@ -203,7 +203,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 id: eventId, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
                 status: .pending, payload: [UInt8](size), createdAt: created, updatedAt: created, cursor: inserted.cursor
             )
-            return (droplet, event)
+            let entry = OutboxEntry(id: inserted.entryId, eventId: eventId, destination: .scheduler, attempts: 0, notBefore: 0)
+            return CreatedDroplet(droplet: droplet, event: event, entry: entry)
         }
     }
 
@@ -399,8 +400,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func nextOutboxTime() async throws -> Double? {
-        try await pool.read { db in try Double.fetchOne(db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox")) }
+    package func nextOutboxTime(after now: Double) async throws -> Double? {
+        try await pool.read { db in
+            try Double.fetchOne(db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox WHERE not_before > ?"), arguments: [now])
+        }
     }
 
     private static func settle(_ settlement: OutboxSettlement, _ db: Database) throws {

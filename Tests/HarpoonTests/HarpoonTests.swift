@@ -167,13 +167,16 @@ struct StoreTests {
     @Test("postponed outbox entries wait out their backoff; acknowledged ones are gone")
     func outbox() async throws {
         try await withStore { store, _ in
-            _ = try await store.createDroplet(createRequest("a"))
+            let created = try await store.createDropletQueued(createRequest("a"))
             let now = Date().timeIntervalSince1970
             let entry = try #require(try await store.dueOutbox(now: now, limit: 10).first)
+            #expect(created.entry == entry)  // the entry handed back by the create is the one written
+            #expect(try await store.nextOutboxTime(after: now) == nil)  // due now, not later
             try await store.postpone(entry, until: now + 60)
             #expect(try await store.dueOutbox(now: now, limit: 10).isEmpty)
-            let next = try #require(try await store.nextOutboxTime())
+            let next = try #require(try await store.nextOutboxTime(after: now))
             #expect(abs(next - (now + 60)) < 1)
+            #expect(try await store.nextOutboxTime(after: now + 61) == nil)
             let later = try #require(try await store.dueOutbox(now: now + 61, limit: 10).first)
             #expect(later.attempts == 1)
             try await store.acknowledge(later)
@@ -240,6 +243,36 @@ struct OutboxWorkerTests {
                 #expect(try await store.outboxCount() == 1)
                 _ = try await store.updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.0.0.2", then: nil)
                 #expect(try await store.outboxCount() == 0)
+            }
+        }
+    }
+
+    @Test("new droplets handed over in memory are placed and delivered without reading the table, and each once")
+    func handedOver() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv3"))
+            try await run(store, fake) { worker in
+                // The first read, at start, finds the table empty.
+                #expect(await eventually { worker.tableReads == 1 })
+                var events: [Int64] = []
+                for index in 0..<20 {
+                    let created = try await store.createDropletQueued(createRequest("web-\(index)"))
+                    let entry = try #require(created.entry)
+                    worker.handOver(entry, event: created.event, droplet: created.droplet)
+                    events.append(created.event.id)
+                }
+                #expect(try await eventually { try await store.events(EventFilter(status: .delivered), limit: 50, afterID: 0, offset: 0).total == 20 })
+                #expect(Set(fake.delivered.withLock { $0 }) == Set(events))
+                #expect(fake.delivered.withLock { $0 }.count == 20)
+                #expect(worker.tableReads == 1)
+                // An entry a read has returned is that read's: handed over afterwards, it is not taken again.
+                let late = try await store.createDropletQueued(createRequest("late"))
+                worker.wake()
+                #expect(await eventually { (try? await store.event(id: late.event.id))?.status == .delivered })
+                #expect(worker.tableReads == 2)
+                worker.handOver(try #require(late.entry), event: late.event, droplet: late.droplet)
+                #expect(worker.handedWaiting == 0)
+                #expect(fake.delivered.withLock { $0 }.filter { $0 == late.event.id }.count == 1)
             }
         }
     }

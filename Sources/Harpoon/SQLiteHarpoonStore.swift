@@ -16,8 +16,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package init(path: String, readers: Int = 4) throws {
         database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
         pool = database.pool
-        writer = WriteCoalescer(pool: pool)
+        let last = try pool.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) FROM events") ?? 0 }
+        lastCursor = Mutex(last)
+        let recent = RecentChanges(floor: last)
+        self.recent = recent
+        writer = WriteCoalescer(pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) })
     }
+
+    /// The latest committed changes, for watchers that keep up.
+    private let recent: RecentChanges
 
     package var connectionCount: Int { database.connectionCount }
 
@@ -109,17 +116,16 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         )
     }
 
-    /// The last change cursor handed out, once read from the table. Only the writer's transactions take cursors,
-    /// one at a time, so a counter in memory gives the same increasing sequence as `MAX(cursor) + 1` without a
-    /// query per write. A transaction that rolls back leaves a gap, which watchers do not mind (they ask for what
-    /// comes after a cursor).
-    private let lastCursor = Mutex<Int64?>(nil)
+    /// The last change cursor handed out, read from the table when the store opens. Only the writer's transactions
+    /// take cursors, one at a time, so a counter in memory gives the same increasing sequence as `MAX(cursor) + 1`
+    /// without a query per write. A transaction that rolls back leaves a gap, which watchers do not mind (they ask
+    /// for what comes after a cursor).
+    private let lastCursor: Mutex<Int64>
 
-    private func nextCursor(_ db: Database) throws -> Int64 {
-        try lastCursor.withLock { last in
-            let next = try (last ?? Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(cursor), 0) FROM events")) ?? 0) + 1
-            last = next
-            return next
+    private func nextCursor() -> Int64 {
+        lastCursor.withLock { last in
+            last += 1
+            return last
         }
     }
 
@@ -135,7 +141,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
         payload: [UInt8], now: Double, destination: OutboxDestination
     ) throws -> (id: Int64, cursor: Int64, entryId: Int64) {
-        let cursor = try nextCursor(db)
+        let cursor = nextCursor()
         try db.cachedStatement(
             sql: """
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
@@ -204,6 +210,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 status: .pending, payload: [UInt8](size), createdAt: created, updatedAt: created, cursor: inserted.cursor
             )
             let entry = OutboxEntry(id: inserted.entryId, eventId: eventId, destination: .scheduler, attempts: 0, notBefore: 0)
+            self.recent.stage(event)
             return CreatedDroplet(droplet: droplet, event: event, entry: entry)
         }
     }
@@ -262,6 +269,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             guard let event = try Self.fetchEvent(db, id: eventId) else {
                 throw RPCError(code: .internal, message: "an event just written cannot be read back")
             }
+            self.recent.stage(event)
             return event
         }
     }
@@ -339,7 +347,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 return current  // a repeated report: nothing changes
             }
             let now = Date().timeIntervalSince1970
-            let cursor = try self.nextCursor(db)
+            let cursor = self.nextCursor()
             try db.cachedStatement(
                 sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
                 arguments: [status.rawValue, hypervisorId, error, now, cursor, id]
@@ -365,12 +373,14 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             if let error { updated.error = error }
             updated.updatedAt = Self.timestamp(now)
             updated.cursor = cursor
+            self.recent.stage(updated)
             return updated
         }
     }
 
     package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {
-        try await pool.read { db in
+        if let recent = recent.changes(after: cursor, customer: customer, limit: limit) { return recent }
+        return try await pool.read { db in
             if let customer {
                 return try Row.fetchAll(
                     db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?"),

@@ -25,8 +25,12 @@ final class WriteCoalescer: Sendable {
     private let queue = DispatchQueue(label: "harpoon.writer")
     private let jobs = Mutex<(pending: [Job], draining: Bool)>(([], false))
 
-    init(pool: DatabasePool) {
+    /// Told after each transaction whether it committed.
+    private let transactionEnded: @Sendable (_ committed: Bool) -> Void
+
+    init(pool: DatabasePool, transactionEnded: @escaping @Sendable (_ committed: Bool) -> Void = { _ in }) {
         self.pool = pool
+        self.transactionEnded = transactionEnded
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
@@ -93,8 +97,10 @@ final class WriteCoalescer: Sendable {
                         answers.append(answer)
                     }
                     try db.cachedStatement(sql: undo ? "ROLLBACK TRANSACTION" : "COMMIT TRANSACTION").execute()
+                    transactionEnded(!undo)
                 } catch {
                     if db.isInsideTransaction { try? db.cachedStatement(sql: "ROLLBACK TRANSACTION").execute() }
+                    transactionEnded(false)
                     throw error
                 }
             } catch {

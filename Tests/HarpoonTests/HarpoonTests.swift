@@ -164,6 +164,70 @@ struct StoreTests {
         }
     }
 
+    @Test("the change feed kept in memory answers as the table does, through concurrent writes, refusals and restarts")
+    func changeFeedFromMemory() async throws {
+        try await withStore { store, path in
+            var random = SeededRandom(seed: 11)
+            var events: [Int64] = []
+            for round in 0..<6 {
+                // Writes that meet in shared transactions, some of them refused (no going back from completed).
+                let batch = (0..<12).map { _ in (random.next() % 4, random.next()) }
+                let known = events
+                let created = try await withThrowingTaskGroup(of: Int64?.self) { group in
+                    for (index, (kind, pick)) in batch.enumerated() {
+                        group.addTask {
+                            if kind == 0 || known.isEmpty {
+                                return try await store.createDroplet(createRequest("r\(round)-\(index)", customer: pick % 2 == 0 ? "alice" : "bob")).1.id
+                            }
+                            let id = known[Int(pick % UInt64(known.count))]
+                            let status: Harpoon_V1_Event.Status = kind == 1 ? .placed : kind == 2 ? .completed : .pending
+                            _ = try? await store.updateEvent(id: id, status: status, hypervisorId: "hv\(pick % 3)", error: nil, ipv4Address: nil, then: nil)
+                            return nil
+                        }
+                    }
+                    return try await group.reduce(into: [Int64]()) { if let id = $1 { $0.append(id) } }
+                }
+                events += created
+            }
+            // A second store on the same file has nothing in memory: it answers from the table.
+            let table = try SQLiteHarpoonStore(path: path)
+            let top = try await table.changes(after: 0, customer: nil, limit: 10_000).last?.cursor ?? 0
+            #expect(top > 0)
+            for cursor in stride(from: Int64(0), through: top, by: 3) {
+                for customer in [nil, "alice", "bob"] {
+                    for limit in [1, 5, 1000] {
+                        let fromMemory = try await store.changes(after: cursor, customer: customer, limit: limit)
+                        let fromTable = try await table.changes(after: cursor, customer: customer, limit: limit)
+                        #expect(fromMemory == fromTable, "after \(cursor), customer \(customer ?? "any"), limit \(limit)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("the in-memory feed keeps only committed changes, and gives way to the table below its floor")
+    func recentChangesRing() {
+        let recent = RecentChanges(floor: 10, capacity: 4)
+        func event(_ id: Int64, _ cursor: Int64) -> Harpoon_V1_Event { Harpoon_V1_Event(id: id, customer: "alice", cursor: cursor) }
+        recent.stage(event(1, 11))
+        recent.transactionEnded(committed: false)  // rolled back: never seen
+        #expect(recent.changes(after: 10, customer: nil, limit: 10) == [])
+        for (id, cursor) in [(1, 12), (2, 13), (1, 14)] as [(Int64, Int64)] { recent.stage(event(id, cursor)) }
+        recent.transactionEnded(committed: true)
+        // Event 1 once, at its latest change.
+        #expect(recent.changes(after: 10, customer: nil, limit: 10)?.map(\.cursor) == [13, 14])
+        #expect(recent.changes(after: 13, customer: nil, limit: 10)?.map(\.cursor) == [14])
+        #expect(recent.changes(after: 9, customer: nil, limit: 10) == nil)
+        #expect(recent.changes(after: 10, customer: "bob", limit: 10) == [])
+        // Two more fill the four places and push the oldest out: the floor rises to it.
+        for (id, cursor) in [(3, 15), (4, 16)] as [(Int64, Int64)] { recent.stage(event(id, cursor)) }
+        recent.transactionEnded(committed: true)
+        #expect(recent.changes(after: 11, customer: nil, limit: 10) == nil)
+        #expect(recent.changes(after: 12, customer: nil, limit: 10)?.map(\.cursor) == [13, 14, 15, 16])
+        #expect(recent.changes(after: 13, customer: nil, limit: 10)?.map(\.cursor) == [14, 15, 16])
+        #expect(recent.changes(after: 13, customer: nil, limit: 2)?.map(\.cursor) == [14, 15])
+    }
+
     @Test("postponed outbox entries wait out their backoff; acknowledged ones are gone")
     func outbox() async throws {
         try await withStore { store, _ in

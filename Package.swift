@@ -97,7 +97,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // What the SQLite stores share: opening a service's database, point reads.
-        .target(name: "SQLiteSupport", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
+        .target(
+            name: "SQLiteSupport",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift")],
+            swiftSettings: strictSettings
+        ),
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
         .target(
             name: "ServiceRuntime",
@@ -259,7 +263,7 @@ let package = Package(
         .testTarget(
             name: "HarpoonTests",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport",
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictSettings

@@ -129,12 +129,29 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
+    // Rows are decoded straight from the statement, each column read once by position (a copied `Row` would box
+    // every value first; GRDB's lookups by name compare names case-insensitively on every access).
+    // A row is the statement's current row: the cursor (which resets the statement when it goes) must outlive it.
+    private static func rows<T>(_ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T) throws -> [T] {
+        let cursor = try Row.fetchCursor(statement, arguments: arguments)
+        return try withExtendedLifetime(cursor) {
+            var result: [T] = []
+            while let row = try cursor.next() { result.append(try decode(row)) }
+            return result
+        }
+    }
+
+    private static func firstRow<T>(_ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T) throws -> T? {
+        let cursor = try Row.fetchCursor(statement, arguments: arguments)
+        return try withExtendedLifetime(cursor) { try cursor.next().map(decode) }
+    }
+
     private static func fetchEvent(_ db: Database, id: Int64) throws -> Harpoon_V1_Event? {
-        try Row.fetchOne(db.cachedStatement(sql: "SELECT \(eventColumns) FROM events WHERE id = ?"), arguments: [id]).map(event)
+        try firstRow(db.cachedStatement(sql: "SELECT \(eventColumns) FROM events WHERE id = ?"), [id], event)
     }
 
     private static func fetchDroplet(_ db: Database, id: Int64) throws -> Harpoon_V1_Droplet? {
-        try Row.fetchOne(db.cachedStatement(sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?"), arguments: [id]).map(droplet)
+        try firstRow(db.cachedStatement(sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?"), [id], droplet)
     }
 
     private func insertEvent(
@@ -147,10 +164,24 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(
-            arguments: [type, dropletId, customer, region, hypervisorId, Harpoon_V1_Event.Status.pending.rawValue, Data(payload), now, now, cursor]
+            binding: {
+                $0.bind(1, type)
+                $0.bind(2, dropletId)
+                $0.bind(3, customer)
+                $0.bind(4, region)
+                $0.bind(5, hypervisorId)
+                $0.bind(6, Int64(Harpoon_V1_Event.Status.pending.rawValue))
+                $0.bind(7, payload)
+                $0.bind(8, now)
+                $0.bind(9, now)
+                $0.bind(10, cursor)
+            }
         )
         let id = db.lastInsertedRowID
-        try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
+        try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute {
+            $0.bind(1, id)
+            $0.bind(2, destination.rawValue)
+        }
         return (id, cursor, db.lastInsertedRowID)
     }
 
@@ -163,11 +194,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         var pageArguments = arguments
         _ = pageArguments.append(contentsOf: [afterID, limit + 1, max(0, offset)])
         // One row past the page says whether another page follows.
-        let rows = try Row.fetchAll(
+        let rows = try Self.rows(
             db.cachedStatement(sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ? OFFSET ?"),
-            arguments: pageArguments
+            pageArguments, decode
         )
-        let items = try rows.prefix(limit).map(decode)
+        let items = Array(rows.prefix(limit))
         return Page(items: items, total: total, nextAfterID: rows.count > limit ? items.last?.id : nil)
     }
 
@@ -181,16 +212,22 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 return CreatedDroplet(droplet: droplet, event: event, entry: nil)
             }
             let now = Date().timeIntervalSince1970
-            let size = Data((request.size ?? Scheduler_V2_Size()).serializedBytes())
+            let size = (request.size ?? Scheduler_V2_Size()).serializedBytes()
             try db.cachedStatement(
-                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
-                arguments: [request.customer, request.name, request.region, size, request.image, Harpoon_V1_Droplet.Status.new.rawValue, now]
-            )
+                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute {
+                $0.bind(1, request.customer)
+                $0.bind(2, request.name)
+                $0.bind(3, request.region)
+                $0.bind(4, size)
+                $0.bind(5, request.image)
+                $0.bind(6, Int64(Harpoon_V1_Droplet.Status.new.rawValue))
+                $0.bind(7, now)
+            }
             let dropletId = db.lastInsertedRowID
             // The create event carries the size, so that the agent knows what it creates.
             let inserted = try self.insertEvent(
                 db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
-                hypervisorId: "", payload: [UInt8](size), now: now, destination: .scheduler
+                hypervisorId: "", payload: size, now: now, destination: .scheduler
             )
             let eventId = inserted.id
             if !request.idempotencyKey.isEmpty {
@@ -207,7 +244,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             )
             let event = Harpoon_V1_Event(
                 id: eventId, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
-                status: .pending, payload: [UInt8](size), createdAt: created, updatedAt: created, cursor: inserted.cursor
+                status: .pending, payload: size, createdAt: created, updatedAt: created, cursor: inserted.cursor
             )
             let entry = OutboxEntry(id: inserted.entryId, eventId: eventId, destination: .scheduler, attempts: 0, notBefore: 0)
             self.recent.stage(event)
@@ -294,18 +331,14 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
         guard !ids.isEmpty else { return [:] }
         return try await pool.read { db in
-            let events = try Row.fetchAll(
-                Self.inStatement(db, "SELECT \(Self.eventColumns) FROM events WHERE id IN", count: ids.count),
-                arguments: Self.inArguments(ids)
-            ).map(Self.event)
+            let events = try Self.rows(
+                Self.inStatement(db, "SELECT \(Self.eventColumns) FROM events WHERE id IN", count: ids.count), Self.inArguments(ids), Self.event
+            )
             let dropletIds = Array(Set(events.map(\.dropletId)))
             var droplets: [Int64: Harpoon_V1_Droplet] = [:]
             if !dropletIds.isEmpty {
                 let statement = try Self.inStatement(db, "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN", count: dropletIds.count)
-                for row in try Row.fetchAll(statement, arguments: Self.inArguments(dropletIds)) {
-                    let droplet = try Self.droplet(row)
-                    droplets[droplet.id] = droplet
-                }
+                for droplet in try Self.rows(statement, Self.inArguments(dropletIds), Self.droplet) { droplets[droplet.id] = droplet }
             }
             var result: [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] = [:]
             for event in events { result[event.id] = (event, droplets[event.dropletId]) }
@@ -350,10 +383,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             let cursor = self.nextCursor()
             try db.cachedStatement(
                 sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
-                arguments: [status.rawValue, hypervisorId, error, now, cursor, id]
+                binding: {
+                    $0.bind(1, Int64(status.rawValue))
+                    $0.bind(2, hypervisorId)
+                    $0.bind(3, error)
+                    $0.bind(4, now)
+                    $0.bind(5, cursor)
+                    $0.bind(6, id)
+                }
             )
             if EventTransitions.isTerminal(status) {
-                try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute(arguments: [id])
+                try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, id) }
             }
             if let destination {
                 try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
@@ -361,7 +401,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
                 try db.cachedStatement(
                     sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?").execute(
-                    arguments: [dropletStatus.rawValue, hypervisorId, ipv4Address, status == .errored ? error : nil, current.dropletId]
+                    binding: {
+                        $0.bind(1, Int64(dropletStatus.rawValue))
+                        $0.bind(2, hypervisorId)
+                        $0.bind(3, ipv4Address)
+                        $0.bind(4, status == .errored ? error : nil)
+                        $0.bind(5, current.dropletId)
+                    }
                 )
             } else if let hypervisorId, current.type == "create" {
                 try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
@@ -382,14 +428,14 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         if let recent = recent.changes(after: cursor, customer: customer, limit: limit) { return recent }
         return try await pool.read { db in
             if let customer {
-                return try Row.fetchAll(
+                return try Self.rows(
                     db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?"),
-                    arguments: [cursor, customer, limit]
-                ).map(Self.event)
+                    [cursor, customer, limit], Self.event
+                )
             }
-            return try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?"), arguments: [cursor, limit]
-            ).map(Self.event)
+            return try Self.rows(
+                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?"), [cursor, limit], Self.event
+            )
         }
     }
 
@@ -403,10 +449,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {
         try await pool.read { db in
-            try Row.fetchAll(
+            try Self.rows(
                 db.cachedStatement(sql: "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?"),
-                arguments: [now, limit]
-            ).compactMap(Self.outboxEntry)
+                [now, limit], Self.outboxEntry
+            ).compactMap { $0 }
         }
     }
 

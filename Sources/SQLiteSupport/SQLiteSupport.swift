@@ -1,5 +1,6 @@
 // What Shoal's SQLite stores share: how a database is opened, and the point read of the hot paths.
 package import GRDB
+internal import GRDBSQLite
 
 /// A service's own database in one SQLite file: WAL, one writer and `readers` reader connections, whatever the
 /// load. The connection count is fixed by configuration.
@@ -28,5 +29,64 @@ package struct SQLiteDatabase: Sendable {
     /// twice the SELECT itself.
     package func readNow<T>(_ body: (Database) throws -> T) throws -> T {
         try pool.unsafeRead(body)
+    }
+}
+
+/// Values bound straight to a prepared statement's parameters through SQLite's C API, for the writer's hottest
+/// statements: GRDB's `StatementArguments` box every value and bind through nested closures, which cost as much as
+/// the insert itself at thousands of statements a second.
+package struct Bindings: ~Copyable {
+    fileprivate let statement: OpaquePointer
+    fileprivate var failure: CInt = SQLITE_OK
+
+    /// SQLite copies the bytes before the call returns (`SQLITE_TRANSIENT`).
+    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+    private mutating func check(_ code: CInt) {
+        if code != SQLITE_OK, failure == SQLITE_OK { failure = code }
+    }
+
+    package mutating func bind(_ index: CInt, _ value: Int64) { check(sqlite3_bind_int64(statement, index, value)) }
+    package mutating func bind(_ index: CInt, _ value: Int) { bind(index, Int64(value)) }
+    package mutating func bind(_ index: CInt, _ value: Double) { check(sqlite3_bind_double(statement, index, value)) }
+
+    package mutating func bind(_ index: CInt, _ value: String) {
+        var value = value
+        let code = value.withUTF8 { bytes -> CInt in
+            // A zero-length text still needs a non-null pointer to be text, not NULL.
+            guard let base = bytes.baseAddress else { return sqlite3_bind_text(statement, index, "", 0, Self.transient) }
+            return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
+                sqlite3_bind_text(statement, index, $0, CInt(bytes.count), Self.transient)
+            }
+        }
+        check(code)
+    }
+
+    /// `nil` binds NULL.
+    package mutating func bind(_ index: CInt, _ value: String?) {
+        if let value { bind(index, value) } else { check(sqlite3_bind_null(statement, index)) }
+    }
+
+    package mutating func bind(_ index: CInt, _ bytes: [UInt8]) {
+        let code = bytes.withUnsafeBytes { buffer in
+            buffer.baseAddress.map { sqlite3_bind_blob(statement, index, $0, CInt(buffer.count), Self.transient) }
+                ?? sqlite3_bind_zeroblob(statement, index, 0)
+        }
+        check(code)
+    }
+}
+
+extension Statement {
+    /// Runs the statement with its parameters bound by `bind`, every one of them (an unbound one would be NULL).
+    package func execute(binding bind: (inout Bindings) -> Void) throws {
+        // Clears GRDB's own arguments and marks the statement bound, so that `execute()` resets it (keeping the
+        // bindings below) instead of binding arguments of an earlier use again.
+        setUncheckedArguments(StatementArguments())
+        var bindings = Bindings(statement: sqliteStatement)
+        bind(&bindings)
+        guard bindings.failure == SQLITE_OK else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: bindings.failure), message: "binding a parameter failed", sql: sql)
+        }
+        try execute()
     }
 }

@@ -139,38 +139,54 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         request: Harpoon_V1_ReportEventStatusesRequest, context: ServerContext
     ) async throws -> Harpoon_V1_ReportEventStatusesResponse {
         // All at once: their writes meet in the store's next transaction. Each answers for itself.
-        let outcomes = await withTaskGroup(of: (Int, Harpoon_V1_ReportOutcome).self) { group in
-            for (index, report) in request.reports.enumerated() {
-                group.addTask {
-                    do {
-                        return (index, Harpoon_V1_ReportOutcome(event: try await apply(report)))
-                    } catch {
-                        let (code, message) = RPCError.batchedStatus(of: error)
-                        return (index, Harpoon_V1_ReportOutcome(errorCode: code, errorMessage: message))
-                    }
-                }
+        let results = await store.updateEvents(request.reports.map(Self.update))
+        if results.contains(where: { (try? $0.get()) != nil }) { changes.changed() }
+        var outcomes: [Harpoon_V1_ReportOutcome] = []
+        outcomes.reserveCapacity(results.count)
+        var failedCreates: [Harpoon_V1_Event] = []
+        for result in results {
+            switch result {
+            case .success(let event):
+                if recorded(event) { failedCreates.append(event) }
+                outcomes.append(Harpoon_V1_ReportOutcome(event: event))
+            case .failure(let error):
+                let (code, message) = RPCError.batchedStatus(of: error)
+                outcomes.append(Harpoon_V1_ReportOutcome(errorCode: code, errorMessage: message))
             }
-            var outcomes = [Harpoon_V1_ReportOutcome](repeating: .init(), count: request.reports.count)
-            for await (index, outcome) in group { outcomes[index] = outcome }
-            return outcomes
+        }
+        if let placer, !failedCreates.isEmpty {
+            await withTaskGroup(of: Void.self) { group in
+                for event in failedCreates { group.addTask { await placer.release(event) } }
+            }
         }
         return Harpoon_V1_ReportEventStatusesResponse(outcomes: outcomes)
     }
 
+    private static func update(_ report: Harpoon_V1_ReportEventStatusRequest) -> EventUpdate {
+        EventUpdate(
+            id: report.eventId, status: report.status, hypervisorId: report.hypervisorId.isEmpty ? nil : report.hypervisorId,
+            error: report.error.isEmpty ? nil : report.error, ipv4Address: report.ipv4Address.isEmpty ? nil : report.ipv4Address
+        )
+    }
+
     /// Records one router's report of an event's status.
     private func apply(_ request: Harpoon_V1_ReportEventStatusRequest) async throws -> Harpoon_V1_Event {
+        let update = Self.update(request)
         let event = try await store.updateEvent(
-            id: request.eventId, status: request.status,
-            hypervisorId: request.hypervisorId.isEmpty ? nil : request.hypervisorId,
-            error: request.error.isEmpty ? nil : request.error,
-            ipv4Address: request.ipv4Address.isEmpty ? nil : request.ipv4Address, then: nil
+            id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error, ipv4Address: update.ipv4Address, then: nil
         )
         changes.changed()
-        if EventTransitions.isTerminal(event.status) { worker?.outcomeRecorded(event.id) }
-        // A failed create gives its room back now. A completed one needs no call: its hold ends when the hypervisor
-        // reports hosting the droplet (the scheduler keeps it until then, so the room is not given twice).
-        if event.status == .errored, event.type == "create" { await placer?.release(event) }
+        if recorded(event) { await placer?.release(event) }
         return event
+    }
+
+    /// After a report is recorded: a delivery waiting for this outcome need not record `delivered`. Returns whether
+    /// the event is a failed create, whose room the scheduler should give back now. (A completed one needs no call:
+    /// its hold ends when the hypervisor reports hosting the droplet; the scheduler keeps it until then, so the room
+    /// is not given twice.)
+    private func recorded(_ event: Harpoon_V1_Event) -> Bool {
+        if EventTransitions.isTerminal(event.status) { worker?.outcomeRecorded(event.id) }
+        return event.status == .errored && event.type == "create"
     }
 
     package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {

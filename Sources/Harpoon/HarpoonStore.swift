@@ -52,6 +52,46 @@ extension HarpoonStore {
     }
 }
 
+/// One event's new status, as a router reports it (see ``HarpoonStore/updateEvent(id:status:hypervisorId:error:ipv4Address:then:settling:)``).
+package struct EventUpdate: Sendable, Hashable {
+    package var id: Int64
+    package var status: Harpoon_V1_Event.Status
+    package var hypervisorId: String?
+    package var error: String?
+    package var ipv4Address: String?
+
+    package init(id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String? = nil, error: String? = nil, ipv4Address: String? = nil) {
+        self.id = id
+        self.status = status
+        self.hypervisorId = hypervisorId
+        self.error = error
+        self.ipv4Address = ipv4Address
+    }
+}
+
+extension HarpoonStore {
+    /// Each update on its own, concurrently (so that a store that groups writes can group them).
+    package func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>] {
+        await withTaskGroup(of: (Int, Result<Harpoon_V1_Event, any Error>).self) { group in
+            for (index, update) in updates.enumerated() {
+                group.addTask {
+                    do {
+                        return (index, .success(try await updateEvent(
+                            id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
+                            ipv4Address: update.ipv4Address, then: nil
+                        )))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            var results = [Result<Harpoon_V1_Event, any Error>](repeating: .failure(RPCError(code: .internal, message: "not run")), count: updates.count)
+            for await (index, result) in group { results[index] = result }
+            return results
+        }
+    }
+}
+
 /// Filters for listing events.
 package struct EventFilter: Sendable, Hashable {
     package var dropletId: Int64?
@@ -99,6 +139,8 @@ package protocol HarpoonStore: Sendable {
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?, settling entry: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event
+    /// Several updates with no outbox entry to settle, each of which succeeds or fails on its own.
+    func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>]
     /// Event changes after `cursor`, oldest first (each event once, in its latest state).
     func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event]
     /// Outbox entries that are due, oldest first.

@@ -371,57 +371,77 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
-            guard let current = try Self.fetchEvent(db, id: id) else {
-                throw RPCError(code: .notFound, message: "no event \(id)")
+            try self.update(
+                db, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: settlement
+            )
+        }
+    }
+
+    package func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>] {
+        await writer.writeEach(updates.map { update in
+            { db in
+                try self.update(
+                    db, id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
+                    ipv4Address: update.ipv4Address, then: nil, settling: nil
+                )
             }
-            try EventTransitions.check(from: current.status, to: status, eventId: id)
-            if let settlement { try Self.settle(settlement, db) }
-            if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
-                return current  // a repeated report: nothing changes
+        })
+    }
+
+    private func update(
+        _ db: Database, id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?, settling settlement: OutboxSettlement?
+    ) throws -> Harpoon_V1_Event {
+        guard let current = try Self.fetchEvent(db, id: id) else {
+            throw RPCError(code: .notFound, message: "no event \(id)")
+        }
+        try EventTransitions.check(from: current.status, to: status, eventId: id)
+        if let settlement { try Self.settle(settlement, db) }
+        if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
+            return current  // a repeated report: nothing changes
+        }
+        let now = Date().timeIntervalSince1970
+        let cursor = self.nextCursor()
+        try db.cachedStatement(
+            sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
+            binding: {
+                $0.bind(1, Int64(status.rawValue))
+                $0.bind(2, hypervisorId)
+                $0.bind(3, error)
+                $0.bind(4, now)
+                $0.bind(5, cursor)
+                $0.bind(6, id)
             }
-            let now = Date().timeIntervalSince1970
-            let cursor = self.nextCursor()
+        )
+        if EventTransitions.isTerminal(status) {
+            try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, id) }
+        }
+        if let destination {
+            try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
+        }
+        if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
             try db.cachedStatement(
-                sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
+                sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?").execute(
                 binding: {
-                    $0.bind(1, Int64(status.rawValue))
+                    $0.bind(1, Int64(dropletStatus.rawValue))
                     $0.bind(2, hypervisorId)
-                    $0.bind(3, error)
-                    $0.bind(4, now)
-                    $0.bind(5, cursor)
-                    $0.bind(6, id)
+                    $0.bind(3, ipv4Address)
+                    $0.bind(4, status == .errored ? error : nil)
+                    $0.bind(5, current.dropletId)
                 }
             )
-            if EventTransitions.isTerminal(status) {
-                try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, id) }
-            }
-            if let destination {
-                try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
-            }
-            if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
-                try db.cachedStatement(
-                    sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?").execute(
-                    binding: {
-                        $0.bind(1, Int64(dropletStatus.rawValue))
-                        $0.bind(2, hypervisorId)
-                        $0.bind(3, ipv4Address)
-                        $0.bind(4, status == .errored ? error : nil)
-                        $0.bind(5, current.dropletId)
-                    }
-                )
-            } else if let hypervisorId, current.type == "create" {
-                try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
-            }
-            // The row as just written, without reading it back.
-            var updated = current
-            updated.status = status
-            if let hypervisorId { updated.hypervisorId = hypervisorId }
-            if let error { updated.error = error }
-            updated.updatedAt = Self.timestamp(now)
-            updated.cursor = cursor
-            self.recent.stage(updated)
-            return updated
+        } else if let hypervisorId, current.type == "create" {
+            try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
         }
+        // The row as just written, without reading it back.
+        var updated = current
+        updated.status = status
+        if let hypervisorId { updated.hypervisorId = hypervisorId }
+        if let error { updated.error = error }
+        updated.updatedAt = Self.timestamp(now)
+        updated.cursor = cursor
+        self.recent.stage(updated)
+        return updated
     }
 
     package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {

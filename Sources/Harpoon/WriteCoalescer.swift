@@ -35,28 +35,51 @@ final class WriteCoalescer: Sendable {
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            let job = Job(run: { db, isolated in
-                do {
-                    let value = isolated ? try Self.inSavepoint(db) { try body(db) } : try body(db)
-                    let answer: @Sendable (Result<Void, any Error>) -> Void = { committed in
-                        switch committed {
-                        case .success: continuation.resume(returning: value)
-                        case .failure(let error): continuation.resume(throwing: error)
-                        }
-                    }
-                    return (answer, false)
-                } catch {
-                    return ({ _ in continuation.resume(throwing: error) }, true)
-                }
-            }, fail: { error in continuation.resume(throwing: error) })
-            let start = jobs.withLock { state -> Bool in
-                state.pending.append(job)
-                if state.draining { return false }
-                state.draining = true
-                return true
-            }
-            if start { queue.async { self.drain() } }
+            enqueue([Self.job(body) { continuation.resume(with: $0) }])
         }
+    }
+
+    /// Several writes, each of which succeeds or fails on its own as with ``write(_:)``, queued together (so they
+    /// meet in the same transaction) and answered together: one suspension for the lot, not a task each.
+    func writeEach<T: Sendable>(_ bodies: [@Sendable (Database) throws -> T]) async -> [Result<T, any Error>] {
+        guard !bodies.isEmpty else { return [] }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
+            let results = Mutex<(values: [Result<T, any Error>?], remaining: Int)>((Array(repeating: nil, count: bodies.count), bodies.count))
+            enqueue(bodies.enumerated().map { index, body in
+                Self.job(body) { result in
+                    let done = results.withLock { state -> [Result<T, any Error>]? in
+                        state.values[index] = result
+                        state.remaining -= 1
+                        return state.remaining == 0 ? state.values.compactMap { $0 } : nil
+                    }
+                    if let done { continuation.resume(returning: done) }
+                }
+            })
+        }
+    }
+
+    /// A write as a job: `body` runs in the open transaction; `answer` is told its result once the transaction ends.
+    private static func job<T: Sendable>(
+        _ body: @escaping @Sendable (Database) throws -> T, answer: @escaping @Sendable (Result<T, any Error>) -> Void
+    ) -> Job {
+        Job(run: { db, isolated in
+            do {
+                let value = isolated ? try Self.inSavepoint(db) { try body(db) } : try body(db)
+                return ({ committed in answer(committed.map { value }) }, false)
+            } catch {
+                return ({ _ in answer(.failure(error)) }, true)
+            }
+        }, fail: { error in answer(.failure(error)) })
+    }
+
+    private func enqueue(_ batch: [Job]) {
+        let start = jobs.withLock { state -> Bool in
+            state.pending.append(contentsOf: batch)
+            if state.draining { return false }
+            state.draining = true
+            return true
+        }
+        if start { queue.async { self.drain() } }
     }
 
     /// Runs `body` in a savepoint of the open transaction: its writes are kept if it returns and rolled back if it

@@ -606,6 +606,39 @@ struct WriteCoalescerTests {
         let keptAfter = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t WHERE n >= 1000 ORDER BY n") }
         #expect(keptAfter == (1000..<1200).filter { $0 % 4 != 0 })
     }
+
+    @Test("writes queued together share one transaction, answer in order, and each fails alone")
+    func writeEach() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coalescer-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let pool = try DatabasePool(path: directory.appendingPathComponent("t.sqlite").path)
+        try await pool.write { db in try db.execute(sql: "CREATE TABLE t (n INTEGER PRIMARY KEY)") }
+        let transactions = Mutex<[Bool]>([])
+        let writer = WriteCoalescer(pool: pool) { committed in transactions.withLock { $0.append(committed) } }
+        // Refused before writing: the others share one transaction.
+        let first = await writer.writeEach((0..<50).map { n in
+            { db -> Int in
+                if n % 5 == 0 { throw Refused() }
+                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                return n * 10
+            }
+        })
+        #expect(first.map { try? $0.get() } == (0..<50).map { $0 % 5 == 0 ? nil : $0 * 10 })
+        #expect(transactions.withLock { $0 } == [true])
+        // Refused after writing: rolled back alone, the rest committed.
+        let second = await writer.writeEach((100..<130).map { n in
+            { db -> Int in
+                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                if n % 3 == 0 { throw Refused() }
+                return n
+            }
+        })
+        #expect(second.map { try? $0.get() } == (100..<130).map { $0 % 3 == 0 ? nil : $0 })
+        let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
+        #expect(kept == (0..<50).filter { $0 % 5 != 0 } + (100..<130).filter { $0 % 3 != 0 })
+        #expect(await writer.writeEach([@Sendable (Database) throws -> Int]()).isEmpty)
+    }
 }
 
 @Suite("waiting a moment for an outcome")

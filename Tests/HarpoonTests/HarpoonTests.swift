@@ -551,93 +551,97 @@ struct ReleaseTests {
 struct WriteCoalescerTests {
     struct Refused: Error {}
 
-    @Test("writes that share a transaction commit together, and one that throws after writing rolls back alone")
-    func failingWriteRollsBackAlone() async throws {
+    /// A pool on a fresh file with one table `t (n INTEGER PRIMARY KEY)`, removed afterwards.
+    func withTable(_ body: (DatabasePool) async throws -> Void) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coalescer-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let pool = try DatabasePool(path: directory.appendingPathComponent("t.sqlite").path)
         try await pool.write { db in try db.execute(sql: "CREATE TABLE t (n INTEGER PRIMARY KEY)") }
-        let writer = WriteCoalescer(pool: pool)
-        // 200 writes at once, so that they meet in shared transactions; every third writes and then throws.
-        let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
-            for n in 0..<200 {
-                group.addTask {
-                    do {
-                        let written = try await writer.write { db -> Int in
-                            try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
-                            if n % 3 == 0 { throw Refused() }
-                            return n
-                        }
-                        return (written, true)
-                    } catch {
-                        return (n, false)
-                    }
-                }
-            }
-            var outcomes: [Int: Bool] = [:]
-            for await (n, succeeded) in group { outcomes[n] = succeeded }
-            return outcomes
-        }
-        #expect(outcomes.count == 200)
-        for (n, succeeded) in outcomes { #expect(succeeded == (n % 3 != 0), "write \(n)") }
-        let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
-        #expect(kept == (0..<200).filter { $0 % 3 != 0 })
+        try await body(pool)
+    }
 
-        // Writes refused before they change anything (the common failure) leave the others alone too.
-        let second = await withTaskGroup(of: (Int, Bool).self) { group in
-            for n in 1000..<1200 {
-                group.addTask {
-                    do {
-                        _ = try await writer.write { db -> Int in
-                            if n % 4 == 0 { throw Refused() }
-                            try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
-                            return n
+    @Test("writes that share a transaction commit together, and one that throws after writing rolls back alone")
+    func failingWriteRollsBackAlone() async throws {
+        try await withTable { pool in
+            let writer = WriteCoalescer(pool: pool)
+            // 200 writes at once, so that they meet in shared transactions; every third writes and then throws.
+            let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
+                for n in 0..<200 {
+                    group.addTask {
+                        do {
+                            let written = try await writer.write { db -> Int in
+                                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                                if n % 3 == 0 { throw Refused() }
+                                return n
+                            }
+                            return (written, true)
+                        } catch {
+                            return (n, false)
                         }
-                        return (n, true)
-                    } catch {
-                        return (n, false)
                     }
                 }
+                var outcomes: [Int: Bool] = [:]
+                for await (n, succeeded) in group { outcomes[n] = succeeded }
+                return outcomes
             }
-            return await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+            #expect(outcomes.count == 200)
+            for (n, succeeded) in outcomes { #expect(succeeded == (n % 3 != 0), "write \(n)") }
+            let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
+            #expect(kept == (0..<200).filter { $0 % 3 != 0 })
+
+            // Writes refused before they change anything (the common failure) leave the others alone too.
+            let second = await withTaskGroup(of: (Int, Bool).self) { group in
+                for n in 1000..<1200 {
+                    group.addTask {
+                        do {
+                            _ = try await writer.write { db -> Int in
+                                if n % 4 == 0 { throw Refused() }
+                                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                                return n
+                            }
+                            return (n, true)
+                        } catch {
+                            return (n, false)
+                        }
+                    }
+                }
+                return await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+            }
+            for (n, succeeded) in second { #expect(succeeded == (n % 4 != 0), "write \(n)") }
+            let keptAfter = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t WHERE n >= 1000 ORDER BY n") }
+            #expect(keptAfter == (1000..<1200).filter { $0 % 4 != 0 })
         }
-        for (n, succeeded) in second { #expect(succeeded == (n % 4 != 0), "write \(n)") }
-        let keptAfter = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t WHERE n >= 1000 ORDER BY n") }
-        #expect(keptAfter == (1000..<1200).filter { $0 % 4 != 0 })
     }
 
     @Test("writes queued together share one transaction, answer in order, and each fails alone")
     func writeEach() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coalescer-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let pool = try DatabasePool(path: directory.appendingPathComponent("t.sqlite").path)
-        try await pool.write { db in try db.execute(sql: "CREATE TABLE t (n INTEGER PRIMARY KEY)") }
-        let transactions = Mutex<[Bool]>([])
-        let writer = WriteCoalescer(pool: pool) { committed in transactions.withLock { $0.append(committed) } }
-        // Refused before writing: the others share one transaction.
-        let first = await writer.writeEach((0..<50).map { n in
-            { db -> Int in
-                if n % 5 == 0 { throw Refused() }
-                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
-                return n * 10
-            }
-        })
-        #expect(first.map { try? $0.get() } == (0..<50).map { $0 % 5 == 0 ? nil : $0 * 10 })
-        #expect(transactions.withLock { $0 } == [true])
-        // Refused after writing: rolled back alone, the rest committed.
-        let second = await writer.writeEach((100..<130).map { n in
-            { db -> Int in
-                try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
-                if n % 3 == 0 { throw Refused() }
-                return n
-            }
-        })
-        #expect(second.map { try? $0.get() } == (100..<130).map { $0 % 3 == 0 ? nil : $0 })
-        let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
-        #expect(kept == (0..<50).filter { $0 % 5 != 0 } + (100..<130).filter { $0 % 3 != 0 })
-        #expect(await writer.writeEach([@Sendable (Database) throws -> Int]()).isEmpty)
+        try await withTable { pool in
+            let transactions = Mutex<[Bool]>([])
+            let writer = WriteCoalescer(pool: pool) { committed in transactions.withLock { $0.append(committed) } }
+            // Refused before writing: the others share one transaction.
+            let first = await writer.writeEach((0..<50).map { n in
+                { db -> Int in
+                    if n % 5 == 0 { throw Refused() }
+                    try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                    return n * 10
+                }
+            })
+            #expect(first.map { try? $0.get() } == (0..<50).map { $0 % 5 == 0 ? nil : $0 * 10 })
+            #expect(transactions.withLock { $0 } == [true])
+            // Refused after writing: rolled back alone, the rest committed.
+            let second = await writer.writeEach((100..<130).map { n in
+                { db -> Int in
+                    try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                    if n % 3 == 0 { throw Refused() }
+                    return n
+                }
+            })
+            #expect(second.map { try? $0.get() } == (100..<130).map { $0 % 3 == 0 ? nil : $0 })
+            let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
+            #expect(kept == (0..<50).filter { $0 % 5 != 0 } + (100..<130).filter { $0 % 3 != 0 })
+            #expect(await writer.writeEach([@Sendable (Database) throws -> Int]()).isEmpty)
+        }
     }
 }
 

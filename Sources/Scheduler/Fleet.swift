@@ -72,23 +72,38 @@ package final class Fleet: Sendable {
         func busyOperation(_ policy: PlacementPolicy) -> String? { busy ? "" : nil }
     }
 
-    /// A region's hypervisors: entries and their slots side by side, in one order, plus an index by id.
+    /// A region's hypervisors: entries and their slots side by side, in one order, plus an index by id, and for each
+    /// customer a bit per position saying which hypervisors host one of its droplets or hold room for one.
     private struct Region {
         var entries: [Entry] = []
         var slots: [Slot] = []
         var index: [String: Int] = [:]
+        /// Customer → a bit per position: a placement asks "does it host the customer?" with a bit test, not two
+        /// string-hashed lookups per hypervisor.
+        var hosting: [String: [UInt64]] = [:]
         /// A hypervisor joined or left: the slots' `order` is recomputed before the next placement.
         var ordersStale = false
+
+        /// The customers a hypervisor hosts or holds room for.
+        private static func customers(of entry: Entry) -> Set<String> { entry.customers.union(entry.held.customers.keys) }
+
+        private mutating func mark(_ position: Int, from old: Set<String>, to new: Set<String>) {
+            for customer in old.subtracting(new) { hosting[customer]?.set(position, false) }
+            for customer in new.subtracting(old) { hosting[customer, default: []].set(position, true) }
+        }
 
         /// Adds or replaces a hypervisor's entry.
         mutating func put(_ entry: Entry, policy: PlacementPolicy) {
             if let position = index[entry.state.id] {
+                let old = Self.customers(of: entries[position])
                 entries[position] = entry
                 slots[position] = Slot(entry, index: position, order: slots[position].order, policy: policy)
+                mark(position, from: old, to: Self.customers(of: entry))
             } else {
                 index[entry.state.id] = entries.count
                 slots.append(Slot(entry, index: entries.count, order: 0, policy: policy))
                 entries.append(entry)
+                mark(entries.count - 1, from: [], to: Self.customers(of: entry))
                 ordersStale = true
             }
         }
@@ -97,8 +112,12 @@ package final class Fleet: Sendable {
         mutating func remove(_ id: String) -> Entry? {
             guard let position = index.removeValue(forKey: id) else { return nil }
             let removed = entries[position]
+            mark(position, from: Self.customers(of: removed), to: [])
             let last = entries.count - 1
             if position != last {
+                let moved = Self.customers(of: entries[last])
+                mark(last, from: moved, to: [])
+                mark(position, from: [], to: moved)
                 entries[position] = entries[last]
                 slots[position] = slots[last]
                 slots[position].index = Int32(position)
@@ -111,8 +130,10 @@ package final class Fleet: Sendable {
         }
 
         mutating func update(at position: Int, policy: PlacementPolicy, _ body: (inout Entry) -> Void) {
+            let old = Self.customers(of: entries[position])
             body(&entries[position])
             slots[position] = Slot(entries[position], index: position, order: slots[position].order, policy: policy)
+            mark(position, from: old, to: Self.customers(of: entries[position]))
         }
 
         mutating func refreshOrders() {
@@ -268,14 +289,11 @@ package final class Fleet: Sendable {
         guard state.regions[request.region] != nil else { return nil }
         state.regions[request.region]?.refreshOrders()
         guard let region = state.regions[request.region] else { return nil }
-        let customer = request.customer
+        let hosting = region.hosting[request.customer] ?? []
         let best = region.slots.withUnsafeBufferPointer { slots in
             PlacementRules.best(
                 candidates: slots.lazy.map { ($0, $0.held) }, request: request, policy: policy,
-                hostsCustomer: { slot in
-                    let position = Int(slot.index)
-                    return region.entries[position].held.customers[customer, default: 0] > 0 || region.entries[position].customers.contains(customer)
-                }
+                hostsCustomer: { slot in hosting.contains(Int(slot.index)) }
             )
         }
         return best.map { (region.entries[Int($0.hypervisor.index)].state.id, $0.score, $0.hostsCustomer) }
@@ -298,4 +316,23 @@ package final class Fleet: Sendable {
     }
 
     package var reservationCount: Int { state.withLock { $0.reservations.count } }
+}
+
+extension [UInt64] {
+    /// Bit `position` of a bitmap, growing it as needed to set one.
+    fileprivate mutating func set(_ position: Int, _ on: Bool) {
+        let word = position >> 6
+        let bit = UInt64(1) << UInt64(position & 63)
+        if on {
+            if word >= count { append(contentsOf: repeatElement(0, count: word - count + 1)) }
+            self[word] |= bit
+        } else if word < count {
+            self[word] &= ~bit
+        }
+    }
+
+    fileprivate func contains(_ position: Int) -> Bool {
+        let word = position >> 6
+        return word < count && self[word] & (UInt64(1) << UInt64(position & 63)) != 0
+    }
 }

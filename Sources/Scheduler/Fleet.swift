@@ -88,8 +88,12 @@ package final class Fleet: Sendable {
         private static func customers(of entry: Entry) -> Set<String> { entry.customers.union(entry.held.customers.keys) }
 
         private mutating func mark(_ position: Int, from old: Set<String>, to new: Set<String>) {
-            for customer in old.subtracting(new) { hosting[customer]?.set(position, false) }
-            for customer in new.subtracting(old) { hosting[customer, default: []].set(position, true) }
+            for customer in old.subtracting(new) { mark(position, customer, false) }
+            for customer in new.subtracting(old) { mark(position, customer, true) }
+        }
+
+        private mutating func mark(_ position: Int, _ customer: String, _ hosts: Bool) {
+            if hosts { hosting[customer, default: []].set(position, true) } else { hosting[customer]?.set(position, false) }
         }
 
         /// Adds or replaces a hypervisor's entry.
@@ -129,11 +133,16 @@ package final class Fleet: Sendable {
             return removed
         }
 
+        /// Changes an entry's holds or health; its reported customers change only with a report (`put`).
         mutating func update(at position: Int, policy: PlacementPolicy, _ body: (inout Entry) -> Void) {
-            let old = Self.customers(of: entries[position])
+            let heldBefore = Set(entries[position].held.customers.keys)
             body(&entries[position])
             slots[position] = Slot(entries[position], index: position, order: slots[position].order, policy: policy)
-            mark(position, from: old, to: Self.customers(of: entries[position]))
+            // Only a customer whose holds here began or ended can change its bit, unless the hypervisor hosts it anyway.
+            let heldAfter = Set(entries[position].held.customers.keys)
+            for customer in heldBefore.symmetricDifference(heldAfter) where !entries[position].customers.contains(customer) {
+                mark(position, customer, heldAfter.contains(customer))
+            }
         }
 
         mutating func refreshOrders() {

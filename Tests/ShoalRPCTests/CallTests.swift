@@ -141,9 +141,8 @@ struct LimitTests {
         let log = EventLog()
         try await withServer([ProbeService(observer: log.observer)]) { _, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
-            // Long enough for the handler to start even on a busy machine (see `serverDeadline`).
             await expectRPCError(.deadlineExceeded) {
-                try await probe.echo(Request(delayMs: 10_000), options: CallOptions(timeout: .seconds(1)))
+                try await probe.echo(Request(delayMs: 10_000), options: CallOptions(timeout: .milliseconds(100)))
             }
             #expect(await eventually { log.cancelled("Echo") == 1 })
             // A deadline that is long enough changes nothing.

@@ -80,7 +80,7 @@ let package = Package(
         .target(name: "Scheduler", dependencies: ["SchedulerAPI"], swiftSettings: strictSettings),
         .executableTarget(
             name: "scheduler",
-            dependencies: ["Scheduler", "SchedulerAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Scheduler", "SchedulerAPI", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/SchedulerServer",
             swiftSettings: strictSettings
         ),
@@ -272,7 +272,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI", "TestSupport", "ChildProcess",
+                "HarpoonAPI", "EventRouterAPI", "TestSupport", "ChildProcess",
             ],
             swiftSettings: strictSettings
         ),

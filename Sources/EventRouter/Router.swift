@@ -8,7 +8,9 @@ package protocol ResultSink: Sendable {
 
 /// Where hypervisor states go: the scheduler in production.
 package protocol FleetSink: Sendable {
-    func report(_ states: [Scheduler_V2_HypervisorState]) async throws
+    /// Reports the states of `region`'s hypervisors; `complete`: every hypervisor connected to this router is in the
+    /// batch. Returns whether the sink wants a complete report next (it has just started and has none).
+    func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool
     func markUnresponsive(_ hypervisorIds: [String]) async throws
 }
 
@@ -29,7 +31,13 @@ package final class Router: Sendable {
         var nextSession = 0
         var pending: [String: [Int64: Harpoon_V1_Event]] = [:]
         var lastSeen: [String: ContinuousClock.Instant] = [:]
+        /// The latest state each connected agent reported (for a complete report, and for operators).
+        var latest: [String: Scheduler_V2_HypervisorState] = [:]
+        /// States that changed since the last report to the scheduler.
         var dirty: [String: Scheduler_V2_HypervisorState] = [:]
+        /// The next report to the scheduler must hold every connected hypervisor: at the start, after a failed
+        /// report (the scheduler may come back as a new process that knows nothing), and when the scheduler asks.
+        var needsComplete = true
         var unresponsive: Set<String> = []
         /// Events whose `running` report is being held back, in case their outcome follows at once.
         var runningHeld: Set<Int64> = []
@@ -90,8 +98,11 @@ package final class Router: Sendable {
             state.lastSeen[hello.hypervisorId] = .now
             state.unresponsive.remove(hello.hypervisorId)
             if var agentState = hello.state {
+                agentState.id = hello.hypervisorId
+                agentState.region = region
                 agentState.unresponsive = false
                 state.dirty[hello.hypervisorId] = agentState
+                state.latest[hello.hypervisorId] = agentState
             }
             let pending = (state.pending[hello.hypervisorId] ?? [:]).values.sorted { $0.id < $1.id }
             return (id, replaced, pending)
@@ -106,6 +117,7 @@ package final class Router: Sendable {
         let wasCurrent = state.withLock { state -> Bool in
             guard state.sessions[hypervisorId]?.id == session else { return false }
             state.sessions[hypervisorId] = nil
+            state.latest[hypervisorId] = nil
             state.unresponsive.insert(hypervisorId)
             return true
         }
@@ -122,7 +134,13 @@ package final class Router: Sendable {
             agentState.id = hypervisorId
             agentState.region = region
             state.dirty[hypervisorId] = agentState
+            if state.sessions[hypervisorId] != nil { state.latest[hypervisorId] = agentState }
         }
+    }
+
+    /// The latest state each connected agent reported, by hypervisor id.
+    package var hypervisors: [Scheduler_V2_HypervisorState] {
+        state.withLock { $0.latest.values.sorted { $0.id < $1.id } }
     }
 
     /// An outcome from an agent: forwarded to Harpoon (retried until it gets there); a terminal one ends the
@@ -164,27 +182,31 @@ package final class Router: Sendable {
         }
     }
 
-    /// Sends the states gathered since the last flush to the scheduler, and marks silent agents unresponsive.
+    /// Sends the states gathered since the last flush to the scheduler (every connected agent's, when the next report
+    /// must be complete), and marks silent agents unresponsive.
     package func flush() async {
         let now = ContinuousClock.now
-        let (batch, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], [String]) in
-            let batch = Array(state.dirty.values)
+        let (batch, complete, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], Bool, [String]) in
+            let complete = state.needsComplete
+            let batch = complete ? Array(state.latest.values) : Array(state.dirty.values)
             state.dirty = [:]
+            state.needsComplete = false
             var silent: [String] = []
             for (id, seen) in state.lastSeen where now - seen > heartbeatTimeout && !state.unresponsive.contains(id) {
                 state.unresponsive.insert(id)
                 silent.append(id)
             }
-            return (batch, silent)
+            return (batch, complete, silent)
         }
-        if !batch.isEmpty {
+        // A complete report goes even when empty: it tells a starting scheduler that the region has nothing else.
+        if !batch.isEmpty || complete {
             do {
-                try await fleet.report(batch)
-            } catch {
-                // Keep the newest state of each for the next flush, unless a newer one arrived meanwhile.
-                state.withLock { state in
-                    for agentState in batch where state.dirty[agentState.id] == nil { state.dirty[agentState.id] = agentState }
+                if try await fleet.report(batch, region: region, complete: complete) {
+                    state.withLock { $0.needsComplete = true }
                 }
+            } catch {
+                // The next report holds everything: what this one carried, and all a restarted scheduler needs.
+                state.withLock { $0.needsComplete = true }
             }
         }
         if !silent.isEmpty { try? await fleet.markUnresponsive(silent) }
@@ -267,6 +289,12 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
     package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
         Eventrouter_V1_RouterStatsResponse(connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents))
     }
+
+    package func listHypervisors(
+        request: Eventrouter_V1_ListHypervisorsRequest, context: ServerContext
+    ) async throws -> Eventrouter_V1_ListHypervisorsResponse {
+        Eventrouter_V1_ListHypervisorsResponse(hypervisors: router.hypervisors)
+    }
 }
 
 /// Outcomes to Harpoon over RPC: the reports that come in while a call is out go together in the next one.
@@ -298,8 +326,10 @@ package struct SchedulerFleetSink: FleetSink {
 
     package init(client: RPCClient) { scheduler = Scheduler_V2_Scheduler.Client(client) }
 
-    package func report(_ states: [Scheduler_V2_HypervisorState]) async throws {
-        _ = try await scheduler.reportFleet(Scheduler_V2_ReportFleetRequest(hypervisors: states), options: CallOptions(timeout: .seconds(5)))
+    package func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool {
+        try await scheduler.reportFleet(
+            Scheduler_V2_ReportFleetRequest(hypervisors: states, region: region, complete: complete), options: CallOptions(timeout: .seconds(5))
+        ).needsComplete
     }
 
     package func markUnresponsive(_ hypervisorIds: [String]) async throws {

@@ -189,6 +189,20 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return event.status == .errored && event.type == "create"
     }
 
+    package func listPlacements(request: Harpoon_V1_ListPlacementsRequest, context: ServerContext) async throws -> Harpoon_V1_ListPlacementsResponse {
+        let limit = request.pageSize == 0 ? 500 : min(Int(request.pageSize), 5000)
+        let after = try Self.afterID(request.pageToken)
+        // Placements being delivered are not in the table yet. Taken before the table is read, none is missed: one
+        // recorded meanwhile is read from the table too (the scheduler holds an event once).
+        let unrecorded = request.pageToken.isEmpty ? worker?.unrecordedPlacements ?? [] : []
+        // One row past the page says whether another page follows.
+        let rows = try await store.placementsInFlight(afterID: after, limit: limit + 1)
+        var response = Harpoon_V1_ListPlacementsResponse(placements: Array(rows.prefix(limit)))
+        if rows.count > limit, let last = response.placements.last { response.nextPageToken = String(last.eventId) }
+        response.placements += unrecorded
+        return response
+    }
+
     package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
         Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: store.connectionCount), outboxPending: UInt64(try await store.outboxCount()))
     }

@@ -133,6 +133,9 @@ package protocol HarpoonStore: Sendable {
     /// Events and their droplets by event id, in one read (for a batch of outbox entries).
     func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)]
     func events(_ filter: EventFilter, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Event>
+    /// Create events placed on a hypervisor and not finished (placed, delivered or running), by event id after
+    /// `afterID`, with their droplets' sizes: the room a scheduler that starts must hold.
+    func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement]
     /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event. A terminal
     /// status removes the event's outbox entries.
     func updateEvent(

@@ -52,6 +52,8 @@ package final class OutboxWorker: Sendable {
         var tableDue = 0.0
         /// Reads of the table finished so far.
         var tableReads = 0
+        /// Placements the scheduler has answered whose record (placed, delivered or the outcome) is not written yet.
+        var unrecordedPlacements: [Int64: Harpoon_V1_Placement] = [:]
     }
 
     private let store: any HarpoonStore
@@ -117,6 +119,12 @@ package final class OutboxWorker: Sendable {
     /// Reads of the outbox table finished so far, and entries handed over that wait for room.
     var tableReads: Int { state.withLock { $0.tableReads } }
     var handedWaiting: Int { state.withLock { $0.handed.count } }
+
+    /// Placements the scheduler has answered and this worker is delivering, not yet recorded in the table: with the
+    /// table's placed, delivered and running creates, they are the room a scheduler that starts must hold.
+    package var unrecordedPlacements: [Harpoon_V1_Placement] {
+        state.withLock { Array($0.unrecordedPlacements.values) }
+    }
 
     /// An event's terminal outcome is recorded (a delivery waiting for it need not record `delivered`).
     package func outcomeRecorded(_ eventId: Int64) { outcomes.recorded(eventId) }
@@ -269,6 +277,12 @@ package final class OutboxWorker: Sendable {
             var placed = event
             placed.status = .placed
             placed.hypervisorId = hypervisorId
+            let placement = Harpoon_V1_Placement(
+                eventId: event.id, dropletId: event.dropletId, customer: event.customer, region: event.region, hypervisorId: hypervisorId,
+                size: droplet.size
+            )
+            state.withLock { $0.unrecordedPlacements[event.id] = placement }
+            defer { state.withLock { _ = $0.unrecordedPlacements.removeValue(forKey: event.id) } }
             do {
                 try await deliver(placed)
             } catch {

@@ -82,6 +82,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // A terminal event deletes its outbox entries by event id.
             try db.execute(sql: "CREATE INDEX outbox_by_event ON outbox(event_id)")
         }
+        migrator.registerMigration("v3: placements in flight") { db in
+            // A scheduler that starts lists the creates placed and not finished: a few rows among all events ever.
+            try db.execute(sql: "CREATE INDEX events_placed_creates ON events(id) WHERE type = 'create' AND status IN (1, 2, 3)")
+        }
         return migrator
     }
 
@@ -363,6 +367,27 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 db, table: "events", columns: Self.eventColumns, condition: condition, arguments: arguments,
                 limit: limit, afterID: afterID, offset: offset, decode: Self.event
             )
+        }
+    }
+
+    package func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement] {
+        try await pool.read { db in
+            // The condition is the partial index's own (placed, delivered, running), so the index answers it.
+            try Self.rows(
+                db.cachedStatement(sql: """
+                    SELECT events.id, events.droplet_id, events.customer, events.region, events.hypervisor_id, droplets.size
+                    FROM events JOIN droplets ON droplets.id = events.droplet_id
+                    WHERE events.type = 'create' AND events.status IN (1, 2, 3) AND events.id > ?
+                    ORDER BY events.id LIMIT ?
+                    """),
+                [afterID, limit]
+            ) { row in
+                let size: Data = row[5]
+                return Harpoon_V1_Placement(
+                    eventId: row[0], dropletId: row[1], customer: row[2], region: row[3], hypervisorId: row[4],
+                    size: try Scheduler_V2_Size(serializedBytes: [UInt8](size))
+                )
+            }
         }
     }
 

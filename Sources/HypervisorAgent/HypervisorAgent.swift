@@ -15,6 +15,12 @@ package struct AgentConfiguration: Sendable, Hashable {
     /// The fraction of events that fail (0...1).
     package var failureRate: Double = 0
     package var heartbeatInterval: Duration = .milliseconds(500)
+    /// Memory the hypervisor keeps for itself: droplets never take it.
+    package var memoryReserveMB: UInt64 = 1024
+    /// Virtual CPUs allowed per physical CPU.
+    package var cpuOvercommit = 4.0
+    /// Droplets it hosts at most.
+    package var maxDroplets = 135
 
     package init(hypervisorId: String, region: String) {
         self.hypervisorId = hypervisorId
@@ -27,6 +33,11 @@ package struct AgentConfiguration: Sendable, Hashable {
 ///
 /// Events are idempotent by id: an event the agent has finished is not run again when redelivered; its outcome is
 /// sent again instead.
+///
+/// A droplet counts from the moment the agent accepts its create: the states it reports carry the operations running
+/// (`in_flight`) and the room their droplets will take, so the scheduler's view is right before any create completes.
+/// A create that would take the hypervisor past its capacity is refused with an error that names the resource: the
+/// last line of defence against an oversubscribing placement, not the way placements are kept in bounds.
 package final class HypervisorAgent: Sendable {
     private struct Hosted {
         var size: Scheduler_V2_Size
@@ -34,14 +45,42 @@ package final class HypervisorAgent: Sendable {
         var address: String
     }
 
+    /// An event accepted and not finished; for a create, the droplet it brings.
+    private struct Running {
+        var type: String
+        var dropletId: Int64
+        var customer: String
+        var size: Scheduler_V2_Size?
+    }
+
     private struct State {
         var droplets: [Int64: Hosted] = [:]
         var outcomes: [Int64: Eventrouter_V1_EventProgress] = [:]
-        var running: Set<Int64> = []
+        var running: [Int64: Running] = [:]
         var recentErrors = 0
         var nextHost: UInt8 = 2
         var outgoing: AsyncStream<Eventrouter_V1_AgentMessage>.Continuation?
         var connections = 0
+
+        /// Each droplet the hypervisor hosts or is creating, once.
+        func forEachDroplet(_ body: (_ id: Int64, _ size: Scheduler_V2_Size, _ customer: String) -> Void) {
+            for (id, hosted) in droplets { body(id, hosted.size, hosted.customer) }
+            for running in running.values where running.type == "create" && droplets[running.dropletId] == nil {
+                body(running.dropletId, running.size ?? Scheduler_V2_Size(), running.customer)
+            }
+        }
+
+        /// What hosted droplets and accepted creates take, as a state's used fields and droplet count.
+        func usage() -> Scheduler_V2_HypervisorState {
+            var used = Scheduler_V2_HypervisorState()
+            forEachDroplet { _, size, _ in
+                used.usedVcpus += size.vcpus
+                used.usedMemoryMb += size.memoryMb
+                used.usedDiskGb += size.diskGb
+                used.dropletCount += 1
+            }
+            return used
+        }
     }
 
     package let configuration: AgentConfiguration
@@ -55,27 +94,56 @@ package final class HypervisorAgent: Sendable {
     package var dropletCount: Int { state.withLock { $0.droplets.count } }
     /// Streams opened so far (reconnects included).
     package var connectionCount: Int { state.withLock { $0.connections } }
-    /// Events this agent ran (each once).
+    /// Events this agent finished or refused (each once).
     package var eventsRun: Int { state.withLock { $0.outcomes.count } }
 
-    /// The state reported in hellos and heartbeats.
+    /// The state reported in hellos and heartbeats: hosted droplets and those whose create is running count alike.
     package func currentState() -> Scheduler_V2_HypervisorState {
         state.withLock { state in
             var current = Scheduler_V2_HypervisorState(
                 id: configuration.hypervisorId, region: configuration.region, cpus: configuration.cpus,
                 memoryMb: configuration.memoryMB, diskGb: configuration.diskGB
             )
-            for hosted in state.droplets.values {
-                current.usedVcpus += hosted.size.vcpus
-                current.usedMemoryMb += hosted.size.memoryMb
-                current.usedDiskGb += hosted.size.diskGb
+            var customers = Set<String>()
+            var dropletIds: [Int64] = []
+            state.forEachDroplet { id, size, customer in
+                current.usedVcpus += size.vcpus
+                current.usedMemoryMb += size.memoryMb
+                current.usedDiskGb += size.diskGb
+                customers.insert(customer)
+                dropletIds.append(id)
             }
-            current.dropletCount = UInt32(state.droplets.count)
+            current.dropletCount = UInt32(dropletIds.count)
             current.recentErrors = UInt32(state.recentErrors)
-            current.customers = Array(Set(state.droplets.values.map(\.customer))).sorted()
-            current.dropletIds = state.droplets.keys.sorted()
+            current.customers = customers.sorted()
+            current.dropletIds = dropletIds.sorted()
+            current.inFlight = Set(state.running.values.map(\.type)).sorted()
             return current
         }
+    }
+
+    /// Why a droplet of `size` cannot be added to a hypervisor of `configuration` that already holds `used` (hosted
+    /// droplets and accepted creates), naming the resource; `nil` when it fits. The same limits as the scheduler's
+    /// rules: CPU overcommit, memory above the hypervisor's reserve, disk, and a droplet count.
+    package static func shortfall(
+        of size: Scheduler_V2_Size, beside used: Scheduler_V2_HypervisorState, configuration: AgentConfiguration
+    ) -> String? {
+        let vcpus = UInt64(used.usedVcpus) + UInt64(size.vcpus)
+        let vcpuLimit = Double(configuration.cpus) * configuration.cpuOvercommit
+        if size.vcpus > configuration.cpus || Double(vcpus) > vcpuLimit {
+            return "vcpus: \(used.usedVcpus) of \(Int(vcpuLimit)) in use (\(configuration.cpus) CPUs, overcommit \(configuration.cpuOvercommit)); \(size.slug) needs \(size.vcpus)"
+        }
+        let memoryLimit = configuration.memoryMB > configuration.memoryReserveMB ? configuration.memoryMB - configuration.memoryReserveMB : 0
+        if used.usedMemoryMb + size.memoryMb > memoryLimit {
+            return "memory: \(used.usedMemoryMb) of \(memoryLimit) MB in use (\(configuration.memoryReserveMB) MB kept for the hypervisor); \(size.slug) needs \(size.memoryMb) MB"
+        }
+        if used.usedDiskGb + size.diskGb > configuration.diskGB {
+            return "disk: \(used.usedDiskGb) of \(configuration.diskGB) GB in use; \(size.slug) needs \(size.diskGb) GB"
+        }
+        if Int(used.dropletCount) + 1 > configuration.maxDroplets {
+            return "droplets: hosts \(used.dropletCount) of at most \(configuration.maxDroplets)"
+        }
+        return nil
     }
 
     /// Connects, serves the stream, and reconnects with backoff (100 ms doubling to 5 s) until cancelled.
@@ -137,8 +205,28 @@ package final class HypervisorAgent: Sendable {
         enum Action { case resend(Eventrouter_V1_EventProgress), ignore, run }
         let action = state.withLock { state -> Action in
             if let outcome = state.outcomes[event.id] { return .resend(outcome) }
-            if state.running.contains(event.id) { return .ignore }
-            state.running.insert(event.id)
+            if state.running[event.id] != nil { return .ignore }
+            var running = Running(type: event.type, dropletId: event.dropletId, customer: event.customer)
+            if event.type == "create" {
+                let refusal: String?
+                do {
+                    let size = try Scheduler_V2_Size(serializedBytes: event.payload)
+                    running.size = size
+                    refusal = Self.shortfall(of: size, beside: state.usage(), configuration: configuration)
+                } catch {
+                    refusal = "the create's size cannot be read: \(error)"
+                }
+                if let refusal {
+                    // Refused, not failed: the hypervisor is healthy, so its recent errors do not count it.
+                    let outcome = Eventrouter_V1_EventProgress(
+                        eventId: event.id, status: .errored,
+                        error: "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(refusal)"
+                    )
+                    state.outcomes[event.id] = outcome
+                    return .resend(outcome)
+                }
+            }
+            state.running[event.id] = running
             return .run
         }
         switch action {
@@ -153,9 +241,12 @@ package final class HypervisorAgent: Sendable {
         case .run:
             send(Eventrouter_V1_AgentMessage(kind: .ack(.init(eventId: event.id))))
             send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running))))
+            // The new operation, and the room its droplet takes, reach the scheduler now, not at the next heartbeat.
+            send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
             Task {
                 try? await Task.sleep(for: self.configuration.eventDuration)
                 self.send(Eventrouter_V1_AgentMessage(kind: .progress(self.finish(event))))
+                self.send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: self.currentState()))))
             }
         }
     }
@@ -164,7 +255,7 @@ package final class HypervisorAgent: Sendable {
     private func finish(_ event: Harpoon_V1_Event) -> Eventrouter_V1_EventProgress {
         let fails = configuration.failureRate > 0 && Double.random(in: 0..<1) < configuration.failureRate
         return state.withLock { state -> Eventrouter_V1_EventProgress in
-            state.running.remove(event.id)
+            let running = state.running.removeValue(forKey: event.id)
             var outcome = Eventrouter_V1_EventProgress(eventId: event.id, status: .completed)
             if fails {
                 state.recentErrors += 1
@@ -173,7 +264,7 @@ package final class HypervisorAgent: Sendable {
             } else {
                 switch event.type {
                 case "create":
-                    let size = (try? Scheduler_V2_Size(serializedBytes: event.payload)) ?? Scheduler_V2_Size()
+                    let size = running?.size ?? Scheduler_V2_Size()
                     let host = state.nextHost
                     state.nextHost = host == 254 ? 2 : host + 1
                     let address = "10.\(configuration.region.utf8.reduce(0) { ($0 &+ Int($1)) % 250 }).\(configuration.subnet).\(host)"
@@ -190,3 +281,4 @@ package final class HypervisorAgent: Sendable {
         }
     }
 }
+

@@ -158,7 +158,7 @@ struct Launcher: AsyncParsableCommand {
             say("service \(name) pid \(service.pid): \(line)")
         }
         do {
-            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)"], ready: "ready on")
+            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", local(harpoonPort)], ready: "ready on")
             try await launch("harpoon", "harpoon", [
                 "--port", "\(harpoonPort)", "--database", data.appendingPathComponent("harpoon.sqlite").path, "--scheduler", local(schedulerPort),
             ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] }, ready: "ready on")

@@ -76,7 +76,7 @@ struct PipelineBench: AsyncParsableCommand {
             try child.start()
             try await child.waitFor(ready)
         }
-        try await launch("scheduler", ["--port", "\(schedulerPort)"], ready: "ready on")
+        try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", "127.0.0.1:\(harpoonPort)"], ready: "ready on")
         for region in regions {
             try await launch("event-router", [
                 "--region", region, "--port", "\(routerPorts[region] ?? 0)", "--harpoon", "127.0.0.1:\(harpoonPort)",

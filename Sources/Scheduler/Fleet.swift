@@ -1,11 +1,46 @@
 internal import Synchronization
 package import SchedulerAPI
 
+/// A placement whose event has not finished: capacity a scheduler that starts must hold before it places anything.
+package struct HeldPlacement: Sendable, Hashable {
+    package var eventId: String
+    package var hypervisorId: String
+    package var region: String
+    package var customer: String
+    package var dropletId: Int64
+    package var size: Scheduler_V2_Size
+
+    package init(eventId: String, hypervisorId: String, region: String, customer: String, dropletId: Int64, size: Scheduler_V2_Size) {
+        self.eventId = eventId
+        self.hypervisorId = hypervisorId
+        self.region = region
+        self.customer = customer
+        self.dropletId = dropletId
+        self.size = size
+    }
+}
+
+/// How a fleet starts.
+package enum FleetStartup: Sendable, Hashable {
+    /// Nothing can be in flight: it places at once (a fleet made for a test or a tool).
+    case empty
+    /// A scheduler process that starts, or restarts, while creations may be under way. Before it places anything in a
+    /// region it needs both halves of the truth: the placements still in flight (``Fleet/restore(_:)``, from Harpoon)
+    /// and a complete report of the region's hypervisors from one of its routers (what the agents run and host).
+    /// Until then a placement is refused as retryable.
+    case recovering
+}
+
 /// The scheduler's view of the fleet and the capacity its placements hold.
 ///
 /// Placements are serialised by one lock around evaluate-and-reserve, so concurrent placements never count the same
-/// free capacity twice: a hypervisor is never oversubscribed. A reservation lasts until its event is released or
+/// free capacity twice: a hypervisor is never oversubscribed. A reservation lasts until its event is released, until
+/// its hypervisor reports hosting the droplet (agents count a droplet from the moment they accept its create), or
 /// until `reservationTTL` passes (an event whose outcome never comes back must not hold capacity forever).
+///
+/// A fleet that starts ``FleetStartup/recovering`` places nothing in a region until it has loaded the placements in
+/// flight and heard a complete report from the region: a restarted scheduler must not see hypervisors as empty
+/// whose room its predecessor gave away.
 package final class Fleet: Sendable {
     private struct Reservation {
         var hypervisorId: String
@@ -159,8 +194,31 @@ package final class Fleet: Sendable {
         /// Hypervisor id → region.
         var regionOf: [String: String] = [:]
         var reservations: [String: Reservation] = [:]
+        /// What reservations hold on hypervisors no router has reported yet (restored placements): the hypervisor's
+        /// entry takes it when it first appears.
+        var heldOnUnknown: [String: HeldCapacity] = [:]
         /// The earliest expiry among the reservations, so expired ones are looked for only when one is due.
         var nextExpiry: ContinuousClock.Instant?
+        /// Whether the placements in flight are loaded (always, for a fleet that starts empty).
+        var inFlightLoaded: Bool
+        /// Regions a router has reported completely since the start.
+        var completeRegions: Set<String> = []
+        /// Events released before the placements in flight were loaded: the load must not hold room for them again.
+        var releasedWhileLoading: Set<String> = []
+
+        init(loaded: Bool) { inFlightLoaded = loaded }
+
+        /// Why a placement in `region` must wait, if it must.
+        func notReady(_ region: String, startup: FleetStartup) -> String? {
+            guard startup == .recovering else { return nil }
+            if !inFlightLoaded {
+                return "the scheduler is starting: it has not loaded the placements in flight yet"
+            }
+            if !completeRegions.contains(region) {
+                return "the scheduler is starting: no router of \(region) has reported all of its hypervisors yet"
+            }
+            return nil
+        }
 
         var count: Int { regionOf.count }
 
@@ -174,13 +232,26 @@ package final class Fleet: Sendable {
             regions[name]?.update(at: position, policy: policy, body)
         }
 
+        /// Changes what is held on a hypervisor, known or not yet reported.
+        mutating func updateHeld(_ id: String, policy: PlacementPolicy, _ body: (inout HeldCapacity) -> Void) {
+            if regionOf[id] != nil {
+                update(id, policy: policy) { body(&$0.held) }
+            } else {
+                body(&heldOnUnknown[id, default: HeldCapacity()])
+                if heldOnUnknown[id]?.isEmpty == true { heldOnUnknown[id] = nil }
+            }
+        }
+
         mutating func record(_ hypervisor: Scheduler_V2_HypervisorState, policy: PlacementPolicy) {
-            // A hypervisor that moved region (reconfigured) takes its holds with it.
+            // A hypervisor that moved region (reconfigured) takes its holds with it; one seen for the first time takes
+            // what restored placements hold on it.
             var held = HeldCapacity()
             if let previous = regionOf[hypervisor.id], previous != hypervisor.region {
                 held = regions[previous]?.remove(hypervisor.id)?.held ?? held
             } else if let region = regions[hypervisor.region], let position = region.index[hypervisor.id] {
                 held = region.entries[position].held
+            } else if let waiting = heldOnUnknown.removeValue(forKey: hypervisor.id) {
+                held = waiting
             }
             regions[hypervisor.region, default: Region()].put(Entry(hypervisor, held: held), policy: policy)
             regionOf[hypervisor.id] = hypervisor.region
@@ -200,13 +271,13 @@ package final class Fleet: Sendable {
         mutating func hold(_ key: String, _ reservation: Reservation, policy: PlacementPolicy) {
             drop(key, policy: policy)
             reservations[key] = reservation
-            update(reservation.hypervisorId, policy: policy) { $0.held.add(reservation.size, customer: reservation.customer) }
+            updateHeld(reservation.hypervisorId, policy: policy) { $0.add(reservation.size, customer: reservation.customer) }
             nextExpiry = min(nextExpiry ?? reservation.expires, reservation.expires)
         }
 
         mutating func drop(_ key: String, policy: PlacementPolicy) {
             guard let reservation = reservations.removeValue(forKey: key) else { return }
-            update(reservation.hypervisorId, policy: policy) { $0.held.remove(reservation.size, customer: reservation.customer) }
+            updateHeld(reservation.hypervisorId, policy: policy) { $0.remove(reservation.size, customer: reservation.customer) }
         }
 
         mutating func expire(now: ContinuousClock.Instant, policy: PlacementPolicy) {
@@ -216,18 +287,30 @@ package final class Fleet: Sendable {
         }
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     package let policy: PlacementPolicy
     package let reservationTTL: Duration
+    package let startup: FleetStartup
 
-    package init(policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300)) {
+    package init(policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300), startup: FleetStartup = .empty) {
         self.policy = policy
         self.reservationTTL = reservationTTL
+        self.startup = startup
+        state = Mutex(State(loaded: startup == .empty))
     }
 
     /// Records the latest state of each hypervisor in the batch; returns how many hypervisors are known.
     @discardableResult
     package func report(_ hypervisors: [Scheduler_V2_HypervisorState]) -> Int {
+        report(hypervisors, region: "", complete: false).known
+    }
+
+    /// Records a router's batch. `complete`: the batch holds every hypervisor the router of `region` serves. Returns
+    /// how many hypervisors are known, and whether the fleet still waits for a complete report of `region`.
+    @discardableResult
+    package func report(
+        _ hypervisors: [Scheduler_V2_HypervisorState], region: String, complete: Bool
+    ) -> (known: Int, needsComplete: Bool) {
         state.withLock { state in
             var hosted: [String: Set<Int64>] = [:]
             for hypervisor in hypervisors where !hypervisor.id.isEmpty {
@@ -241,8 +324,39 @@ package final class Fleet: Sendable {
                 }
                 for key in done { state.drop(key, policy: policy) }
             }
-            return state.count
+            let region = region.isEmpty ? hypervisors.first?.region ?? "" : region
+            if complete, !region.isEmpty { state.completeRegions.insert(region) }
+            let needsComplete = startup == .recovering && !region.isEmpty && !state.completeRegions.contains(region)
+            return (state.count, needsComplete)
         }
+    }
+
+    /// Holds the room of the placements still in flight, as Harpoon lists them when the scheduler starts, and lets
+    /// placements begin (in each region a router has reported completely). A placement whose hypervisor already
+    /// reports its droplet is in that hypervisor's usage and needs no hold; one whose event was released meanwhile is
+    /// finished. Holding an event twice holds it once.
+    package func restore(_ placements: [HeldPlacement]) {
+        state.withLock { state in
+            let now = ContinuousClock.now
+            for placement in placements where !placement.eventId.isEmpty && !placement.hypervisorId.isEmpty {
+                guard state.reservations[placement.eventId] == nil, !state.releasedWhileLoading.contains(placement.eventId) else { continue }
+                if placement.dropletId != 0, state.hypervisor(placement.hypervisorId)?.dropletIds.contains(placement.dropletId) == true { continue }
+                state.hold(placement.eventId, Reservation(
+                    hypervisorId: placement.hypervisorId, size: placement.size, customer: placement.customer,
+                    dropletId: placement.dropletId, expires: now.advanced(by: reservationTTL)
+                ), policy: policy)
+            }
+            state.inFlightLoaded = true
+            state.releasedWhileLoading = []
+        }
+    }
+
+    /// Whether the placements in flight are loaded (a fleet that starts empty has none to load).
+    package var inFlightLoaded: Bool { state.withLock { $0.inFlightLoaded } }
+
+    /// Why a placement in `region` would be refused now because the fleet is still starting; `nil` once it is not.
+    package func startingReason(region: String) -> String? {
+        state.withLock { $0.notReady(region, startup: startup) }
     }
 
     package func markUnresponsive(_ ids: [String]) {
@@ -259,7 +373,13 @@ package final class Fleet: Sendable {
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
             state.expire(now: .now, policy: policy)
-            return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
+            var report = PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
+            if let starting = state.notReady(request.region, startup: startup) {
+                report.hypervisorId = ""
+                report.reason = starting
+                report.retryable = true
+            }
+            return report
         }
     }
 
@@ -272,6 +392,9 @@ package final class Fleet: Sendable {
             state.expire(now: now, policy: policy)
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
+            }
+            if let starting = state.notReady(request.region, startup: startup) {
+                return Scheduler_V2_PlaceResponse(reason: starting, retryable: true)
             }
             let best = Self.best(in: &state, for: request, policy: policy)
             guard let best else {
@@ -314,7 +437,10 @@ package final class Fleet: Sendable {
     @discardableResult
     package func release(eventId: String, completed: Bool = false) -> Bool {
         state.withLock { state in
-            guard let reservation = state.reservations[eventId] else { return false }
+            guard let reservation = state.reservations[eventId] else {
+                if !state.inFlightLoaded { state.releasedWhileLoading.insert(eventId) }
+                return false
+            }
             if completed, reservation.dropletId != 0,
                state.hypervisor(reservation.hypervisorId)?.dropletIds.contains(reservation.dropletId) != true {
                 return true

@@ -9,7 +9,8 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
     }
 
     package func reportFleet(request: Scheduler_V2_ReportFleetRequest, context: ServerContext) async throws -> Scheduler_V2_ReportFleetResponse {
-        Scheduler_V2_ReportFleetResponse(known: UInt32(clamping: fleet.report(request.hypervisors)))
+        let (known, needsComplete) = fleet.report(request.hypervisors, region: request.region, complete: request.complete)
+        return Scheduler_V2_ReportFleetResponse(known: UInt32(clamping: known), needsComplete: needsComplete)
     }
 
     package func markUnresponsive(request: Scheduler_V2_MarkUnresponsiveRequest, context: ServerContext) async throws -> Scheduler_V2_MarkUnresponsiveResponse {

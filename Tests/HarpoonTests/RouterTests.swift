@@ -16,7 +16,7 @@ final class RecordingResults: ResultSink {
 }
 
 final class IgnoredFleet: FleetSink {
-    func report(_ states: [Scheduler_V2_HypervisorState]) async throws {}
+    func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool { false }
     func markUnresponsive(_ hypervisorIds: [String]) async throws {}
 }
 

@@ -33,7 +33,9 @@ final class ProcessCluster {
     func define(_ name: String) -> ChildProcess {
         switch name {
         case "scheduler":
-            return ChildProcess(path: built("scheduler"), arguments: ["--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30"])
+            return ChildProcess(path: built("scheduler"), arguments: [
+                "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon", address("harpoon"),
+            ])
         case "harpoon":
             return ChildProcess(path: built("harpoon"), arguments: [
                 "--port", String(ports[name] ?? 0), "--database", directory.appendingPathComponent("harpoon.sqlite").path,
@@ -55,12 +57,13 @@ final class ProcessCluster {
         try await process.waitFor("ready on")
     }
 
-    func startFleet(region: String, agents: Int, extra: [String] = []) async throws {
+    func startFleet(region: String, agents: Int, memoryMB: Int = 16384, eventMilliseconds: Int = 5) async throws {
         let name = "fleet-\(region)"
         let process = ChildProcess(path: built("hypervisor"), arguments: [
             "--region", region, "--router", address("router-\(region)"), "--id", "\(region)-hv", "--fleet", String(agents),
-            "--cpus", "8", "--memory-mb", "16384", "--disk-gb", "1000", "--event-milliseconds", "5", "--heartbeat-milliseconds", "100",
-        ] + extra)
+            "--cpus", "8", "--memory-mb", String(memoryMB), "--disk-gb", "1000", "--event-milliseconds", String(eventMilliseconds),
+            "--heartbeat-milliseconds", "100",
+        ])
         processes[name] = process
         try process.start()
         try await process.waitFor("agent(s) in \(region)")

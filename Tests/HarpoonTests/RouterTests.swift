@@ -10,7 +10,10 @@ import TestSupport
 /// The statuses a router reported, in order.
 final class RecordingResults: ResultSink {
     let reports = Mutex<[(Int64, Harpoon_V1_Event.Status)]>([])
+    /// The latest error reported for each event.
+    let errors = Mutex<[Int64: String]>([:])
     func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
+        if !progress.error.isEmpty { errors.withLock { $0[progress.eventId] = progress.error } }
         reports.withLock { $0.append((progress.eventId, progress.status)) }
     }
 }

@@ -1,0 +1,228 @@
+@testable import EventRouter
+import EventRouterAPI
+import HarpoonAPI
+import HypervisorAgent
+import NIOCore
+import Synchronization
+import Testing
+import TestSupport
+
+/// The router's reports to the scheduler, recorded; answers "send a complete report" while `wantsComplete`, and
+/// fails while `failing`.
+final class RecordingFleet: FleetSink {
+    struct Report {
+        var ids: [String]
+        var complete: Bool
+        var region: String
+    }
+
+    let reports = Mutex<[Report]>([])
+    let wantsComplete = Mutex(false)
+    let failing = Mutex(false)
+
+    struct Down: Error {}
+
+    func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool {
+        if failing.withLock({ $0 }) { throw Down() }
+        reports.withLock { $0.append(Report(ids: states.map(\.id).sorted(), complete: complete, region: region)) }
+        return wantsComplete.withLock { $0 }
+    }
+
+    func markUnresponsive(_ hypervisorIds: [String]) async throws {}
+
+    var last: Report? { reports.withLock { $0.last } }
+}
+
+/// A router served on 127.0.0.1 with one agent connected to it.
+final class OneAgent {
+    let router: Router
+    let results = RecordingResults()
+    let fleet = RecordingFleet()
+    let server: RPCServer
+    let client: RPCClient
+    let agent: HypervisorAgent
+    let run: Task<Void, Never>
+
+    init(_ configure: (inout AgentConfiguration) -> Void) async throws {
+        router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero)
+        server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+        let port = try await server.start().port ?? 0
+        client = RPCClient(targets: [("127.0.0.1", port)])
+        var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
+        configure(&configuration)
+        let agent = HypervisorAgent(configuration)
+        self.agent = agent
+        let client = client
+        run = Task { await agent.run(client: client) }
+    }
+
+    func stop() async {
+        run.cancel()
+        await client.close()
+        await server.shutdownGracefully(timeout: .seconds(2))
+    }
+
+    /// A create of a droplet of `size` (Harpoon puts the size in the payload).
+    func create(event: Int64, droplet: Int64, size: Scheduler_V2_Size) -> Harpoon_V1_Event {
+        Harpoon_V1_Event(
+            id: event, type: "create", dropletId: droplet, customer: "alice", region: "nyc1", hypervisorId: "hv1", status: .placed,
+            payload: size.serializedBytes()
+        )
+    }
+
+    /// The router's view of the agent, as the agent reported it.
+    var reported: Scheduler_V2_HypervisorState? { router.hypervisors.first }
+
+    func outcome(of event: Int64) -> Harpoon_V1_Event.Status? {
+        results.reports.withLock { $0.last { $0.0 == event }?.1 }
+    }
+}
+
+let oneGiB = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
+
+@Suite("a hypervisor agent tells the truth about its capacity")
+struct AgentCapacityTests {
+    @Test("a create counts from the moment it is accepted: in flight, in the usage, in the droplet ids, before it completes")
+    func inFlightCounts() async throws {
+        let setup = try await OneAgent {
+            $0.memoryMB = 3072
+            $0.eventDuration = .seconds(3)
+            $0.heartbeatInterval = .seconds(30)  // only the state the agent sends on acceptance can show it in time
+        }
+        do {
+            #expect(await eventually { setup.router.connectedAgents == 1 })
+            _ = try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB))
+            #expect(await eventually(timeout: .seconds(2)) { setup.reported?.inFlight == ["create"] })
+            let state = try #require(setup.reported)
+            #expect(state.usedMemoryMb == 1024)
+            #expect(state.usedVcpus == 1)
+            #expect(state.dropletCount == 1)
+            #expect(state.dropletIds == [11])
+            #expect(state.customers == ["alice"])
+            #expect(setup.outcome(of: 1) == .running)
+        } catch {
+            Issue.record("\(error)")
+        }
+        await setup.stop()
+    }
+
+    @Test("a create past the hypervisor's capacity is refused with an error naming the resource, and changes nothing")
+    func refusesOverCapacity() async throws {
+        let setup = try await OneAgent {
+            $0.memoryMB = 3072  // two 1 GiB droplets above the 1 GiB reserve
+            $0.eventDuration = .seconds(3)
+            $0.heartbeatInterval = .milliseconds(50)
+        }
+        do {
+            #expect(await eventually { setup.router.connectedAgents == 1 })
+            for (event, droplet) in [(1, 11), (2, 12), (3, 13)] as [(Int64, Int64)] {
+                _ = try setup.router.deliver(setup.create(event: event, droplet: droplet, size: oneGiB))
+            }
+            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 3) == .errored })
+            let refusal = try #require(setup.refusalError(3))
+            #expect(refusal.contains("refuses droplet 13"), "\(refusal)")
+            #expect(refusal.contains("memory: 2048 of 2048 MB in use"), "\(refusal)")
+            // The two accepted creates are all the agent counts; the refused one is not among its droplets.
+            #expect(await eventually(timeout: .seconds(2)) { setup.reported?.dropletIds == [11, 12] })
+            #expect(setup.reported?.usedMemoryMb == 2048)
+            #expect(setup.reported?.recentErrors == 0)  // a refusal is not a failure of the hypervisor
+            // Delivered again, the refusal is repeated, not re-decided.
+            _ = try setup.router.deliver(setup.create(event: 3, droplet: 13, size: oneGiB))
+            #expect(await eventually(timeout: .seconds(2)) { setup.results.reports.withLock { $0.filter { $0.0 == 3 }.count } >= 2 })
+            // A create whose size cannot be read is refused too.
+            var garbled = setup.create(event: 4, droplet: 14, size: oneGiB)
+            garbled.payload = [0xFF, 0xFF, 0xFF]
+            _ = try setup.router.deliver(garbled)
+            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 4) == .errored })
+            #expect(setup.refusalError(4)?.contains("size cannot be read") == true, "\(setup.refusalError(4) ?? "")")
+        } catch {
+            Issue.record("\(error)")
+        }
+        await setup.stop()
+    }
+
+    @Test("each resource has its limit, the scheduler's own: CPU overcommit, memory above the reserve, disk, droplet count")
+    func shortfalls() {
+        var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
+        configuration.cpus = 2
+        configuration.memoryMB = 4096
+        configuration.diskGB = 100
+        configuration.maxDroplets = 3
+        func used(vcpus: UInt32 = 0, memory: UInt64 = 0, disk: UInt64 = 0, droplets: UInt32 = 0) -> Scheduler_V2_HypervisorState {
+            Scheduler_V2_HypervisorState(usedVcpus: vcpus, usedMemoryMb: memory, usedDiskGb: disk, dropletCount: droplets)
+        }
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(), configuration: configuration) == nil)
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 7), configuration: configuration) == nil)  // 8 = 2 × 4
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 8), configuration: configuration)?.hasPrefix("vcpus:") == true)
+        let big = Scheduler_V2_Size(slug: "s-4vcpu-1gb", vcpus: 4, memoryMb: 1024, diskGb: 1)
+        #expect(HypervisorAgent.shortfall(of: big, beside: used(), configuration: configuration)?.hasPrefix("vcpus:") == true)  // more than its CPUs
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2048), configuration: configuration) == nil)  // 3072 = 4096 − 1024
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2049), configuration: configuration)?.hasPrefix("memory:") == true)
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(disk: 75), configuration: configuration) == nil)
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(disk: 76), configuration: configuration)?.hasPrefix("disk:") == true)
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(droplets: 2), configuration: configuration) == nil)
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(droplets: 3), configuration: configuration)?.hasPrefix("droplets:") == true)
+    }
+}
+
+@Suite("the event router's reports to the scheduler")
+struct RouterFleetReportTests {
+    @Test("complete at the start, after a failed report and when the scheduler asks; only what changed otherwise")
+    func completeReports() async throws {
+        // The agent reports itself once, in its hello; the test makes its state change by hand, so each flush's
+        // contents are known.
+        let setup = try await OneAgent { $0.heartbeatInterval = .seconds(60) }
+        let state = Scheduler_V2_HypervisorState(id: "hv1", region: "nyc1", cpus: 32, memoryMb: 131_072, diskGb: 4000)
+        var count: Int { setup.fleet.reports.withLock { $0.count } }
+        #expect(await eventually { setup.router.connectedAgents == 1 })
+        // The first report is complete, even before anything changed.
+        await setup.router.flush()
+        #expect(setup.fleet.last?.complete == true)
+        #expect(setup.fleet.last?.ids == ["hv1"])
+        #expect(setup.fleet.last?.region == "nyc1")
+        // Nothing changed: nothing is sent.
+        await setup.router.flush()
+        #expect(count == 1)
+        // Then only changes.
+        setup.router.heartbeat(state, from: "hv1")
+        await setup.router.flush()
+        #expect(count == 2)
+        #expect(setup.fleet.last?.complete == false)
+        // The scheduler asks for everything (it restarted): the next report is complete, though nothing changed.
+        setup.fleet.wantsComplete.withLock { $0 = true }
+        setup.router.heartbeat(state, from: "hv1")
+        await setup.router.flush()
+        setup.fleet.wantsComplete.withLock { $0 = false }
+        await setup.router.flush()
+        #expect(count == 4)
+        #expect(setup.fleet.last?.complete == true)
+        #expect(setup.fleet.last?.ids == ["hv1"])
+        // A failed report: the next one is complete.
+        setup.fleet.failing.withLock { $0 = true }
+        setup.router.heartbeat(state, from: "hv1")
+        await setup.router.flush()
+        setup.fleet.failing.withLock { $0 = false }
+        await setup.router.flush()
+        #expect(count == 5)
+        #expect(setup.fleet.last?.complete == true)
+        // A complete report goes even with no agent connected: the region has nothing else.
+        await setup.stop()
+        #expect(await eventually { setup.router.connectedAgents == 0 })
+        #expect(setup.router.hypervisors.isEmpty)
+        setup.fleet.failing.withLock { $0 = true }
+        setup.router.heartbeat(state, from: "hv1")
+        await setup.router.flush()
+        setup.fleet.failing.withLock { $0 = false }
+        await setup.router.flush()
+        #expect(count == 6)
+        #expect(setup.fleet.last?.complete == true)
+        #expect(setup.fleet.last?.ids == [])
+    }
+}
+
+extension OneAgent {
+    /// The error of `event`'s errored outcome, as the router forwarded it.
+    func refusalError(_ event: Int64) -> String? {
+        results.errors.withLock { $0[event] }
+    }
+}

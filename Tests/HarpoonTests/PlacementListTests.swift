@@ -1,0 +1,77 @@
+@testable import Harpoon
+import HarpoonAPI
+import Synchronization
+import Testing
+import TestSupport
+
+/// A delivery that holds every event until `open()`: the placement stays answered and unrecorded meanwhile.
+final class GatedDelivery: EventDelivery {
+    private let gate = AsyncStream<Void>.makeStream()
+    let waiting = Mutex(0)
+
+    func deliver(_ event: Harpoon_V1_Event) async throws {
+        waiting.withLock { $0 += 1 }
+        for await _ in gate.stream {}
+    }
+
+    func open() { gate.continuation.finish() }
+}
+
+@Suite("the placements in flight, as a starting scheduler reads them")
+struct PlacementListTests {
+    @Test("placed, delivered and running creates are listed with their sizes, page by page; nothing else is")
+    func listedFromTheTable() async throws {
+        try await withStore { store, _ in
+            var events: [Harpoon_V1_Event] = []
+            for index in 0..<6 { events.append(try await store.createDroplet(createRequest("d\(index)")).1) }
+            let moves: [(Harpoon_V1_Event.Status, String)] = [(.placed, "hv1"), (.delivered, "hv2"), (.running, "hv3"), (.completed, "hv4"), (.errored, "hv5")]
+            for (event, (status, hypervisor)) in zip(events, moves) {
+                _ = try await store.updateEvent(id: event.id, status: status, hypervisorId: hypervisor, error: nil, ipv4Address: nil, then: nil)
+            }
+            // events[5] stays pending (not placed); a destroy on a hypervisor is not a create.
+            let destroy = try await store.createEvent(
+                .init(type: "destroy", dropletId: events[3].dropletId, customer: "alice"), region: "nyc1", hypervisorId: "hv4"
+            )
+            _ = try await store.updateEvent(id: destroy.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier())) { harpoon in
+                let first = try await harpoon.listPlacements(.init(pageSize: 2))
+                #expect(first.placements.map(\.eventId) == [events[0].id, events[1].id])
+                #expect(first.placements.map(\.hypervisorId) == ["hv1", "hv2"])
+                #expect(first.placements.allSatisfy { $0.size == small && $0.region == "nyc1" && $0.customer == "alice" })
+                #expect(first.placements.map(\.dropletId) == [events[0].dropletId, events[1].dropletId])
+                #expect(!first.nextPageToken.isEmpty)
+                let second = try await harpoon.listPlacements(.init(pageSize: 2, pageToken: first.nextPageToken))
+                #expect(second.placements.map(\.eventId) == [events[2].id])
+                #expect(second.nextPageToken.isEmpty)
+                await #expect(throws: RPCError.self) { _ = try await harpoon.listPlacements(.init(pageToken: "not a token")) }
+            }
+        }
+    }
+
+    @Test("a placement answered and not yet recorded is listed too, on the first page")
+    func unrecordedPlacements() async throws {
+        try await withStore { store, _ in
+            let delivery = GatedDelivery()
+            let worker = OutboxWorker(store: store, placer: FakeScheduler(fallback: .placed(hypervisorId: "hv7")), delivery: delivery)
+            let task = Task { await worker.run() }
+            defer { task.cancel() }
+            try await withHarpoonServer(HarpoonService(store: store, worker: worker, changes: ChangeNotifier())) { harpoon in
+                let created = try await harpoon.createDroplet(createRequest("web"))
+                let event = try #require(created.event)
+                // Placed on hv7 and on its way to the router: the table still says pending.
+                #expect(await eventually { delivery.waiting.withLock { $0 } == 1 })
+                #expect(try await store.event(id: event.id)?.status == .pending)
+                let listed = try await harpoon.listPlacements(.init())
+                #expect(listed.placements.map(\.eventId) == [event.id])
+                #expect(listed.placements.first?.hypervisorId == "hv7")
+                #expect(listed.placements.first?.size == small)
+                // Delivered and recorded: it comes from the table now, once.
+                delivery.open()
+                #expect(await eventually { (try? await store.event(id: event.id))?.status == .delivered })
+                #expect(worker.unrecordedPlacements.isEmpty)
+                let recorded = try await harpoon.listPlacements(.init())
+                #expect(recorded.placements.map(\.eventId) == [event.id])
+            }
+        }
+    }
+}

@@ -112,7 +112,20 @@ struct RestartCapacityTests {
             #expect(running, "the first burst never ran on every agent")
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...400, using: &random)))
             cluster.processes[victim]?.crash()
+            let restarted = ContinuousClock.now
             try await cluster.startService(victim)
+            if victim == "scheduler" {
+                // How long a restarted scheduler refuses placements: until it has Harpoon's placements in flight and
+                // the router's complete report. Printed, not asserted (timing on a shared machine).
+                let scheduler = RPCClient(targets: [("127.0.0.1", cluster.ports["scheduler"] ?? 0)])
+                let explain = Scheduler_V2_Scheduler.Client(scheduler)
+                let opened = await eventually(timeout: .seconds(30)) {
+                    guard let answer = try? await explain.explain(.init(size: small, region: "nyc1", customer: "alice")) else { return false }
+                    return !answer.reason.contains("is starting")
+                }
+                print("restart-capacity: the restarted scheduler placed again \(ContinuousClock.now - restarted) after the kill (opened: \(opened))")
+                await scheduler.close()
+            }
             try await first.value
             try await Self.creations(harpoon, Self.burst..<(2 * Self.burst))
 

@@ -14,6 +14,11 @@ package protocol FleetSink: Sendable {
     func markUnresponsive(_ hypervisorIds: [String]) async throws
 }
 
+/// Where an agent that has just started learns what its hypervisor hosts: Harpoon in production.
+package protocol InventorySource: Sendable {
+    func inventory(hypervisorId: String) async throws -> Eventrouter_V1_Inventory
+}
+
 /// The event router of one region: the streams of its hypervisor agents, the events waiting for them, and the
 /// batches of their states for the scheduler.
 ///
@@ -50,6 +55,7 @@ package final class Router: Sendable {
     package let region: String
     private let results: any ResultSink
     private let fleet: any FleetSink
+    private let inventories: (any InventorySource)?
     private let state = Mutex(State())
     /// An agent silent for this long is unresponsive.
     package let heartbeatTimeout: Duration
@@ -59,9 +65,10 @@ package final class Router: Sendable {
     package let runningReportDelay: Duration
 
     package init(
-        region: String, results: any ResultSink, fleet: any FleetSink, heartbeatTimeout: Duration = .seconds(5),
-        runningReportDelay: Duration = .milliseconds(50)
+        region: String, results: any ResultSink, fleet: any FleetSink, inventories: (any InventorySource)? = nil,
+        heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50)
     ) {
+        self.inventories = inventories
         self.runningReportDelay = runningReportDelay
         self.region = region
         self.results = results
@@ -88,8 +95,29 @@ package final class Router: Sendable {
         return session != nil
     }
 
-    /// Registers an agent's stream (replacing an older one for the same hypervisor) and queues its pending events.
-    func attach(_ hello: Eventrouter_V1_AgentHello, outgoing: AsyncStream<Eventrouter_V1_RouterMessage>.Continuation) -> Int {
+    /// What `hypervisorId` hosted, for its agent that has just started: asked again (100 ms doubling to 2 s) until
+    /// Harpoon answers or the task is cancelled (the agent went away). `nil` when this router has no source.
+    func inventory(for hypervisorId: String) async -> Eventrouter_V1_Inventory? {
+        guard let inventories else { return nil }
+        var delay = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                return try await inventories.inventory(hypervisorId: hypervisorId)
+            } catch {
+                do { try await Task.sleep(for: delay) } catch { return nil }
+                delay = min(delay * 2, .seconds(2))
+            }
+        }
+        return nil
+    }
+
+    /// Registers an agent's stream (replacing an older one for the same hypervisor) and queues its pending events,
+    /// after its `inventory` if it asked for one. An agent sent an inventory is reported to the scheduler only once it
+    /// has taken it (its next state): its hello, from before, would show a hypervisor emptier than it is.
+    func attach(
+        _ hello: Eventrouter_V1_AgentHello, outgoing: AsyncStream<Eventrouter_V1_RouterMessage>.Continuation,
+        inventory: Eventrouter_V1_Inventory? = nil
+    ) -> Int {
         let (id, replaced, pending) = state.withLock { state in
             let id = state.nextSession
             state.nextSession += 1
@@ -97,7 +125,7 @@ package final class Router: Sendable {
             state.sessions[hello.hypervisorId] = Session(id: id, outgoing: outgoing)
             state.lastSeen[hello.hypervisorId] = .now
             state.unresponsive.remove(hello.hypervisorId)
-            if var agentState = hello.state {
+            if inventory == nil, var agentState = hello.state {
                 agentState.id = hello.hypervisorId
                 agentState.region = region
                 agentState.unresponsive = false
@@ -108,6 +136,7 @@ package final class Router: Sendable {
             return (id, replaced, pending)
         }
         replaced?.outgoing.finish()
+        if let inventory { outgoing.yield(Eventrouter_V1_RouterMessage(kind: .inventory(inventory))) }
         for event in pending { outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event))) }
         return id
     }
@@ -242,8 +271,11 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
         guard hello.region == router.region else {
             throw RPCError(code: .invalidArgument, message: "hypervisor \(hello.hypervisorId) is in \(hello.region); this router serves \(router.region)")
         }
+        // An agent that has just started learns what it hosts before it gets any event.
+        let inventory = hello.wantsInventory ? await router.inventory(for: hello.hypervisorId) : nil
+        try Task.checkCancellation()
         let (outgoing, continuation) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
-        let session = router.attach(hello, outgoing: continuation)
+        let session = router.attach(hello, outgoing: continuation, inventory: inventory)
         defer { router.detach(hello.hypervisorId, session: session) }
         let hypervisorId = hello.hypervisorId
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -317,6 +349,18 @@ package struct HarpoonResultSink: ResultSink {
             eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
             hypervisorId: hypervisorId
         ))
+    }
+}
+
+/// Inventories from Harpoon's ListHosted over RPC.
+package struct HarpoonInventorySource: InventorySource {
+    let harpoon: Harpoon_V1_Harpoon.Client
+
+    package init(client: RPCClient) { harpoon = Harpoon_V1_Harpoon.Client(client) }
+
+    package func inventory(hypervisorId: String) async throws -> Eventrouter_V1_Inventory {
+        let hosted = try await harpoon.listHosted(.init(hypervisorId: hypervisorId), options: CallOptions(timeout: .seconds(5)))
+        return Eventrouter_V1_Inventory(droplets: hosted.droplets, maintenance: hosted.maintenance)
     }
 }
 

@@ -16,10 +16,12 @@ struct EventRouterCommand: AsyncParsableCommand {
     @Option(help: "Seconds without a heartbeat before a hypervisor is unresponsive.") var heartbeatTimeoutSeconds = 5
 
     func run() async throws {
+        let harpoonClient = RPCClient(targets: [try ServiceRuntime.address(harpoon)])
         let router = Router(
             region: region,
-            results: HarpoonResultSink(client: RPCClient(targets: [try ServiceRuntime.address(harpoon)])),
+            results: HarpoonResultSink(client: harpoonClient),
             fleet: SchedulerFleetSink(client: RPCClient(targets: [try ServiceRuntime.address(scheduler)])),
+            inventories: HarpoonInventorySource(client: harpoonClient),
             heartbeatTimeout: .seconds(heartbeatTimeoutSeconds)
         )
         let server = RPCServer(configuration: .init(host: host, port: port), services: [EventRouterService(router: router)])

@@ -203,6 +203,25 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return response
     }
 
+    package func listHosted(request: Harpoon_V1_ListHostedRequest, context: ServerContext) async throws -> Harpoon_V1_ListHostedResponse {
+        guard !request.hypervisorId.isEmpty else { throw RPCError(code: .invalidArgument, message: "hypervisor_id is required") }
+        let hosted = try await store.hosted(hypervisorId: request.hypervisorId)
+        return Harpoon_V1_ListHostedResponse(droplets: hosted.droplets, maintenance: hosted.maintenance)
+    }
+
+    package func setMaintenance(request: Harpoon_V1_SetMaintenanceRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+        guard !request.hypervisorId.isEmpty else { throw RPCError(code: .invalidArgument, message: "hypervisor_id is required") }
+        guard !request.region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required") }
+        guard request.reason.utf8.count <= 1024 else { throw RPCError(code: .invalidArgument, message: "reason is longer than 1024 bytes") }
+        // An event like any other: durable, delivered to the hypervisor's agent through its router, kept in history.
+        let event = try await store.createEvent(
+            Harpoon_V1_CreateEventRequest(idempotencyKey: request.idempotencyKey, type: "maintenance", payload: Array(request.reason.utf8)),
+            region: request.region, hypervisorId: request.hypervisorId
+        )
+        mutated()
+        return event
+    }
+
     package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
         Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: store.connectionCount), outboxPending: UInt64(try await store.outboxCount()))
     }

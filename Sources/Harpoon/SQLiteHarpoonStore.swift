@@ -86,6 +86,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // A scheduler that starts lists the creates placed and not finished: a few rows among all events ever.
             try db.execute(sql: "CREATE INDEX events_placed_creates ON events(id) WHERE type = 'create' AND status IN (1, 2, 3)")
         }
+        migrator.registerMigration("v4: what a hypervisor hosts") { db in
+            // An agent that starts learns its droplets (active or off) and its latest maintenance.
+            try db.execute(sql: """
+                CREATE INDEX droplets_hosted ON droplets(hypervisor_id) WHERE status IN (1, 2);
+                CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance';
+                """)
+        }
         return migrator
     }
 
@@ -211,8 +218,12 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
         try await writer.write { db in
             if !request.idempotencyKey.isEmpty,
-               let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]),
-               let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]) {
+               let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]) {
+                guard let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]),
+                      event.type == "create", event.dropletId == droplet.id else {
+                    // The key answered another kind of request (an event of its own): it cannot be a droplet's too.
+                    throw RPCError(code: .alreadyExists, message: "idempotency key '\(request.idempotencyKey)' was used for another request")
+                }
                 return CreatedDroplet(droplet: droplet, event: event, entry: nil)
             }
             let now = Date().timeIntervalSince1970
@@ -367,6 +378,21 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 db, table: "events", columns: Self.eventColumns, condition: condition, arguments: arguments,
                 limit: limit, afterID: afterID, offset: offset, decode: Self.event
             )
+        }
+    }
+
+    package func hosted(hypervisorId: String) async throws -> (droplets: [Harpoon_V1_Droplet], maintenance: String) {
+        try await pool.read { db in
+            // Both conditions are their partial indexes' own.
+            let droplets = try Self.rows(
+                db.cachedStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE hypervisor_id = ? AND status IN (1, 2) ORDER BY id"),
+                [hypervisorId], Self.droplet
+            )
+            let latest = try Self.firstRow(
+                db.cachedStatement(sql: "SELECT payload FROM events WHERE hypervisor_id = ? AND type = 'maintenance' ORDER BY id DESC LIMIT 1"),
+                [hypervisorId]
+            ) { row -> Data in row[0] }
+            return (droplets, latest.map { String(decoding: $0, as: UTF8.self) } ?? "")
         }
     }
 

@@ -21,6 +21,10 @@ package struct AgentConfiguration: Sendable, Hashable {
     package var cpuOvercommit = 4.0
     /// Droplets it hosts at most.
     package var maxDroplets = 135
+    /// How long a failure counts among the recent errors it reports.
+    package var errorWindow: Duration = .seconds(600)
+    /// Outcomes remembered, so that a redelivered event is answered instead of run again.
+    package var rememberedOutcomes = 10_000
 
     package init(hypervisorId: String, region: String) {
         self.hypervisorId = hypervisorId
@@ -55,12 +59,18 @@ package final class HypervisorAgent: Sendable {
 
     private struct State {
         var droplets: [Int64: Hosted] = [:]
-        var outcomes: [Int64: Eventrouter_V1_EventProgress] = [:]
+        var outcomes: RememberedOutcomes
         var running: [Int64: Running] = [:]
-        var recentErrors = 0
+        var recentErrors: RecentErrors
         var nextHost: UInt8 = 2
         var outgoing: AsyncStream<Eventrouter_V1_AgentMessage>.Continuation?
         var connections = 0
+        /// Why the hypervisor is in maintenance (an operator's drain); empty when it is not.
+        var maintenance = ""
+        /// Whether it has learnt what it hosted before it started (its router's inventory, from Harpoon).
+        var inventoryTaken = false
+        /// Host octets of the hosted droplets' addresses, so a new droplet never gets one in use.
+        var hostsInUse: Set<UInt8> = []
 
         /// Each droplet the hypervisor hosts or is creating, once.
         func forEachDroplet(_ body: (_ id: Int64, _ size: Scheduler_V2_Size, _ customer: String) -> Void) {
@@ -84,10 +94,14 @@ package final class HypervisorAgent: Sendable {
     }
 
     package let configuration: AgentConfiguration
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     package init(_ configuration: AgentConfiguration) {
         self.configuration = configuration
+        state = Mutex(State(
+            outcomes: RememberedOutcomes(capacity: configuration.rememberedOutcomes),
+            recentErrors: RecentErrors(window: configuration.errorWindow)
+        ))
     }
 
     /// Droplets this agent hosts.
@@ -114,10 +128,11 @@ package final class HypervisorAgent: Sendable {
                 dropletIds.append(id)
             }
             current.dropletCount = UInt32(dropletIds.count)
-            current.recentErrors = UInt32(state.recentErrors)
+            current.recentErrors = UInt32(state.recentErrors.count(at: .now))
             current.customers = customers.sorted()
             current.dropletIds = dropletIds.sorted()
             current.inFlight = Set(state.running.values.map(\.type)).sorted()
+            current.maintenance = state.maintenance
             return current
         }
     }
@@ -172,7 +187,10 @@ package final class HypervisorAgent: Sendable {
             state.withLock { $0.outgoing = nil }
             continuation.finish()
         }
-        let hello = Eventrouter_V1_AgentHello(hypervisorId: configuration.hypervisorId, region: configuration.region, state: currentState())
+        let wantsInventory = state.withLock { !$0.inventoryTaken }
+        let hello = Eventrouter_V1_AgentHello(
+            hypervisorId: configuration.hypervisorId, region: configuration.region, state: currentState(), wantsInventory: wantsInventory
+        )
         let interval = configuration.heartbeatInterval
         try await Eventrouter_V1_EventRouter.Client(client).connect { writer in
             try await writer.write(Eventrouter_V1_AgentMessage(kind: .hello(hello)))
@@ -191,10 +209,31 @@ package final class HypervisorAgent: Sendable {
             }
         } handler: { stream in
             for try await message in stream {
-                if case .event(let event)? = message.kind { self.receive(event) }
+                switch message.kind {
+                case .event(let event)?: self.receive(event)
+                case .inventory(let inventory)?: self.adopt(inventory)
+                case nil: break
+                }
             }
             continuation.finish()
         }
+    }
+
+    /// What the hypervisor hosted before this agent started, as Harpoon recorded it: taken once, before any event (the
+    /// router sends it first). Droplets the agent already knows are left as they are.
+    private func adopt(_ inventory: Eventrouter_V1_Inventory) {
+        let adopted = state.withLock { state -> Bool in
+            guard !state.inventoryTaken else { return false }
+            state.inventoryTaken = true
+            for droplet in inventory.droplets where state.droplets[droplet.id] == nil {
+                state.droplets[droplet.id] = Hosted(size: droplet.size ?? Scheduler_V2_Size(), customer: droplet.customer, address: droplet.ipv4Address)
+                if let host = droplet.ipv4Address.split(separator: ".").last.flatMap({ UInt8($0) }) { state.hostsInUse.insert(host) }
+            }
+            if state.maintenance.isEmpty { state.maintenance = inventory.maintenance }
+            return true
+        }
+        // The state with what it hosts goes up at once: until then its router does not report it.
+        if adopted { send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState())))) }
     }
 
     private func send(_ message: Eventrouter_V1_AgentMessage) {
@@ -206,6 +245,12 @@ package final class HypervisorAgent: Sendable {
         let action = state.withLock { state -> Action in
             if let outcome = state.outcomes[event.id] { return .resend(outcome) }
             if state.running[event.id] != nil { return .ignore }
+            // A create whose outcome is no longer remembered, for a droplet already here: it ran; say so again.
+            if event.type == "create", let hosted = state.droplets[event.dropletId] {
+                let outcome = Eventrouter_V1_EventProgress(eventId: event.id, status: .completed, ipv4Address: hosted.address)
+                state.outcomes.remember(outcome)
+                return .resend(outcome)
+            }
             var running = Running(type: event.type, dropletId: event.dropletId, customer: event.customer)
             if event.type == "create" {
                 let refusal: String?
@@ -222,7 +267,7 @@ package final class HypervisorAgent: Sendable {
                         eventId: event.id, status: .errored,
                         error: "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(refusal)"
                     )
-                    state.outcomes[event.id] = outcome
+                    state.outcomes.remember(outcome)
                     return .resend(outcome)
                 }
             }
@@ -238,6 +283,8 @@ package final class HypervisorAgent: Sendable {
             // Done at once: the outcome is the only message (it acknowledges the event too), which halves the
             // messages on the stream for a fleet of instant agents.
             send(Eventrouter_V1_AgentMessage(kind: .progress(finish(event))))
+            // A drain or its end changes what the scheduler may do at once.
+            if event.type == "maintenance" { send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState())))) }
         case .run:
             send(Eventrouter_V1_AgentMessage(kind: .ack(.init(eventId: event.id))))
             send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running))))
@@ -258,25 +305,33 @@ package final class HypervisorAgent: Sendable {
             let running = state.running.removeValue(forKey: event.id)
             var outcome = Eventrouter_V1_EventProgress(eventId: event.id, status: .completed)
             if fails {
-                state.recentErrors += 1
+                state.recentErrors.record(at: .now)
                 outcome.status = .errored
                 outcome.error = "simulated failure running \(event.type) on \(configuration.hypervisorId)"
             } else {
                 switch event.type {
                 case "create":
                     let size = running?.size ?? Scheduler_V2_Size()
-                    let host = state.nextHost
+                    // The next host octet not in use (2...254; a hypervisor hosts at most 135 droplets).
+                    var host = state.nextHost
+                    for _ in 0..<253 where state.hostsInUse.contains(host) { host = host == 254 ? 2 : host + 1 }
                     state.nextHost = host == 254 ? 2 : host + 1
+                    state.hostsInUse.insert(host)
                     let address = "10.\(configuration.region.utf8.reduce(0) { ($0 &+ Int($1)) % 250 }).\(configuration.subnet).\(host)"
                     state.droplets[event.dropletId] = Hosted(size: size, customer: event.customer, address: address)
                     outcome.ipv4Address = address
                 case "destroy":
-                    state.droplets[event.dropletId] = nil
+                    if let gone = state.droplets.removeValue(forKey: event.dropletId),
+                       let host = gone.address.split(separator: ".").last.flatMap({ UInt8($0) }) {
+                        state.hostsInUse.remove(host)
+                    }
+                case "maintenance":
+                    state.maintenance = String(decoding: event.payload, as: UTF8.self)
                 default:
                     break
                 }
             }
-            state.outcomes[event.id] = outcome
+            state.outcomes.remember(outcome)
             return outcome
         }
     }

@@ -20,12 +20,14 @@ struct HypervisorCommand: AsyncParsableCommand {
     @Option(help: "Memory, MB, the hypervisor keeps for itself: a create that would take it is refused.") var memoryReserveMb: UInt64 = 1024
     @Option(help: "Virtual CPUs allowed per CPU: a create past that is refused.") var cpuOvercommit = 4.0
     @Option(help: "Droplets a hypervisor hosts at most: a create past that is refused.") var maxDroplets = 135
+    @Option(help: "Seconds a failed event counts among the recent errors an agent reports.") var errorWindowSeconds = 600
 
     func validate() throws {
         guard fleet >= 1 else { throw ValidationError("--fleet must be at least 1") }
         guard (0...1).contains(failureRate) else { throw ValidationError("--failure-rate must be between 0 and 1") }
         guard cpuOvercommit > 0 else { throw ValidationError("--cpu-overcommit must be above 0") }
         guard maxDroplets >= 1 else { throw ValidationError("--max-droplets must be at least 1") }
+        guard errorWindowSeconds >= 1 else { throw ValidationError("--error-window-seconds must be at least 1") }
     }
 
     func run() async throws {
@@ -43,6 +45,7 @@ struct HypervisorCommand: AsyncParsableCommand {
                 configuration.memoryReserveMB = memoryReserveMb
                 configuration.cpuOvercommit = cpuOvercommit
                 configuration.maxDroplets = maxDroplets
+                configuration.errorWindow = .seconds(errorWindowSeconds)
                 let agent = HypervisorAgent(configuration)
                 // Each agent has its own client, so its own HTTP/2 connection.
                 let client = RPCClient(targets: [address])

@@ -99,7 +99,7 @@ struct AgentCapacityTests {
             #expect(state.dropletCount == 1)
             #expect(state.dropletIds == [11])
             #expect(state.customers == ["alice"])
-            #expect(setup.outcome(of: 1) == .running)
+            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 1) == .running })
         } catch {
             Issue.record("\(error)")
         }
@@ -224,5 +224,59 @@ extension OneAgent {
     /// The error of `event`'s errored outcome, as the router forwarded it.
     func refusalError(_ event: Int64) -> String? {
         results.errors.withLock { $0[event] }
+    }
+}
+
+@Suite("an agent's bookkeeping is bounded and forgets old errors")
+struct AgentBookkeepingTests {
+    @Test("recent errors are those within the window: a hypervisor with four old failures comes back")
+    func errorsDecay() {
+        let start = ContinuousClock.now
+        var errors = RecentErrors(window: .seconds(600))
+        for minute in 0..<4 { errors.record(at: start + .seconds(60 * minute)) }
+        #expect(errors.count(at: start + .seconds(200)) == 4)
+        #expect(errors.count(at: start + .seconds(601)) == 3)  // the first is 601 s old
+        #expect(errors.count(at: start + .seconds(781)) == 0)  // the last is 601 s old
+        errors.record(at: start + .seconds(800))
+        #expect(errors.count(at: start + .seconds(800)) == 1)
+        // Bounded: a storm of failures keeps at most `limit` times.
+        var storm = RecentErrors(window: .seconds(600), limit: 10)
+        for second in 0..<100 { storm.record(at: start + .seconds(second)) }
+        #expect(storm.count(at: start + .seconds(100)) == 10)
+    }
+
+    @Test("outcomes are remembered up to a capacity, the oldest forgotten first")
+    func outcomesBounded() {
+        var outcomes = RememberedOutcomes(capacity: 3)
+        for id in 1...10 as ClosedRange<Int64> { outcomes.remember(.init(eventId: id, status: .completed)) }
+        #expect(outcomes.count == 3)
+        #expect(outcomes[7] == nil)
+        #expect(outcomes[8]?.status == .completed && outcomes[10] != nil)
+        // Remembering one again (a repeated outcome) does not make it count twice.
+        outcomes.remember(.init(eventId: 10, status: .errored))
+        #expect(outcomes.count == 3)
+        #expect(outcomes[10]?.status == .errored)
+        #expect(outcomes[8] != nil)
+    }
+
+    @Test("a create redelivered after its outcome was forgotten is answered, not run again")
+    func forgottenCreateNotRunTwice() async throws {
+        let setup = try await OneAgent {
+            $0.memoryMB = 4096
+            $0.eventDuration = .zero
+            $0.rememberedOutcomes = 1
+            $0.heartbeatInterval = .seconds(60)
+        }
+        #expect(await eventually { setup.router.connectedAgents == 1 })
+        _ = try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB))
+        _ = try setup.router.deliver(setup.create(event: 2, droplet: 12, size: oneGiB))
+        #expect(await eventually { setup.outcome(of: 2) == .completed })
+        // Event 1's outcome is forgotten (one remembered); delivered again, the droplet is found, not created twice.
+        _ = try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB))
+        #expect(await eventually { setup.results.reports.withLock { $0.filter { $0.0 == 1 }.count } == 2 })
+        #expect(setup.outcome(of: 1) == .completed)
+        #expect(setup.agent.dropletCount == 2)
+        #expect(setup.agent.currentState().usedMemoryMb == 2048)
+        await setup.stop()
     }
 }

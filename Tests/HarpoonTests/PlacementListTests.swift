@@ -68,9 +68,48 @@ struct PlacementListTests {
                 // Delivered and recorded: it comes from the table now, once.
                 delivery.open()
                 #expect(await eventually { (try? await store.event(id: event.id))?.status == .delivered })
-                #expect(worker.unrecordedPlacements.isEmpty)
+                #expect(await eventually { worker.unrecordedPlacements.isEmpty })
                 let recorded = try await harpoon.listPlacements(.init())
                 #expect(recorded.placements.map(\.eventId) == [event.id])
+            }
+        }
+    }
+}
+
+@Suite("what Harpoon records of a hypervisor: its droplets and its maintenance")
+struct HostedTests {
+    @Test("ListHosted returns a hypervisor's active and off droplets and its latest maintenance; SetMaintenance is an event to its router")
+    func hostedAndMaintenance() async throws {
+        try await withStore { store, _ in
+            try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier())) { harpoon in
+                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv1")) == Harpoon_V1_ListHostedResponse())
+                let drain = try await harpoon.setMaintenance(.init(idempotencyKey: "d1", hypervisorId: "hv1", region: "nyc1", reason: "disk swap"))
+                #expect(drain.type == "maintenance" && drain.hypervisorId == "hv1" && drain.payload == Array("disk swap".utf8))
+                #expect(try await harpoon.setMaintenance(.init(idempotencyKey: "d1", hypervisorId: "hv1", region: "nyc1", reason: "disk swap")) == drain)
+                let due = try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10)
+                #expect(due.map(\.destination) == [.router] && due.map(\.eventId) == [drain.id])
+                var events: [Harpoon_V1_Event] = []
+                for index in 0..<4 { events.append(try await harpoon.createDroplet(createRequest("d\(index)")).event ?? Harpoon_V1_Event()) }
+                for (event, status) in zip(events, [Harpoon_V1_Event.Status.completed, .completed, .errored, .running]) {
+                    _ = try await store.updateEvent(id: event.id, status: status, hypervisorId: "hv1", error: nil, ipv4Address: "10.0.0.\(event.id)", then: nil)
+                }
+                let hosted = try await harpoon.listHosted(.init(hypervisorId: "hv1"))
+                #expect(hosted.droplets.map(\.id) == [events[0].dropletId, events[1].dropletId])
+                #expect(hosted.droplets.allSatisfy { $0.size == small && $0.status == .active })
+                #expect(hosted.maintenance == "disk swap")
+                _ = try await harpoon.setMaintenance(.init(hypervisorId: "hv1", region: "nyc1", reason: ""))
+                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv1")).maintenance == "")
+                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv2")).droplets.isEmpty)
+                await #expect(throws: RPCError.self) { _ = try await harpoon.setMaintenance(.init(hypervisorId: "hv1", region: "", reason: "x")) }
+                await #expect(throws: RPCError.self) { _ = try await harpoon.listHosted(.init()) }
+                // A key already used for an event is refused for a droplet, clearly (not as a database error).
+                do {
+                    _ = try await harpoon.createDroplet(createRequest("d9", key: "d1"))
+                    Issue.record("a key used for an event created a droplet")
+                } catch let error as RPCError {
+                    #expect(error.code == .alreadyExists, "\(error)")
+                    #expect(error.message.contains("idempotency key 'd1' was used for another request"))
+                }
             }
         }
     }

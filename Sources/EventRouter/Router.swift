@@ -352,15 +352,30 @@ package struct HarpoonResultSink: ResultSink {
     }
 }
 
-/// Inventories from Harpoon's ListHosted over RPC.
+/// Inventories from Harpoon's ListHosted over RPC: the agents that start while a call is out are asked about together
+/// in the next one (a fleet that starts at once costs Harpoon a few scans, not one per agent).
 package struct HarpoonInventorySource: InventorySource {
-    let harpoon: Harpoon_V1_Harpoon.Client
+    private let inventories: CallBatcher<String, Eventrouter_V1_Inventory>
 
-    package init(client: RPCClient) { harpoon = Harpoon_V1_Harpoon.Client(client) }
+    package init(client: RPCClient) {
+        let harpoon = Harpoon_V1_Harpoon.Client(client)
+        inventories = CallBatcher(maxBatch: 1000, maxInFlight: 1) { ids in
+            do {
+                let hosted = try await harpoon.listHosted(.init(hypervisorIds: ids), options: CallOptions(timeout: .seconds(10))).hypervisors
+                return ids.indices.map { index in
+                    guard index < hosted.count, hosted[index].hypervisorId == ids[index] else {
+                        return .failure(RPCError(code: .internal, message: "Harpoon's ListHosted answered out of order"))
+                    }
+                    return .success(Eventrouter_V1_Inventory(droplets: hosted[index].droplets, maintenance: hosted[index].maintenance))
+                }
+            } catch {
+                return ids.map { _ in .failure(error) }
+            }
+        }
+    }
 
     package func inventory(hypervisorId: String) async throws -> Eventrouter_V1_Inventory {
-        let hosted = try await harpoon.listHosted(.init(hypervisorId: hypervisorId), options: CallOptions(timeout: .seconds(5)))
-        return Eventrouter_V1_Inventory(droplets: hosted.droplets, maintenance: hosted.maintenance)
+        try await inventories.submit(hypervisorId)
     }
 }
 

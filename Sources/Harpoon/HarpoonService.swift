@@ -204,9 +204,14 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     }
 
     package func listHosted(request: Harpoon_V1_ListHostedRequest, context: ServerContext) async throws -> Harpoon_V1_ListHostedResponse {
-        guard !request.hypervisorId.isEmpty else { throw RPCError(code: .invalidArgument, message: "hypervisor_id is required") }
-        let hosted = try await store.hosted(hypervisorId: request.hypervisorId)
-        return Harpoon_V1_ListHostedResponse(droplets: hosted.droplets, maintenance: hosted.maintenance)
+        guard !request.hypervisorIds.isEmpty, !request.hypervisorIds.contains(where: \.isEmpty) else {
+            throw RPCError(code: .invalidArgument, message: "hypervisor_ids are required, none empty")
+        }
+        guard request.hypervisorIds.count <= 1000 else { throw RPCError(code: .invalidArgument, message: "at most 1,000 hypervisor_ids at once") }
+        let hosted = try await store.hosted(hypervisorIds: request.hypervisorIds)
+        return Harpoon_V1_ListHostedResponse(hypervisors: request.hypervisorIds.map { id in
+            Harpoon_V1_Hosted(hypervisorId: id, droplets: hosted[id]?.droplets ?? [], maintenance: hosted[id]?.maintenance ?? "")
+        })
     }
 
     package func setMaintenance(request: Harpoon_V1_SetMaintenanceRequest, context: ServerContext) async throws -> Harpoon_V1_Event {

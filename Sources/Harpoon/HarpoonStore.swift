@@ -136,8 +136,9 @@ package protocol HarpoonStore: Sendable {
     /// Create events placed on a hypervisor and not finished (placed, delivered or running), by event id after
     /// `afterID`, with their droplets' sizes: the room a scheduler that starts must hold.
     func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement]
-    /// A hypervisor's droplets that are active or off, and the reason of its latest maintenance event (empty: none).
-    func hosted(hypervisorId: String) async throws -> (droplets: [Harpoon_V1_Droplet], maintenance: String)
+    /// For each hypervisor: its droplets that are active or off, and the reason of its latest maintenance event (empty:
+    /// none).
+    func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)]
     /// Moves an event to `status` (and its droplet with it), enqueueing `then` if given; returns the event. A terminal
     /// status removes the event's outbox entries.
     func updateEvent(

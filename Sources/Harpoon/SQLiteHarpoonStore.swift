@@ -86,12 +86,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // A scheduler that starts lists the creates placed and not finished: a few rows among all events ever.
             try db.execute(sql: "CREATE INDEX events_placed_creates ON events(id) WHERE type = 'create' AND status IN (1, 2, 3)")
         }
-        migrator.registerMigration("v4: what a hypervisor hosts") { db in
-            // An agent that starts learns its droplets (active or off) and its latest maintenance.
-            try db.execute(sql: """
-                CREATE INDEX droplets_hosted ON droplets(hypervisor_id) WHERE status IN (1, 2);
-                CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance';
-                """)
+        migrator.registerMigration("v4: maintenance by hypervisor") { db in
+            // An agent that starts learns its latest maintenance. (Its droplets are found by a scan, batched: an index
+            // on the droplets' hypervisor would cost every creation a write, to serve the rare agent that starts.)
+            try db.execute(sql: "CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance'")
         }
         return migrator
     }
@@ -381,18 +379,28 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func hosted(hypervisorId: String) async throws -> (droplets: [Harpoon_V1_Droplet], maintenance: String) {
-        try await pool.read { db in
-            // Both conditions are their partial indexes' own.
-            let droplets = try Self.rows(
-                db.cachedStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE hypervisor_id = ? AND status IN (1, 2) ORDER BY id"),
-                [hypervisorId], Self.droplet
-            )
-            let latest = try Self.firstRow(
-                db.cachedStatement(sql: "SELECT payload FROM events WHERE hypervisor_id = ? AND type = 'maintenance' ORDER BY id DESC LIMIT 1"),
-                [hypervisorId]
-            ) { row -> Data in row[0] }
-            return (droplets, latest.map { String(decoding: $0, as: UTF8.self) } ?? "")
+    package func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] {
+        guard !hypervisorIds.isEmpty else { return [:] }
+        return try await pool.read { db in
+            var hosted: [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] = [:]
+            for id in hypervisorIds { hosted[id] = ([], "") }
+            let arguments = StatementArguments(hypervisorIds)
+            let marks = Array(repeating: "?", count: hypervisorIds.count).joined(separator: ", ")
+            // One pass over the droplets for the whole batch.
+            for droplet in try Self.rows(
+                db.makeStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE status IN (1, 2) AND hypervisor_id IN (\(marks)) ORDER BY id"),
+                arguments, Self.droplet
+            ) {
+                hosted[droplet.hypervisorId]?.droplets.append(droplet)
+            }
+            // The latest maintenance event of each (the partial index's own condition); later rows win.
+            for (id, payload) in try Self.rows(
+                db.makeStatement(sql: "SELECT hypervisor_id, payload FROM events WHERE type = 'maintenance' AND hypervisor_id IN (\(marks)) ORDER BY id"),
+                arguments, { row -> (String, Data) in (row[0], row[1]) }
+            ) {
+                hosted[id]?.maintenance = String(decoding: payload, as: UTF8.self)
+            }
+            return hosted
         }
     }
 

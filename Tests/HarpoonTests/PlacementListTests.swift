@@ -82,7 +82,7 @@ struct HostedTests {
     func hostedAndMaintenance() async throws {
         try await withStore { store, _ in
             try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier())) { harpoon in
-                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv1")) == Harpoon_V1_ListHostedResponse())
+                #expect(try await harpoon.listHosted(.init(hypervisorIds: ["hv1"])).hypervisors == [Harpoon_V1_Hosted(hypervisorId: "hv1")])
                 let drain = try await harpoon.setMaintenance(.init(idempotencyKey: "d1", hypervisorId: "hv1", region: "nyc1", reason: "disk swap"))
                 #expect(drain.type == "maintenance" && drain.hypervisorId == "hv1" && drain.payload == Array("disk swap".utf8))
                 #expect(try await harpoon.setMaintenance(.init(idempotencyKey: "d1", hypervisorId: "hv1", region: "nyc1", reason: "disk swap")) == drain)
@@ -93,15 +93,18 @@ struct HostedTests {
                 for (event, status) in zip(events, [Harpoon_V1_Event.Status.completed, .completed, .errored, .running]) {
                     _ = try await store.updateEvent(id: event.id, status: status, hypervisorId: "hv1", error: nil, ipv4Address: "10.0.0.\(event.id)", then: nil)
                 }
-                let hosted = try await harpoon.listHosted(.init(hypervisorId: "hv1"))
+                let both = try await harpoon.listHosted(.init(hypervisorIds: ["hv2", "hv1"])).hypervisors
+                #expect(both.map(\.hypervisorId) == ["hv2", "hv1"])
+                #expect(both[0].droplets.isEmpty && both[0].maintenance.isEmpty)
+                let hosted = both[1]
                 #expect(hosted.droplets.map(\.id) == [events[0].dropletId, events[1].dropletId])
                 #expect(hosted.droplets.allSatisfy { $0.size == small && $0.status == .active })
                 #expect(hosted.maintenance == "disk swap")
                 _ = try await harpoon.setMaintenance(.init(hypervisorId: "hv1", region: "nyc1", reason: ""))
-                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv1")).maintenance == "")
-                #expect(try await harpoon.listHosted(.init(hypervisorId: "hv2")).droplets.isEmpty)
+                #expect(try await harpoon.listHosted(.init(hypervisorIds: ["hv1"])).hypervisors.first?.maintenance == "")
                 await #expect(throws: RPCError.self) { _ = try await harpoon.setMaintenance(.init(hypervisorId: "hv1", region: "", reason: "x")) }
                 await #expect(throws: RPCError.self) { _ = try await harpoon.listHosted(.init()) }
+                await #expect(throws: RPCError.self) { _ = try await harpoon.listHosted(.init(hypervisorIds: ["hv1", ""])) }
                 // A key already used for an event is refused for a droplet, clearly (not as a database error).
                 do {
                     _ = try await harpoon.createDroplet(createRequest("d9", key: "d1"))

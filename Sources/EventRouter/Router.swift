@@ -40,9 +40,9 @@ package final class Router: Sendable {
         var latest: [String: Scheduler_V2_HypervisorState] = [:]
         /// States that changed since the last report to the scheduler.
         var dirty: [String: Scheduler_V2_HypervisorState] = [:]
-        /// The next report to the scheduler must hold every connected hypervisor: at the start, after a failed
-        /// report (the scheduler may come back as a new process that knows nothing), and when the scheduler asks.
-        var needsComplete = true
+        /// Per scheduler replica: its next report must hold every connected hypervisor: at the start, after a failed
+        /// report (the replica may come back as a new process that knows nothing), and when the replica asks.
+        var needsComplete: [Bool]
         var unresponsive: Set<String> = []
         /// Events whose `running` report is being held back, in case their outcome follows at once.
         var runningHeld: Set<Int64> = []
@@ -54,9 +54,10 @@ package final class Router: Sendable {
 
     package let region: String
     private let results: any ResultSink
-    private let fleet: any FleetSink
+    /// One per scheduler replica: each gets every report and keeps its own view of the fleet.
+    private let fleets: [any FleetSink]
     private let inventories: (any InventorySource)?
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// An agent silent for this long is unresponsive.
     package let heartbeatTimeout: Duration
 
@@ -65,14 +66,15 @@ package final class Router: Sendable {
     package let runningReportDelay: Duration
 
     package init(
-        region: String, results: any ResultSink, fleet: any FleetSink, inventories: (any InventorySource)? = nil,
+        region: String, results: any ResultSink, fleet: any FleetSink, replicas: [any FleetSink] = [], inventories: (any InventorySource)? = nil,
         heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50)
     ) {
         self.inventories = inventories
         self.runningReportDelay = runningReportDelay
         self.region = region
         self.results = results
-        self.fleet = fleet
+        fleets = [fleet] + replicas
+        state = Mutex(State(needsComplete: Array(repeating: true, count: 1 + replicas.count)))
         self.heartbeatTimeout = heartbeatTimeout
     }
 
@@ -151,8 +153,8 @@ package final class Router: Sendable {
             return true
         }
         if wasCurrent {
-            let fleet = self.fleet
-            Task { try? await fleet.markUnresponsive([hypervisorId]) }
+            let fleets = self.fleets
+            Task { for fleet in fleets { try? await fleet.markUnresponsive([hypervisorId]) } }
         }
     }
 
@@ -211,34 +213,44 @@ package final class Router: Sendable {
         }
     }
 
-    /// Sends the states gathered since the last flush to the scheduler (every connected agent's, when the next report
-    /// must be complete), and marks silent agents unresponsive.
+    /// Sends the states gathered since the last flush to each scheduler replica (every connected agent's to a replica
+    /// whose next report must be complete), and marks silent agents unresponsive.
     package func flush() async {
         let now = ContinuousClock.now
-        let (batch, complete, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], Bool, [String]) in
+        let (changed, everything, complete, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], [Scheduler_V2_HypervisorState], [Bool], [String]) in
             let complete = state.needsComplete
-            let batch = complete ? Array(state.latest.values) : Array(state.dirty.values)
+            let everything = complete.contains(true) ? Array(state.latest.values) : []
+            let changed = Array(state.dirty.values)
             state.dirty = [:]
-            state.needsComplete = false
+            state.needsComplete = Array(repeating: false, count: complete.count)
             var silent: [String] = []
             for (id, seen) in state.lastSeen where now - seen > heartbeatTimeout && !state.unresponsive.contains(id) {
                 state.unresponsive.insert(id)
                 silent.append(id)
             }
-            return (batch, complete, silent)
+            return (changed, everything, complete, silent)
         }
-        // A complete report goes even when empty: it tells a starting scheduler that the region has nothing else.
-        if !batch.isEmpty || complete {
-            do {
-                if try await fleet.report(batch, region: region, complete: complete) {
-                    state.withLock { $0.needsComplete = true }
+        await withTaskGroup(of: Void.self) { group in
+            for (index, fleet) in fleets.enumerated() {
+                let batch = complete[index] ? everything : changed
+                // A complete report goes even when empty: it tells a starting scheduler that the region has nothing else.
+                guard !batch.isEmpty || complete[index] else { continue }
+                group.addTask {
+                    do {
+                        if try await fleet.report(batch, region: self.region, complete: complete[index]) {
+                            self.state.withLock { $0.needsComplete[index] = true }
+                        }
+                    } catch {
+                        // This replica's next report holds everything: what this one carried, and all it needs if
+                        // it comes back as a new process.
+                        self.state.withLock { $0.needsComplete[index] = true }
+                    }
                 }
-            } catch {
-                // The next report holds everything: what this one carried, and all a restarted scheduler needs.
-                state.withLock { $0.needsComplete = true }
+            }
+            if !silent.isEmpty {
+                for fleet in fleets { group.addTask { try? await fleet.markUnresponsive(silent) } }
             }
         }
-        if !silent.isEmpty { try? await fleet.markUnresponsive(silent) }
     }
 
     /// Flushes every `interval` until cancelled.
@@ -347,7 +359,7 @@ package struct HarpoonResultSink: ResultSink {
     package func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
         _ = try await reports.submit(Harpoon_V1_ReportEventStatusRequest(
             eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
-            hypervisorId: hypervisorId
+            hypervisorId: hypervisorId, refused: progress.refused
         ))
     }
 }
@@ -379,7 +391,7 @@ package struct HarpoonInventorySource: InventorySource {
     }
 }
 
-/// States to the scheduler over RPC.
+/// States to one scheduler replica over RPC (a router has one per replica).
 package struct SchedulerFleetSink: FleetSink {
     let scheduler: Scheduler_V2_Scheduler.Client
 

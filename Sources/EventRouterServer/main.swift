@@ -11,16 +11,19 @@ struct EventRouterCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 50070
     @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
-    @Option(help: "The scheduler, host:port.") var scheduler = "127.0.0.1:50060"
+    @Option(help: "The scheduler, host:port (replicas: several, comma-separated; each gets every report).") var scheduler = "127.0.0.1:50060"
     @Option(help: "Milliseconds between batches of hypervisor states to the scheduler.") var flushMilliseconds = 200
     @Option(help: "Seconds without a heartbeat before a hypervisor is unresponsive.") var heartbeatTimeoutSeconds = 5
 
     func run() async throws {
+        let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
+        guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }
         let harpoonClient = RPCClient(targets: [try ServiceRuntime.address(harpoon)])
         let router = Router(
             region: region,
             results: HarpoonResultSink(client: harpoonClient),
-            fleet: SchedulerFleetSink(client: RPCClient(targets: [try ServiceRuntime.address(scheduler)])),
+            fleet: SchedulerFleetSink(client: RPCClient(targets: [schedulers[0]])),
+            replicas: schedulers.dropFirst().map { SchedulerFleetSink(client: RPCClient(targets: [$0])) },
             inventories: HarpoonInventorySource(client: harpoonClient),
             heartbeatTimeout: .seconds(heartbeatTimeoutSeconds)
         )

@@ -138,8 +138,18 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     package func reportEventStatuses(
         request: Harpoon_V1_ReportEventStatusesRequest, context: ServerContext
     ) async throws -> Harpoon_V1_ReportEventStatusesResponse {
-        // All at once: their writes meet in the store's next transaction. Each answers for itself.
-        let results = await store.updateEvents(request.reports.map(Self.update))
+        // A refusal sends its create back to be placed; every other report is an update, all at once: their writes
+        // meet in the store's next transaction. Each answers for itself.
+        var results = [Result<Harpoon_V1_Event, any Error>](repeating: .failure(RPCError(code: .internal, message: "not applied")), count: request.reports.count)
+        let updates = request.reports.indices.filter { !Self.isRefusal(request.reports[$0]) }
+        for (index, result) in zip(updates, await store.updateEvents(updates.map { Self.update(request.reports[$0]) })) { results[index] = result }
+        for index in request.reports.indices where Self.isRefusal(request.reports[index]) {
+            do {
+                results[index] = .success(try await placeAgain(request.reports[index]))
+            } catch {
+                results[index] = .failure(error)
+            }
+        }
         if results.contains(where: { (try? $0.get()) != nil }) { changes.changed() }
         var outcomes: [Harpoon_V1_ReportOutcome] = []
         outcomes.reserveCapacity(results.count)
@@ -169,8 +179,34 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         )
     }
 
+    /// How many times a create may be refused by hypervisors before it is errored.
+    static let maxRefusals = 8
+
+    private static func isRefusal(_ report: Harpoon_V1_ReportEventStatusRequest) -> Bool {
+        report.refused && report.status == .errored && !report.hypervisorId.isEmpty
+    }
+
+    /// A hypervisor refused a create for lack of room: it goes back to be placed again (its hold, wherever it is,
+    /// ends), and the worker is woken for it.
+    private func placeAgain(_ report: Harpoon_V1_ReportEventStatusRequest) async throws -> Harpoon_V1_Event {
+        let event = try await store.placeAgain(
+            eventId: report.eventId, refusedBy: report.hypervisorId, reason: report.error, maxRefusals: Self.maxRefusals
+        )
+        changes.changed()
+        // A delivery waiting for this event's outcome stops waiting; its `delivered` would be stale now.
+        worker?.outcomeRecorded(event.id)
+        if event.status == .pending || event.status == .errored {
+            var released = event
+            released.status = .errored  // the hold ends at once, as a failed create's does
+            await placer?.release(released)
+        }
+        if event.status == .pending { worker?.wake() }
+        return event
+    }
+
     /// Records one router's report of an event's status.
     private func apply(_ request: Harpoon_V1_ReportEventStatusRequest) async throws -> Harpoon_V1_Event {
+        if Self.isRefusal(request) { return try await placeAgain(request) }
         let update = Self.update(request)
         let event = try await store.updateEvent(
             id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error, ipv4Address: update.ipv4Address, then: nil
@@ -232,17 +268,22 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     }
 }
 
-/// Placement through Scheduler V2 over RPC.
+/// Placement through Scheduler V2 over RPC, one replica or several.
 ///
-/// The placements asked for while a call is out go together in the next one (`PlaceBatch`).
+/// The placements asked for while a call is out go together in the next one (`PlaceBatch`), to any replica (the
+/// client spreads calls over those that are up). A release goes to every replica: only the one that placed the event
+/// holds its room, and Harpoon does not keep which one that was.
 package struct SchedulerPlacer: Placer {
-    let scheduler: Scheduler_V2_Scheduler.Client
     private let placements: CallBatcher<Scheduler_V2_PlaceRequest, Scheduler_V2_PlaceResponse>
+    private let replicas: [Scheduler_V2_Scheduler.Client]
 
-    package init(client: RPCClient) {
+    /// - Parameters:
+    ///   - client: placements, spread over every replica's address.
+    ///   - replicas: one client per replica, for releases (empty: `client` alone, a single scheduler).
+    package init(client: RPCClient, replicas: [RPCClient] = []) {
         let scheduler = Scheduler_V2_Scheduler.Client(client)
-        self.scheduler = scheduler
-        // Retried: placing an event again gives the same hypervisor.
+        self.replicas = replicas.isEmpty ? [scheduler] : replicas.map { Scheduler_V2_Scheduler.Client($0) }
+        // Retried: placing an event again gives the same hypervisor (on the same replica).
         placements = CallBatcher(
             call: { batch in
                 try await scheduler.placeBatch(.init(requests: batch), options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())).outcomes
@@ -261,9 +302,14 @@ package struct SchedulerPlacer: Placer {
     }
 
     package func release(_ event: Harpoon_V1_Event) async {
-        _ = try? await scheduler.release(
-            Scheduler_V2_ReleaseRequest(eventId: String(event.id), completed: event.status == .completed), options: CallOptions(timeout: .seconds(2))
-        )
+        let request = Scheduler_V2_ReleaseRequest(eventId: String(event.id), completed: event.status == .completed)
+        await withTaskGroup(of: Void.self) { group in
+            for replica in replicas {
+                // Best effort: a replica that is down holds nothing any more, and a hold that outlives its event
+                // expires (reservation TTL) or ends when the hypervisor reports the droplet.
+                group.addTask { _ = try? await replica.release(request, options: CallOptions(timeout: .seconds(2))) }
+            }
+        }
     }
 }
 

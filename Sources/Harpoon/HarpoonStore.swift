@@ -136,6 +136,10 @@ package protocol HarpoonStore: Sendable {
     /// Create events placed on a hypervisor and not finished (placed, delivered or running), by event id after
     /// `afterID`, with their droplets' sizes: the room a scheduler that starts must hold.
     func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement]
+    /// A hypervisor refused a create placed on it for lack of room (placements of two schedulers met there): the event
+    /// goes back to `pending` with a new placement entry, unless it has been refused `maxRefusals` times, when it is
+    /// errored with `reason`. A refusal from a hypervisor the event is no longer on changes nothing.
+    func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event
     /// For each hypervisor: its droplets that are active or off, and the reason of its latest maintenance event (empty:
     /// none).
     func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)]

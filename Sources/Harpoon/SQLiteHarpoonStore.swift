@@ -91,13 +91,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // on the droplets' hypervisor would cost every creation a write, to serve the rare agent that starts.)
             try db.execute(sql: "CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance'")
         }
+        migrator.registerMigration("v5: refusals") { db in
+            // How often hypervisors refused a create for lack of room (each time it is placed again, a few times at most).
+            try db.execute(sql: "ALTER TABLE events ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 
     // MARK: Rows
 
     private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
-    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor"
+    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
 
     private static func timestamp(_ seconds: Double) -> Google_Protobuf_Timestamp {
         let whole = seconds.rounded(.down)
@@ -121,7 +125,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return Harpoon_V1_Event(
             id: row[0], type: row[1], dropletId: row[2], customer: row[3], region: row[4],
             hypervisorId: row[5], status: Harpoon_V1_Event.Status(rawValue: row[6]), payload: [UInt8](payload),
-            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11]
+            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11], refusals: row[12]
         )
     }
 
@@ -404,6 +408,43 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
+    package func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event {
+        try await writer.write { db in
+            guard let current = try Self.fetchEvent(db, id: eventId) else { throw RPCError(code: .notFound, message: "no event \(eventId)") }
+            // Only a create still on the hypervisor that refused it goes back: a refusal repeated, or one from a
+            // hypervisor it has since left, changes nothing.
+            guard current.type == "create", !EventTransitions.isTerminal(current.status), current.status != .pending,
+                  current.hypervisorId == hypervisorId else { return current }
+            let refusals = Int(current.refusals)
+            if refusals + 1 >= maxRefusals {
+                return try self.update(
+                    db, id: eventId, status: .errored, hypervisorId: nil, error: "\(reason) (refused \(refusals + 1) times)", ipv4Address: nil,
+                    then: nil, settling: nil
+                )
+            }
+            let now = Date().timeIntervalSince1970
+            let cursor = self.nextCursor()
+            try db.cachedStatement(
+                sql: "UPDATE events SET status = 0, hypervisor_id = '', error = ?, refusals = refusals + 1, updated_at = ?, cursor = ? WHERE id = ?"
+            ).execute(arguments: [reason, now, cursor, eventId])
+            try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = '' WHERE id = ?").execute(arguments: [current.dropletId])
+            // Its delivery entry goes; a placement entry takes its place, a moment later, when the hypervisors'
+            // reports of what they run have reached the schedulers.
+            try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute(arguments: [eventId])
+            try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination, not_before) VALUES (?, ?, ?)")
+                .execute(arguments: [eventId, OutboxDestination.scheduler.rawValue, now + 0.25])
+            var updated = current
+            updated.status = .pending
+            updated.hypervisorId = ""
+            updated.error = reason
+            updated.refusals += 1
+            updated.updatedAt = Self.timestamp(now)
+            updated.cursor = cursor
+            self.recent.stage(updated)
+            return updated
+        }
+    }
+
     package func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement] {
         try await pool.read { db in
             // The condition is the partial index's own (placed, delivered, running), so the index answers it.
@@ -455,7 +496,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             throw RPCError(code: .notFound, message: "no event \(id)")
         }
         try EventTransitions.check(from: current.status, to: status, eventId: id)
-        if let settlement { try Self.settle(settlement, db) }
+        if let settlement, try !Self.settle(settlement, db), !EventTransitions.isTerminal(status) {
+            // The step this write finishes is no longer the event's: a hypervisor refused it and it went back to be
+            // placed anew (which replaced its outbox entry). What this write says is stale.
+            throw RPCError(code: .failedPrecondition, message: "event \(id) was sent back to be placed again; \(status) is stale")
+        }
         if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
             return current  // a repeated report: nothing changes
         }
@@ -541,7 +586,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    private static func settle(_ settlement: OutboxSettlement, _ db: Database) throws {
+    /// Settles an outbox entry; returns whether the entry was still there.
+    @discardableResult
+    private static func settle(_ settlement: OutboxSettlement, _ db: Database) throws -> Bool {
         switch settlement {
         case .acknowledge(let entry):
             try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
@@ -551,10 +598,11 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             try db.cachedStatement(sql: "UPDATE outbox SET destination = ?, not_before = ?, attempts = 0 WHERE id = ?")
                 .execute(arguments: [destination.rawValue, until, entry.id])
         }
+        return db.changesCount > 0
     }
 
     package func settle(_ settlement: OutboxSettlement) async throws {
-        try await writer.write { db in try Self.settle(settlement, db) }
+        _ = try await writer.write { db in try Self.settle(settlement, db) }
     }
 
     package func acknowledge(_ entry: OutboxEntry) async throws {

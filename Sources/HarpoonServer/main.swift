@@ -10,7 +10,7 @@ struct HarpoonCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 50050
     @Option(help: "The SQLite database file (created if missing).") var database = "harpoon.sqlite"
-    @Option(help: "The scheduler, host:port.") var scheduler = "127.0.0.1:50060"
+    @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
     @Option(help: "An event router, region=host:port; repeat for each region.") var router: [String] = []
 
     func run() async throws {
@@ -23,7 +23,11 @@ struct HarpoonCommand: AsyncParsableCommand {
         }
         let store = try SQLiteHarpoonStore(path: database)
         let changes = ChangeNotifier()
-        let placer = SchedulerPlacer(client: RPCClient(targets: [try ServiceRuntime.address(scheduler)]))
+        let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
+        guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }
+        let placer = SchedulerPlacer(
+            client: RPCClient(targets: schedulers), replicas: schedulers.count > 1 ? schedulers.map { RPCClient(targets: [$0]) } : []
+        )
         let worker = OutboxWorker(store: store, placer: placer, delivery: RouterDelivery(routers: routers), onChange: { changes.changed() })
         let server = RPCServer(
             configuration: .init(host: host, port: port),

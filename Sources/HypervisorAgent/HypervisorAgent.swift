@@ -253,22 +253,26 @@ package final class HypervisorAgent: Sendable {
             }
             var running = Running(type: event.type, dropletId: event.dropletId, customer: event.customer)
             if event.type == "create" {
-                let refusal: String?
+                let size: Scheduler_V2_Size
                 do {
-                    let size = try Scheduler_V2_Size(serializedBytes: event.payload)
-                    running.size = size
-                    refusal = Self.shortfall(of: size, beside: state.usage(), configuration: configuration)
+                    size = try Scheduler_V2_Size(serializedBytes: event.payload)
                 } catch {
-                    refusal = "the create's size cannot be read: \(error)"
-                }
-                if let refusal {
-                    // Refused, not failed: the hypervisor is healthy, so its recent errors do not count it.
+                    // No size, no droplet: an error of the event itself, final wherever it would be placed.
                     let outcome = Eventrouter_V1_EventProgress(
-                        eventId: event.id, status: .errored,
-                        error: "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(refusal)"
+                        eventId: event.id, status: .errored, error: "the create's size cannot be read: \(error)"
                     )
                     state.outcomes.remember(outcome)
                     return .resend(outcome)
+                }
+                running.size = size
+                if let shortfall = Self.shortfall(of: size, beside: state.usage(), configuration: configuration) {
+                    // Refused, not failed: the hypervisor is healthy, so its recent errors do not count it. Not
+                    // remembered either: the event may come back, placed here again once there is room.
+                    return .resend(Eventrouter_V1_EventProgress(
+                        eventId: event.id, status: .errored,
+                        error: "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(shortfall)",
+                        refused: true
+                    ))
                 }
             }
             state.running[event.id] = running

@@ -126,15 +126,18 @@ struct AgentCapacityTests {
             #expect(await eventually(timeout: .seconds(2)) { setup.reported?.dropletIds == [11, 12] })
             #expect(setup.reported?.usedMemoryMb == 2048)
             #expect(setup.reported?.recentErrors == 0)  // a refusal is not a failure of the hypervisor
-            // Delivered again, the refusal is repeated, not re-decided.
+            #expect(setup.refused(3))
+            // Delivered again, it is decided again: refused while there is no room, accepted once there is.
             _ = try setup.router.deliver(setup.create(event: 3, droplet: 13, size: oneGiB))
             #expect(await eventually(timeout: .seconds(2)) { setup.results.reports.withLock { $0.filter { $0.0 == 3 }.count } >= 2 })
-            // A create whose size cannot be read is refused too.
+            #expect(setup.agent.currentState().dropletIds == [11, 12])
+            // A create whose size cannot be read is errored, for good (placing it elsewhere would not help).
             var garbled = setup.create(event: 4, droplet: 14, size: oneGiB)
             garbled.payload = [0xFF, 0xFF, 0xFF]
             _ = try setup.router.deliver(garbled)
             #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 4) == .errored })
             #expect(setup.refusalError(4)?.contains("size cannot be read") == true, "\(setup.refusalError(4) ?? "")")
+            #expect(!setup.refused(4))
         } catch {
             Issue.record("\(error)")
         }
@@ -220,10 +223,39 @@ struct RouterFleetReportTests {
     }
 }
 
+@Suite("the event router's reports to several scheduler replicas")
+struct RouterReplicaReportTests {
+    @Test("every replica gets every report; one that failed gets a complete report next, the others only what changed")
+    func perReplica() async {
+        let first = RecordingFleet()
+        let second = RecordingFleet()
+        let router = Router(region: "nyc1", results: RecordingResults(), fleet: first, replicas: [second])
+        let state = Scheduler_V2_HypervisorState(id: "hv1", region: "nyc1", cpus: 8, memoryMb: 8192, diskGb: 100)
+        router.heartbeat(state, from: "hv1")
+        await router.flush()
+        #expect(first.last?.complete == true && second.last?.complete == true)
+        second.failing.withLock { $0 = true }
+        router.heartbeat(state, from: "hv1")
+        await router.flush()
+        #expect(first.last?.complete == false && first.last?.ids == ["hv1"])
+        second.failing.withLock { $0 = false }
+        router.heartbeat(state, from: "hv1")
+        await router.flush()
+        #expect(first.last?.complete == false)
+        #expect(second.last?.complete == true)
+        #expect(first.reports.withLock { $0.count } == 3 && second.reports.withLock { $0.count } == 2)
+    }
+}
+
 extension OneAgent {
     /// The error of `event`'s errored outcome, as the router forwarded it.
     func refusalError(_ event: Int64) -> String? {
         results.errors.withLock { $0[event] }
+    }
+
+    /// Whether `event` was reported refused (no room: it can be placed elsewhere).
+    func refused(_ event: Int64) -> Bool {
+        results.refused.withLock { $0.contains(event) }
     }
 }
 

@@ -117,3 +117,63 @@ struct HostedTests {
         }
     }
 }
+
+@Suite("a create a hypervisor refused is placed again")
+struct PlaceAgainTests {
+    @Test("a refusal sends the create back to be placed, releases its hold, makes a stale delivery write fail, and errors it after too many")
+    func refusals() async throws {
+        try await withStore { store, _ in
+            let fake = FakeScheduler()
+            try await withHarpoonServer(HarpoonService(store: store, worker: nil, changes: ChangeNotifier(), placer: fake)) { harpoon in
+                let created = try await harpoon.createDroplet(createRequest("web"))
+                let event = try #require(created.event)
+                let entry = try #require(try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10).first)
+                // Placed on hv1 and delivered (the worker hands its entry over to the router step).
+                _ = try await store.updateEvent(
+                    id: event.id, status: .delivered, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil,
+                    settling: .handOver(entry, to: .router, until: 0)
+                )
+                func refusal(from hypervisor: String) -> Harpoon_V1_ReportEventStatusesRequest {
+                    .init(reports: [.init(eventId: event.id, status: .errored, error: "hypervisor \(hypervisor) refuses droplet: not enough memory", hypervisorId: hypervisor, refused: true)])
+                }
+                // From a hypervisor it is not on: nothing changes.
+                let stale = try await harpoon.reportEventStatuses(refusal(from: "hv2"))
+                #expect(stale.outcomes.first?.event?.status == .delivered)
+                // From its own: back to pending, off the hypervisor, its hold released, a placement entry due shortly.
+                let again = try await harpoon.reportEventStatuses(refusal(from: "hv1"))
+                #expect(again.outcomes.first?.errorCode == 0)
+                let pending = try #require(try await store.event(id: event.id))
+                #expect(pending.status == .pending && pending.hypervisorId.isEmpty && pending.error.contains("refuses"))
+                #expect(pending.refusals == 1)
+                #expect(pending.cursor > event.cursor)
+                #expect(try await store.droplet(id: event.dropletId)?.hypervisorId == "")
+                #expect(try await store.droplet(id: event.dropletId)?.status == .new)
+                #expect(fake.released.withLock { $0 } == [event.id])
+                let entries = try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10)
+                #expect(entries.map(\.destination) == [.scheduler] && entries.map(\.eventId) == [event.id])
+                #expect(try await store.dueOutbox(now: 0, limit: 10).isEmpty)
+                // The worker's write for the old delivery comes late: refused, the event stays pending.
+                await #expect(throws: RPCError.self) {
+                    _ = try await store.updateEvent(
+                        id: event.id, status: .delivered, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil,
+                        settling: .reschedule(entry, until: 0)
+                    )
+                }
+                #expect(try await store.event(id: event.id)?.status == .pending)
+                // Refused again and again (placed each time): errored once it has been refused too often.
+                for attempt in 2...HarpoonService.maxRefusals {
+                    let next = try #require(try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10).first)
+                    _ = try await store.updateEvent(
+                        id: event.id, status: .placed, hypervisorId: "hv\(attempt)", error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(next)
+                    )
+                    _ = try await harpoon.reportEventStatuses(refusal(from: "hv\(attempt)"))
+                }
+                let errored = try #require(try await store.event(id: event.id))
+                #expect(errored.status == .errored)
+                #expect(errored.error.contains("refused \(HarpoonService.maxRefusals) times"), "\(errored.error)")
+                #expect(try await store.droplet(id: event.dropletId)?.status == .errored)
+                #expect(try await store.outboxCount() == 0)
+            }
+        }
+    }
+}

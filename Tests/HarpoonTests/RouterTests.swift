@@ -12,8 +12,11 @@ final class RecordingResults: ResultSink {
     let reports = Mutex<[(Int64, Harpoon_V1_Event.Status)]>([])
     /// The latest error reported for each event.
     let errors = Mutex<[Int64: String]>([:])
+    /// Events reported refused.
+    let refused = Mutex<Set<Int64>>([])
     func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
         if !progress.error.isEmpty { errors.withLock { $0[progress.eventId] = progress.error } }
+        if progress.refused { _ = refused.withLock { $0.insert(progress.eventId) } }
         reports.withLock { $0.append((progress.eventId, progress.status)) }
     }
 }

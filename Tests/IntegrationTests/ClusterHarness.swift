@@ -19,33 +19,40 @@ final class ProcessCluster {
     let client: RPCClient
     let harpoon: Harpoon_V1_Harpoon.Client
 
-    init(regions: [String]) async throws {
+    /// The scheduler replicas: "scheduler", then "scheduler-2", ...
+    let schedulers: [String]
+
+    init(regions: [String], schedulerReplicas: Int = 1) async throws {
         self.regions = regions
+        schedulers = ["scheduler"] + (1..<max(1, schedulerReplicas)).map { "scheduler-\($0 + 1)" }
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-cluster-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in ["scheduler", "harpoon"] + regions.map({ "router-\($0)" }) { ports[name] = try freeLoopbackPort() }
+        for name in schedulers + ["harpoon"] + regions.map({ "router-\($0)" }) { ports[name] = try freeLoopbackPort() }
         client = RPCClient(targets: [("127.0.0.1", ports["harpoon"] ?? 0)])
         harpoon = Harpoon_V1_Harpoon.Client(client)
     }
 
     func address(_ name: String) -> String { "127.0.0.1:\(ports[name] ?? 0)" }
 
+    /// Every scheduler replica's address, comma-separated, as Harpoon and the routers take them.
+    var schedulerAddresses: String { schedulers.map(address).joined(separator: ",") }
+
     func define(_ name: String) -> ChildProcess {
         switch name {
-        case "scheduler":
+        case _ where name.hasPrefix("scheduler"):
             return ChildProcess(path: built("scheduler"), arguments: [
                 "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon", address("harpoon"),
             ])
         case "harpoon":
             return ChildProcess(path: built("harpoon"), arguments: [
                 "--port", String(ports[name] ?? 0), "--database", directory.appendingPathComponent("harpoon.sqlite").path,
-                "--scheduler", address("scheduler"),
+                "--scheduler", schedulerAddresses,
             ] + regions.flatMap { ["--router", "\($0)=\(address("router-\($0)"))"] })
         default:
             let region = String(name.dropFirst("router-".count))
             return ChildProcess(path: built("event-router"), arguments: [
                 "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", address("harpoon"),
-                "--scheduler", address("scheduler"), "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
+                "--scheduler", schedulerAddresses, "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
             ])
         }
     }
@@ -70,7 +77,7 @@ final class ProcessCluster {
     }
 
     func start(agentsPerRegion: Int) async throws {
-        try await startService("scheduler")
+        for scheduler in schedulers { try await startService(scheduler) }
         for region in regions { try await startService("router-\(region)") }
         try await startService("harpoon")
         for region in regions { try await startFleet(region: region, agents: agentsPerRegion) }

@@ -56,7 +56,7 @@ test: deps check-generated interop-deps ## Install what is missing, build, and r
 	@# The multi-process cluster tests run on their own, after the rest: on 2 cores, a dozen processes beside the
 	@# in-process network tests would only measure the contention.
 	swift test --skip-build --skip IntegrationTests 2>&1 | tee .build/swift-test.log
-	swift test --skip-build --filter IntegrationTests 2>&1 | tee .build/swift-test-integration.log
+	swift test --skip-build --no-parallel --filter IntegrationTests 2>&1 | tee .build/swift-test-integration.log
 	$(MAKE) fuzz FUZZ_RUNS=$(FUZZ_RUNS)
 	@# One plain closing line for CI: the XCTest runner also prints "Executed 0 tests" (all tests are Swift Testing).
 	@n=$$(sed -nE 's/.*Test run with ([0-9]+) tests? .*passed.*/\1/p' .build/swift-test.log | tail -1); \

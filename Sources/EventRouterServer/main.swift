@@ -18,12 +18,12 @@ struct EventRouterCommand: AsyncParsableCommand {
     func run() async throws {
         let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
         guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }
-        let harpoonClient = RPCClient(targets: [try ServiceRuntime.address(harpoon)])
+        let harpoonClient = ServiceRuntime.serviceClient([try ServiceRuntime.address(harpoon)])
         let router = Router(
             region: region,
             results: HarpoonResultSink(client: harpoonClient),
-            fleet: SchedulerFleetSink(client: RPCClient(targets: [schedulers[0]])),
-            replicas: schedulers.dropFirst().map { SchedulerFleetSink(client: RPCClient(targets: [$0])) },
+            fleet: SchedulerFleetSink(client: ServiceRuntime.serviceClient([schedulers[0]])),
+            replicas: schedulers.dropFirst().map { SchedulerFleetSink(client: ServiceRuntime.serviceClient([$0])) },
             inventories: HarpoonInventorySource(client: harpoonClient),
             heartbeatTimeout: .seconds(heartbeatTimeoutSeconds)
         )

@@ -19,14 +19,14 @@ struct HarpoonCommand: AsyncParsableCommand {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { throw ValidationError("--router takes region=host:port, not '\(entry)'") }
             let address = try ServiceRuntime.address(parts[1])
-            routers[parts[0]] = RPCClient(targets: [address])
+            routers[parts[0]] = ServiceRuntime.serviceClient([address])
         }
         let store = try SQLiteHarpoonStore(path: database)
         let changes = ChangeNotifier()
         let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
         guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }
         let placer = SchedulerPlacer(
-            client: RPCClient(targets: schedulers), replicas: schedulers.count > 1 ? schedulers.map { RPCClient(targets: [$0]) } : []
+            client: ServiceRuntime.serviceClient(schedulers), replicas: schedulers.count > 1 ? schedulers.map { ServiceRuntime.serviceClient([$0]) } : []
         )
         let worker = OutboxWorker(store: store, placer: placer, delivery: RouterDelivery(routers: routers), onChange: { changes.changed() })
         let server = RPCServer(

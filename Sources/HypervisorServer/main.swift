@@ -48,7 +48,7 @@ struct HypervisorCommand: AsyncParsableCommand {
                 configuration.errorWindow = .seconds(errorWindowSeconds)
                 let agent = HypervisorAgent(configuration)
                 // Each agent has its own client, so its own HTTP/2 connection.
-                let client = RPCClient(targets: [address])
+                let client = ServiceRuntime.serviceClient([address])
                 group.addTask { await agent.run(client: client) }
             }
             ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")

@@ -21,7 +21,7 @@ struct ReservedIPCommand: AsyncParsableCommand {
             throw ValidationError(error.description)
         }
         if pools.blocks.isEmpty { throw ValidationError("give at least one --pool region=a.b.c.d/n") }
-        let harpoonClient = RPCClient(targets: [try ServiceRuntime.address(harpoon)])
+        let harpoonClient = ServiceRuntime.serviceClient([try ServiceRuntime.address(harpoon)])
         let store = try ReservedIPStore(path: database, pools: pools)
         let driver = TransitionDriver(store: store, harpoon: harpoonClient)
         let server = RPCServer(

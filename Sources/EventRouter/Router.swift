@@ -101,13 +101,17 @@ package final class Router: Sendable {
     /// Harpoon answers or the task is cancelled (the agent went away). `nil` when this router has no source.
     func inventory(for hypervisorId: String) async -> Eventrouter_V1_Inventory? {
         guard let inventories else { return nil }
-        var delay = Duration.milliseconds(100)
+        var backoff = ConnectionBackoff()
+        backoff.initial = .milliseconds(100)
+        backoff.multiplier = 2
+        backoff.maximum = .seconds(2)
+        var failures = 0
         while !Task.isCancelled {
             do {
                 return try await inventories.inventory(hypervisorId: hypervisorId)
             } catch {
-                do { try await Task.sleep(for: delay) } catch { return nil }
-                delay = min(delay * 2, .seconds(2))
+                failures += 1
+                do { try await Task.sleep(for: backoff.delay(afterFailures: failures)) } catch { return nil }
             }
         }
         return nil

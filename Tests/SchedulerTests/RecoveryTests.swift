@@ -119,7 +119,11 @@ struct RecoveryTests {
         let fleet = Fleet(startup: .recovering)
         let failures = Mutex(0)
         let source = ListedPlacements([inFlight("1", on: "hv1", droplet: 11)], failures: 2)
-        let loaded = await fleet.recover(from: source) { _ in failures.withLock { $0 += 1 } }
+        // A backoff of a millisecond: the test is about trying again, not about how long it waits.
+        var quick = Fleet.recoveryBackoff
+        quick.initial = .milliseconds(1)
+        quick.maximum = .milliseconds(1)
+        let loaded = await fleet.recover(from: source, backoff: quick) { _ in failures.withLock { $0 += 1 } }
         #expect(loaded)
         #expect(failures.withLock { $0 } == 2)
         #expect(fleet.inFlightLoaded)

@@ -11,7 +11,8 @@ package protocol FleetSink: Sendable {
     /// Reports the states of `region`'s hypervisors; `complete`: every hypervisor connected to this router is in the
     /// batch. Returns whether the sink wants a complete report next (it has just started and has none).
     func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool
-    func markUnresponsive(_ hypervisorIds: [String]) async throws
+    /// `router`: the reporting router's address (a scheduler ignores it for a hypervisor now on another router).
+    func markUnresponsive(_ hypervisorIds: [String], router: String) async throws
 }
 
 /// Where an agent that has just started learns what its hypervisor hosts: Harpoon in production.
@@ -24,7 +25,9 @@ package protocol InventorySource: Sendable {
 ///
 /// An event stays with the router from Deliver until its agent reports an outcome and that outcome has reached
 /// Harpoon; if its agent reconnects before that, the event is sent again (agents ignore event ids they have run,
-/// re-sending the outcome instead).
+/// re-sending the outcome instead). A region may have several routers: an agent is on one of them and may move to
+/// another when it reconnects. The events kept for an agent that has been away for ``abandonAfter`` are dropped: it
+/// has most likely moved, and Harpoon, which keeps every event until its outcome, delivers them again where it is.
 package final class Router: Sendable {
     private struct Session {
         var id: Int
@@ -44,6 +47,9 @@ package final class Router: Sendable {
         /// report (the replica may come back as a new process that knows nothing), and when the replica asks.
         var needsComplete: [Bool]
         var unresponsive: Set<String> = []
+        var address: String
+        /// Since when each hypervisor with pending events has had no stream here.
+        var absentSince: [String: ContinuousClock.Instant] = [:]
         /// Events whose `running` report is being held back, in case their outcome follows at once.
         var runningHeld: Set<Int64> = []
         /// Events whose outcome came before their `running` report (each report runs on its own task, so they may
@@ -53,6 +59,12 @@ package final class Router: Sendable {
     }
 
     package let region: String
+    /// This router's address as Harpoon reaches it (host:port), stamped on the states it reports: the scheduler tells
+    /// Harpoon, with each placement, which router the hypervisor's agent is on. Empty: not said. Set once the server
+    /// has its port (``advertise(_:)``).
+    package var address: String { state.withLock { $0.address } }
+    /// How long events are kept for an agent that is not connected here.
+    package let abandonAfter: Duration
     private let results: any ResultSink
     /// One per scheduler replica: each gets every report and keeps its own view of the fleet.
     private let fleets: [any FleetSink]
@@ -67,22 +79,30 @@ package final class Router: Sendable {
 
     package init(
         region: String, results: any ResultSink, fleet: any FleetSink, replicas: [any FleetSink] = [], inventories: (any InventorySource)? = nil,
-        heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50)
+        heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50), address: String = "",
+        abandonAfter: Duration = .seconds(60)
     ) {
+        self.abandonAfter = abandonAfter
         self.inventories = inventories
         self.runningReportDelay = runningReportDelay
         self.region = region
         self.results = results
         fleets = [fleet] + replicas
-        state = Mutex(State(needsComplete: Array(repeating: true, count: 1 + replicas.count)))
+        state = Mutex(State(needsComplete: Array(repeating: true, count: 1 + replicas.count), address: address))
         self.heartbeatTimeout = heartbeatTimeout
+    }
+
+    /// Says which address Harpoon reaches this router at (host:port), for the states it reports from now on.
+    package func advertise(_ address: String) {
+        state.withLock { $0.address = address }
     }
 
     package var connectedAgents: Int { state.withLock { $0.sessions.count } }
     package var pendingEvents: Int { state.withLock { $0.pending.values.reduce(0) { $0 + $1.count } } }
 
     /// Keeps `event` for its hypervisor and sends it now if the agent is connected; returns whether it is.
-    package func deliver(_ event: Harpoon_V1_Event) throws(RPCError) -> Bool {
+    /// `onlyIfConnected`: keeps it only if the agent is connected here.
+    package func deliver(_ event: Harpoon_V1_Event, onlyIfConnected: Bool = false) throws(RPCError) -> Bool {
         guard event.region == region else {
             throw RPCError(code: .failedPrecondition, message: "event \(event.id) is for region \(event.region); this router serves \(region)")
         }
@@ -90,8 +110,13 @@ package final class Router: Sendable {
             throw RPCError(code: .invalidArgument, message: "event \(event.id) has no hypervisor")
         }
         let session = state.withLock { state -> Session? in
+            let session = state.sessions[event.hypervisorId]
+            if session == nil {
+                if onlyIfConnected { return nil }
+                if state.absentSince[event.hypervisorId] == nil { state.absentSince[event.hypervisorId] = .now }
+            }
             state.pending[event.hypervisorId, default: [:]][event.id] = event
-            return state.sessions[event.hypervisorId]
+            return session
         }
         session?.outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event)))
         return session != nil
@@ -130,10 +155,12 @@ package final class Router: Sendable {
             let replaced = state.sessions[hello.hypervisorId]
             state.sessions[hello.hypervisorId] = Session(id: id, outgoing: outgoing)
             state.lastSeen[hello.hypervisorId] = .now
+            state.absentSince[hello.hypervisorId] = nil
             state.unresponsive.remove(hello.hypervisorId)
             if inventory == nil, var agentState = hello.state {
                 agentState.id = hello.hypervisorId
                 agentState.region = region
+                agentState.router = state.address
                 agentState.unresponsive = false
                 state.dirty[hello.hypervisorId] = agentState
                 state.latest[hello.hypervisorId] = agentState
@@ -154,11 +181,12 @@ package final class Router: Sendable {
             state.sessions[hypervisorId] = nil
             state.latest[hypervisorId] = nil
             state.unresponsive.insert(hypervisorId)
+            if state.pending[hypervisorId] != nil { state.absentSince[hypervisorId] = .now }
             return true
         }
         if wasCurrent {
-            let fleets = self.fleets
-            Task { for fleet in fleets { try? await fleet.markUnresponsive([hypervisorId]) } }
+            let (fleets, address) = (self.fleets, self.address)
+            Task { for fleet in fleets { try? await fleet.markUnresponsive([hypervisorId], router: address) } }
         }
     }
 
@@ -168,6 +196,7 @@ package final class Router: Sendable {
             var agentState = agentState
             agentState.id = hypervisorId
             agentState.region = region
+            agentState.router = state.address
             state.dirty[hypervisorId] = agentState
             if state.sessions[hypervisorId] != nil { state.latest[hypervisorId] = agentState }
         }
@@ -232,6 +261,10 @@ package final class Router: Sendable {
                 state.unresponsive.insert(id)
                 silent.append(id)
             }
+            for (id, since) in state.absentSince where now - since >= abandonAfter {
+                state.absentSince[id] = nil
+                if state.sessions[id] == nil { state.pending[id] = nil }
+            }
             return (changed, everything, complete, silent)
         }
         await withTaskGroup(of: Void.self) { group in
@@ -252,7 +285,7 @@ package final class Router: Sendable {
                 }
             }
             if !silent.isEmpty {
-                for fleet in fleets { group.addTask { try? await fleet.markUnresponsive(silent) } }
+                for fleet in fleets { group.addTask { try? await fleet.markUnresponsive(silent, router: self.address) } }
             }
         }
     }
@@ -320,13 +353,13 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
 
     package func deliver(request: Eventrouter_V1_DeliverRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverResponse {
         guard let event = request.event else { throw RPCError(code: .invalidArgument, message: "no event") }
-        return Eventrouter_V1_DeliverResponse(agentConnected: try router.deliver(event))
+        return Eventrouter_V1_DeliverResponse(agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
     }
 
     package func deliverBatch(request: Eventrouter_V1_DeliverBatchRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverBatchResponse {
         Eventrouter_V1_DeliverBatchResponse(outcomes: request.events.map { event in
             do {
-                return Eventrouter_V1_DeliverOutcome(agentConnected: try router.deliver(event))
+                return Eventrouter_V1_DeliverOutcome(agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
             } catch {
                 let (code, message) = RPCError.batchedStatus(of: error)
                 return Eventrouter_V1_DeliverOutcome(errorCode: code, errorMessage: message)
@@ -407,7 +440,9 @@ package struct SchedulerFleetSink: FleetSink {
         ).needsComplete
     }
 
-    package func markUnresponsive(_ hypervisorIds: [String]) async throws {
-        _ = try await scheduler.markUnresponsive(Scheduler_V2_MarkUnresponsiveRequest(hypervisorIds: hypervisorIds), options: CallOptions(timeout: .seconds(5)))
+    package func markUnresponsive(_ hypervisorIds: [String], router: String) async throws {
+        _ = try await scheduler.markUnresponsive(
+            Scheduler_V2_MarkUnresponsiveRequest(hypervisorIds: hypervisorIds, router: router), options: CallOptions(timeout: .seconds(5))
+        )
     }
 }

@@ -1,4 +1,5 @@
 package import HarpoonAPI
+internal import Synchronization
 internal import EventRouterAPI
 
 /// `harpoon.v1.Harpoon`: the event API over a ``HarpoonStore``.
@@ -297,7 +298,7 @@ package struct SchedulerPlacer: Placer {
         let response = try await placements.submit(
             Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId)
         )
-        if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId) }
+        if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId, router: response.router) }
         return .unplaceable(reason: response.reason, retryable: response.retryable)
     }
 
@@ -313,29 +314,117 @@ package struct SchedulerPlacer: Placer {
     }
 }
 
-/// Delivery to the event router of each region over RPC: the events for a region that come while a call to its
-/// router is out go together in the next one (`DeliverBatch`).
-package struct RouterDelivery: EventDelivery {
-    private let routers: [String: CallBatcher<Harpoon_V1_Event, Bool>]
+/// Delivery to the event routers of each region over RPC: the events for a router that come while a call to it is out
+/// go together in the next one (`DeliverBatch`).
+///
+/// A region may have several routers, each holding the streams of some of its agents; an agent may move to another
+/// when it reconnects. An event goes to the router its placement named (the scheduler learns from the routers'
+/// reports which one each hypervisor's agent is on), else to the one that last had the agent (a directory this
+/// delivery keeps). Each router is asked to take the event only if the agent is its own: that one first, then the
+/// region's others at once (it moved, or nothing is known yet). If none has it, the event is kept at the router tried
+/// first (or, with none known, one chosen by the hypervisor's id) for the agent's return; the outbox delivers it again
+/// after its redelivery interval wherever the agent is by then. So an event is kept by one router at a time.
+package final class RouterDelivery: EventDelivery {
+    private struct Target: Sendable {
+        let address: String
+        /// Kept for the agent whether it is connected or not.
+        let keep: CallBatcher<Harpoon_V1_Event, Bool>
+        /// Taken only if the agent is connected to this router.
+        let probe: CallBatcher<Harpoon_V1_Event, Bool>
+    }
 
-    /// - Parameter routers: an RPC client per region.
-    package init(routers: [String: RPCClient]) {
-        self.routers = routers.mapValues { client in
-            let router = Eventrouter_V1_EventRouter.Client(client)
-            return CallBatcher(
-                call: { batch in
-                    try await router.deliverBatch(.init(events: batch), options: CallOptions(timeout: .seconds(5))).outcomes
-                },
-                status: { ($0.errorCode, $0.errorMessage) },
-                value: { $0.agentConnected }
-            )
+    private let regions: [String: [Target]]
+    /// Hypervisor id → the index, in its region, of the router that last had its agent. Bounded by the fleet.
+    private let directory = Mutex<[String: Int]>([:])
+
+    /// - Parameter regions: per region, its routers: each the address the routers advertise (as the scheduler's
+    ///   placements name them) and a client for it.
+    package init(regions: [String: [(address: String, client: RPCClient)]]) {
+        self.regions = regions.mapValues { routers in
+            routers.map { router in
+                let client = Eventrouter_V1_EventRouter.Client(router.client)
+                func batcher(onlyIfConnected: Bool) -> CallBatcher<Harpoon_V1_Event, Bool> {
+                    CallBatcher(
+                        call: { batch in
+                            try await client.deliverBatch(
+                                .init(events: batch, onlyIfConnected: onlyIfConnected), options: CallOptions(timeout: .seconds(5))
+                            ).outcomes
+                        },
+                        status: { ($0.errorCode, $0.errorMessage) },
+                        value: { $0.agentConnected }
+                    )
+                }
+                return Target(address: router.address, keep: batcher(onlyIfConnected: false), probe: batcher(onlyIfConnected: true))
+            }
         }
     }
 
-    package func deliver(_ event: Harpoon_V1_Event) async throws {
-        guard let router = routers[event.region] else {
+    /// One router per region, as clients.
+    package convenience init(routers: [String: RPCClient]) {
+        self.init(regions: routers.mapValues { [(address: "", client: $0)] })
+    }
+
+    /// The router index the directory holds for `hypervisorId`, if any.
+    func knownRouter(of hypervisorId: String) -> Int? { directory.withLock { $0[hypervisorId] } }
+
+    package func deliver(_ event: Harpoon_V1_Event, via router: String) async throws {
+        guard let targets = regions[event.region], !targets.isEmpty else {
             throw RPCError(code: .unavailable, message: "no event router is configured for region \(event.region)")
         }
-        _ = try await router.submit(event)
+        guard targets.count > 1 else {
+            _ = try await targets[0].keep.submit(event)
+            return
+        }
+        let hypervisorId = event.hypervisorId
+        let named = router.isEmpty ? nil : targets.firstIndex { $0.address == router }
+        let first = named ?? directory.withLock { $0[hypervisorId] }
+        var failure: (any Error)?
+        if let first {
+            do {
+                if try await targets[first].probe.submit(event) {
+                    directory.withLock { $0[hypervisorId] = first }
+                    return
+                }
+            } catch {
+                failure = error
+            }
+        }
+        // Not with the router tried first: ask the others to take it if the agent is theirs.
+        let others = targets.indices.filter { $0 != first }
+        let found = await withTaskGroup(of: Int?.self) { group in
+            for index in others {
+                group.addTask { (try? await targets[index].probe.submit(event)) == true ? index : nil }
+            }
+            var found: Int?
+            for await index in group where index != nil && found == nil { found = index }
+            return found
+        }
+        if let found {
+            directory.withLock { $0[hypervisorId] = found }
+            return
+        }
+        // No router has the agent now: keep the event at one for the agent's return: the one it was last on, else a
+        // stable choice (every Harpoon replica picks the same one), trying the next if that one is down.
+        let start = first ?? Self.stableIndex(hypervisorId, count: targets.count)
+        for offset in 0..<targets.count {
+            let index = (start + offset) % targets.count
+            do {
+                _ = try await targets[index].keep.submit(event)
+                return
+            } catch {
+                failure = error
+            }
+        }
+        throw failure ?? RPCError(code: .unavailable, message: "no event router of \(event.region) took event \(event.id)")
+    }
+
+    /// An index in 0..<count from `id`, the same in every process (FNV-1a; `hashValue` is seeded per process).
+    static func stableIndex(_ id: String, count: Int) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in id.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return Int(hash % UInt64(max(count, 1)))
     }
 }

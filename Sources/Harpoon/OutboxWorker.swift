@@ -4,7 +4,8 @@ package import HarpoonAPI
 
 /// What the scheduler answered for an event.
 package enum PlacementOutcome: Sendable, Hashable {
-    case placed(hypervisorId: String)
+    /// `router`: the router the hypervisor's agent reports through, as the scheduler knows it (empty: not known).
+    case placed(hypervisorId: String, router: String = "")
     /// No hypervisor fits: `retryable` if waiting can help.
     case unplaceable(reason: String, retryable: Bool)
 }
@@ -16,9 +17,10 @@ package protocol Placer: Sendable {
     func release(_ event: Harpoon_V1_Event) async
 }
 
-/// Hands an event to the event router of its region.
+/// Hands an event to the event router of its region that holds its agent's stream.
 package protocol EventDelivery: Sendable {
-    func deliver(_ event: Harpoon_V1_Event) async throws
+    /// `router`: the router the placement named (empty: none; the delivery finds it).
+    func deliver(_ event: Harpoon_V1_Event, via router: String) async throws
 }
 
 /// Drains the durable outbox: placements go to the scheduler, placed or addressed events to their region's router.
@@ -268,7 +270,7 @@ package final class OutboxWorker: Sendable {
             return
         }
         switch try await placer.place(event, size: droplet.size ?? Scheduler_V2_Size()) {
-        case .placed(let hypervisorId):
+        case .placed(let hypervisorId, let router):
             // Straight on to the region's router: when that works, the outcome usually follows within milliseconds
             // and is the only write. Otherwise one write records placement and delivery, and the entry stays,
             // handed over to the router step, for redelivery if no outcome comes. (A crash before either write
@@ -284,7 +286,7 @@ package final class OutboxWorker: Sendable {
             state.withLock { $0.unrecordedPlacements[event.id] = placement }
             defer { state.withLock { _ = $0.unrecordedPlacements.removeValue(forKey: event.id) } }
             do {
-                try await deliver(placed)
+                try await deliver(placed, via: router)
             } catch {
                 // The router is not reachable now: record the placement; the router step retries with backoff.
                 _ = try await store.updateEvent(
@@ -326,10 +328,10 @@ package final class OutboxWorker: Sendable {
     private var redeliveryDeadline: Double { Date().timeIntervalSince1970 + redeliveryInterval }
 
     /// Delivers `event` to its router, expecting its outcome from then on.
-    private func deliver(_ event: Harpoon_V1_Event) async throws {
+    private func deliver(_ event: Harpoon_V1_Event, via router: String = "") async throws {
         outcomes.expect(event.id)
         do {
-            try await delivery.deliver(event)
+            try await delivery.deliver(event, via: router)
         } catch {
             outcomes.forget(event.id)
             throw error

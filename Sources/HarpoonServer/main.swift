@@ -11,15 +11,18 @@ struct HarpoonCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (0: any free port).") var port = 50050
     @Option(help: "The SQLite database file (created if missing).") var database = "harpoon.sqlite"
     @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
-    @Option(help: "An event router, region=host:port; repeat for each region.") var router: [String] = []
+    @Option(help: "A region's event routers, region=host:port (several: comma-separated, as each router advertises itself); repeat for each region.")
+    var router: [String] = []
 
     func run() async throws {
-        var routers: [String: RPCClient] = [:]
+        var routers: [String: [(address: String, client: RPCClient)]] = [:]
         for entry in router {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw ValidationError("--router takes region=host:port, not '\(entry)'") }
-            let address = try ServiceRuntime.address(parts[1])
-            routers[parts[0]] = ServiceRuntime.serviceClient([address])
+            guard parts.count == 2, !parts[0].isEmpty else { throw ValidationError("--router takes region=host:port[,host:port...], not '\(entry)'") }
+            for text in parts[1].split(separator: ",").map(String.init) {
+                let address = try ServiceRuntime.address(text)
+                routers[parts[0], default: []].append((text, ServiceRuntime.serviceClient([address])))
+            }
         }
         let store = try SQLiteHarpoonStore(path: database)
         let changes = ChangeNotifier()
@@ -28,7 +31,7 @@ struct HarpoonCommand: AsyncParsableCommand {
         let placer = SchedulerPlacer(
             client: ServiceRuntime.serviceClient(schedulers), replicas: schedulers.count > 1 ? schedulers.map { ServiceRuntime.serviceClient([$0]) } : []
         )
-        let worker = OutboxWorker(store: store, placer: placer, delivery: RouterDelivery(routers: routers), onChange: { changes.changed() })
+        let worker = OutboxWorker(store: store, placer: placer, delivery: RouterDelivery(regions: routers), onChange: { changes.changed() })
         let server = RPCServer(
             configuration: .init(host: host, port: port),
             services: [HarpoonService(store: store, worker: worker, changes: changes, placer: placer)]

@@ -7,7 +7,8 @@ import ServiceRuntime
 struct HypervisorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "hypervisor", abstract: "A simulated hypervisor agent.")
 
-    @Option(help: "The region's event router, host:port.") var router = "127.0.0.1:50070"
+    @Option(help: "The region's event routers, host:port (several: comma-separated; an agent uses one and moves to another when it cannot reach it).")
+    var router = "127.0.0.1:50070"
     @Option(help: "The region.") var region: String
     @Option(help: "The hypervisor id (with --fleet, a prefix: ID-0, ID-1, ...).") var id = "hv"
     @Option(help: "Run this many agents in this process, each on its own connection.") var fleet = 1
@@ -31,7 +32,8 @@ struct HypervisorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let address = try ServiceRuntime.address(router)
+        let addresses = try router.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
+        guard !addresses.isEmpty else { throw ValidationError("--router needs at least one host:port") }
         await withTaskGroup(of: Void.self) { group in
             for index in 0..<fleet {
                 var configuration = AgentConfiguration(hypervisorId: fleet == 1 ? id : "\(id)-\(index)", region: region)
@@ -47,8 +49,10 @@ struct HypervisorCommand: AsyncParsableCommand {
                 configuration.maxDroplets = maxDroplets
                 configuration.errorWindow = .seconds(errorWindowSeconds)
                 let agent = HypervisorAgent(configuration)
-                // Each agent has its own client, so its own HTTP/2 connection.
-                let client = ServiceRuntime.serviceClient([address])
+                // Each agent has its own client, so its own HTTP/2 connection; the agents of a fleet start on the
+                // routers in turn, so they spread over them.
+                let first = index % addresses.count
+                let client = ServiceRuntime.serviceClient(Array(addresses[first...]) + Array(addresses[..<first]))
                 group.addTask { await agent.run(client: client) }
             }
             ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")

@@ -359,9 +359,16 @@ package final class Fleet: Sendable {
         state.withLock { $0.notReady(region, startup: startup) }
     }
 
-    package func markUnresponsive(_ ids: [String]) {
+    /// Marks hypervisors unresponsive, as `router` saw them go. A hypervisor that reports through another router
+    /// now is left as it is: its agent moved, and the old router's word comes late.
+    package func markUnresponsive(_ ids: [String], router: String = "") {
         state.withLock { state in
-            for id in ids { state.update(id, policy: policy) { $0.state.unresponsive = true } }
+            for id in ids {
+                state.update(id, policy: policy) { entry in
+                    guard router.isEmpty || entry.state.router.isEmpty || entry.state.router == router else { return }
+                    entry.state.unresponsive = true
+                }
+            }
         }
     }
 
@@ -391,7 +398,9 @@ package final class Fleet: Sendable {
             let now = ContinuousClock.now
             state.expire(now: now, policy: policy)
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
-                return Scheduler_V2_PlaceResponse(hypervisorId: existing.hypervisorId)
+                return Scheduler_V2_PlaceResponse(
+                    hypervisorId: existing.hypervisorId, router: state.hypervisor(existing.hypervisorId)?.router ?? ""
+                )
             }
             if let starting = state.notReady(request.region, startup: startup) {
                 return Scheduler_V2_PlaceResponse(reason: starting, retryable: true)
@@ -407,7 +416,8 @@ package final class Fleet: Sendable {
                 customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
             ), policy: policy)
             return Scheduler_V2_PlaceResponse(
-                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)]
+                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)],
+                router: best.router
             )
         }
     }
@@ -417,7 +427,7 @@ package final class Fleet: Sendable {
     /// write would copy the region (a copy on write), for each placement.
     private static func best(
         in state: inout State, for request: Scheduler_V2_PlaceRequest, policy: PlacementPolicy
-    ) -> (id: String, score: Double, hostsCustomer: Bool)? {
+    ) -> (id: String, score: Double, hostsCustomer: Bool, router: String)? {
         guard state.regions[request.region] != nil else { return nil }
         state.regions[request.region]?.refreshOrders()
         guard let region = state.regions[request.region] else { return nil }
@@ -428,7 +438,10 @@ package final class Fleet: Sendable {
                 hostsCustomer: { slot in hosting.contains(Int(slot.index)) }
             )
         }
-        return best.map { (region.entries[Int($0.hypervisor.index)].state.id, $0.score, $0.hostsCustomer) }
+        return best.map { best in
+            let state = region.entries[Int(best.hypervisor.index)].state
+            return (state.id, best.score, best.hostsCustomer, state.router)
+        }
     }
 
     /// Ends an event's reservation; `false` if it held none. For a completed create whose droplet the hypervisor has

@@ -14,7 +14,7 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
     }
 
     package func markUnresponsive(request: Scheduler_V2_MarkUnresponsiveRequest, context: ServerContext) async throws -> Scheduler_V2_MarkUnresponsiveResponse {
-        fleet.markUnresponsive(request.hypervisorIds)
+        fleet.markUnresponsive(request.hypervisorIds, router: request.router)
         return Scheduler_V2_MarkUnresponsiveResponse()
     }
 

@@ -28,7 +28,7 @@ final class RecordingFleet: FleetSink {
         return wantsComplete.withLock { $0 }
     }
 
-    func markUnresponsive(_ hypervisorIds: [String]) async throws {}
+    func markUnresponsive(_ hypervisorIds: [String], router: String) async throws {}
 
     var last: Report? { reports.withLock { $0.last } }
 }

@@ -272,7 +272,7 @@ final class FakeScheduler: Placer, EventDelivery {
         released.withLock { $0.append(event.id) }
     }
 
-    func deliver(_ event: Harpoon_V1_Event) async throws {
+    func deliver(_ event: Harpoon_V1_Event, via router: String) async throws {
         let fail = failDeliveries.withLock { count -> Bool in
             if count > 0 { count -= 1; return true }
             return false

@@ -9,7 +9,7 @@ final class GatedDelivery: EventDelivery {
     private let gate = AsyncStream<Void>.makeStream()
     let waiting = Mutex(0)
 
-    func deliver(_ event: Harpoon_V1_Event) async throws {
+    func deliver(_ event: Harpoon_V1_Event, via router: String) async throws {
         waiting.withLock { $0 += 1 }
         for await _ in gate.stream {}
     }

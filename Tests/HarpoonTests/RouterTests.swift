@@ -23,7 +23,7 @@ final class RecordingResults: ResultSink {
 
 final class IgnoredFleet: FleetSink {
     func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool { false }
-    func markUnresponsive(_ hypervisorIds: [String]) async throws {}
+    func markUnresponsive(_ hypervisorIds: [String], router: String) async throws {}
 }
 
 @Suite("the event router's reports")

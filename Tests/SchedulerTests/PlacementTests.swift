@@ -201,6 +201,25 @@ struct FleetTests {
         fleet.report([hypervisor("hv1")])
         #expect(fleet.explain(place(small)).hypervisorId == "hv1")
     }
+
+    @Test("a placement names the router the hypervisor's agent reports through; a router the agent left cannot mark it unresponsive")
+    func routerOfAHypervisor() {
+        let fleet = Fleet()
+        var state = hypervisor("hv1")
+        state.router = "10.0.0.1:50070"
+        fleet.report([state])
+        #expect(fleet.place(place(small, event: "e1")).router == "10.0.0.1:50070")
+        // The agent moves to the region's other router, which reports it.
+        state.router = "10.0.0.2:50070"
+        fleet.report([state])
+        #expect(fleet.place(place(small, event: "e1")).router == "10.0.0.2:50070", "placing again names where the agent is now")
+        #expect(fleet.place(place(small, event: "e2")).router == "10.0.0.2:50070")
+        // The old router's word that the agent left comes late: ignored. The current router's counts.
+        fleet.markUnresponsive(["hv1"], router: "10.0.0.1:50070")
+        #expect(fleet.hypervisor("hv1")?.unresponsive == false)
+        fleet.markUnresponsive(["hv1"], router: "10.0.0.2:50070")
+        #expect(fleet.hypervisor("hv1")?.unresponsive == true)
+    }
 }
 
 @Suite("scheduler.v2.Scheduler over RPC")

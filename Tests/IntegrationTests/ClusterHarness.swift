@@ -21,13 +21,18 @@ final class ProcessCluster {
 
     /// The scheduler replicas: "scheduler", then "scheduler-2", ...
     let schedulers: [String]
+    /// Each region's routers: "router-REGION", then "router-REGION-2", ...
+    let routers: [String: [String]]
 
-    init(regions: [String], schedulerReplicas: Int = 1) async throws {
+    init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1) async throws {
         self.regions = regions
         schedulers = ["scheduler"] + (1..<max(1, schedulerReplicas)).map { "scheduler-\($0 + 1)" }
+        var routers: [String: [String]] = [:]
+        for region in regions { routers[region] = ["router-\(region)"] + (1..<max(1, routersPerRegion)).map { "router-\(region)-\($0 + 1)" } }
+        self.routers = routers
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-cluster-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in schedulers + ["harpoon"] + regions.map({ "router-\($0)" }) { ports[name] = try freeLoopbackPort() }
+        for name in schedulers + ["harpoon"] + regions.flatMap({ routers[$0] ?? [] }) { ports[name] = try freeLoopbackPort() }
         client = RPCClient(targets: [("127.0.0.1", ports["harpoon"] ?? 0)])
         harpoon = Harpoon_V1_Harpoon.Client(client)
     }
@@ -36,6 +41,14 @@ final class ProcessCluster {
 
     /// Every scheduler replica's address, comma-separated, as Harpoon and the routers take them.
     var schedulerAddresses: String { schedulers.map(address).joined(separator: ",") }
+
+    /// A region's routers' addresses, comma-separated, as Harpoon and the agents take them.
+    func routerAddresses(_ region: String) -> String { (routers[region] ?? []).map(address).joined(separator: ",") }
+
+    /// The region a router serves.
+    func region(ofRouter name: String) -> String {
+        regions.first { routers[$0]?.contains(name) == true } ?? ""
+    }
 
     func define(_ name: String) -> ChildProcess {
         switch name {
@@ -47,9 +60,9 @@ final class ProcessCluster {
             return ChildProcess(path: built("harpoon"), arguments: [
                 "--port", String(ports[name] ?? 0), "--database", directory.appendingPathComponent("harpoon.sqlite").path,
                 "--scheduler", schedulerAddresses,
-            ] + regions.flatMap { ["--router", "\($0)=\(address("router-\($0)"))"] })
+            ] + regions.flatMap { ["--router", "\($0)=\(routerAddresses($0))"] })
         default:
-            let region = String(name.dropFirst("router-".count))
+            let region = region(ofRouter: name)
             return ChildProcess(path: built("event-router"), arguments: [
                 "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", address("harpoon"),
                 "--scheduler", schedulerAddresses, "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
@@ -67,7 +80,7 @@ final class ProcessCluster {
     func startFleet(region: String, agents: Int, memoryMB: Int = 16384, eventMilliseconds: Int = 5) async throws {
         let name = "fleet-\(region)"
         let process = ChildProcess(path: built("hypervisor"), arguments: [
-            "--region", region, "--router", address("router-\(region)"), "--id", "\(region)-hv", "--fleet", String(agents),
+            "--region", region, "--router", routerAddresses(region), "--id", "\(region)-hv", "--fleet", String(agents),
             "--cpus", "8", "--memory-mb", String(memoryMB), "--disk-gb", "1000", "--event-milliseconds", String(eventMilliseconds),
             "--heartbeat-milliseconds", "100",
         ])
@@ -78,7 +91,9 @@ final class ProcessCluster {
 
     func start(agentsPerRegion: Int) async throws {
         for scheduler in schedulers { try await startService(scheduler) }
-        for region in regions { try await startService("router-\(region)") }
+        for region in regions {
+            for router in routers[region] ?? [] { try await startService(router) }
+        }
         try await startService("harpoon")
         for region in regions { try await startFleet(region: region, agents: agentsPerRegion) }
     }

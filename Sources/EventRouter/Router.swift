@@ -1,3 +1,4 @@
+internal import Foundation
 internal import Synchronization
 package import EventRouterAPI
 
@@ -48,6 +49,10 @@ package final class Router: Sendable {
         var needsComplete: [Bool]
         var unresponsive: Set<String> = []
         var address: String
+        /// Heartbeats that carried a state (a change), since the start.
+        var statesReceived = 0
+        /// Push latencies the agents reported.
+        var push = PushLatency()
         /// Since when each hypervisor with pending events has had no stream here.
         var absentSince: [String: ContinuousClock.Instant] = [:]
         /// Events whose `running` report is being held back, in case their outcome follows at once.
@@ -99,6 +104,16 @@ package final class Router: Sendable {
 
     package var connectedAgents: Int { state.withLock { $0.sessions.count } }
     package var pendingEvents: Int { state.withLock { $0.pending.values.reduce(0) { $0 + $1.count } } }
+    /// Heartbeats that carried a state, since the start.
+    var statesReceived: Int { state.withLock { $0.statesReceived } }
+    func isUnresponsive(_ hypervisorId: String) -> Bool { state.withLock { $0.unresponsive.contains(hypervisorId) } }
+    /// Push latencies the agents reported so far.
+    package var pushLatency: PushLatency { state.withLock { $0.push } }
+
+    /// An event as the router sends it: stamped with the router's wall clock, for the agent's push latency.
+    static func message(_ event: Harpoon_V1_Event) -> Eventrouter_V1_RouterMessage {
+        Eventrouter_V1_RouterMessage(kind: .event(event), routerUnixMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
+    }
 
     /// Keeps `event` for its hypervisor and sends it now if the agent is connected; returns whether it is.
     /// `onlyIfConnected`: keeps it only if the agent is connected here.
@@ -118,7 +133,7 @@ package final class Router: Sendable {
             state.pending[event.hypervisorId, default: [:]][event.id] = event
             return session
         }
-        session?.outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event)))
+        session?.outgoing.yield(Self.message(event))
         return session != nil
     }
 
@@ -170,7 +185,7 @@ package final class Router: Sendable {
         }
         replaced?.outgoing.finish()
         if let inventory { outgoing.yield(Eventrouter_V1_RouterMessage(kind: .inventory(inventory))) }
-        for event in pending { outgoing.yield(Eventrouter_V1_RouterMessage(kind: .event(event))) }
+        for event in pending { outgoing.yield(Self.message(event)) }
         return id
     }
 
@@ -190,10 +205,21 @@ package final class Router: Sendable {
         }
     }
 
-    func heartbeat(_ agentState: Scheduler_V2_HypervisorState, from hypervisorId: String) {
+    /// A heartbeat: `agentState` when it changed, `nil` when the agent says only that it is alive.
+    func heartbeat(_ agentState: Scheduler_V2_HypervisorState?, from hypervisorId: String) {
         state.withLock { state in
             state.lastSeen[hypervisorId] = .now
-            var agentState = agentState
+            guard var agentState else {
+                // Alive, unchanged; back from silence, it is reported again as it last was.
+                if state.unresponsive.remove(hypervisorId) != nil, var latest = state.latest[hypervisorId] {
+                    latest.unresponsive = false
+                    state.latest[hypervisorId] = latest
+                    state.dirty[hypervisorId] = latest
+                }
+                return
+            }
+            state.unresponsive.remove(hypervisorId)
+            state.statesReceived += 1
             agentState.id = hypervisorId
             agentState.region = region
             agentState.router = state.address
@@ -210,6 +236,7 @@ package final class Router: Sendable {
     /// An outcome from an agent: forwarded to Harpoon (retried until it gets there); a terminal one ends the
     /// router's custody of the event.
     func progress(_ progress: Eventrouter_V1_EventProgress, from hypervisorId: String) async {
+        if progress.pushMicros > 0 { state.withLock { $0.push.record(micros: progress.pushMicros) } }
         let terminal = progress.status == .completed || progress.status == .errored
         if progress.status == .running, runningReportDelay > .zero {
             let superseded = state.withLock { state in
@@ -335,7 +362,7 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
                 var iterator = iterator
                 while let message = try await iterator.next() {
                     switch message.kind {
-                    case .heartbeat(let heartbeat)?: router.heartbeat(heartbeat.state ?? .init(), from: hypervisorId)
+                    case .heartbeat(let heartbeat)?: router.heartbeat(heartbeat.state, from: hypervisorId)
                     case .progress(let progress)?:
                         // Reported on its own task: while Harpoon is unreachable the report retries, and the agent's
                         // heartbeats and other outcomes keep flowing.
@@ -368,7 +395,9 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
     }
 
     package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
-        Eventrouter_V1_RouterStatsResponse(connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents))
+        Eventrouter_V1_RouterStatsResponse(
+            connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents), pushHistogram: router.pushLatency.counts
+        )
     }
 
     package func listHypervisors(

@@ -1,3 +1,4 @@
+internal import Foundation
 internal import Synchronization
 package import EventRouterAPI
 
@@ -65,6 +66,7 @@ package final class HypervisorAgent: Sendable {
         var nextHost: UInt8 = 2
         var outgoing: AsyncStream<Eventrouter_V1_AgentMessage>.Continuation?
         var connections = 0
+        var heartbeats = 0
         /// Why the hypervisor is in maintenance (an operator's drain); empty when it is not.
         var maintenance = ""
         /// Whether it has learnt what it hosted before it started (its router's inventory, from Harpoon).
@@ -106,6 +108,8 @@ package final class HypervisorAgent: Sendable {
 
     /// Droplets this agent hosts.
     package var dropletCount: Int { state.withLock { $0.droplets.count } }
+    /// Periodic heartbeats sent so far.
+    package var heartbeatsSent: Int { state.withLock { $0.heartbeats } }
     /// Streams opened so far (reconnects included).
     package var connectionCount: Int { state.withLock { $0.connections } }
     /// Events this agent finished or refused (each once).
@@ -196,9 +200,16 @@ package final class HypervisorAgent: Sendable {
             try await writer.write(Eventrouter_V1_AgentMessage(kind: .hello(hello)))
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
+                    // The state goes only when it differs from the last the heartbeat sent (the hello's, at first);
+                    // otherwise the heartbeat says only that the agent is alive.
+                    var last = hello.state
                     while !Task.isCancelled {
                         try await Task.sleep(for: interval)
-                        continuation.yield(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: self.currentState()))))
+                        let current = self.currentState()
+                        let changed = current != last
+                        if changed { last = current }
+                        self.state.withLock { $0.heartbeats += 1 }
+                        continuation.yield(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: changed ? current : nil))))
                     }
                 }
                 group.addTask {
@@ -210,7 +221,7 @@ package final class HypervisorAgent: Sendable {
         } handler: { stream in
             for try await message in stream {
                 switch message.kind {
-                case .event(let event)?: self.receive(event)
+                case .event(let event)?: self.receive(event, pushMicros: Self.pushMicros(since: message.routerUnixMicros))
                 case .inventory(let inventory)?: self.adopt(inventory)
                 case nil: break
                 }
@@ -240,7 +251,15 @@ package final class HypervisorAgent: Sendable {
         _ = state.withLock { $0.outgoing }?.yield(message)
     }
 
-    private func receive(_ event: Harpoon_V1_Event) {
+    /// Microseconds from the router's stamp to now (0 when there is none).
+    static func pushMicros(since routerUnixMicros: Int64) -> UInt64 {
+        guard routerUnixMicros > 0 else { return 0 }
+        let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        return UInt64(max(1, now - routerUnixMicros))
+    }
+
+    /// Runs an event, or answers it again; `pushMicros` (its time from the router) rides on the first report.
+    private func receive(_ event: Harpoon_V1_Event, pushMicros: UInt64 = 0) {
         enum Action { case resend(Eventrouter_V1_EventProgress), ignore, run }
         let action = state.withLock { state -> Action in
             if let outcome = state.outcomes[event.id] { return .resend(outcome) }
@@ -279,19 +298,22 @@ package final class HypervisorAgent: Sendable {
             return .run
         }
         switch action {
-        case .resend(let outcome):
+        case .resend(var outcome):
+            outcome.pushMicros = pushMicros
             send(Eventrouter_V1_AgentMessage(kind: .progress(outcome)))
         case .ignore:
             break
         case .run where configuration.eventDuration == .zero:
             // Done at once: the outcome is the only message (it acknowledges the event too), which halves the
             // messages on the stream for a fleet of instant agents.
-            send(Eventrouter_V1_AgentMessage(kind: .progress(finish(event))))
+            var outcome = finish(event)
+            outcome.pushMicros = pushMicros
+            send(Eventrouter_V1_AgentMessage(kind: .progress(outcome)))
             // A drain or its end changes what the scheduler may do at once.
             if event.type == "maintenance" { send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState())))) }
         case .run:
             send(Eventrouter_V1_AgentMessage(kind: .ack(.init(eventId: event.id))))
-            send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running))))
+            send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running, pushMicros: pushMicros))))
             // The new operation, and the room its droplet takes, reach the scheduler now, not at the next heartbeat.
             send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
             Task {

@@ -158,3 +158,85 @@ struct RouterDirectoryTests {
         await routers.stop()
     }
 }
+
+@Suite("heartbeats that carry only what changed, and push latency")
+struct HeartbeatDeltaTests {
+    @Test("push latency buckets: each latency falls in the bucket whose bounds hold it")
+    func buckets() {
+        #expect(PushLatency.bucket(micros: 0) == 0)
+        #expect(PushLatency.bucket(micros: 1) == 0)
+        #expect(PushLatency.bucket(micros: 2) == 4)
+        #expect(PushLatency.bucket(micros: 1_000) == 39)  // 2^(39/4) ≈ 861, 2^(40/4) = 1024
+        #expect(PushLatency.bucket(micros: .max) == PushLatency.bucketCount - 1)
+        var random = SeededRandom(seed: 7)
+        for _ in 0..<10_000 {
+            let micros = 2 + random.next() % 50_000_000
+            let bucket = PushLatency.bucket(micros: micros)
+            #expect(PushLatency.lowerBound(bucket) <= Double(micros) && Double(micros) < PushLatency.lowerBound(bucket + 1), "\(micros) in \(bucket)")
+        }
+        var latency = PushLatency()
+        for micros: UInt64 in [5, 900, 1_100, 1_100] { latency.record(micros: micros) }
+        #expect(latency.total == 4)
+        #expect(latency.counts[PushLatency.bucket(micros: 1_100)] == 2)
+    }
+
+    @Test("a heartbeat without a state keeps the agent alive and reports nothing new, unless it comes back from silence")
+    func statelessHeartbeat() async {
+        let fleet = RecordingFleet()
+        let router = Router(region: "nyc1", results: RecordingResults(), fleet: fleet, heartbeatTimeout: .seconds(3600))
+        let (_, stream) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
+        _ = router.attach(Eventrouter_V1_AgentHello(hypervisorId: "hv1", region: "nyc1", state: .init(id: "hv1", cpus: 8)), outgoing: stream)
+        router.heartbeat(Scheduler_V2_HypervisorState(id: "hv1", cpus: 8, memoryMb: 8192), from: "hv1")
+        await router.flush()
+        #expect(fleet.last?.ids == ["hv1"])
+        let reports = fleet.reports.withLock { $0.count }
+        router.heartbeat(nil, from: "hv1")
+        await router.flush()
+        #expect(fleet.reports.withLock { $0.count } == reports, "an unchanged heartbeat was reported to the scheduler")
+
+        // Silent past the timeout, then alive again: reported again, as responsive.
+        let silent = Router(region: "nyc1", results: RecordingResults(), fleet: fleet, heartbeatTimeout: .zero)
+        let (_, outgoing) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
+        _ = silent.attach(Eventrouter_V1_AgentHello(hypervisorId: "hv2", region: "nyc1", state: .init(id: "hv2", cpus: 8)), outgoing: outgoing)
+        await silent.flush()
+        #expect(silent.isUnresponsive("hv2"))
+        let before = fleet.reports.withLock { $0.count }
+        silent.heartbeat(nil, from: "hv2")
+        #expect(!silent.isUnresponsive("hv2"))
+        await silent.flush()
+        #expect(fleet.reports.withLock { $0.count } > before)
+        #expect(fleet.last?.ids == ["hv2"])
+    }
+
+    @Test("an agent's push latency reaches its router's histogram; its idle heartbeats carry no state")
+    func pushLatencyFromAgent() async throws {
+        let results = RecordingResults()
+        let fleet = StampedFleet()
+        let router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero)
+        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+        let port = try #require(try await server.start().port)
+        let client = RPCClient(targets: [("127.0.0.1", port)])
+        var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
+        configuration.eventDuration = .zero
+        configuration.heartbeatInterval = .milliseconds(5)
+        let agent = HypervisorAgent(configuration)
+        let running = Task { await agent.run(client: client) }
+        #expect(await eventually { router.connectedAgents == 1 })
+        for id: Int64 in 1...10 {
+            _ = try router.deliver(Harpoon_V1_Event(
+                id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: "hv1", status: .delivered, payload: sizeSmall.serializedBytes()
+            ))
+        }
+        #expect(await eventually { router.pushLatency.total == 10 })
+        // Idle: heartbeats go on; none carries a state, once the agent's last change has gone up.
+        #expect(await eventually { agent.heartbeatsSent > 5 })
+        let states = router.statesReceived
+        let heartbeats = agent.heartbeatsSent
+        #expect(await eventually { agent.heartbeatsSent > heartbeats + 20 })
+        #expect(router.statesReceived <= states + 1, "\(router.statesReceived - states) states in \(agent.heartbeatsSent - heartbeats) idle heartbeats")
+        running.cancel()
+        await running.value
+        await client.close()
+        await server.shutdownGracefully(timeout: .seconds(2))
+    }
+}

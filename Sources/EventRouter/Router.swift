@@ -107,6 +107,8 @@ package final class Router: Sendable {
     /// Heartbeats that carried a state, since the start.
     var statesReceived: Int { state.withLock { $0.statesReceived } }
     func isUnresponsive(_ hypervisorId: String) -> Bool { state.withLock { $0.unresponsive.contains(hypervisorId) } }
+    /// Connected agents silent past the heartbeat timeout.
+    package var silentAgents: Int { state.withLock { state in state.sessions.keys.filter { state.unresponsive.contains($0) }.count } }
     /// Push latencies the agents reported so far.
     package var pushLatency: PushLatency { state.withLock { $0.push } }
 
@@ -396,7 +398,8 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
 
     package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
         Eventrouter_V1_RouterStatsResponse(
-            connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents), pushHistogram: router.pushLatency.counts
+            connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents), pushHistogram: router.pushLatency.counts,
+            silentAgents: UInt32(router.silentAgents)
         )
     }
 

@@ -98,8 +98,12 @@ package final class HypervisorAgent: Sendable {
     package let configuration: AgentConfiguration
     private let state: Mutex<State>
 
-    package init(_ configuration: AgentConfiguration) {
+    /// Where the heartbeats wait: a fleet's shared ticker, or (nil) a timer of the agent's own.
+    private let ticker: Ticker?
+
+    package init(_ configuration: AgentConfiguration, ticker: Ticker? = nil) {
         self.configuration = configuration
+        self.ticker = ticker
         state = Mutex(State(
             outcomes: RememberedOutcomes(capacity: configuration.rememberedOutcomes),
             recentErrors: RecentErrors(window: configuration.errorWindow)
@@ -202,9 +206,13 @@ package final class HypervisorAgent: Sendable {
                 group.addTask {
                     // The state goes only when it differs from the last the heartbeat sent (the hello's, at first);
                     // otherwise the heartbeat says only that the agent is alive.
+                    // The first beat comes after a random part of the interval, so a fleet that connects at once does
+                    // not beat at once ever after.
                     var last = hello.state
+                    var wait = interval * Double.random(in: 0.5...1)
                     while !Task.isCancelled {
-                        try await Task.sleep(for: interval)
+                        if let ticker = self.ticker { try await ticker.sleep(for: wait) } else { try await Task.sleep(for: wait) }
+                        wait = interval
                         let current = self.currentState()
                         let changed = current != last
                         if changed { last = current }

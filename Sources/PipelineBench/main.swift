@@ -1,8 +1,9 @@
-// pipeline-bench (make bench-pipeline): the whole event pipeline as real processes — scheduler, a router per region,
-// Harpoon on SQLite and a fleet of simulated agents that complete instantly — driven by concurrent CreateDroplet
-// calls. Prints the sustained creation rate, request→completed latency and Harpoon's database connections.
+// pipeline-bench (make bench-pipeline): the whole event pipeline as real processes — scheduler, routers, Harpoon on
+// SQLite and fleets of simulated agents that complete instantly — driven by concurrent CreateDroplet calls. Prints the
+// sustained creation rate, request→completed latency, the routers' push latency and memory per agent, and the
+// database connections as the database file sees them (handles open on it in Harpoon's process).
 //
-// usage: pipeline-bench [--agents N] [--seconds S] [--concurrency C] [--bin DIR]
+// usage: pipeline-bench [--agents N] [--regions R] [--routers-per-region K] [--fleet-processes P] [--label L] ...
 import ArgumentParser
 import ChildProcess
 import Foundation
@@ -11,9 +12,20 @@ import HarpoonAPI
 import Synchronization
 
 /// Request times and completion latencies, shared by the load tasks and the watcher.
+///
+/// A creation's completion may come (on the watch stream) before its creator has its droplet id back from
+/// CreateDroplet: the completion time is then kept until the creator records the start, so no creation is counted
+/// as not completed for finishing fast.
 final class Recorder: Sendable {
-    let sent = Mutex<[Int64: ContinuousClock.Instant]>([:])
-    let latencies = Mutex<[Duration]>([])
+    private struct Timing {
+        /// Creations recorded and not completed yet: their start.
+        var started: [Int64: ContinuousClock.Instant] = [:]
+        /// Completions whose creation was not recorded yet: their time.
+        var finishedFirst: [Int64: ContinuousClock.Instant] = [:]
+        var latencies: [Duration] = []
+    }
+
+    private let timing = Mutex(Timing())
     let issued = Mutex(0)
     let errored = Mutex(0)
     let firstError = Mutex("")
@@ -22,7 +34,33 @@ final class Recorder: Sendable {
     /// Load workers waiting for their droplet's create to complete, and completions that came first.
     let waiters = Mutex<(waiting: [Int64: CheckedContinuation<Void, Never>], early: Set<Int64>)>(([:], []))
 
-    func completed(_ dropletId: Int64) {
+    /// A measured creation of `dropletId`, started at `start`.
+    func started(_ dropletId: Int64, at start: ContinuousClock.Instant) {
+        timing.withLock { timing in
+            if let end = timing.finishedFirst.removeValue(forKey: dropletId) {
+                timing.latencies.append(end - start)
+            } else if timing.started[dropletId] == nil {
+                timing.started[dropletId] = start
+            }
+        }
+    }
+
+    /// `dropletId`'s create finished at `end`: `succeeded`, or errored (not a latency).
+    func finished(_ dropletId: Int64, at end: ContinuousClock.Instant, succeeded: Bool) {
+        timing.withLock { timing in
+            if let start = timing.started.removeValue(forKey: dropletId) {
+                if succeeded { timing.latencies.append(end - start) }
+            } else if succeeded {
+                timing.finishedFirst[dropletId] = end
+            }
+        }
+        completed(dropletId)
+    }
+
+    var notCompleted: [Int64] { timing.withLock { Array($0.started.keys.sorted()) } }
+    var latencies: [Duration] { timing.withLock { $0.latencies.sorted() } }
+
+    private func completed(_ dropletId: Int64) {
         let waiter = waiters.withLock { state -> CheckedContinuation<Void, Never>? in
             if let waiter = state.waiting.removeValue(forKey: dropletId) { return waiter }
             state.early.insert(dropletId)
@@ -52,57 +90,124 @@ final class Recorder: Sendable {
     }
 }
 
+/// A process's resident memory, KiB (from /proc; 0 if unreadable).
+func residentKiB(pid: Int32) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+    return 0
+}
+
+/// CPU time process `pid` has used, seconds (user and system, from /proc; 0 if unreadable). `0`: this process.
+func cpuSeconds(pid: Int32) -> Double {
+    let path = pid == 0 ? "/proc/self/stat" : "/proc/\(pid)/stat"
+    guard let stat = try? String(contentsOfFile: path, encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+    // After the command name: state is field 3; utime and stime are fields 14 and 15, in clock ticks.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// Handles process `pid` has open on `file` (its database connections, as the file sees them: SQLite opens the main
+/// file once per connection).
+func handlesOpen(pid: Int32, on file: String) -> Int {
+    let directory = "/proc/\(pid)/fd"
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return 0 }
+    return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == file }.count
+}
+
 @main
 struct PipelineBench: AsyncParsableCommand {
-    @Option(help: "Agents in all, split over two regions.") var agents = 1000
+    @Option(help: "Agents in all, split evenly over the regions.") var agents = 1000
+    @Option(help: "Regions (up to 6).") var regions = 2
+    @Option(help: "Event routers per region; each region's agents spread over them.") var routersPerRegion = 1
+    @Option(help: "Hypervisor fleet processes (at least one per region); a region's agents split over its share.") var fleetProcesses = 0
+    @Option(help: "Milliseconds between an idle agent's heartbeats.") var heartbeatMilliseconds = 1000
+    @Option(help: "Prefix of the result lines (e.g. fleet15k); none by default.") var label = ""
     @Option(help: "Seconds of load after warm-up.") var seconds = 10
     @Option(help: "Creations in flight: each worker creates a droplet, waits until it is active, creates the next.") var concurrency = 256
     @Option(help: "Directory of the built executables.") var bin = ".build/release"
-    @Option(help: "First of the ports to use (five in a row).") var basePort = 52000
+    @Option(help: "First of the ports to use (one per service, in a row).") var basePort = 52000
     @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
+    @Option(help: "Explain calls timed after the run (0: none).") var explainSamples = 0
+
+    func validate() throws {
+        guard (1...6).contains(regions) else { throw ValidationError("--regions must be 1 to 6") }
+        guard routersPerRegion >= 1 else { throw ValidationError("--routers-per-region must be at least 1") }
+        guard agents >= regions else { throw ValidationError("--agents must be at least --regions") }
+    }
 
     func run() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pipeline-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let regions = ["nyc1", "sfo3"]
+        let database = directory.appendingPathComponent("harpoon.sqlite").path
+        let regionNames = Array(["nyc1", "sfo3", "ams3", "fra1", "sgp1", "lon1"].prefix(regions))
         let schedulerPort = basePort, harpoonPort = basePort + 1
-        let routerPorts = [regions[0]: basePort + 2, regions[1]: basePort + 3]
+        var routerPorts: [String: [Int]] = [:]
+        for (index, region) in regionNames.enumerated() {
+            routerPorts[region] = (0..<routersPerRegion).map { basePort + 2 + index * routersPerRegion + $0 }
+        }
+        func addresses(_ region: String) -> String { (routerPorts[region] ?? []).map { "127.0.0.1:\($0)" }.joined(separator: ",") }
         var children: [ChildProcess] = []
         defer { for child in children.reversed() { child.stop(grace: .seconds(3)) } }
-        func launch(_ name: String, _ arguments: [String], ready: String) async throws {
+        func launch(_ name: String, _ arguments: [String], ready: String) async throws -> ChildProcess {
             let child = ChildProcess(path: "\(bin)/\(name)", arguments: arguments)
             children.append(child)
             try child.start()
-            try await child.waitFor(ready)
+            try await child.waitFor(ready, timeout: .seconds(120))
+            return child
         }
-        try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", "127.0.0.1:\(harpoonPort)"], ready: "ready on")
-        for region in regions {
-            try await launch("event-router", [
-                "--region", region, "--port", "\(routerPorts[region] ?? 0)", "--harpoon", "127.0.0.1:\(harpoonPort)",
-                "--scheduler", "127.0.0.1:\(schedulerPort)", "--flush-milliseconds", "200",
-            ], ready: "ready on")
-        }
-        try await launch("harpoon", [
-            "--port", "\(harpoonPort)", "--database", directory.appendingPathComponent("harpoon.sqlite").path,
-            "--scheduler", "127.0.0.1:\(schedulerPort)",
-        ] + regions.flatMap { ["--router", "\($0)=127.0.0.1:\(routerPorts[$0] ?? 0)"] }, ready: "ready on")
-        for region in regions {
-            try await launch("hypervisor", [
-                "--region", region, "--router", "127.0.0.1:\(routerPorts[region] ?? 0)", "--id", "\(region)-hv",
-                "--fleet", "\(agents / regions.count)", "--event-milliseconds", "0", "--heartbeat-milliseconds", "1000",
-                "--cpus", "64", "--memory-mb", "1048576", "--disk-gb", "100000",
-            ], ready: "agent(s)")
-        }
-        // Wait for every agent to be connected.
-        for region in regions {
-            let router = Eventrouter_V1_EventRouter.Client(RPCClient(targets: [("127.0.0.1", routerPorts[region] ?? 0)]))
-            for _ in 0..<6000 {
-                if (try? await router.stats(.init()))?.connectedAgents ?? 0 >= UInt32(agents / regions.count) { break }
-                try await Task.sleep(for: .milliseconds(10))
+        _ = try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", "127.0.0.1:\(harpoonPort)"], ready: "ready on")
+        var routers: [ChildProcess] = []
+        for region in regionNames {
+            for port in routerPorts[region] ?? [] {
+                routers.append(try await launch("event-router", [
+                    "--region", region, "--port", "\(port)", "--harpoon", "127.0.0.1:\(harpoonPort)",
+                    "--scheduler", "127.0.0.1:\(schedulerPort)", "--flush-milliseconds", "200",
+                    "--heartbeat-timeout-seconds", "\(max(5, 5 * heartbeatMilliseconds / 1000))",
+                ], ready: "ready on"))
             }
         }
+        let schedulerProcess = children[0]
+        let harpoonProcess = try await launch("harpoon", [
+            "--port", "\(harpoonPort)", "--database", database, "--scheduler", "127.0.0.1:\(schedulerPort)",
+        ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on")
+        let routerMemoryBefore = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
+        // The fleet: each region's agents split over its processes.
+        let processesPerRegion = max(1, max(fleetProcesses, regions) / regions)
+        let perRegion = agents / regions
+        let started = ContinuousClock.now
+        var fleet: [ChildProcess] = []
+        for region in regionNames {
+            for part in 0..<processesPerRegion {
+                let count = perRegion / processesPerRegion + (part < perRegion % processesPerRegion ? 1 : 0)
+                fleet.append(try await launch("hypervisor", [
+                    "--region", region, "--router", addresses(region), "--id", processesPerRegion == 1 ? "\(region)-hv" : "\(region)-p\(part)-hv",
+                    "--fleet", "\(count)", "--event-milliseconds", "0", "--heartbeat-milliseconds", "\(heartbeatMilliseconds)",
+                    "--cpus", "64", "--memory-mb", "1048576", "--disk-gb", "100000",
+                ], ready: "agent(s)"))
+            }
+        }
+        // Wait for every agent to be connected (up to 5 minutes).
+        let routerClients = regionNames.flatMap { region in
+            (routerPorts[region] ?? []).map { Eventrouter_V1_EventRouter.Client(RPCClient(targets: [("127.0.0.1", $0)])) }
+        }
+        func routerStats() async -> [Eventrouter_V1_RouterStatsResponse] {
+            var all: [Eventrouter_V1_RouterStatsResponse] = []
+            for router in routerClients { all.append((try? await router.stats(.init(), options: CallOptions(timeout: .seconds(10)))) ?? .init()) }
+            return all
+        }
+        var connected = 0
+        for _ in 0..<3000 {
+            connected = await routerStats().map { Int($0.connectedAgents) }.reduce(0, +)
+            if connected >= perRegion * regions { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        print("\(connected) agents connected \(ContinuousClock.now - started) after the fleet started")
         try await Task.sleep(for: .seconds(1))  // a flush of agent states reaches the scheduler
+        let routerMemoryConnected = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
         let client = RPCClient(targets: [("127.0.0.1", harpoonPort)])
         let harpoon = Harpoon_V1_Harpoon.Client(client)
         let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
@@ -113,31 +218,37 @@ struct PipelineBench: AsyncParsableCommand {
             // Resumed from the last cursor seen if the stream breaks, so no completion is missed.
             let cursor = Mutex<Int64>(0)
             while !Task.isCancelled {
-              do {
-                try await harpoon.watchEvents(.init(afterCursor: cursor.withLock { $0 })) { stream in
-                for try await event in stream {
-                    cursor.withLock { $0 = max($0, event.cursor) }
-                    guard event.type == "create" else { continue }
-                    if event.status == .errored {
-                        // No room left (a small fleet fills up): the worker goes on, the failure is counted.
-                        recorder.errored.withLock { $0 += 1 }
-                        recorder.firstError.withLock { if $0.isEmpty { $0 = event.error } }
-                        recorder.sent.withLock { _ = $0.removeValue(forKey: event.dropletId) }
-                        recorder.completed(event.dropletId)
-                        continue
+                do {
+                    try await harpoon.watchEvents(.init(afterCursor: cursor.withLock { $0 })) { stream in
+                        for try await event in stream {
+                            cursor.withLock { $0 = max($0, event.cursor) }
+                            guard event.type == "create" else { continue }
+                            let now = ContinuousClock.now
+                            if event.status == .errored {
+                                // No room left (a small fleet fills up): the worker goes on, the failure is counted.
+                                recorder.errored.withLock { $0 += 1 }
+                                recorder.firstError.withLock { if $0.isEmpty { $0 = event.error } }
+                                recorder.finished(event.dropletId, at: now, succeeded: false)
+                                continue
+                            }
+                            guard event.status == .completed else { continue }
+                            recorder.window.withLock { if $0.open { $0.completions += 1 } }
+                            recorder.finished(event.dropletId, at: now, succeeded: true)
+                        }
                     }
-                    guard event.status == .completed else { continue }
-                    let now = ContinuousClock.now
-                    recorder.window.withLock { if $0.open { $0.completions += 1 } }
-                    recorder.completed(event.dropletId)
-                    if let start = recorder.sent.withLock({ $0.removeValue(forKey: event.dropletId) }) {
-                        recorder.latencies.withLock { $0.append(now - start) }
-                    }
+                } catch {
+                    if !Task.isCancelled { print("watch broke (\(error)); resuming from cursor \(cursor.withLock { $0 })") }
                 }
-                }
-              } catch {
-                if !Task.isCancelled { print("watch broke (\(error)); resuming from cursor \(cursor.withLock { $0 })") }
-              }
+            }
+        }
+        // The database's connections, as its file sees them, sampled through the run: the most open at once.
+        let harpoonPid = harpoonProcess.pid
+        let peakHandles = Mutex(handlesOpen(pid: harpoonPid, on: database))
+        let sampler = Task {
+            while !Task.isCancelled {
+                let open = handlesOpen(pid: harpoonPid, on: database)
+                peakHandles.withLock { $0 = max($0, open) }
+                try? await Task.sleep(for: .milliseconds(100))
             }
         }
         let concurrency = self.concurrency
@@ -156,9 +267,10 @@ struct PipelineBench: AsyncParsableCommand {
                             index += 1
                             let start = ContinuousClock.now
                             guard let created = try? await harpoon.createDroplet(.init(
-                                customer: "customer-\(worker % 50)", name: "d-\(worker)-\(index)", region: regions[index % 2], size: small, image: "ubuntu"
+                                customer: "customer-\(worker % 50)", name: "d-\(worker)-\(index)",
+                                region: regionNames[(worker + index) % regionNames.count], size: small, image: "ubuntu"
                             )), let id = created.droplet?.id else { continue }
-                            if timed { recorder.sent.withLock { if $0[id] == nil { $0[id] = start } } }
+                            if timed { recorder.started(id, at: start) }
                             recorder.issued.withLock { $0 += 1 }
                             // Closed loop on completion: the next creation once this droplet is active, so the rate
                             // is what the whole pipeline sustains and the latency is not a queue of our own making.
@@ -171,41 +283,103 @@ struct PipelineBench: AsyncParsableCommand {
         print("warming up (\(warmupMilliseconds) ms, not measured) with \(agents) agents, \(concurrency) calls in flight")
         await load(for: .milliseconds(warmupMilliseconds), timed: false)
         let issuedBefore = recorder.issued.withLock { $0 }
+        let pushBefore = await routerStats().map(\.pushHistogram)
+        // Where the CPU goes in the measured window, process by process.
+        let groups: [(String, [Int32])] = [
+            ("harpoon", [harpoonProcess.pid]), ("scheduler", [schedulerProcess.pid]), ("routers", routers.map(\.pid)),
+            ("fleet", fleet.map(\.pid)), ("bench", [0]),
+        ]
+        func cpu() -> [Double] { groups.map { $0.1.map(cpuSeconds).reduce(0, +) } }
+        let cpuBefore = cpu()
         print("measuring (\(seconds) s)")
         recorder.window.withLock { $0.open = true }
-        let started = ContinuousClock.now
+        let measureStart = ContinuousClock.now
         await load(for: .seconds(seconds), timed: true)
-        let loadTime = ContinuousClock.now - started
+        let loadTime = ContinuousClock.now - measureStart
+        let cpuUsed = zip(cpu(), cpuBefore).map { $0 - $1 }
         let windowCompletions = recorder.window.withLock { state in
             state.open = false
             return state.completions
         }
         // Let what was requested complete (up to 30 s).
-        for _ in 0..<3000 where recorder.sent.withLock({ !$0.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
+        for _ in 0..<3000 where !recorder.notCompleted.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
         watcher.cancel()
-        let measured = recorder.latencies.withLock { $0.sorted() }
+        let measured = recorder.latencies
         let requested = recorder.issued.withLock { $0 } - issuedBefore
         // Where the creations that never finished are stuck, for whoever reads a failed run.
-        for dropletId in recorder.sent.withLock({ Array($0.keys.sorted().prefix(5)) }) {
+        for dropletId in recorder.notCompleted.prefix(5) {
             let events = try? await harpoon.listEvents(.init(dropletId: dropletId, pageSize: 10))
             for event in events?.events ?? [] {
                 print("not completed: droplet \(dropletId) event \(event.id) \(event.type) \(event.status) hypervisor '\(event.hypervisorId)' \(event.error)")
             }
         }
-        let stats = try await harpoon.stats(.init())
+        let after = await routerStats()
+        // Pushes in the measured window, all routers together.
+        var push = [UInt64](repeating: 0, count: 0)
+        for (index, stats) in after.enumerated() {
+            let before = index < pushBefore.count ? pushBefore[index] : []
+            if push.count < stats.pushHistogram.count { push += [UInt64](repeating: 0, count: stats.pushHistogram.count - push.count) }
+            for (bucket, count) in stats.pushHistogram.enumerated() { push[bucket] += count - (bucket < before.count ? min(before[bucket], count) : 0) }
+        }
+        let heartbeating = after.map { Int($0.connectedAgents) - Int($0.silentAgents) }.reduce(0, +)
         let totalSeconds = Double(loadTime.components.seconds) + Double(loadTime.components.attoseconds) / 1e18
         func percentile(_ p: Double) -> Double {
             guard !measured.isEmpty else { return .nan }
             let value = measured[min(measured.count - 1, Int(Double(measured.count) * p))]
             return Double(value.components.seconds) * 1000 + Double(value.components.attoseconds) / 1e15
         }
-        print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.sent.withLock { $0.count }); errored: \(recorder.errored.withLock { $0 })")
-        // The sustained rate: creations that completed during the measured window.
+        /// The upper bound of the bucket holding the p-th push, ms (2^((i+1)/4) µs).
+        func pushPercentile(_ p: Double) -> Double {
+            let total = push.reduce(0, +)
+            guard total > 0 else { return .nan }
+            let rank = UInt64((Double(total) * p).rounded(.up))
+            var seen: UInt64 = 0
+            for (bucket, count) in push.enumerated() {
+                seen += count
+                if seen >= rank { return pow(2, Double(bucket + 1) / 4) / 1000 }
+            }
+            return .nan
+        }
+        sampler.cancel()
+        let dbHandles = max(peakHandles.withLock { $0 }, handlesOpen(pid: harpoonPid, on: database))
+        let stats = try await harpoon.stats(.init())
+        let routerMemoryAfter = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
+        var explainLatencies: [Double] = []
+        if explainSamples > 0 {
+            let schedulerClient = RPCClient(targets: [("127.0.0.1", schedulerPort)])
+            let scheduler = Scheduler_V2_Scheduler.Client(schedulerClient)
+            var hypervisorsSeen = 0
+            for sample in 0..<explainSamples {
+                let start = ContinuousClock.now
+                let report = try await scheduler.explain(
+                    .init(size: small, region: regionNames[sample % regionNames.count], customer: "customer-1"), options: CallOptions(timeout: .seconds(10))
+                )
+                let took = ContinuousClock.now - start
+                explainLatencies.append(Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15)
+                hypervisorsSeen = max(hypervisorsSeen, report.ranking.count + report.skipped.count)
+            }
+            explainLatencies.sort()
+            print("explain: \(explainSamples) calls, each reporting on up to \(hypervisorsSeen) hypervisors of a region")
+            await schedulerClient.close()
+        }
+        print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.notCompleted.count); errored: \(recorder.errored.withLock { $0 })")
         if recorder.errored.withLock({ $0 }) > 0 { print("first error: \(recorder.firstError.withLock { $0 })") }
-        print("creations/s: \(Int(Double(windowCompletions) / totalSeconds))")
-        print(String(format: "p50 ms: %.1f", percentile(0.5)))
-        print(String(format: "p99 ms: %.1f", percentile(0.99)))
-        print("db connections: \(stats.databaseConnections)")
+        print("router memory: \(routerMemoryBefore) KiB before the agents, \(routerMemoryConnected) KiB with them connected, \(routerMemoryAfter) KiB after the load (\(routers.count) routers)")
+        print("cpu seconds in the measured window: " + zip(groups, cpuUsed).map { "\($0.0) \(String(format: "%.1f", $1))" }.joined(separator: ", "))
+        print("harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once")
+        let prefix = label.isEmpty ? "" : "\(label) "
+        let perAgentKiB = heartbeating > 0 ? Double(max(routerMemoryConnected, routerMemoryAfter) - routerMemoryBefore) / Double(heartbeating) : .nan
+        if !explainLatencies.isEmpty {
+            print(String(format: "\(prefix)explain p99 ms: %.1f", explainLatencies[min(explainLatencies.count - 1, Int(Double(explainLatencies.count) * 0.99))]))
+        }
+        if !label.isEmpty { print("\(prefix)agents connected: \(heartbeating)") }
+        // The sustained rate: creations that completed during the measured window.
+        print("\(prefix)creations/s: \(Int(Double(windowCompletions) / totalSeconds))")
+        if label.isEmpty { print(String(format: "p50 ms: %.1f", percentile(0.5))) }
+        print(String(format: "\(prefix)p99 ms: %.1f", percentile(0.99)))
+        print(String(format: "\(prefix)push p99 ms: %.2f", pushPercentile(0.99)))
+        print(String(format: "\(prefix)router KiB per agent: %.1f", perAgentKiB))
+        print("\(prefix)db connections: \(dbHandles)")
         await client.close()
     }
 }

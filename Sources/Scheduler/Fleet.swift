@@ -377,17 +377,21 @@ package final class Fleet: Sendable {
     }
 
     /// The placement report, without placing.
+    ///
+    /// The lock is held only to take the region's entries (a copy-on-write reference, not a copy): the report, which
+    /// looks at every hypervisor of the region, is built outside it, so placements go on meanwhile.
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
-        state.withLock { state in
+        let (entries, starting) = state.withLock { state in
             state.expire(now: .now, policy: policy)
-            var report = PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
-            if let starting = state.notReady(request.region, startup: startup) {
-                report.hypervisorId = ""
-                report.reason = starting
-                report.retryable = true
-            }
-            return report
+            return (state.regions[request.region]?.entries ?? [], state.notReady(request.region, startup: startup))
         }
+        var report = PlacementRules.report(candidates: entries.lazy.map { ($0.state, $0.held) }, request: request, policy: policy)
+        if let starting {
+            report.hypervisorId = ""
+            report.reason = starting
+            report.retryable = true
+        }
+        return report
     }
 
     /// Picks a hypervisor and reserves the size on it. Placing an event that already holds a reservation returns

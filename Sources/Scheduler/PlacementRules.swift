@@ -215,10 +215,20 @@ package enum PlacementRules {
         request: Scheduler_V2_PlaceRequest,
         policy: PlacementPolicy
     ) -> Scheduler_V2_PlaceResponse {
+        report(candidates: hypervisors.lazy.map { ($0, held[$0.id] ?? HeldCapacity()) }, request: request, policy: policy)
+    }
+
+    /// The report for `request` over hypervisors given with what reservations hold on each (those of other regions are
+    /// passed over).
+    package static func report(
+        candidates: some Sequence<(Scheduler_V2_HypervisorState, HeldCapacity)>,
+        request: Scheduler_V2_PlaceRequest,
+        policy: PlacementPolicy
+    ) -> Scheduler_V2_PlaceResponse {
         var response = Scheduler_V2_PlaceResponse()
         let size = request.size ?? Scheduler_V2_Size()
-        for hypervisor in hypervisors where hypervisor.region == request.region {
-            switch evaluate(hypervisor, held: held[hypervisor.id] ?? HeldCapacity(), size: size, customer: request.customer, policy: policy) {
+        for (hypervisor, held) in candidates where hypervisor.region == request.region {
+            switch evaluate(hypervisor, held: held, size: size, customer: request.customer, policy: policy) {
             case .candidate(let candidate): response.ranking.append(candidate)
             case .skip(let skip): response.skipped.append(skip)
             }

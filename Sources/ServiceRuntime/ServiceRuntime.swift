@@ -23,12 +23,22 @@ package enum ServiceRuntime {
     /// Parses the command line as `Command` and runs it; a bad command line or a failure exits with its message (the
     /// whole of every executable's `main.swift`, after ``runConcurrencyOnEventLoops()``).
     package static func main<Command: AsyncParsableCommand>(_: Command.Type) async {
+        raiseFileLimit()
         do {
             var command = try Command.parse()
             try await command.run()
         } catch {
             Command.exit(withError: error)
         }
+    }
+
+    /// Raises the soft limit on open files to the hard one: a router holds a connection per agent, a fleet process
+    /// one per agent it runs, and the usual soft limit (1,024) is far below a fleet's.
+    package static func raiseFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
     }
 
     /// Writes a line to standard output at once (unbuffered), so a launcher waiting for readiness sees it.

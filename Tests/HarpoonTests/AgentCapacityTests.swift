@@ -312,3 +312,33 @@ struct AgentBookkeepingTests {
         await setup.stop()
     }
 }
+
+@Suite("a fleet's shared heartbeat timer")
+struct TickerTests {
+    @Test("a sleeper wakes at the first tick at or after its deadline, never before; a cancelled one at once")
+    func ticks() async throws {
+        let ticker = Ticker(resolution: .seconds(3600))  // ticked by hand below
+        let start = ContinuousClock.now
+        let short = Task { try await ticker.sleep(for: .seconds(10)) }
+        let long = Task { try await ticker.sleep(for: .seconds(20)) }
+        let cancelled = Task { try await ticker.sleep(for: .seconds(30)) }
+        #expect(await eventually { ticker.waiting == 3 })
+        #expect(ticker.tick(now: start.advanced(by: .seconds(5))) == 0)
+        #expect(ticker.tick(now: start.advanced(by: .seconds(15))) == 1)
+        try await short.value
+        #expect(ticker.waiting == 2)
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        #expect(ticker.waiting == 1)
+        #expect(ticker.tick(now: start.advanced(by: .seconds(25))) == 1)
+        try await long.value
+        #expect(ticker.waiting == 0)
+        // A task cancelled before it sleeps does not sleep.
+        let early = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await ticker.sleep(for: .seconds(1))
+        }
+        await #expect(throws: CancellationError.self) { try await early.value }
+        #expect(ticker.waiting == 0)
+    }
+}

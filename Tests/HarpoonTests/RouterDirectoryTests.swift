@@ -200,9 +200,11 @@ struct HeartbeatDeltaTests {
         _ = silent.attach(Eventrouter_V1_AgentHello(hypervisorId: "hv2", region: "nyc1", state: .init(id: "hv2", cpus: 8)), outgoing: outgoing)
         await silent.flush()
         #expect(silent.isUnresponsive("hv2"))
+        #expect(silent.silentAgents == 1)
         let before = fleet.reports.withLock { $0.count }
         silent.heartbeat(nil, from: "hv2")
         #expect(!silent.isUnresponsive("hv2"))
+        #expect(silent.silentAgents == 0)
         await silent.flush()
         #expect(fleet.reports.withLock { $0.count } > before)
         #expect(fleet.last?.ids == ["hv2"])

@@ -222,7 +222,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     /// its hold ends when the hypervisor reports hosting the droplet; the scheduler keeps it until then, so the room
     /// is not given twice.)
     private func recorded(_ event: Harpoon_V1_Event) -> Bool {
-        if EventTransitions.isTerminal(event.status) { worker?.outcomeRecorded(event.id) }
+        if HarpoonRules.isTerminal(event.status) { worker?.outcomeRecorded(event.id) }
         return event.status == .errored && event.type == "create"
     }
 
@@ -426,5 +426,24 @@ package final class RouterDelivery: EventDelivery {
             hash &*= 0x0000_0100_0000_01b3
         }
         return Int(hash % UInt64(max(count, 1)))
+    }
+}
+
+/// Harpoon's refusals as gRPC statuses: the one place they meet the wire.
+extension HarpoonError: RPCStatusConvertible {
+    package var rpcError: RPCError {
+        switch self {
+        case .eventNotFound(let id): RPCError(code: .notFound, message: "no event \(id)")
+        case .unknownStatus(let value): RPCError(code: .invalidArgument, message: "unknown event status \(value)")
+        case .alreadyFinished(let id, let status, let next):
+            RPCError(code: .failedPrecondition, message: "event \(id) is already \(status); it cannot become \(next)")
+        case .backwards(let id, let status, let next):
+            RPCError(code: .failedPrecondition, message: "event \(id) is \(status); it cannot go back to \(next)")
+        case .stale(let id, let status):
+            RPCError(code: .failedPrecondition, message: "event \(id) was sent back to be placed again; \(status) is stale")
+        case .keyReused(let key): RPCError(code: .alreadyExists, message: "idempotency key '\(key)' was used for another request")
+        case .dropletBusy(let id): RPCError(code: .failedPrecondition, message: "droplet \(id) already has a pending event")
+        case .corrupt(let what): RPCError(code: .internal, message: what)
+        }
     }
 }

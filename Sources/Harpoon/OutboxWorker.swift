@@ -310,7 +310,7 @@ package final class OutboxWorker: Sendable {
     }
 
     private func route(_ event: Harpoon_V1_Event, entry: OutboxEntry) async throws {
-        guard !EventTransitions.isTerminal(event.status) else {
+        guard !HarpoonRules.isTerminal(event.status) else {
             try await store.acknowledge(entry)
             return
         }
@@ -353,7 +353,7 @@ package final class OutboxWorker: Sendable {
                 id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement
             )
             onChange()
-        } catch let error as RPCError where error.code == .failedPrecondition {
+        } catch let error as HarpoonError where error.isOutrun {
             // The event moved on meanwhile (an agent reported it running, or finished it). Unfinished, it still needs
             // its entry for redelivery; finished, its entry is gone and settling it changes nothing.
             try await store.settle(settlement)

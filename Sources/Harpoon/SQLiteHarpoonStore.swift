@@ -6,14 +6,18 @@ package import HarpoonAPI
 
 /// The events database in one SQLite file, in WAL mode, through a small pool: one writer and a few readers.
 ///
-/// The connection count is fixed by configuration; it does not grow with the fleet.
+/// The store has no rules of its own: inside each transaction it reads the rows a rule of ``HarpoonRules`` needs,
+/// asks it, and writes what it decides (``apply(_:_:now:)``). The connection count is fixed by configuration; it does
+/// not grow with the fleet.
 package final class SQLiteHarpoonStore: HarpoonStore {
     private let database: SQLiteDatabase
     private let pool: DatabasePool
     private let writer: WriteCoalescer
+    private let clock: any WallClock
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    package init(path: String, readers: Int = 4) throws {
+    package init(path: String, readers: Int = 4, clock: any WallClock = SystemClock()) throws {
+        self.clock = clock
         database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
         pool = database.pool
         let last = try pool.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) FROM events") ?? 0 }
@@ -103,10 +107,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
     private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
 
-    private static func timestamp(_ seconds: Double) -> Google_Protobuf_Timestamp {
-        let whole = seconds.rounded(.down)
-        return Google_Protobuf_Timestamp(seconds: Int64(whole), nanos: Int32((seconds - whole) * 1e9))
-    }
+    private static func timestamp(_ seconds: Double) -> Google_Protobuf_Timestamp { HarpoonRules.timestamp(seconds) }
 
     // Rows are read by position, in the order of `dropletColumns` / `eventColumns` (GRDB's lookups by name compare
     // names case-insensitively on every access, which showed in profiles).
@@ -167,10 +168,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try firstRow(db.cachedStatement(sql: "SELECT \(dropletColumns) FROM droplets WHERE id = ?"), [id], droplet)
     }
 
+    /// Inserts a new event (its id and cursor given here) and its first outbox entry; returns the event as written.
     private func insertEvent(
-        _ db: Database, type: String, dropletId: Int64, customer: String, region: String, hypervisorId: String,
-        payload: [UInt8], now: Double, destination: OutboxDestination
-    ) throws -> (id: Int64, cursor: Int64, entryId: Int64) {
+        _ db: Database, _ template: Harpoon_V1_Event, now: Double, destination: OutboxDestination
+    ) throws -> (event: Harpoon_V1_Event, entryId: Int64) {
         let cursor = nextCursor()
         try db.cachedStatement(
             sql: """
@@ -178,24 +179,71 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(
             binding: {
-                $0.bind(1, type)
-                $0.bind(2, dropletId)
-                $0.bind(3, customer)
-                $0.bind(4, region)
-                $0.bind(5, hypervisorId)
-                $0.bind(6, Int64(Harpoon_V1_Event.Status.pending.rawValue))
-                $0.bind(7, payload)
+                $0.bind(1, template.type)
+                $0.bind(2, template.dropletId)
+                $0.bind(3, template.customer)
+                $0.bind(4, template.region)
+                $0.bind(5, template.hypervisorId)
+                $0.bind(6, Int64(template.status.rawValue))
+                $0.bind(7, template.payload)
                 $0.bind(8, now)
                 $0.bind(9, now)
                 $0.bind(10, cursor)
             }
         )
-        let id = db.lastInsertedRowID
+        var event = template
+        event.id = db.lastInsertedRowID
+        event.cursor = cursor
         try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute {
-            $0.bind(1, id)
+            $0.bind(1, event.id)
             $0.bind(2, destination.rawValue)
         }
-        return (id, cursor, db.lastInsertedRowID)
+        return (event, db.lastInsertedRowID)
+    }
+
+    /// Writes what a rule decided for an event, giving it its change cursor; returns the event as written.
+    private func apply(_ write: EventWrite, _ db: Database, now: Double) throws -> Harpoon_V1_Event {
+        let cursor = nextCursor()
+        let event = write.event
+        try db.cachedStatement(
+            sql: "UPDATE events SET status = ?, hypervisor_id = ?, error = ?, refusals = ?, updated_at = ?, cursor = ? WHERE id = ?").execute(
+            binding: {
+                $0.bind(1, Int64(event.status.rawValue))
+                $0.bind(2, event.hypervisorId)
+                $0.bind(3, event.error)
+                $0.bind(4, Int64(event.refusals))
+                $0.bind(5, now)
+                $0.bind(6, cursor)
+                $0.bind(7, event.id)
+            }
+        )
+        if write.clearsOutbox {
+            try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, event.id) }
+        }
+        if let entry = write.enqueue {
+            try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination, not_before) VALUES (?, ?, ?)")
+                .execute(arguments: [event.id, entry.destination.rawValue, entry.notBefore])
+        }
+        if let droplet = write.droplet {
+            let status: Int64? = droplet.status.map { Int64($0.rawValue) }
+            try db.cachedStatement(
+                sql: """
+                    UPDATE droplets SET status = COALESCE(?, status), hypervisor_id = COALESCE(?, hypervisor_id),
+                    ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?
+                    """).execute(
+                binding: {
+                    $0.bind(1, status)
+                    $0.bind(2, droplet.hypervisorId)
+                    $0.bind(3, droplet.ipv4Address)
+                    $0.bind(4, droplet.error)
+                    $0.bind(5, droplet.dropletId)
+                }
+            )
+        }
+        var written = event
+        written.cursor = cursor
+        recent.stage(written)
+        return written
     }
 
     /// One page of `table` rows matching `condition`, by id after `afterID` and `offset` more, with the total that match.
@@ -219,53 +267,39 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
         try await writer.write { db in
+            var answered: (droplet: Harpoon_V1_Droplet?, event: Harpoon_V1_Event?)?
             if !request.idempotencyKey.isEmpty,
                let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]) {
-                guard let droplet = try Self.fetchDroplet(db, id: row["droplet_id"]), let event = try Self.fetchEvent(db, id: row["event_id"]),
-                      event.type == "create", event.dropletId == droplet.id else {
-                    // The key answered another kind of request (an event of its own): it cannot be a droplet's too.
-                    throw RPCError(code: .alreadyExists, message: "idempotency key '\(request.idempotencyKey)' was used for another request")
-                }
-                return CreatedDroplet(droplet: droplet, event: event, entry: nil)
+                answered = (try Self.fetchDroplet(db, id: row["droplet_id"]), try Self.fetchEvent(db, id: row["event_id"]))
             }
-            let now = Date().timeIntervalSince1970
-            let size = (request.size ?? Scheduler_V2_Size()).serializedBytes()
+            if case .existing(let found) = try HarpoonRules.createDroplet(key: request.idempotencyKey, answered: answered) {
+                return CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil)
+            }
+            let now = self.clock.now()
+            var rows = HarpoonRules.newDroplet(request, now: now)
             try db.cachedStatement(
                 sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute {
-                $0.bind(1, request.customer)
-                $0.bind(2, request.name)
-                $0.bind(3, request.region)
-                $0.bind(4, size)
-                $0.bind(5, request.image)
-                $0.bind(6, Int64(Harpoon_V1_Droplet.Status.new.rawValue))
+                $0.bind(1, rows.droplet.customer)
+                $0.bind(2, rows.droplet.name)
+                $0.bind(3, rows.droplet.region)
+                $0.bind(4, rows.event.payload)  // the size, serialized
+                $0.bind(5, rows.droplet.image)
+                $0.bind(6, Int64(rows.droplet.status.rawValue))
                 $0.bind(7, now)
             }
-            let dropletId = db.lastInsertedRowID
-            // The create event carries the size, so that the agent knows what it creates.
-            let inserted = try self.insertEvent(
-                db, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
-                hypervisorId: "", payload: size, now: now, destination: .scheduler
-            )
-            let eventId = inserted.id
+            rows.droplet.id = db.lastInsertedRowID
+            rows.event.dropletId = rows.droplet.id
+            let (event, entryId) = try self.insertEvent(db, rows.event, now: now, destination: .scheduler)
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
                     sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
-                    arguments: [request.idempotencyKey, dropletId, eventId]
+                    arguments: [request.idempotencyKey, rows.droplet.id, event.id]
                 )
             }
             // The rows as just written, without reading them back.
-            let created = Self.timestamp(now)
-            let droplet = Harpoon_V1_Droplet(
-                id: dropletId, customer: request.customer, name: request.name, region: request.region,
-                size: request.size ?? Scheduler_V2_Size(), image: request.image, status: .new, createdAt: created
-            )
-            let event = Harpoon_V1_Event(
-                id: eventId, type: "create", dropletId: dropletId, customer: request.customer, region: request.region,
-                status: .pending, payload: size, createdAt: created, updatedAt: created, cursor: inserted.cursor
-            )
-            let entry = OutboxEntry(id: inserted.entryId, eventId: eventId, destination: .scheduler, attempts: 0, notBefore: 0)
             self.recent.stage(event)
-            return CreatedDroplet(droplet: droplet, event: event, entry: entry)
+            let entry = OutboxEntry(id: entryId, eventId: event.id, destination: .scheduler, attempts: 0, notBefore: 0)
+            return CreatedDroplet(droplet: rows.droplet, event: event, entry: entry)
         }
     }
 
@@ -296,32 +330,27 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
+            var answered: Harpoon_V1_Event?
             if !request.idempotencyKey.isEmpty,
-               let eventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]),
-               let event = try Self.fetchEvent(db, id: eventId) {
-                return event
+               let eventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]) {
+                answered = try Self.fetchEvent(db, id: eventId)
             }
-            if request.exclusive, request.dropletId != 0,
-               try Bool.fetchOne(
-                   db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = ? AND status NOT IN (?, ?))"),
-                   arguments: [request.dropletId, Harpoon_V1_Event.Status.completed.rawValue, Harpoon_V1_Event.Status.errored.rawValue]
-               ) == true {
-                throw RPCError(code: .failedPrecondition, message: "droplet \(request.dropletId) already has a pending event")
+            var busy = false
+            if answered == nil, request.exclusive, request.dropletId != 0 {
+                busy = try Bool.fetchOne(
+                    db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = ? AND status NOT IN (?, ?))"),
+                    arguments: [request.dropletId, Harpoon_V1_Event.Status.completed.rawValue, Harpoon_V1_Event.Status.errored.rawValue]
+                ) == true
             }
-            let now = Date().timeIntervalSince1970
-            let eventId = try self.insertEvent(
-                db, type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,
-                hypervisorId: hypervisorId, payload: request.payload, now: now,
-                destination: hypervisorId.isEmpty ? .scheduler : .router
-            ).id
+            if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy) { return event }
+            let now = self.clock.now()
+            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, now: now)
+            let (event, _) = try self.insertEvent(db, template, now: now, destination: destination)
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
                     sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
-                    arguments: [request.idempotencyKey, request.dropletId, eventId]
+                    arguments: [request.idempotencyKey, request.dropletId, event.id]
                 )
-            }
-            guard let event = try Self.fetchEvent(db, id: eventId) else {
-                throw RPCError(code: .internal, message: "an event just written cannot be read back")
             }
             self.recent.stage(event)
             return event
@@ -410,38 +439,12 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
-            guard let current = try Self.fetchEvent(db, id: eventId) else { throw RPCError(code: .notFound, message: "no event \(eventId)") }
-            // Only a create still on the hypervisor that refused it goes back: a refusal repeated, or one from a
-            // hypervisor it has since left, changes nothing.
-            guard current.type == "create", !EventTransitions.isTerminal(current.status), current.status != .pending,
-                  current.hypervisorId == hypervisorId else { return current }
-            let refusals = Int(current.refusals)
-            if refusals + 1 >= maxRefusals {
-                return try self.update(
-                    db, id: eventId, status: .errored, hypervisorId: nil, error: "\(reason) (refused \(refusals + 1) times)", ipv4Address: nil,
-                    then: nil, settling: nil
-                )
+            guard let current = try Self.fetchEvent(db, id: eventId) else { throw HarpoonError.eventNotFound(eventId) }
+            let now = self.clock.now()
+            switch try HarpoonRules.placeAgain(current, refusedBy: hypervisorId, reason: reason, maxRefusals: maxRefusals, now: now) {
+            case .unchanged(let event): return event
+            case .write(let write): return try self.apply(write, db, now: now)
             }
-            let now = Date().timeIntervalSince1970
-            let cursor = self.nextCursor()
-            try db.cachedStatement(
-                sql: "UPDATE events SET status = 0, hypervisor_id = '', error = ?, refusals = refusals + 1, updated_at = ?, cursor = ? WHERE id = ?"
-            ).execute(arguments: [reason, now, cursor, eventId])
-            try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = '' WHERE id = ?").execute(arguments: [current.dropletId])
-            // Its delivery entry goes; a placement entry takes its place, a moment later, when the hypervisors'
-            // reports of what they run have reached the schedulers.
-            try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute(arguments: [eventId])
-            try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination, not_before) VALUES (?, ?, ?)")
-                .execute(arguments: [eventId, OutboxDestination.scheduler.rawValue, now + 0.25])
-            var updated = current
-            updated.status = .pending
-            updated.hypervisorId = ""
-            updated.error = reason
-            updated.refusals += 1
-            updated.updatedAt = Self.timestamp(now)
-            updated.cursor = cursor
-            self.recent.stage(updated)
-            return updated
         }
     }
 
@@ -492,60 +495,16 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         _ db: Database, id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) throws -> Harpoon_V1_Event {
-        guard let current = try Self.fetchEvent(db, id: id) else {
-            throw RPCError(code: .notFound, message: "no event \(id)")
+        guard let current = try Self.fetchEvent(db, id: id) else { throw HarpoonError.eventNotFound(id) }
+        let existed = try settlement.map { try Self.settle($0, db) }
+        let now = clock.now()
+        switch try HarpoonRules.update(
+            current, to: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination,
+            settledEntryExisted: existed, now: now
+        ) {
+        case .unchanged(let event): return event
+        case .write(let write): return try apply(write, db, now: now)
         }
-        try EventTransitions.check(from: current.status, to: status, eventId: id)
-        if let settlement, try !Self.settle(settlement, db), !EventTransitions.isTerminal(status) {
-            // The step this write finishes is no longer the event's: a hypervisor refused it and it went back to be
-            // placed anew (which replaced its outbox entry). What this write says is stale.
-            throw RPCError(code: .failedPrecondition, message: "event \(id) was sent back to be placed again; \(status) is stale")
-        }
-        if current.status == status, hypervisorId == nil || hypervisorId == current.hypervisorId {
-            return current  // a repeated report: nothing changes
-        }
-        let now = Date().timeIntervalSince1970
-        let cursor = self.nextCursor()
-        try db.cachedStatement(
-            sql: "UPDATE events SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), error = COALESCE(?, error), updated_at = ?, cursor = ? WHERE id = ?").execute(
-            binding: {
-                $0.bind(1, Int64(status.rawValue))
-                $0.bind(2, hypervisorId)
-                $0.bind(3, error)
-                $0.bind(4, now)
-                $0.bind(5, cursor)
-                $0.bind(6, id)
-            }
-        )
-        if EventTransitions.isTerminal(status) {
-            try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, id) }
-        }
-        if let destination {
-            try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute(arguments: [id, destination.rawValue])
-        }
-        if let dropletStatus = EventTransitions.dropletStatus(eventType: current.type, eventStatus: status) {
-            try db.cachedStatement(
-                sql: "UPDATE droplets SET status = ?, hypervisor_id = COALESCE(?, hypervisor_id), ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?").execute(
-                binding: {
-                    $0.bind(1, Int64(dropletStatus.rawValue))
-                    $0.bind(2, hypervisorId)
-                    $0.bind(3, ipv4Address)
-                    $0.bind(4, status == .errored ? error : nil)
-                    $0.bind(5, current.dropletId)
-                }
-            )
-        } else if let hypervisorId, current.type == "create" {
-            try db.cachedStatement(sql: "UPDATE droplets SET hypervisor_id = ? WHERE id = ?").execute(arguments: [hypervisorId, current.dropletId])
-        }
-        // The row as just written, without reading it back.
-        var updated = current
-        updated.status = status
-        if let hypervisorId { updated.hypervisorId = hypervisorId }
-        if let error { updated.error = error }
-        updated.updatedAt = Self.timestamp(now)
-        updated.cursor = cursor
-        self.recent.stage(updated)
-        return updated
     }
 
     package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {

@@ -87,3 +87,10 @@ public struct RPCError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(code): \(message)" }
 }
+
+/// A domain error that knows which gRPC status it is. A service's own errors conform where the service meets the
+/// wire (its service type's file), so that its rules and stores throw their own errors, free of RPC types, and a
+/// handler that throws one ends the call with that status: the mapping is written once.
+public protocol RPCStatusConvertible: Error {
+    var rpcError: RPCError { get }
+}

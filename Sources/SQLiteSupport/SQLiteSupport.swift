@@ -67,6 +67,11 @@ package struct Bindings: ~Copyable {
         if let value { bind(index, value) } else { check(sqlite3_bind_null(statement, index)) }
     }
 
+    /// `nil` binds NULL.
+    package mutating func bind(_ index: CInt, _ value: Int64?) {
+        if let value { bind(index, value) } else { check(sqlite3_bind_null(statement, index)) }
+    }
+
     package mutating func bind(_ index: CInt, _ bytes: [UInt8]) {
         let code = bytes.withUnsafeBytes { buffer in
             buffer.baseAddress.map { sqlite3_bind_blob(statement, index, $0, CInt(buffer.count), Self.transient) }

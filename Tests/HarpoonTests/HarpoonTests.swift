@@ -111,12 +111,13 @@ struct StoreTests {
             let second = try await store.events(EventFilter(customer: "alice"), limit: 1, afterID: 0, offset: 1)
             #expect(second.items.map(\.type) == ["power_off"] && second.total == 4)
             // Customer actions take turns: an exclusive event is refused while another is unfinished.
-            let refused = await #expect(throws: RPCError.self) {
+            let refused = await #expect(throws: HarpoonError.self) {
                 try await store.createEvent(
                     Harpoon_V1_CreateEventRequest(type: "reboot", dropletId: droplet.id, customer: "alice", exclusive: true), region: "nyc1", hypervisorId: "hv1"
                 )
             }
-            #expect(refused?.code == .failedPrecondition && refused?.message == "droplet \(droplet.id) already has a pending event")
+            #expect(refused == .dropletBusy(droplet.id))
+            #expect(refused?.rpcError.code == .failedPrecondition && refused?.rpcError.message == "droplet \(droplet.id) already has a pending event")
         }
     }
 
@@ -137,14 +138,16 @@ struct StoreTests {
             do {
                 _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "late", ipv4Address: nil, then: nil)
                 Issue.record("a completed event became errored")
-            } catch let error as RPCError {
-                #expect(error.code == .failedPrecondition)
+            } catch let error as HarpoonError {
+                #expect(error == .alreadyFinished(eventId: event.id, status: .completed, next: .errored))
+                #expect(error.rpcError.code == .failedPrecondition)
             }
             do {
                 _ = try await store.updateEvent(id: 999, status: .running, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
                 Issue.record("an unknown event was updated")
-            } catch let error as RPCError {
-                #expect(error.code == .notFound)
+            } catch let error as HarpoonError {
+                #expect(error == .eventNotFound(999))
+                #expect(error.rpcError.code == .notFound)
             }
         }
     }

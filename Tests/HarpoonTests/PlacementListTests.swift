@@ -153,7 +153,7 @@ struct PlaceAgainTests {
                 #expect(entries.map(\.destination) == [.scheduler] && entries.map(\.eventId) == [event.id])
                 #expect(try await store.dueOutbox(now: 0, limit: 10).isEmpty)
                 // The worker's write for the old delivery comes late: refused, the event stays pending.
-                await #expect(throws: RPCError.self) {
+                await #expect(throws: HarpoonError.stale(eventId: event.id, status: .delivered)) {
                     _ = try await store.updateEvent(
                         id: event.id, status: .delivered, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil,
                         settling: .reschedule(entry, until: 0)

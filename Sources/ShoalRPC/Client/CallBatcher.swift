@@ -134,6 +134,7 @@ extension RPCError {
     /// ``RPCError``) and message.
     public static func batchedStatus(of error: any Error) -> (code: UInt32, message: String) {
         if let error = error as? RPCError { return (UInt32(error.code.rawValue), error.message) }
+        if let error = error as? any RPCStatusConvertible { return (UInt32(error.rpcError.code.rawValue), error.rpcError.message) }
         return (UInt32(Code.unknown.rawValue), "\(error)")
     }
 }

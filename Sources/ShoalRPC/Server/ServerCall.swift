@@ -134,6 +134,8 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
                 complete(nil)
             } catch let error as RPCError {
                 complete(error)
+            } catch let error as any RPCStatusConvertible {
+                complete(error.rpcError)
             } catch is CancellationError {
                 complete(RPCError(code: .cancelled, message: "handler cancelled"))
             } catch {

@@ -93,7 +93,7 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
     package func assign(request: Reservedip_V1_AssignRequest, context: ServerContext) async throws -> Reservedip_V1_Action {
         try Self.require(customer: request.customer)
         try Self.require(ip: request.ip)
-        guard let ip = try await store.reservedIP(request.ip, customer: request.customer) else { throw Refusal.notFound("reserved IP \(request.ip)") }
+        guard let ip = try await store.reservedIP(request.ip, customer: request.customer) else { throw ReservedIPError.notFound("reserved IP \(request.ip)") }
         let droplet = try await assignableDroplet(request.dropletId, customer: request.customer, region: ip.region)
         let (state, isNew) = try await store.beginAssign(customer: request.customer, ip: request.ip, dropletId: droplet.id, key: request.idempotencyKey)
         return try await launch(state, isNew: isNew)
@@ -119,7 +119,7 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
 
     package func get(request: Reservedip_V1_GetRequest, context: ServerContext) async throws -> Reservedip_V1_ReservedIP {
         try Self.require(customer: request.customer)
-        guard let ip = try await store.reservedIP(request.ip, customer: request.customer) else { throw Refusal.notFound("reserved IP \(request.ip)") }
+        guard let ip = try await store.reservedIP(request.ip, customer: request.customer) else { throw ReservedIPError.notFound("reserved IP \(request.ip)") }
         return ip
     }
 
@@ -142,7 +142,7 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
         let found = request.ip.isEmpty
             ? try await store.action(id: request.id, customer: request.customer)
             : try await store.action(id: request.id, customer: request.customer, ip: request.ip)
-        guard let state = found else { throw Refusal.notFound("action \(request.id)") }
+        guard let state = found else { throw ReservedIPError.notFound("action \(request.id)") }
         return state.action
     }
 
@@ -150,5 +150,23 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
         Reservedip_V1_StatsResponse(
             databaseConnections: UInt32(clamping: store.connectionCount), actionsInProgress: UInt32(clamping: try await store.actionsInProgressCount())
         )
+    }
+}
+
+/// The orchestrator's refusals as gRPC statuses: the one place they meet the wire. The messages are the customer's:
+/// the aggregator shows them as they are.
+extension ReservedIPError: RPCStatusConvertible {
+    package var rpcError: RPCError {
+        switch self {
+        case .notFound(let what): RPCError(code: .notFound, message: "\(what) not found")
+        case .ipBusy: RPCError(code: .failedPrecondition, message: "The reserved IP already has a pending event.")
+        case .dropletBusy: RPCError(code: .failedPrecondition, message: "Droplet already has a pending event.")
+        case .alreadyAssigned(let dropletId): RPCError(code: .failedPrecondition, message: "The reserved IP is already assigned to droplet \(dropletId).")
+        case .dropletHasIP(let dropletId, let ip): RPCError(code: .failedPrecondition, message: "Droplet \(dropletId) already has reserved IP \(ip).")
+        case .notAssigned: RPCError(code: .failedPrecondition, message: "The reserved IP is not assigned to a droplet.")
+        case .noPool(let region): RPCError(code: .failedPrecondition, message: "region \(region) has no reserved IP pool")
+        case .poolExhausted(let region): RPCError(code: .resourceExhausted, message: "no reserved IP is free in \(region)")
+        case .corrupt(let what): RPCError(code: .internal, message: what)
+        }
     }
 }

@@ -38,17 +38,11 @@ package struct ActionState: Sendable {
     package var eventKey: String { "reserved-ip/action/\(action.id)/step/\(phase)" }
 }
 
-/// What the orchestrator's state machine refuses, as RPC errors.
-package enum Refusal {
-    static func notFound(_ what: String) -> RPCError { RPCError(code: .notFound, message: "\(what) not found") }
-    static func ipBusy() -> RPCError { RPCError(code: .failedPrecondition, message: "The reserved IP already has a pending event.") }
-    static func dropletBusy() -> RPCError { RPCError(code: .failedPrecondition, message: "Droplet already has a pending event.") }
-}
-
 /// The reserved-IP database in one SQLite file (WAL): pools' allocations, reserved IPs, actions, billing records.
 ///
 /// Every transition is one transaction, and writes are serialised, so two requests racing for one IP or one droplet
-/// cannot both pass the checks: the second sees the first's lock.
+/// cannot both pass the checks: the second sees the first's lock. The store has no rules of its own: it reads the
+/// facts a rule of ``ReservedIPRules`` needs, asks it, and writes what it decides.
 package final class ReservedIPStore: Sendable {
     private let database: SQLiteDatabase
     private let pool: DatabasePool
@@ -204,9 +198,8 @@ package final class ReservedIPStore: Sendable {
         )
     }
 
-    private static func insertAction(
-        _ db: Database, type: String, ip: Reservedip_V1_ReservedIP, dropletId: Int64, fromDropletId: Int64, releasing: Bool
-    ) throws -> Int64 {
+    private static func insertAction(_ db: Database, _ new: NewAction, ip: Reservedip_V1_ReservedIP) throws -> Int64 {
+        let (type, dropletId, fromDropletId, releasing) = (new.type, new.dropletId, new.fromDropletId, new.releasing)
         try db.cachedStatement(sql: """
             INSERT INTO actions (type, status, ip, reservation, customer, region, project_id, droplet_id, from_droplet_id, releasing, started_at)
             VALUES (?, ?, ?, (SELECT seq FROM reserved_ips WHERE ip = ?), ?, ?, ?, ?, ?, ?, ?)
@@ -225,16 +218,11 @@ package final class ReservedIPStore: Sendable {
     }
 
     private static func allocate(_ db: Database, pools: AddressPools, customer: String, region: String, projectId: String) throws -> Reservedip_V1_ReservedIP {
-        guard pools.blocks[region] != nil else {
-            throw RPCError(code: .failedPrecondition, message: "region \(region) has no reserved IP pool")
-        }
         let used = Set(try Int64.fetchAll(db.cachedStatement(sql: "SELECT number FROM reserved_ips WHERE region = ?"), arguments: [region]).map { UInt32(truncatingIfNeeded: $0) })
         // Addresses are handed out in turn, so a released one is not at once someone else's.
         let cursorKey = "last_allocated/\(region)"
         let last = try Int64.fetchOne(db.cachedStatement(sql: "SELECT value FROM meta WHERE key = ?"), arguments: [cursorKey]).map { UInt32(truncatingIfNeeded: $0) }
-        guard let number = pools.nextFree(in: region, after: last, excluding: used) else {
-            throw RPCError(code: .resourceExhausted, message: "no reserved IP is free in \(region)")
-        }
+        let number = try ReservedIPRules.allocate(in: region, pools: pools, after: last, used: used)
         let ip = IPv4.format(number)
         let created = now()
         try db.cachedStatement(sql: "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
@@ -254,7 +242,7 @@ package final class ReservedIPStore: Sendable {
         let scoped = Self.scopedKey(key, customer: customer)
         return try await pool.write { [pools] db in
             if let (ip, _) = try Self.remembered(db, key: scoped) {
-                guard let existing = try Self.fetchIP(db, ip, customer: customer) else { throw Refusal.notFound("reserved IP \(ip)") }
+                guard let existing = try Self.fetchIP(db, ip, customer: customer) else { throw ReservedIPError.notFound("reserved IP \(ip)") }
                 return existing
             }
             let ip = try Self.allocate(db, pools: pools, customer: customer, region: region, projectId: projectId)
@@ -275,16 +263,15 @@ package final class ReservedIPStore: Sendable {
                 let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT \(Self.ipColumns) FROM reserved_ips WHERE ip = ?"), arguments: [ip])
                 return (row.map(Self.reservedIP) ?? Reservedip_V1_ReservedIP(ip: ip), action, false)
             }
-            if try Self.dropletBusy(db, dropletId) { throw Refusal.dropletBusy() }
-            if let other = try Self.ipOnDroplet(db, dropletId, except: "") {
-                throw RPCError(code: .failedPrecondition, message: "Droplet \(dropletId) already has reserved IP \(other).")
-            }
+            let new = try ReservedIPRules.reserveToDroplet(
+                dropletId: dropletId, dropletBusy: Self.dropletBusy(db, dropletId), ipOnDroplet: Self.ipOnDroplet(db, dropletId, except: "")
+            )
             var ip = try Self.allocate(db, pools: pools, customer: customer, region: region, projectId: projectId)
             try Self.bill(db, ip: ip, kind: "reserve", actionId: 0, dropletId: 0)
-            let actionId = try Self.insertAction(db, type: "assign_ip", ip: ip, dropletId: dropletId, fromDropletId: 0, releasing: false)
+            let actionId = try Self.insertAction(db, new, ip: ip)
             try Self.remember(db, key: scoped, ip: ip.ip, actionId: actionId)
             ip.locked = true
-            guard let action = try Self.fetchAction(db, id: actionId) else { throw RPCError(code: .internal, message: "an action just written cannot be read back") }
+            guard let action = try Self.fetchAction(db, id: actionId) else { throw ReservedIPError.corrupt("an action just written cannot be read back") }
             return (ip, action, true)
         }
     }
@@ -295,18 +282,16 @@ package final class ReservedIPStore: Sendable {
         let scoped = Self.scopedKey(key, customer: customer)
         return try await pool.write { db in
             if let (_, actionId) = try Self.remembered(db, key: scoped), let action = try Self.fetchAction(db, id: actionId) { return (action, false) }
-            guard let ip = try Self.fetchIP(db, address, customer: customer) else { throw Refusal.notFound("reserved IP \(address)") }
-            if ip.locked { throw Refusal.ipBusy() }
-            if ip.dropletId == dropletId {
-                throw RPCError(code: .failedPrecondition, message: "The reserved IP is already assigned to droplet \(dropletId).")
-            }
-            if try Self.dropletBusy(db, dropletId) || (ip.dropletId != 0 && Self.dropletBusy(db, ip.dropletId)) { throw Refusal.dropletBusy() }
-            if let other = try Self.ipOnDroplet(db, dropletId, except: ip.ip) {
-                throw RPCError(code: .failedPrecondition, message: "Droplet \(dropletId) already has reserved IP \(other).")
-            }
-            let actionId = try Self.insertAction(db, type: "assign_ip", ip: ip, dropletId: dropletId, fromDropletId: ip.dropletId, releasing: false)
+            let ip = try Self.fetchIP(db, address, customer: customer)
+            let new = try ReservedIPRules.assign(
+                ip, address: address, to: dropletId, dropletBusy: Self.dropletBusy(db, dropletId),
+                fromDropletBusy: ip.map { $0.dropletId != 0 ? try Self.dropletBusy(db, $0.dropletId) : false } ?? false,
+                ipOnDroplet: Self.ipOnDroplet(db, dropletId, except: address)
+            )
+            guard let ip else { throw ReservedIPError.notFound("reserved IP \(address)") }
+            let actionId = try Self.insertAction(db, new, ip: ip)
             try Self.remember(db, key: scoped, ip: ip.ip, actionId: actionId)
-            guard let action = try Self.fetchAction(db, id: actionId) else { throw RPCError(code: .internal, message: "an action just written cannot be read back") }
+            guard let action = try Self.fetchAction(db, id: actionId) else { throw ReservedIPError.corrupt("an action just written cannot be read back") }
             return (action, true)
         }
     }
@@ -316,13 +301,14 @@ package final class ReservedIPStore: Sendable {
         let scoped = Self.scopedKey(key, customer: customer)
         return try await pool.write { db in
             if let (_, actionId) = try Self.remembered(db, key: scoped), let action = try Self.fetchAction(db, id: actionId) { return (action, false) }
-            guard let ip = try Self.fetchIP(db, address, customer: customer) else { throw Refusal.notFound("reserved IP \(address)") }
-            if ip.locked { throw Refusal.ipBusy() }
-            guard ip.dropletId != 0 else { throw RPCError(code: .failedPrecondition, message: "The reserved IP is not assigned to a droplet.") }
-            if try Self.dropletBusy(db, ip.dropletId) { throw Refusal.dropletBusy() }
-            let actionId = try Self.insertAction(db, type: "unassign_ip", ip: ip, dropletId: ip.dropletId, fromDropletId: 0, releasing: false)
+            let ip = try Self.fetchIP(db, address, customer: customer)
+            let new = try ReservedIPRules.unassign(
+                ip, address: address, dropletBusy: ip.map { $0.dropletId != 0 ? try Self.dropletBusy(db, $0.dropletId) : false } ?? false
+            )
+            guard let ip else { throw ReservedIPError.notFound("reserved IP \(address)") }
+            let actionId = try Self.insertAction(db, new, ip: ip)
             try Self.remember(db, key: scoped, ip: ip.ip, actionId: actionId)
-            guard let action = try Self.fetchAction(db, id: actionId) else { throw RPCError(code: .internal, message: "an action just written cannot be read back") }
+            guard let action = try Self.fetchAction(db, id: actionId) else { throw ReservedIPError.corrupt("an action just written cannot be read back") }
             return (action, true)
         }
     }
@@ -333,16 +319,17 @@ package final class ReservedIPStore: Sendable {
         let scoped = Self.scopedKey(key, customer: customer)
         return try await pool.write { db in
             if let (_, actionId) = try Self.remembered(db, key: scoped) { return try Self.fetchAction(db, id: actionId) }
-            guard let ip = try Self.fetchIP(db, address, customer: customer) else { throw Refusal.notFound("reserved IP \(address)") }
-            if ip.locked { throw Refusal.ipBusy() }
+            let found = try Self.fetchIP(db, address, customer: customer)
+            let decision = try ReservedIPRules.release(found, address: address)
+            guard let ip = found else { throw ReservedIPError.notFound("reserved IP \(address)") }
             try Self.bill(db, ip: ip, kind: "release", actionId: 0, dropletId: ip.dropletId)
-            guard ip.dropletId != 0 else {
+            guard case .unassignFirst(let new) = decision else {
                 try db.cachedStatement(sql: "DELETE FROM reserved_ips WHERE ip = ?").execute(arguments: [ip.ip])
                 try Self.remember(db, key: scoped, ip: ip.ip, actionId: 0)
                 return nil
             }
             try db.cachedStatement(sql: "UPDATE reserved_ips SET released = 1 WHERE ip = ?").execute(arguments: [ip.ip])
-            let actionId = try Self.insertAction(db, type: "unassign_ip", ip: ip, dropletId: ip.dropletId, fromDropletId: 0, releasing: true)
+            let actionId = try Self.insertAction(db, new, ip: ip)
             try Self.remember(db, key: scoped, ip: ip.ip, actionId: actionId)
             return try Self.fetchAction(db, id: actionId)
         }
@@ -378,33 +365,34 @@ package final class ReservedIPStore: Sendable {
     @discardableResult
     package func finishStep(actionId: Int64, phase: Int, completed: Bool, error: String) async throws -> ActionState? {
         try await pool.write { db in
-            guard var state = try Self.fetchAction(db, id: actionId) else { return nil }
-            guard state.action.status == .inProgress, state.phase == phase, let step = state.currentStep else { return state }  // already applied
+            guard let state = try Self.fetchAction(db, id: actionId) else { return nil }
+            guard let end = ReservedIPRules.finishStep(state, phase: phase, completed: completed, error: error) else { return state }  // already applied
             let now = Self.now()
-            if completed {
-                let dropletAfter: Int64 = step.type == "assign_ip" ? step.dropletId : 0
-                try db.cachedStatement(sql: "UPDATE reserved_ips SET droplet_id = ? WHERE ip = ?").execute(arguments: [dropletAfter, state.action.ip])
-                if phase + 1 < state.steps.count {
-                    try db.cachedStatement(sql: "UPDATE actions SET phase = ?, event_id = 0 WHERE id = ?").execute(arguments: [phase + 1, actionId])
-                    return try Self.fetchAction(db, id: actionId)
-                }
+            if let dropletId = end.ipDropletId {
+                try db.cachedStatement(sql: "UPDATE reserved_ips SET droplet_id = ? WHERE ip = ?").execute(arguments: [dropletId, state.action.ip])
+            }
+            switch end.next {
+            case .step(let next):
+                try db.cachedStatement(sql: "UPDATE actions SET phase = ?, event_id = 0 WHERE id = ?").execute(arguments: [next, actionId])
+            case .completed(let billing):
                 try db.cachedStatement(sql: "UPDATE actions SET status = ?, completed_at = ? WHERE id = ?")
                     .execute(arguments: [Reservedip_V1_Action.Status.completed.rawValue, now, actionId])
                 if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT \(Self.ipColumns) FROM reserved_ips WHERE ip = ?"), arguments: [state.action.ip]) {
-                    try Self.bill(db, ip: Self.reservedIP(row), kind: state.action.type == "assign_ip" ? "assign" : "unassign", actionId: actionId, dropletId: state.action.dropletId)
+                    try Self.bill(db, ip: Self.reservedIP(row), kind: billing, actionId: actionId, dropletId: state.action.dropletId)
                 }
-            } else {
+            case .errored(let error):
                 try db.cachedStatement(sql: "UPDATE actions SET status = ?, completed_at = ?, error = ? WHERE id = ?")
                     .execute(arguments: [Reservedip_V1_Action.Status.errored.rawValue, now, error, actionId])
             }
-            try db.cachedStatement(sql: "UPDATE reserved_ips SET action_id = NULL WHERE ip = ? AND action_id = ?").execute(arguments: [state.action.ip, actionId])
-            if state.releasing {
-                // A released IP is done with once its unassign ends (if it errored, the droplet is gone or broken: the
-                // address is not handed out again while a hypervisor may still hold it).
-                if completed { try db.cachedStatement(sql: "DELETE FROM reserved_ips WHERE ip = ? AND released = 1").execute(arguments: [state.action.ip]) }
+            if end.unlocks {
+                try db.cachedStatement(sql: "UPDATE reserved_ips SET action_id = NULL WHERE ip = ? AND action_id = ?").execute(arguments: [state.action.ip, actionId])
             }
-            state = try Self.fetchAction(db, id: actionId) ?? state
-            return state
+            if end.deletesReleasedIP {
+                // A released IP is done with once its unassign completes (if it errored, the droplet is gone or broken:
+                // the address is not handed out again while a hypervisor may still hold it).
+                try db.cachedStatement(sql: "DELETE FROM reserved_ips WHERE ip = ? AND released = 1").execute(arguments: [state.action.ip])
+            }
+            return try Self.fetchAction(db, id: actionId) ?? state
         }
     }
 

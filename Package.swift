@@ -113,7 +113,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "harpoon",
-            dependencies: ["Harpoon", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Harpoon", "HarpoonAPI", "SQLiteSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/HarpoonServer",
             swiftSettings: strictSettings
         ),
@@ -159,7 +159,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "reserved-ip",
-            dependencies: ["ReservedIP", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ReservedIP", "SQLiteSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ReservedIPServer",
             swiftSettings: strictSettings
         ),

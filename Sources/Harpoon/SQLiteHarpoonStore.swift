@@ -1,6 +1,6 @@
 internal import Foundation
 internal import GRDB
-internal import SQLiteSupport
+package import SQLiteSupport
 internal import Synchronization
 package import HarpoonAPI
 
@@ -16,9 +16,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private let clock: any WallClock
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    package init(path: String, readers: Int = 4, clock: any WallClock = SystemClock()) throws {
+    package init(path: String, readers: Int = 4, durability: SQLiteDurability = .full, clock: any WallClock = SystemClock()) throws {
         self.clock = clock
-        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
+        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator, durability: durability)
         pool = database.pool
         let last = try pool.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) FROM events") ?? 0 }
         lastCursor = Mutex(last)

@@ -2,6 +2,7 @@
 import ArgumentParser
 import Harpoon
 import HarpoonAPI
+import SQLiteSupport
 import ServiceRuntime
 
 struct HarpoonCommand: AsyncParsableCommand {
@@ -10,6 +11,8 @@ struct HarpoonCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 50050
     @Option(help: "The SQLite database file (created if missing).") var database = "harpoon.sqlite"
+    @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
+    var sqliteSynchronous = "full"
     @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
     @Option(help: "A region's event routers, region=host:port (several: comma-separated, as each router advertises itself); repeat for each region.")
     var router: [String] = []
@@ -24,7 +27,10 @@ struct HarpoonCommand: AsyncParsableCommand {
                 routers[parts[0], default: []].append((text, ServiceRuntime.serviceClient([address])))
             }
         }
-        let store = try SQLiteHarpoonStore(path: database)
+        guard let durability = SQLiteDurability(rawValue: sqliteSynchronous) else {
+            throw ValidationError("--sqlite-synchronous is full or normal, not '\(sqliteSynchronous)'")
+        }
+        let store = try SQLiteHarpoonStore(path: database, durability: durability)
         let changes = ChangeNotifier()
         let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
         guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }

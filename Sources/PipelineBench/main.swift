@@ -131,6 +131,7 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "First of the ports to use (one per service, in a row).") var basePort = 52000
     @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
     @Option(help: "Explain calls timed after the run (0: none).") var explainSamples = 0
+    @Option(help: "Harpoon's --sqlite-synchronous (full or normal), for an A/B of durability's cost.") var sqliteSynchronous = "full"
 
     func validate() throws {
         guard (1...6).contains(regions) else { throw ValidationError("--regions must be 1 to 6") }
@@ -172,7 +173,7 @@ struct PipelineBench: AsyncParsableCommand {
         }
         let schedulerProcess = children[0]
         let harpoonProcess = try await launch("harpoon", [
-            "--port", "\(harpoonPort)", "--database", database, "--scheduler", "127.0.0.1:\(schedulerPort)",
+            "--port", "\(harpoonPort)", "--database", database, "--scheduler", "127.0.0.1:\(schedulerPort)", "--sqlite-synchronous", sqliteSynchronous,
         ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on")
         let routerMemoryBefore = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
         // The fleet: each region's agents split over its processes.

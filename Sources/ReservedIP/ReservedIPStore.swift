@@ -1,6 +1,6 @@
 internal import Foundation
 internal import GRDB
-internal import SQLiteSupport
+package import SQLiteSupport
 package import ReservedIPAPI
 
 /// One step of an action: a Harpoon event on a droplet's hypervisor.
@@ -48,8 +48,8 @@ package final class ReservedIPStore: Sendable {
     private let pool: DatabasePool
     package let pools: AddressPools
 
-    package init(path: String, pools: AddressPools, readers: Int = 2) throws {
-        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator)
+    package init(path: String, pools: AddressPools, readers: Int = 2, durability: SQLiteDurability = .full) throws {
+        database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator, durability: durability)
         pool = database.pool
         self.pools = pools
     }

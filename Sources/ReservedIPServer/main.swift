@@ -2,6 +2,7 @@
 import ArgumentParser
 import HarpoonAPI
 import ReservedIP
+import SQLiteSupport
 import ServiceRuntime
 
 struct ReservedIPCommand: AsyncParsableCommand {
@@ -10,7 +11,9 @@ struct ReservedIPCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 50080
     @Option(help: "The SQLite database file (created if missing).") var database = "reserved-ip.sqlite"
-    @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
+    @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
+    var sqliteSynchronous = "full"
+    @Option(help: "Harpoon, host:port (replicas: several, comma-separated).") var harpoon = "127.0.0.1:50050"
     @Option(help: "An address pool, region=a.b.c.d/n; repeat for more blocks or regions.") var pool: [String] = []
 
     func run() async throws {
@@ -21,8 +24,13 @@ struct ReservedIPCommand: AsyncParsableCommand {
             throw ValidationError(error.description)
         }
         if pools.blocks.isEmpty { throw ValidationError("give at least one --pool region=a.b.c.d/n") }
-        let harpoonClient = ServiceRuntime.serviceClient([try ServiceRuntime.address(harpoon)])
-        let store = try ReservedIPStore(path: database, pools: pools)
+        guard let durability = SQLiteDurability(rawValue: sqliteSynchronous) else {
+            throw ValidationError("--sqlite-synchronous is full or normal, not '\(sqliteSynchronous)'")
+        }
+        let harpoons = try harpoon.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
+        guard !harpoons.isEmpty else { throw ValidationError("--harpoon needs at least one host:port") }
+        let harpoonClient = ServiceRuntime.serviceClient(harpoons)
+        let store = try ReservedIPStore(path: database, pools: pools, durability: durability)
         let driver = TransitionDriver(store: store, harpoon: harpoonClient)
         let server = RPCServer(
             configuration: .init(host: host, port: port),

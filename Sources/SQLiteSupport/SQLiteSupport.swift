@@ -2,6 +2,16 @@
 package import GRDB
 internal import GRDBSQLite
 
+/// When a committed transaction is on disk (SQLite's `synchronous`, in WAL mode).
+package enum SQLiteDurability: String, Sendable, CaseIterable {
+    /// Every commit is synced before it is acknowledged: an acknowledged write survives a crash of the process and of
+    /// the machine (power loss). The default. Group commit makes it one sync per batch of writes, not per write.
+    case full
+    /// Commits are synced at WAL checkpoints: an acknowledged write survives a crash of the process, but the last
+    /// commits before a power loss or kernel crash may be lost (the database stays consistent).
+    case normal
+}
+
 /// A service's own database in one SQLite file: WAL, one writer and `readers` reader connections, whatever the
 /// load. The connection count is fixed by configuration.
 package struct SQLiteDatabase: Sendable {
@@ -9,14 +19,18 @@ package struct SQLiteDatabase: Sendable {
     package let readers: Int
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date with `migrator`.
-    package init(path: String, readers: Int, migrator: DatabaseMigrator) throws {
+    package init(path: String, readers: Int, migrator: DatabaseMigrator, durability: SQLiteDurability = .full) throws {
         var configuration = Configuration()
         configuration.maximumReaderCount = readers
         configuration.busyMode = .timeout(10)
+        let synchronous = durability == .full ? "FULL" : "NORMAL"
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")  // WAL: durable at checkpoints, safe on crash
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
+        // GRDB sets its writer to NORMAL when it turns on WAL, after `prepareDatabase`: the writer (the one connection
+        // that commits, for the pool's life) gets the chosen mode here.
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
         self.readers = readers
         try migrator.migrate(pool)
     }

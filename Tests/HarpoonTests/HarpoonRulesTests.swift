@@ -1,6 +1,8 @@
 import Foundation
+import GRDB
 @testable import Harpoon
 import HarpoonAPI
+import SQLiteSupport
 import Synchronization
 import Testing
 
@@ -187,5 +189,21 @@ struct HarpoonRulesTests {
         let placed = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil)
         #expect(placed.updatedAt == HarpoonRules.timestamp(1_700_000_060))
         #expect(try await store.event(id: event.id)?.updatedAt == HarpoonRules.timestamp(1_700_000_060))
+    }
+
+    @Test("a commit is synced before it is acknowledged (synchronous FULL) unless the operator chooses otherwise")
+    func durability() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("durability-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for (durability, expected) in [(SQLiteDurability.full, 2), (.normal, 1)] {
+            let database = try SQLiteDatabase(
+                path: directory.appendingPathComponent("\(durability).sqlite").path, readers: 1, migrator: DatabaseMigrator(), durability: durability
+            )
+            #expect(try database.pool.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == expected)
+            #expect(try database.pool.read { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == expected)
+        }
+        let store = try SQLiteDatabase(path: directory.appendingPathComponent("default.sqlite").path, readers: 1, migrator: DatabaseMigrator())
+        #expect(try store.pool.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == 2, "the default is FULL")
     }
 }

@@ -99,6 +99,12 @@ package final class ChildProcess: Sendable {
         return process.terminationStatus
     }
 
+    /// SIGTERM only: asks it to shut down; ``wait(timeout:)`` then gives its exit status.
+    package func terminate() {
+        guard let process = state.withLock({ $0.process }), process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+    }
+
     /// SIGKILL: it dies mid-flight, as in a crash.
     package func crash() {
         guard let process = state.withLock({ $0.process }), process.isRunning else { return }

@@ -1,5 +1,7 @@
 package import ArgumentParser
-internal import Dispatch
+internal import Logging
+internal import ServiceLifecycle
+internal import UnixSignals
 internal import NIOCore
 internal import NIOPosix
 package import ShoalRPC
@@ -75,23 +77,59 @@ package enum ServiceRuntime {
         return (host, port)
     }
 
-    /// Runs `background` tasks beside the started `server` until SIGTERM or SIGINT, then shuts down gracefully.
-    package static func run(server: RPCServer, background: [@Sendable () async -> Void] = []) async {
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let terminate = AsyncStream<Void>.makeStream()
-        var sources: [any DispatchSourceSignal] = []
-        for number in [SIGTERM, SIGINT] {
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { terminate.continuation.yield() }
-            source.resume()
-            sources.append(source)
+    /// How long a service drains on SIGTERM or SIGINT before what is left is cancelled.
+    package static let drainDeadline = Duration.seconds(15)
+
+    /// Runs the started `server` and its `background` workers as one swift-service-lifecycle `ServiceGroup` until
+    /// SIGTERM or SIGINT: then the workers are cancelled (each stops at its next step), the server stops taking calls
+    /// and finishes those in flight (up to 2 s), and the process exits. Past ``drainDeadline`` the group cancels what
+    /// is left. A worker may finish its job and end (a scheduler's recovery does); one that fails shuts the whole
+    /// service down, so that its supervisor restarts it rather than leaving it half alive. The server ending ends the
+    /// service too. Every task has a parent: the group's.
+    package static func run(server: RPCServer, background: [@Sendable () async -> Void] = [], name: String = "shoal") async {
+        var logger = Logger(label: name)
+        logger.logLevel = .notice
+        // Shut down in reverse order: the workers first, then the server drains.
+        let services = [ServiceGroupConfiguration.ServiceConfiguration(
+            service: RPCServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup,
+            failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "rpc-server"
+        )] + background.enumerated().map { index, body in
+            ServiceGroupConfiguration.ServiceConfiguration(
+                service: WorkerService(body: body), successTerminationBehavior: .ignore,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "worker-\(index + 1)"
+            )
         }
-        let tasks = background.map { body in Task { await body() } }
-        var iterator = terminate.stream.makeAsyncIterator()
-        _ = await iterator.next()
-        for task in tasks { task.cancel() }
-        await server.shutdownGracefully(timeout: .seconds(10))
-        for source in sources { source.cancel() }
+        var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        configuration.maximumGracefulShutdownDuration = drainDeadline
+        do {
+            try await ServiceGroup(configuration: configuration).run()
+        } catch {
+            logger.error("\(name) stopped with an error: \(error)")
+        }
+    }
+}
+
+/// An RPC server that is already listening, as a lifecycle service: on graceful shutdown it stops taking calls (a
+/// GOAWAY on every connection), gives the calls in flight ``callDrain`` to finish, then closes what is left. Shoal's
+/// unary calls take milliseconds; what is left after the drain are long-lived streams (an agent's, a watcher's),
+/// whose clients reconnect elsewhere or resume from their cursor.
+struct RPCServerService: Service {
+    static let callDrain = Duration.seconds(2)
+    let server: RPCServer
+
+    func run() async throws {
+        // Until the group shuts down gracefully (or is cancelled, when the drain is skipped).
+        try? await gracefulShutdown()
+        await server.shutdownGracefully(timeout: Self.callDrain)
+    }
+}
+
+/// A background worker (an outbox, a router's flushes, a watcher) as a lifecycle service: cancelled on graceful
+/// shutdown.
+struct WorkerService: Service {
+    let body: @Sendable () async -> Void
+
+    func run() async {
+        await cancelWhenGracefulShutdown { await body() }
     }
 }

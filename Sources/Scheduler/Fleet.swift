@@ -292,7 +292,14 @@ package final class Fleet: Sendable {
     package let reservationTTL: Duration
     package let startup: FleetStartup
 
-    package init(policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300), startup: FleetStartup = .empty) {
+    /// The time reservations are held from and expire at: the monotonic clock in production, one a test advances.
+    private let now: @Sendable () -> ContinuousClock.Instant
+
+    package init(
+        policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300), startup: FleetStartup = .empty,
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
+    ) {
+        self.now = now
         self.policy = policy
         self.reservationTTL = reservationTTL
         self.startup = startup
@@ -337,7 +344,7 @@ package final class Fleet: Sendable {
     /// finished. Holding an event twice holds it once.
     package func restore(_ placements: [HeldPlacement]) {
         state.withLock { state in
-            let now = ContinuousClock.now
+            let now = self.now()
             for placement in placements where !placement.eventId.isEmpty && !placement.hypervisorId.isEmpty {
                 guard state.reservations[placement.eventId] == nil, !state.releasedWhileLoading.contains(placement.eventId) else { continue }
                 if placement.dropletId != 0, state.hypervisor(placement.hypervisorId)?.dropletIds.contains(placement.dropletId) == true { continue }
@@ -382,7 +389,7 @@ package final class Fleet: Sendable {
     /// looks at every hypervisor of the region, is built outside it, so placements go on meanwhile.
     package func explain(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         let (entries, starting) = state.withLock { state in
-            state.expire(now: .now, policy: policy)
+            state.expire(now: now(), policy: policy)
             return (state.regions[request.region]?.entries ?? [], state.notReady(request.region, startup: startup))
         }
         var report = PlacementRules.report(candidates: entries.lazy.map { ($0.state, $0.held) }, request: request, policy: policy)
@@ -399,7 +406,7 @@ package final class Fleet: Sendable {
     /// when nothing fits, the response has every skip and its reason.
     package func place(_ request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
         state.withLock { state in
-            let now = ContinuousClock.now
+            let now = self.now()
             state.expire(now: now, policy: policy)
             if !request.eventId.isEmpty, let existing = state.reservations[request.eventId] {
                 return Scheduler_V2_PlaceResponse(

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 @testable import Scheduler
 import SchedulerAPI
 import TestSupport
@@ -21,6 +22,15 @@ func hosting(_ id: String, memoryMB: UInt64, droplets: [Int64]) -> Hypervisor {
     state.dropletCount = UInt32(droplets.count)
     state.dropletIds = droplets
     return state
+}
+
+/// Time a test moves by hand: reservations expire when it says so, not after a real wait.
+final class ManualTime: Sendable {
+    private let base = ContinuousClock.now
+    private let offset = Mutex(Duration.zero)
+
+    func now() -> ContinuousClock.Instant { base.advanced(by: offset.withLock { $0 }) }
+    func advance(by duration: Duration) { offset.withLock { $0 += duration } }
 }
 
 func place(_ size: Size, region: String = "nyc1", customer: String = "alice", event: String = "") -> Scheduler_V2_PlaceRequest {
@@ -148,8 +158,9 @@ struct FleetTests {
     }
 
     @Test("release and expiry return capacity; Explain reserves nothing")
-    func releaseAndExpiry() async {
-        let fleet = Fleet(reservationTTL: .milliseconds(100))
+    func releaseAndExpiry() {
+        let time = ManualTime()
+        let fleet = Fleet(reservationTTL: .milliseconds(100), now: time.now)
         fleet.report([hypervisor("hv1", memoryMB: 2048)])  // room for one small droplet
         #expect(fleet.explain(place(small, event: "x")).hypervisorId == "hv1")
         #expect(fleet.reservationCount == 0)
@@ -158,14 +169,11 @@ struct FleetTests {
         #expect(fleet.release(eventId: "a"))
         #expect(!fleet.release(eventId: "a"))
         #expect(fleet.place(place(small, event: "b")).hypervisorId == "hv1")
-        // "b" is never released: its reservation expires.
-        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
-        var freed = false
-        while ContinuousClock.now < deadline {
-            if fleet.explain(place(small)).hypervisorId == "hv1" { freed = true; break }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        #expect(freed)
+        // "b" is never released: its reservation expires, not a moment before.
+        time.advance(by: .milliseconds(99))
+        #expect(fleet.explain(place(small)).hypervisorId.isEmpty)
+        time.advance(by: .milliseconds(1))
+        #expect(fleet.explain(place(small)).hypervisorId == "hv1")
     }
 
     @Test("a completed create holds its room until the hypervisor reports hosting the droplet")
@@ -336,8 +344,9 @@ struct FastPathTests {
     }
 
     @Test("holds are counted as they come and go: released, expired, or reported by the hypervisor")
-    func holdsKeptCurrent() async throws {
-        let fleet = Fleet(reservationTTL: .milliseconds(200))
+    func holdsKeptCurrent() {
+        let time = ManualTime()
+        let fleet = Fleet(reservationTTL: .milliseconds(200), now: time.now)
         fleet.report([hypervisor("hv1", memoryMB: 3072)])  // room for two small droplets above the floor
         #expect(fleet.place(place(small, event: "a")).hypervisorId == "hv1")
         var second = place(small, event: "b")
@@ -351,7 +360,7 @@ struct FastPathTests {
         #expect(fleet.reservationCount == 1)
         #expect(fleet.place(place(small, event: "d")).hypervisorId.isEmpty)
         // Holds expire.
-        try await Task.sleep(for: .milliseconds(250))
+        time.advance(by: .milliseconds(250))
         #expect(fleet.place(place(small, event: "e")).hypervisorId == "hv1")
         #expect(fleet.reservationCount == 1)
     }

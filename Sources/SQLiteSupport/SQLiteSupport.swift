@@ -1,6 +1,8 @@
 // What Shoal's SQLite stores share: how a database is opened, and the point read of the hot paths.
 package import GRDB
 internal import GRDBSQLite
+internal import NIOPosix
+internal import Synchronization
 
 /// When a committed transaction is on disk (SQLite's `synchronous`, in WAL mode).
 package enum SQLiteDurability: String, Sendable, CaseIterable {
@@ -17,6 +19,8 @@ package enum SQLiteDurability: String, Sendable, CaseIterable {
 package struct SQLiteDatabase: Sendable {
     package let pool: DatabasePool
     package let readers: Int
+    /// Read-only connections of their own for point reads on event-loop threads (``readNow(_:)``).
+    private let pointReaders: PointReaders
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date with `migrator`.
     package init(path: String, readers: Int, migrator: DatabaseMigrator, durability: SQLiteDurability = .full) throws {
@@ -33,16 +37,48 @@ package struct SQLiteDatabase: Sendable {
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
         self.readers = readers
         try migrator.migrate(pool)
+        pointReaders = PointReaders(path: path)
     }
 
-    package var connectionCount: Int { 1 + readers }
+    /// The pool's connections (one writer, `readers` readers) and the event loops' point-read connections open now
+    /// (at most one per event-loop thread): fixed by configuration, not by load.
+    package var connectionCount: Int { 1 + readers + pointReaders.count }
 
     /// A point read on the caller's thread: a WAL reader never waits for the writer, and one indexed row costs less
     /// than the two thread hops of an asynchronous read (the hot path of the customer API's GETs). Only for a single
     /// statement, which SQLite runs atomically on its own: it skips the BEGIN/COMMIT of an isolated read, which cost
     /// twice the SELECT itself.
+    ///
+    /// On an event loop it never waits for the pool: each event-loop thread reads through a read-only connection of its
+    /// own (WAL readers never block). Waiting there could deadlock: services run Swift concurrency on the event loops,
+    /// and an asynchronous `pool.read` gives its reader back only when its task resumes, on an event loop — perhaps
+    /// the very one that would be blocked waiting for a reader. Elsewhere it takes a pool reader, as any read does.
     package func readNow<T>(_ body: (Database) throws -> T) throws -> T {
-        try pool.unsafeRead(body)
+        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else { return try pool.unsafeRead(body) }
+        return try pointReaders.connection(for: ObjectIdentifier(loop)).inDatabase(body)
+    }
+}
+
+/// One read-only connection per event loop, opened on its first point read. Only its own loop's thread uses each, so
+/// none is ever waited for.
+final class PointReaders: Sendable {
+    private let path: String
+    private let connections = Mutex<[ObjectIdentifier: DatabaseQueue]>([:])
+
+    init(path: String) { self.path = path }
+
+    var count: Int { connections.withLock { $0.count } }
+
+    func connection(for loop: ObjectIdentifier) throws -> DatabaseQueue {
+        try connections.withLock { connections in
+            if let existing = connections[loop] { return existing }
+            var configuration = Configuration()
+            configuration.readonly = true
+            configuration.busyMode = .timeout(10)
+            let connection = try DatabaseQueue(path: path, configuration: configuration)
+            connections[loop] = connection
+            return connection
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 import Foundation
 import GRDB
+import NIOCore
+import NIOPosix
 @testable import Harpoon
 import HarpoonAPI
 import SQLiteSupport
@@ -205,5 +207,34 @@ struct HarpoonRulesTests {
         }
         let store = try SQLiteDatabase(path: directory.appendingPathComponent("default.sqlite").path, readers: 1, migrator: DatabaseMigrator())
         #expect(try store.pool.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == 2, "the default is FULL")
+    }
+
+    @Test("a point read on an event loop never waits for the pool: it answers while every pool reader is held", .timeLimit(.minutes(1)))
+    func pointReadsDoNotWaitForThePool() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("point-read-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in try db.execute(sql: "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (42)") }
+        let database = try SQLiteDatabase(path: directory.appendingPathComponent("p.sqlite").path, readers: 1, migrator: migrator)
+        // The pool's only reader, held until the point read has answered.
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let holding = Task {
+            try await database.pool.read { _ in
+                entered.signal()
+                release.wait()
+            }
+        }
+        while entered.wait(timeout: .now()) == .timedOut { await Task.yield() }
+        // Before the fix this blocked the event loop for good (waiting for the held reader).
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let value = try await loop.submit { try database.readNow { try Int.fetchOne($0, sql: "SELECT x FROM t") } }.get()
+        #expect(value == 42)
+        #expect(database.connectionCount == 1 + 1 + 1, "the writer, the pool's reader, and this loop's point-read connection")
+        release.signal()
+        try await holding.value
+        // Off an event loop, a point read takes a pool reader like any read.
+        #expect(try database.readNow { try Int.fetchOne($0, sql: "SELECT x FROM t") } == 42)
     }
 }

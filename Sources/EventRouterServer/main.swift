@@ -9,6 +9,7 @@ struct EventRouterCommand: AsyncParsableCommand {
 
     @Option(help: "The region this router serves.") var region: String
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Port to listen on (0: any free port).") var port = 50070
     @Option(help: "Harpoon, host:port (replicas: several, comma-separated).") var harpoon = "127.0.0.1:50050"
     @Option(help: "The address Harpoon reaches this router at, host:port, as Harpoon's --router lists it (default: --host and the port listened on).")
@@ -36,12 +37,13 @@ struct EventRouterCommand: AsyncParsableCommand {
             heartbeatTimeout: .seconds(heartbeatTimeoutSeconds),
             abandonAfter: .seconds(abandonAfterSeconds)
         )
-        let server = RPCServer(configuration: .init(host: host, port: port), services: [EventRouterService(router: router)])
+        let server = RPCServer(configuration: .init(host: host, port: port), services: [EventRouterService(router: router)], interceptors: ServiceRuntime.serverInterceptors)
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         try await server.start()
         router.advertise(advertise ?? "\(host):\(server.port ?? port)")
         ServiceRuntime.announce("event-router \(region) ready on \(host):\(server.port ?? port)")
         let interval = Duration.milliseconds(flushMilliseconds)
-        await ServiceRuntime.run(server: server, background: [{ await router.run(flushInterval: interval) }])
+        await ServiceRuntime.run(server: server, metrics: metrics, background: [{ await router.run(flushInterval: interval) }])
     }
 }
 

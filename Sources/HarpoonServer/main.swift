@@ -9,6 +9,7 @@ struct HarpoonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "harpoon", abstract: "Harpoon: the event API and the events database.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Port to listen on (0: any free port).") var port = 50050
     @Option(help: "The SQLite database file (created if missing).") var database = "harpoon.sqlite"
     @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
@@ -40,11 +41,13 @@ struct HarpoonCommand: AsyncParsableCommand {
         let worker = OutboxWorker(store: store, placer: placer, delivery: RouterDelivery(regions: routers), onChange: { changes.changed() })
         let server = RPCServer(
             configuration: .init(host: host, port: port),
-            services: [HarpoonService(store: store, worker: worker, changes: changes, placer: placer)]
+            services: [HarpoonService(store: store, worker: worker, changes: changes, placer: placer)],
+            interceptors: ServiceRuntime.serverInterceptors
         )
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         try await server.start()
         ServiceRuntime.announce("harpoon ready on \(host):\(server.port ?? port)")
-        await ServiceRuntime.run(server: server, background: [{ await worker.run() }])
+        await ServiceRuntime.run(server: server, metrics: metrics, background: [{ await worker.run() }])
     }
 }
 

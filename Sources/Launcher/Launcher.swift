@@ -129,6 +129,13 @@ struct Launcher: AsyncParsableCommand {
         var routerPorts: [String: Int] = [:]
         for region in regions { routerPorts[region.slug] = try freeLoopbackPort() }
         let apiPort = self.apiPort == 0 ? try freeLoopbackPort() : self.apiPort
+        // Each RPC service's Prometheus /metrics.
+        var metricsPorts: [(name: String, port: Int)] = []
+        func metrics(_ name: String) throws -> [String] {
+            let port = try freeLoopbackPort()
+            metricsPorts.append((name, port))
+            return ["--metrics-port", "\(port)"]
+        }
         func local(_ port: Int) -> String { "127.0.0.1:\(port)" }
 
         var services: [Service] = []
@@ -158,19 +165,19 @@ struct Launcher: AsyncParsableCommand {
             say("service \(name) pid \(service.pid): \(line)")
         }
         do {
-            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", local(harpoonPort)], ready: "ready on")
+            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", local(harpoonPort)] + metrics("scheduler"), ready: "ready on")
             try await launch("harpoon", "harpoon", [
                 "--port", "\(harpoonPort)", "--database", data.appendingPathComponent("harpoon.sqlite").path, "--scheduler", local(schedulerPort),
-            ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] }, ready: "ready on")
+            ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + metrics("harpoon"), ready: "ready on")
             for region in regions {
                 try await launch("event-router-\(region.slug)", "event-router", [
                     "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", local(harpoonPort),
                     "--scheduler", local(schedulerPort),
-                ], ready: "ready on")
+                ] + metrics("event-router-\(region.slug)"), ready: "ready on")
             }
             try await launch("reserved-ip", "reserved-ip", [
                 "--port", "\(reservedIPPort)", "--database", data.appendingPathComponent("reserved-ip.sqlite").path, "--harpoon", local(harpoonPort),
-            ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] }, ready: "ready on")
+            ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + metrics("reserved-ip"), ready: "ready on")
             for region in regions {
                 try await launch("hypervisors-\(region.slug)", "hypervisor", [
                     "--region", region.slug, "--router", local(routerPorts[region.slug] ?? 0), "--id", "\(region.slug)-hv",
@@ -203,6 +210,8 @@ struct Launcher: AsyncParsableCommand {
           curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
                -d '{"type":"assign","droplet_id":DROPLET_ID}' \(api)/v2/reserved_ips/IP/actions
           curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/actions
+
+        metrics (Prometheus text): \(metricsPorts.map { "\($0.name) http://127.0.0.1:\($0.port)/metrics" }.joined(separator: ", "))
 
         Ctrl-C stops everything.
         cluster ready

@@ -9,6 +9,7 @@ struct ReservedIPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "reserved-ip", abstract: "The reserved-IP orchestrator.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Port to listen on (0: any free port).") var port = 50080
     @Option(help: "The SQLite database file (created if missing).") var database = "reserved-ip.sqlite"
     @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
@@ -34,12 +35,14 @@ struct ReservedIPCommand: AsyncParsableCommand {
         let driver = TransitionDriver(store: store, harpoon: harpoonClient)
         let server = RPCServer(
             configuration: .init(host: host, port: port),
-            services: [ReservedIPService(store: store, driver: driver, harpoon: harpoonClient)]
+            services: [ReservedIPService(store: store, driver: driver, harpoon: harpoonClient)],
+            interceptors: ServiceRuntime.serverInterceptors
         )
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         try await server.start()
         try await driver.resume()
         ServiceRuntime.announce("reserved-ip ready on \(host):\(server.port ?? port)")
-        await ServiceRuntime.run(server: server, background: [{ await driver.watch() }])
+        await ServiceRuntime.run(server: server, metrics: metrics, background: [{ await driver.watch() }])
     }
 }
 

@@ -9,6 +9,7 @@ struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "scheduler", abstract: "Scheduler V2: places droplets on hypervisors.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Port to listen on (0: any free port).") var port = 50060
     @Option(help: "Seconds a placement holds capacity unless its event finishes first.") var reservationTTLSeconds = 300
     @Option(help: "Harpoon, host:port (several, comma-separated): where the placements still in flight are learnt at start.")
@@ -21,10 +22,11 @@ struct SchedulerCommand: AsyncParsableCommand {
         // reported all of its hypervisors: a restarted scheduler must not give away room its predecessor held.
         let fleet = Fleet(reservationTTL: .seconds(reservationTTLSeconds), startup: .recovering)
         let source = HarpoonPlacements(client: ServiceRuntime.serviceClient(targets))
-        let server = RPCServer(configuration: .init(host: host, port: port), services: [SchedulerService(fleet: fleet)])
+        let server = RPCServer(configuration: .init(host: host, port: port), services: [SchedulerService(fleet: fleet)], interceptors: ServiceRuntime.serverInterceptors)
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         try await server.start()
         ServiceRuntime.announce("scheduler ready on \(host):\(server.port ?? port)")
-        await ServiceRuntime.run(server: server, background: [{
+        await ServiceRuntime.run(server: server, metrics: metrics, background: [{
             let loaded = await fleet.recover(from: source) { error in
                 ServiceRuntime.complain("scheduler: cannot load the placements in flight from Harpoon yet (placements wait): \(error)")
             }

@@ -2,7 +2,7 @@ package import ArgumentParser
 internal import Logging
 internal import ServiceLifecycle
 internal import UnixSignals
-internal import NIOCore
+package import NIOCore
 internal import NIOPosix
 package import ShoalRPC
 
@@ -86,7 +86,9 @@ package enum ServiceRuntime {
     /// is left. A worker may finish its job and end (a scheduler's recovery does); one that fails shuts the whole
     /// service down, so that its supervisor restarts it rather than leaving it half alive. The server ending ends the
     /// service too. Every task has a parent: the group's.
-    package static func run(server: RPCServer, background: [@Sendable () async -> Void] = [], name: String = "shoal") async {
+    package static func run(
+        server: RPCServer, metrics: (any Channel)? = nil, background: [@Sendable () async -> Void] = [], name: String = "shoal"
+    ) async {
         var logger = Logger(label: name)
         logger.logLevel = .notice
         // Shut down in reverse order: the workers first, then the server drains.
@@ -106,6 +108,7 @@ package enum ServiceRuntime {
         } catch {
             logger.error("\(name) stopped with an error: \(error)")
         }
+        try? await metrics?.close()
     }
 }
 

@@ -16,6 +16,8 @@ final class ProcessCluster {
     let regions: [String]
     var processes: [String: ChildProcess] = [:]
     var ports: [String: Int] = [:]
+    /// Each service's Prometheus /metrics port.
+    var metricsPorts: [String: Int] = [:]
     let client: RPCClient
     let harpoon: Harpoon_V1_Harpoon.Client
 
@@ -32,7 +34,10 @@ final class ProcessCluster {
         self.routers = routers
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-cluster-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in schedulers + ["harpoon"] + regions.flatMap({ routers[$0] ?? [] }) { ports[name] = try freeLoopbackPort() }
+        for name in schedulers + ["harpoon"] + regions.flatMap({ routers[$0] ?? [] }) {
+            ports[name] = try freeLoopbackPort()
+            metricsPorts[name] = try freeLoopbackPort()
+        }
         client = RPCClient(targets: [("127.0.0.1", ports["harpoon"] ?? 0)])
         harpoon = Harpoon_V1_Harpoon.Client(client)
     }
@@ -51,6 +56,11 @@ final class ProcessCluster {
     }
 
     func define(_ name: String) -> ChildProcess {
+        let process = defineWithoutMetrics(name)
+        return ChildProcess(path: process.path, arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0)])
+    }
+
+    private func defineWithoutMetrics(_ name: String) -> ChildProcess {
         switch name {
         case _ where name.hasPrefix("scheduler"):
             return ChildProcess(path: built("scheduler"), arguments: [

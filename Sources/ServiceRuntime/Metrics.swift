@@ -1,0 +1,116 @@
+package import ArgumentParser
+internal import CoreMetrics
+internal import Metrics
+package import NIOCore
+internal import NIOHTTP1
+internal import NIOPosix
+internal import Prometheus
+package import ShoalRPC
+internal import Synchronization
+
+/// The command-line options every service shares.
+package struct RuntimeOptions: ParsableArguments {
+    @Option(help: "Serve Prometheus metrics over HTTP at /metrics on this port (0: any free port; none: no metrics).")
+    package var metricsPort: Int?
+
+    package init() {}
+}
+
+extension ServiceRuntime {
+    /// The registry every metric of this process goes to (swift-metrics, bootstrapped once with a Prometheus
+    /// backend by ``startMetrics(port:host:)``).
+    static let registry = PrometheusCollectorRegistry()
+    private static let bootstrapped = Mutex(false)
+
+    /// The interceptors every Shoal RPC server runs: RED metrics per method.
+    package static var serverInterceptors: [any RPCServerInterceptor] { [RPCMetricsInterceptor()] }
+
+    /// Starts serving `/metrics` (Prometheus text) on `host:port` if a port is given, after making swift-metrics
+    /// record into this process's registry; returns the listening channel (`nil`: no port given).
+    package static func startMetrics(port: Int?, host: String) async throws -> (any Channel)? {
+        bootstrapMetrics()
+        guard let port else { return nil }
+        let registry = Self.registry
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(MetricsHTTPHandler(registry: registry))
+                }
+            }
+            .bind(host: host, port: port).get()
+        announce("metrics on http://\(host):\(channel.localAddress?.port ?? port)/metrics")
+        return channel
+    }
+
+    /// Makes swift-metrics record into ``registry`` (once per process).
+    static func bootstrapMetrics() {
+        let first = bootstrapped.withLock { done in
+            defer { done = true }
+            return !done
+        }
+        if first { MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry)) }
+    }
+}
+
+/// Requests, errors by gRPC code and latency for every method a server serves: `rpc_server_requests_total{method,code}`
+/// and `rpc_server_duration_seconds{method}` (a histogram; for a stream, its whole life).
+struct RPCMetricsInterceptor: RPCServerInterceptor {
+    func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
+        let started = ContinuousClock.now
+        let method = context.descriptor.path
+        var code = "ok"
+        defer {
+            Counter(label: "rpc_server_requests_total", dimensions: [("method", method), ("code", code)]).increment()
+            let (seconds, attoseconds) = (ContinuousClock.now - started).components
+            Metrics.Timer(label: "rpc_server_duration_seconds", dimensions: [("method", method)])
+                .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        }
+        do {
+            try await next(context)
+        } catch {
+            code = Self.code(of: error)
+            throw error
+        }
+    }
+
+    /// The status code a handler's error ends its call with, as the server maps it.
+    static func code(of error: any Error) -> String {
+        let code: RPCError.Code =
+            if let error = error as? RPCError { error.code }
+            else if let error = error as? any RPCStatusConvertible { error.rpcError.code }
+            else if error is CancellationError { .cancelled }
+            else { .unknown }
+        return String(code.description.map { $0 == " " ? "_" : $0 })
+    }
+}
+
+/// `GET /metrics`: the registry in Prometheus' text format; anything else is 404.
+final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let registry: PrometheusCollectorRegistry
+    private var path: String?
+
+    init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): path = head.method == .GET ? head.uri.split(separator: "?").first.map(String.init) : nil
+        case .body: break
+        case .end:
+            let found = path == "/metrics"
+            let body = found ? registry.emitToBuffer() : Array("not found: metrics are at /metrics\n".utf8)
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: found ? "text/plain; version=0.0.4" : "text/plain")
+            headers.add(name: "content-length", value: String(body.count))
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+            var buffer = context.channel.allocator.buffer(capacity: body.count)
+            buffer.writeBytes(body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            path = nil
+        }
+    }
+}

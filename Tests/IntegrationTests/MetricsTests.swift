@@ -1,0 +1,58 @@
+import ChildProcess
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import HarpoonAPI
+import Testing
+import TestSupport
+
+/// One service's /metrics, as Prometheus would scrape it.
+func scrape(_ port: Int) async throws -> String {
+    let url = try #require(URL(string: "http://127.0.0.1:\(port)/metrics"))
+    let (data, response) = try await URLSession.shared.data(from: url)
+    #expect((response as? HTTPURLResponse)?.statusCode == 200)
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// The sum of a metric's samples whose labels include every one of `labels` (`name="value"`).
+func sample(_ text: String, _ metric: String, _ labels: [String: String]) -> Double {
+    var total = 0.0
+    for line in text.split(separator: "\n") where line.hasPrefix(metric + "{") || line.hasPrefix(metric + " ") {
+        guard labels.allSatisfy({ line.contains("\($0.key)=\"\($0.value)\"") }), let value = line.split(separator: " ").last.flatMap({ Double($0) }) else {
+            continue
+        }
+        total += value
+    }
+    return total
+}
+
+@Suite("metrics: every service serves Prometheus text", .serialized)
+struct MetricsTests {
+    @Test("requests, errors by code and latency move on every service a creation crosses, and a refusal is counted by its code")
+    func redMetrics() async throws {
+        let cluster = try await ProcessCluster(regions: ["nyc1"])
+        do {
+            try await cluster.start(agentsPerRegion: 2)
+            let harpoon = cluster.harpoon
+            let ports = (harpoon: cluster.metricsPorts["harpoon"] ?? 0, scheduler: cluster.metricsPorts["scheduler"] ?? 0, router: cluster.metricsPorts["router-nyc1"] ?? 0)
+            let create = "/harpoon.v1.Harpoon/CreateDroplet"
+            let before = sample(try await scrape(ports.harpoon), "rpc_server_requests_total", ["method": create, "code": "ok"])
+            try await createDroplets(harpoon, prefix: "metrics", count: 5)
+            let settled = try await waitUntilSettled(cluster, count: 5, timeout: .seconds(30))
+            #expect(settled.allSatisfy { $0.status == .active })
+            let harpoonText = try await scrape(ports.harpoon)
+            #expect(sample(harpoonText, "rpc_server_requests_total", ["method": create, "code": "ok"]) == before + 5)
+            #expect(sample(harpoonText, "rpc_server_duration_seconds_count", ["method": create]) >= 5, "no latency histogram for CreateDroplet")
+            // The placements and deliveries those creations caused, on the services that served them.
+            #expect(sample(try await scrape(ports.scheduler), "rpc_server_requests_total", ["method": "/scheduler.v2.Scheduler/PlaceBatch", "code": "ok"]) >= 1)
+            #expect(sample(try await scrape(ports.router), "rpc_server_requests_total", ["method": "/eventrouter.v1.EventRouter/DeliverBatch", "code": "ok"]) >= 1)
+            // A refusal is counted under its status code.
+            _ = try? await harpoon.getDroplet(.init(id: 999_999, customer: "alice"))
+            #expect(sample(try await scrape(ports.harpoon), "rpc_server_requests_total", ["method": "/harpoon.v1.Harpoon/GetDroplet", "code": "not_found"]) == 1)
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
+}

@@ -513,7 +513,8 @@ struct HarpoonRPCTests {
                 }
                 #expect(seen == [.pending, .running])
                 let stats = try await harpoon.stats(.init())
-                #expect(stats.databaseConnections == 5)
+                // One writer and four readers, plus a point-read connection per event loop that has served one.
+                #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
             }
         }
     }

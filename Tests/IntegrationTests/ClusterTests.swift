@@ -58,7 +58,8 @@ struct ClusterTests {
             #expect(errored.status == .errored)
             #expect(errored.error.contains("has room for s-32vcpu-192gb"), "\(errored.error)")
             let stats = try await harpoon.stats(.init())
-            #expect(stats.databaseConnections == 5)
+            // One writer and four readers, plus a point-read connection per event loop that has served one.
+            #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
         } catch {
             Issue.record("\(error)")
         }

@@ -169,7 +169,8 @@ struct OrchestratorTests {
             #expect(try await orchestrator.ip(ip).locked)
             #expect(try await orchestrator.ip(ip).dropletId == 0)  // not before the action completes
             let during = try await orchestrator.api.stats(.init())
-            #expect(during.actionsInProgress == 1 && during.databaseConnections == 3)
+            // One writer and two readers, plus a point-read connection per event loop that has served one.
+            #expect(during.actionsInProgress == 1 && (3...3 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(during.databaseConnections)))
             // One action at a time, on the IP and on the droplet.
             let busyIP = await refusal { try await orchestrator.api.assign(.init(customer: "alice", ip: ip, dropletId: other)) }
             #expect(busyIP?.code == .failedPrecondition && busyIP?.message == "The reserved IP already has a pending event.")

@@ -49,7 +49,8 @@ package final class Router: Sendable {
         var needsComplete: [Bool]
         var unresponsive: Set<String> = []
         var address: String
-        /// Heartbeats that carried a state (a change), since the start.
+        /// Heartbeats, and those that carried a state (a change), since the start.
+        var heartbeatsReceived = 0
         var statesReceived = 0
         /// Push latencies the agents reported.
         var push = PushLatency()
@@ -106,6 +107,7 @@ package final class Router: Sendable {
     package var pendingEvents: Int { state.withLock { $0.pending.values.reduce(0) { $0 + $1.count } } }
     /// Heartbeats that carried a state, since the start.
     var statesReceived: Int { state.withLock { $0.statesReceived } }
+    var heartbeatsReceived: Int { state.withLock { $0.heartbeatsReceived } }
     func isUnresponsive(_ hypervisorId: String) -> Bool { state.withLock { $0.unresponsive.contains(hypervisorId) } }
     /// Connected agents silent past the heartbeat timeout.
     package var silentAgents: Int { state.withLock { state in state.sessions.keys.filter { state.unresponsive.contains($0) }.count } }
@@ -211,6 +213,7 @@ package final class Router: Sendable {
     func heartbeat(_ agentState: Scheduler_V2_HypervisorState?, from hypervisorId: String) {
         state.withLock { state in
             state.lastSeen[hypervisorId] = .now
+            state.heartbeatsReceived += 1
             guard var agentState else {
                 // Alive, unchanged; back from silence, it is reported again as it last was.
                 if state.unresponsive.remove(hypervisorId) != nil, var latest = state.latest[hypervisorId] {

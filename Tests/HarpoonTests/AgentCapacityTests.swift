@@ -319,10 +319,11 @@ struct TickerTests {
     func ticks() async throws {
         let ticker = Ticker(resolution: .seconds(3600))  // ticked by hand below
         let start = ContinuousClock.now
-        let short = Task { try await ticker.sleep(for: .seconds(10)) }
-        let long = Task { try await ticker.sleep(for: .seconds(20)) }
-        let cancelled = Task { try await ticker.sleep(for: .seconds(30)) }
-        #expect(await eventually { ticker.waiting == 3 })
+        // Each task runs at once up to its first suspension: its sleep is registered when `Task.immediate` returns.
+        let short = Task.immediate { try await ticker.sleep(for: .seconds(10)) }
+        let long = Task.immediate { try await ticker.sleep(for: .seconds(20)) }
+        let cancelled = Task.immediate { try await ticker.sleep(for: .seconds(30)) }
+        #expect(ticker.waiting == 3)
         #expect(ticker.tick(now: start.advanced(by: .seconds(5))) == 0)
         #expect(ticker.tick(now: start.advanced(by: .seconds(15))) == 1)
         try await short.value

@@ -53,9 +53,33 @@ struct RouterDirectoryTests {
             RouterDelivery(regions: ["nyc1": zip(addresses, clients).map { (address: $0, client: $1) }])
         }
 
+        /// An agent running on router `index` until ``ConnectedAgent/disconnect()``.
+        func connect(_ agent: HypervisorAgent, to index: Int) throws -> ConnectedAgent {
+            let client = RPCClient(targets: [("127.0.0.1", try #require(servers[index].port))])
+            return ConnectedAgent(task: Task { await agent.run(client: client) }, client: client)
+        }
+
+        /// Flushes router `index` and says whether the scheduler's view names it for `hypervisorId`.
+        func reported(_ hypervisorId: String, by index: Int) async -> Bool {
+            await routers[index].flush()
+            return fleet.routers.withLock { $0[hypervisorId] } == addresses[index]
+        }
+
         func stop() async {
             for client in clients { await client.close() }
             for server in servers { await server.shutdownGracefully(timeout: .seconds(2)) }
+        }
+    }
+
+    struct ConnectedAgent {
+        let task: Task<Void, Never>
+        let client: RPCClient
+
+        /// Ends the agent's stream (its router sees it leave) and closes its connection.
+        func disconnect() async {
+            task.cancel()
+            await task.value
+            await client.close()
         }
     }
 
@@ -74,8 +98,7 @@ struct RouterDirectoryTests {
         let routers = try await TwoRouters()
         let delivery = routers.delivery
         let agent = HypervisorAgent(AgentConfiguration(hypervisorId: "hv1", region: "nyc1"))
-        let agentClient = RPCClient(targets: [("127.0.0.1", try #require(routers.servers[1].port))])
-        let onB = Task { await agent.run(client: agentClient) }
+        let onB = try routers.connect(agent, to: 1)
         #expect(await eventually { routers.routers[1].connectedAgents == 1 })
 
         // The placement names router A (stale); the agent is on B.
@@ -84,18 +107,12 @@ struct RouterDirectoryTests {
         #expect(routers.routers[0].pendingEvents == 0, "router A kept an event for an agent that is not its own")
         #expect(delivery.knownRouter(of: "hv1") == 1)
         // B's reports name B, so the scheduler's next placements name the right router.
-        #expect(await eventually {
-            await routers.routers[1].flush()
-            return routers.fleet.routers.withLock { $0["hv1"] } == routers.addresses[1]
-        })
+        #expect(await eventually { await routers.reported("hv1", by: 1) })
 
         // The agent moves to A (B's stream ends; it reconnects elsewhere).
-        onB.cancel()
-        await onB.value
-        await agentClient.close()
+        await onB.disconnect()
         #expect(await eventually { routers.routers[1].connectedAgents == 0 })
-        let agentClientA = RPCClient(targets: [("127.0.0.1", try #require(routers.servers[0].port))])
-        let onA = Task { await agent.run(client: agentClientA) }
+        let onA = try routers.connect(agent, to: 0)
         #expect(await eventually { routers.routers[0].connectedAgents == 1 })
         // No hint at all: the directory says B, B no longer has the agent, A has.
         try await delivery.deliver(event(2), via: "")
@@ -103,9 +120,7 @@ struct RouterDirectoryTests {
         #expect(delivery.knownRouter(of: "hv1") == 0)
         #expect(routers.routers[1].pendingEvents == 0, "router B kept an event for an agent that left it")
 
-        onA.cancel()
-        await onA.value
-        await agentClientA.close()
+        await onA.disconnect()
         await routers.stop()
     }
 
@@ -145,15 +160,9 @@ struct RouterDirectoryTests {
     func stamps() async throws {
         let routers = try await TwoRouters()
         let agent = HypervisorAgent(AgentConfiguration(hypervisorId: "hv9", region: "nyc1"))
-        let client = RPCClient(targets: [("127.0.0.1", try #require(routers.servers[0].port))])
-        let running = Task { await agent.run(client: client) }
-        #expect(await eventually {
-            await routers.routers[0].flush()
-            return routers.fleet.routers.withLock { $0["hv9"] } == routers.addresses[0]
-        })
-        running.cancel()
-        await running.value
-        await client.close()
+        let running = try routers.connect(agent, to: 0)
+        #expect(await eventually { await routers.reported("hv9", by: 0) })
+        await running.disconnect()
         #expect(await eventually { routers.fleet.unresponsive.withLock { $0.contains { $0.ids == ["hv9"] && $0.router == routers.addresses[0] } } })
         await routers.stop()
     }
@@ -220,8 +229,10 @@ struct HeartbeatDeltaTests {
         let client = RPCClient(targets: [("127.0.0.1", port)])
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
         configuration.eventDuration = .zero
-        configuration.heartbeatInterval = .milliseconds(5)
-        let agent = HypervisorAgent(configuration)
+        configuration.heartbeatInterval = .seconds(1)
+        // Its heartbeats wait on a ticker the test ticks by hand: each beat comes when the test says, none by real time.
+        let ticker = Ticker()
+        let agent = HypervisorAgent(configuration, ticker: ticker)
         let running = Task { await agent.run(client: client) }
         #expect(await eventually { router.connectedAgents == 1 })
         for id: Int64 in 1...10 {
@@ -231,11 +242,18 @@ struct HeartbeatDeltaTests {
         }
         #expect(await eventually { router.pushLatency.total == 10 })
         // Idle: heartbeats go on; none carries a state, once the agent's last change has gone up.
-        #expect(await eventually { agent.heartbeatsSent > 5 })
+        func beat() async -> Bool {
+            // The agent waits for its next beat; tick past it; the beat reaches the router.
+            guard await eventually({ ticker.waiting == 1 }) else { return false }
+            let before = router.heartbeatsReceived
+            ticker.tick(now: .now.advanced(by: .seconds(3600)))
+            return await eventually { router.heartbeatsReceived > before }
+        }
+        for _ in 0..<2 { #expect(await beat()) }  // the first may carry the state the events changed
         let states = router.statesReceived
-        let heartbeats = agent.heartbeatsSent
-        #expect(await eventually { agent.heartbeatsSent > heartbeats + 20 })
-        #expect(router.statesReceived <= states + 1, "\(router.statesReceived - states) states in \(agent.heartbeatsSent - heartbeats) idle heartbeats")
+        for _ in 0..<20 { #expect(await beat()) }
+        #expect(agent.heartbeatsSent >= 22)
+        #expect(router.statesReceived == states, "\(router.statesReceived - states) states in 20 idle heartbeats")
         running.cancel()
         await running.value
         await client.close()

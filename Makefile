@@ -6,8 +6,9 @@ SHELL := bash
 MAKEFLAGS += --no-print-directory
 
 # Debian packages the build and the tests need: nghttp2, OpenSSL and zlib (RPC layer), SQLite (Harpoon's store), protobuf-c (reference codec),
-# protoc and protoc-c (parser agreement and regenerating the reference C), pkg-config.
-APT_PACKAGES := libnghttp2-dev libssl-dev zlib1g-dev libsqlite3-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+# protoc and protoc-c (parser agreement and regenerating the reference C), pkg-config, and PostgreSQL (the stores of deployments
+# beyond one machine: the tests start throwaway servers of their own with its initdb and postgres).
+APT_PACKAGES := libnghttp2-dev libssl-dev zlib1g-dev libsqlite3-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config postgresql
 SWIFT_BUILD_FLAGS ?= -Xswiftc -warnings-as-errors
 FUZZ_RUNS ?= 2000000
 DEFRAMER_FUZZ_RUNS ?= 3000000

@@ -39,6 +39,8 @@ let package = Package(
         // Metrics: the swift-metrics API (already in the graph through Hummingbird) with a Prometheus backend.
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // PostgreSQL: the store of deployments beyond one machine (Harpoon and the orchestrator, several replicas each).
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -99,7 +101,17 @@ let package = Package(
         ),
         .target(
             name: "Harpoon",
-            dependencies: ["HarpoonAPI", "EventRouterAPI", "SQLiteSupport", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // What the PostgreSQL stores share: the database address, a pool that runs while the store lives, versioned
+        // migrations that several replicas can run at once, change notifications.
+        .target(
+            name: "PostgresSupport",
+            dependencies: [.product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // What the SQLite stores share: opening a service's database, point reads.
@@ -126,7 +138,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "harpoon",
-            dependencies: ["Harpoon", "HarpoonAPI", "SQLiteSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Harpoon", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/HarpoonServer",
             swiftSettings: strictSettings
         ),
@@ -276,7 +288,7 @@ let package = Package(
         .testTarget(
             name: "HarpoonTests",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport",
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport", "PostgresSupport",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictSettings

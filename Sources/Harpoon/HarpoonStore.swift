@@ -117,7 +117,8 @@ package struct Page<Item: Sendable>: Sendable {
     package var nextAfterID: Int64?
 }
 
-/// The events database, behind which Harpoon's logic sits. SQLite now; a PostgreSQL store implements the same.
+/// The events database, behind which Harpoon's logic sits: ``SQLiteHarpoonStore`` (one process, the embedded
+/// default) or ``PostgresHarpoonStore`` (several replicas on one database).
 ///
 /// Every mutation is one transaction. Mutations that take an idempotency key return the first result for a key
 /// again instead of acting twice.
@@ -167,4 +168,11 @@ package protocol HarpoonStore: Sendable {
     func outboxCount() async throws -> Int
     /// Open connections to the database.
     var connectionCount: Int { get }
+    /// How long an outbox entry a process is working on (just created, or returned by ``dueOutbox(now:limit:)``)
+    /// stays its own before it is due to the others again: 0 where one process has the database to itself.
+    var outboxLease: Double { get }
+}
+
+extension HarpoonStore {
+    package var outboxLease: Double { 0 }
 }

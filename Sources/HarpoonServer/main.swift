@@ -2,6 +2,7 @@
 import ArgumentParser
 import Harpoon
 import HarpoonAPI
+import PostgresSupport
 import SQLiteSupport
 import ServiceRuntime
 
@@ -11,7 +12,9 @@ struct HarpoonCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Port to listen on (0: any free port).") var port = 50050
-    @Option(help: "The SQLite database file (created if missing).") var database = "harpoon.sqlite"
+    @Option(help: "The database: a SQLite file (created if missing), or postgres://user[:password]@host[:port]/database, shared by every replica.")
+    var database = "harpoon.sqlite"
+    @Option(help: "PostgreSQL: connections this replica opens at most (fixed, whatever the load).") var databaseConnections = 8
     @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
     var sqliteSynchronous = "full"
     @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
@@ -31,7 +34,15 @@ struct HarpoonCommand: AsyncParsableCommand {
         guard let durability = SQLiteDurability(rawValue: sqliteSynchronous) else {
             throw ValidationError("--sqlite-synchronous is full or normal, not '\(sqliteSynchronous)'")
         }
-        let store = try SQLiteHarpoonStore(path: database, durability: durability)
+        let store: any HarpoonStore
+        let postgres: PostgresHarpoonStore?
+        if PostgresAddress.isPostgres(database) {
+            guard databaseConnections >= 2 else { throw ValidationError("--database-connections must be at least 2 (one listens for other replicas' changes)") }
+            let opened = try await PostgresHarpoonStore.open(PostgresAddress(url: database), connections: databaseConnections)
+            (store, postgres) = (opened, opened)
+        } else {
+            (store, postgres) = (try SQLiteHarpoonStore(path: database, durability: durability), nil)
+        }
         let changes = ChangeNotifier()
         let schedulers = try scheduler.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
         guard !schedulers.isEmpty else { throw ValidationError("--scheduler needs at least one host:port") }
@@ -47,7 +58,13 @@ struct HarpoonCommand: AsyncParsableCommand {
         let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         try await server.start()
         ServiceRuntime.announce("harpoon ready on \(host):\(server.port ?? port)")
-        await ServiceRuntime.run(server: server, metrics: metrics, background: [{ await worker.run() }])
+        var background: [@Sendable () async -> Void] = [{ await worker.run() }]
+        if let postgres {
+            // Another replica's commit may have queued work for any replica, and changed what watchers here follow.
+            background.append { await postgres.listen { worker.wake(); changes.changed() } }
+        }
+        await ServiceRuntime.run(server: server, metrics: metrics, background: background)
+        await postgres?.close()
     }
 }
 

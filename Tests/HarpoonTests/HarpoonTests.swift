@@ -3,6 +3,7 @@ import GRDB
 @testable import Harpoon
 import HarpoonAPI
 import NIOCore
+import PostgresSupport
 import Synchronization
 import Testing
 import TestSupport
@@ -18,24 +19,68 @@ func withStore<T>(_ body: (SQLiteHarpoonStore, String) async throws -> T) async 
     return try await body(try SQLiteHarpoonStore(path: path), path)
 }
 
+/// The engines every store behaviour is asserted on.
+enum Engine: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+}
+
+/// A new, empty database on the suite's PostgreSQL server (``PostgresServerTrait``).
+func freshPostgresDatabase() async throws -> PostgresAddress {
+    let server = try #require(ThrowawayPostgres.current, "the suite needs the .postgresServer trait")
+    let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+    return try await PostgresPool.createDatabase(name, on: PostgresAddress(url: server.url()))
+}
+
+/// A fresh store on `engine`, and a way to open another on the same database (a restart, or another replica); all
+/// are closed afterwards.
+func withStore<T>(
+    _ engine: Engine, clock: any WallClock = SystemClock(), outboxLease: Double = 30,
+    _ body: (any HarpoonStore, _ another: @escaping @Sendable () async throws -> any HarpoonStore) async throws -> T
+) async throws -> T {
+    switch engine {
+    case .sqlite:
+        return try await withStore { store, path in
+            try await body(store, { try SQLiteHarpoonStore(path: path, clock: clock) })
+        }
+    case .postgres:
+        let address = try await freshPostgresDatabase()
+        let opened = Mutex<[PostgresHarpoonStore]>([])
+        let open: @Sendable () async throws -> any HarpoonStore = {
+            let store = try await PostgresHarpoonStore.open(address, outboxLease: outboxLease, clock: clock)
+            opened.withLock { $0.append(store) }
+            return store
+        }
+        do {
+            let result = try await body(try await open(), open)
+            for store in opened.withLock({ $0 }) { await store.close() }
+            return result
+        } catch {
+            for store in opened.withLock({ $0 }) { await store.close() }
+            throw error
+        }
+    }
+}
+
 func createRequest(_ name: String, customer: String = "alice", region: String = "nyc1", key: String = "") -> Harpoon_V1_CreateDropletRequest {
     Harpoon_V1_CreateDropletRequest(idempotencyKey: key, customer: customer, name: name, region: region, size: small, image: "ubuntu-24-04-x64")
 }
 
-@Suite("the SQLite events store")
+@Suite("the events store, the same on SQLite and on PostgreSQL", .postgresServer)
 struct StoreTests {
-    @Test("creating a droplet writes the droplet, its create event and an outbox entry together, durably")
-    func createDroplet() async throws {
-        try await withStore { store, path in
+    @Test("creating a droplet writes the droplet, its create event and an outbox entry together, durably", arguments: Engine.allCases)
+    func createDroplet(engine: Engine) async throws {
+        try await withStore(engine) { store, another in
             let (droplet, event) = try await store.createDroplet(createRequest("web-1"))
             #expect(droplet.status == .new)
             #expect(droplet.size == small)
             #expect(event.type == "create" && event.dropletId == droplet.id && event.status == .pending)
             #expect(try await store.outboxCount() == 1)
-            let due = try await store.dueOutbox(now: Date().timeIntervalSince1970, limit: 10)
+            // Once the creator's claim on the entry has lapsed, it is due to anyone.
+            let due = try await store.dueOutbox(now: Date().timeIntervalSince1970 + store.outboxLease + 1, limit: 10)
             #expect(due.map(\.destination) == [.scheduler])
-            // Another connection to the same file sees it all.
-            let reopened = try SQLiteHarpoonStore(path: path)
+            // Another connection to the same database sees it all.
+            let reopened = try await another()
             #expect(try await reopened.droplet(id: droplet.id) == droplet)
             #expect(try await reopened.event(id: event.id) == event)
             // The change cursor carries on from the file after a restart.
@@ -44,9 +89,9 @@ struct StoreTests {
         }
     }
 
-    @Test("events are read with their droplets in batches of any size, unknown ids left out")
-    func eventsWithDroplets() async throws {
-        try await withStore { store, _ in
+    @Test("events are read with their droplets in batches of any size, unknown ids left out", arguments: Engine.allCases)
+    func eventsWithDroplets(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             var created: [(Harpoon_V1_Droplet, Harpoon_V1_Event)] = []
             for index in 0..<9 { created.append(try await store.createDroplet(createRequest("d\(index)"))) }
             for count in [1, 2, 3, 5, 8, 9] {
@@ -60,9 +105,9 @@ struct StoreTests {
         }
     }
 
-    @Test("an idempotency key makes a repeated create return the first result")
-    func idempotentCreate() async throws {
-        try await withStore { store, _ in
+    @Test("an idempotency key makes a repeated create return the first result", arguments: Engine.allCases)
+    func idempotentCreate(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             let first = try await store.createDroplet(createRequest("web-1", key: "k1"))
             let again = try await store.createDroplet(createRequest("web-1", key: "k1"))
             #expect(first.0 == again.0 && first.1 == again.1)
@@ -72,9 +117,9 @@ struct StoreTests {
         }
     }
 
-    @Test("droplets list by customer and region, in pages")
-    func pagination() async throws {
-        try await withStore { store, _ in
+    @Test("droplets list by customer and region, in pages", arguments: Engine.allCases)
+    func pagination(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             for index in 0..<25 { _ = try await store.createDroplet(createRequest("d\(index)", region: index % 2 == 0 ? "nyc1" : "sfo3")) }
             _ = try await store.createDroplet(createRequest("theirs", customer: "bob"))
             var seen: [String] = []
@@ -97,9 +142,9 @@ struct StoreTests {
         }
     }
 
-    @Test("events filter by any of several types")
-    func eventTypes() async throws {
-        try await withStore { store, _ in
+    @Test("events filter by any of several types", arguments: Engine.allCases)
+    func eventTypes(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             let (droplet, _) = try await store.createDroplet(createRequest("web-1"))
             for type in ["power_off", "assign_ip", "power_on"] {
                 _ = try await store.createEvent(
@@ -121,9 +166,9 @@ struct StoreTests {
         }
     }
 
-    @Test("events move forward only, reach one terminal state, and carry the droplet with them")
-    func transitions() async throws {
-        try await withStore { store, _ in
+    @Test("events move forward only, reach one terminal state, and carry the droplet with them", arguments: Engine.allCases)
+    func transitions(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             let (droplet, event) = try await store.createDroplet(createRequest("web-1"))
             let placed = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: "hv7", error: nil, ipv4Address: nil, then: .router)
             #expect(placed.status == .placed && placed.hypervisorId == "hv7")
@@ -152,9 +197,9 @@ struct StoreTests {
         }
     }
 
-    @Test("the change feed returns each changed event once, in its latest state, after a cursor")
-    func changeFeed() async throws {
-        try await withStore { store, _ in
+    @Test("the change feed returns each changed event once, in its latest state, after a cursor", arguments: Engine.allCases)
+    func changeFeed(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             let (_, first) = try await store.createDroplet(createRequest("a"))
             let (_, second) = try await store.createDroplet(createRequest("b", customer: "bob"))
             let all = try await store.changes(after: 0, customer: nil, limit: 100)
@@ -231,14 +276,21 @@ struct StoreTests {
         #expect(recent.changes(after: 13, customer: nil, limit: 2)?.map(\.cursor) == [14, 15])
     }
 
-    @Test("postponed outbox entries wait out their backoff; acknowledged ones are gone")
-    func outbox() async throws {
-        try await withStore { store, _ in
+    @Test("postponed outbox entries wait out their backoff; acknowledged ones are gone", arguments: Engine.allCases)
+    func outbox(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
             let created = try await store.createDropletQueued(createRequest("a"))
-            let now = Date().timeIntervalSince1970
+            // The entry is the creator's for the store's lease (none where one process has the database).
+            let now = Date().timeIntervalSince1970 + store.outboxLease + 1
             let entry = try #require(try await store.dueOutbox(now: now, limit: 10).first)
             #expect(created.entry == entry)  // the entry handed back by the create is the one written
-            #expect(try await store.nextOutboxTime(after: now) == nil)  // due now, not later
+            if store.outboxLease == 0 {
+                #expect(try await store.nextOutboxTime(after: now) == nil)  // due now, not later
+            } else {
+                // Claimed by this read: due again only when the claim lapses.
+                #expect(try await store.dueOutbox(now: now, limit: 10).isEmpty)
+                #expect(try await store.nextOutboxTime(after: now) == now + store.outboxLease)
+            }
             try await store.postpone(entry, until: now + 60)
             #expect(try await store.dueOutbox(now: now, limit: 10).isEmpty)
             let next = try #require(try await store.nextOutboxTime(after: now))
@@ -286,9 +338,13 @@ final class FakeScheduler: Placer, EventDelivery {
     }
 }
 
-@Suite("the outbox worker")
+@Suite("the outbox worker, on SQLite and on PostgreSQL", .postgresServer)
 struct OutboxWorkerTests {
-    func run<T>(_ store: SQLiteHarpoonStore, _ fake: FakeScheduler, maxAttempts: Int = 30, _ body: (OutboxWorker) async throws -> T) async throws -> T {
+    /// On PostgreSQL, how long a new entry is its creator's: these tests create droplets without handing their entries
+    /// to the worker (as HarpoonService does), so the worker finds them in the table once the lease lapses.
+    static let lease = 0.3
+
+    func run<T>(_ store: any HarpoonStore, _ fake: FakeScheduler, maxAttempts: Int = 30, _ body: (OutboxWorker) async throws -> T) async throws -> T {
         let worker = OutboxWorker(store: store, placer: fake, delivery: fake, maxPlacementAttempts: maxAttempts)
         let task = Task { await worker.run() }
         defer { task.cancel() }
@@ -296,9 +352,9 @@ struct OutboxWorkerTests {
         return try await body(worker)
     }
 
-    @Test("a new droplet's event is placed, then delivered to its router, woken without polling")
-    func placeAndDeliver() async throws {
-        try await withStore { store, _ in
+    @Test("a new droplet's event is placed, then delivered to its router, woken without polling", arguments: Engine.allCases)
+    func placeAndDeliver(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv3"))
             try await run(store, fake) { worker in
                 let (droplet, event) = try await store.createDroplet(createRequest("web"))
@@ -314,9 +370,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("new droplets handed over in memory are placed and delivered without reading the table, and each once")
-    func handedOver() async throws {
-        try await withStore { store, _ in
+    @Test("new droplets handed over in memory are placed and delivered without reading the table, and each once", arguments: Engine.allCases)
+    func handedOver(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv3"))
             try await run(store, fake) { worker in
                 // The first read, at start, finds the table empty.
@@ -336,7 +392,8 @@ struct OutboxWorkerTests {
                 let late = try await store.createDropletQueued(createRequest("late"))
                 worker.wake()
                 #expect(await eventually { (try? await store.event(id: late.event.id))?.status == .delivered })
-                #expect(worker.tableReads == 2)
+                // (On PostgreSQL the new entry is its creator's for the lease: the read after the lease finds it.)
+                #expect(store.outboxLease == 0 ? worker.tableReads == 2 : worker.tableReads >= 2)
                 worker.handOver(try #require(late.entry), event: late.event, droplet: late.droplet)
                 #expect(worker.handedWaiting == 0)
                 #expect(fake.delivered.withLock { $0 }.filter { $0 == late.event.id }.count == 1)
@@ -344,9 +401,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("a droplet that fits nowhere ends errored with the scheduler's reason")
-    func unplaceable() async throws {
-        try await withStore { store, _ in
+    @Test("a droplet that fits nowhere ends errored with the scheduler's reason", arguments: Engine.allCases)
+    func unplaceable(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler(fallback: .unplaceable(reason: "no hypervisor in nyc1 has room for s-64vcpu", retryable: false))
             try await run(store, fake) { worker in
                 let (droplet, event) = try await store.createDroplet(createRequest("huge"))
@@ -359,9 +416,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("transient failures are retried with backoff: a busy fleet, a router that is down")
-    func retries() async throws {
-        try await withStore { store, _ in
+    @Test("transient failures are retried with backoff: a busy fleet, a router that is down", arguments: Engine.allCases)
+    func retries(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let busy = PlacementOutcome.unplaceable(reason: "busy", retryable: true)
             let fake = FakeScheduler(answers: [busy, busy], fallback: .placed(hypervisorId: "hv1"))
             fake.failDeliveries.withLock { $0 = 2 }
@@ -374,9 +431,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("a delivered event with no outcome is delivered again (its router may have restarted)")
-    func redelivery() async throws {
-        try await withStore { store, _ in
+    @Test("a delivered event with no outcome is delivered again (its router may have restarted)", arguments: Engine.allCases)
+    func redelivery(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler()
             let worker = OutboxWorker(store: store, placer: fake, delivery: fake, redeliveryInterval: .milliseconds(100))
             let task = Task { await worker.run() }
@@ -391,9 +448,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("an outcome that comes at once is the only write after the create: no separate delivered write")
-    func quickOutcome() async throws {
-        try await withStore { store, _ in
+    @Test("an outcome that comes at once is the only write after the create: no separate delivered write", arguments: Engine.allCases)
+    func quickOutcome(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler(fallback: .placed(hypervisorId: "hv2"))
             try await run(store, fake) { worker in
                 // An agent that finishes as soon as it gets the event, reported the way HarpoonService records it.
@@ -418,9 +475,9 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("an event reported running before its delivery is recorded keeps its entry and is delivered again")
-    func runningBeforeDelivered() async throws {
-        try await withStore { store, _ in
+    @Test("an event reported running before its delivery is recorded keeps its entry and is delivered again", arguments: Engine.allCases)
+    func runningBeforeDelivered(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, _ in
             let fake = FakeScheduler()
             let worker = OutboxWorker(
                 store: store, placer: fake, delivery: fake, redeliveryInterval: .milliseconds(300), outcomeGrace: .milliseconds(100)
@@ -443,12 +500,12 @@ struct OutboxWorkerTests {
         }
     }
 
-    @Test("after a restart, a new worker pushes what the old one had not acknowledged")
-    func restart() async throws {
-        try await withStore { store, path in
+    @Test("after a restart, a new worker pushes what the old one had not acknowledged", arguments: Engine.allCases)
+    func restart(engine: Engine) async throws {
+        try await withStore(engine, outboxLease: Self.lease) { store, another in
             // Work arrives while no worker runs (Harpoon was down between the write and the push).
             let (_, event) = try await store.createDroplet(createRequest("web"))
-            let reopened = try SQLiteHarpoonStore(path: path)
+            let reopened = try await another()
             let fake = FakeScheduler()
             try await run(reopened, fake) { _ in
                 #expect(await eventually { (try? await reopened.event(id: event.id))?.status == .delivered })

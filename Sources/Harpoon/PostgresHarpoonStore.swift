@@ -1,0 +1,597 @@
+internal import Foundation
+internal import Logging
+internal import PostgresNIO
+package import PostgresSupport
+package import HarpoonAPI
+
+/// The events database on PostgreSQL, for deployments beyond one machine: several Harpoon replicas share it.
+///
+/// Like ``SQLiteHarpoonStore`` it has no rules of its own: inside each transaction it reads the rows a rule of
+/// ``HarpoonRules`` needs (locking them, `FOR UPDATE`, since other replicas write too), asks it, and writes what it
+/// decides. What differs is what several writers need:
+/// - change cursors are handed out in commit order (``PostgresWriter``), so a watcher on any replica sees every
+///   replica's changes in cursor order, none skipped;
+/// - outbox entries are claimed: an entry a replica is working on (just created, or read by ``dueOutbox(now:limit:)``)
+///   is not due for the others until ``outboxLease`` has passed, so a replica that dies has its entries taken over;
+/// - every commit that changed events notifies ``channel``; ``listen(_:)`` wakes this replica's worker and watchers.
+package final class PostgresHarpoonStore: HarpoonStore {
+    package let pool: PostgresPool
+    private let writer: PostgresWriter
+    private let clock: any WallClock
+    /// How long an entry stays with the replica that claimed it before the others may take it over.
+    package let outboxLease: Double
+    package static let channel = "shoal_harpoon_changes"
+    /// This replica, in its notifications.
+    private let replica = UUID().uuidString
+
+    /// Connects (at most `connections` at once), brings the schema up to date and checks that commits are durable.
+    package static func open(
+        _ address: PostgresAddress, connections: Int = 8, outboxLease: Double = 30, clock: any WallClock = SystemClock()
+    ) async throws -> PostgresHarpoonStore {
+        let pool = PostgresPool(address, maximumConnections: connections, applicationName: "harpoon")
+        do {
+            try await pool.migrate(schema: "harpoon", migrations)
+            try await pool.requireDurableCommits()
+        } catch {
+            await pool.close()
+            throw error
+        }
+        return PostgresHarpoonStore(pool: pool, outboxLease: outboxLease, clock: clock)
+    }
+
+    private init(pool: PostgresPool, outboxLease: Double, clock: any WallClock) {
+        self.pool = pool
+        self.outboxLease = outboxLease
+        self.clock = clock
+        writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica)
+    }
+
+    package func close() async { await pool.close() }
+
+    /// Calls `changed` whenever another replica commits a change to events (this one's own writers wake what they
+    /// must themselves), for as long as the calling task runs.
+    package func listen(_ changed: @escaping @Sendable () -> Void) async {
+        let replica = replica
+        await pool.listen(channel: Self.channel) { payload in
+            if payload != replica { changed() }
+        }
+    }
+
+    /// The pool's limit: connections are fixed by configuration (the server's own count: ``PostgresPool/serverConnectionCount()``).
+    package var connectionCount: Int { pool.maximumConnections }
+
+    static let migrations: [(version: String, statements: [String])] = [
+        ("v1", [
+            "CREATE SEQUENCE harpoon_cursor",
+            """
+            CREATE TABLE droplets (
+                id BIGSERIAL PRIMARY KEY,
+                customer TEXT NOT NULL,
+                name TEXT NOT NULL,
+                region TEXT NOT NULL,
+                size BYTEA NOT NULL,
+                image TEXT NOT NULL,
+                status INT NOT NULL,
+                hypervisor_id TEXT NOT NULL DEFAULT '',
+                ipv4_address TEXT NOT NULL DEFAULT '',
+                error TEXT NOT NULL DEFAULT '',
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX droplets_by_customer ON droplets (customer, region, id)",
+            """
+            CREATE TABLE events (
+                id BIGSERIAL PRIMARY KEY,
+                type TEXT NOT NULL,
+                droplet_id BIGINT NOT NULL,
+                customer TEXT NOT NULL,
+                region TEXT NOT NULL,
+                hypervisor_id TEXT NOT NULL DEFAULT '',
+                status INT NOT NULL,
+                payload BYTEA NOT NULL,
+                error TEXT NOT NULL DEFAULT '',
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                cursor BIGINT,
+                refusals INT NOT NULL DEFAULT 0
+            )
+            """,
+            "CREATE INDEX events_by_droplet ON events (droplet_id, id)",
+            "CREATE INDEX events_by_customer ON events (customer, id)",
+            // Given as the transaction commits (NULL until then): see PostgresWriter.
+            "CREATE UNIQUE INDEX events_by_cursor ON events (cursor)",
+            "CREATE INDEX events_placed_creates ON events (id) WHERE type = 'create' AND status IN (1, 2, 3)",
+            "CREATE INDEX events_maintenance ON events (hypervisor_id, id) WHERE type = 'maintenance'",
+            """
+            CREATE TABLE outbox (
+                id BIGSERIAL PRIMARY KEY,
+                event_id BIGINT NOT NULL,
+                destination TEXT NOT NULL,
+                attempts INT NOT NULL DEFAULT 0,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0
+            )
+            """,
+            "CREATE INDEX outbox_by_time ON outbox (not_before, id)",
+            "CREATE INDEX outbox_by_event ON outbox (event_id)",
+            "CREATE TABLE idempotency (key TEXT PRIMARY KEY, droplet_id BIGINT NOT NULL, event_id BIGINT NOT NULL)",
+        ]),
+    ]
+
+    // MARK: Rows
+
+    private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
+    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
+
+    private typealias DropletRow = (Int64, String, String, String, Data, String, Int32, String, String, String, Double)
+    private typealias EventRow = (Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32)
+
+    private static func droplet(_ row: DropletRow) throws -> Harpoon_V1_Droplet {
+        let size: Scheduler_V2_Size
+        do { size = try Scheduler_V2_Size(serializedBytes: [UInt8](row.4)) } catch { throw HarpoonError.corrupt("droplet \(row.0): unreadable size") }
+        return Harpoon_V1_Droplet(
+            id: row.0, customer: row.1, name: row.2, region: row.3, size: size, image: row.5,
+            status: Harpoon_V1_Droplet.Status(rawValue: row.6), hypervisorId: row.7, ipv4Address: row.8,
+            createdAt: HarpoonRules.timestamp(row.10), error: row.9
+        )
+    }
+
+    private static func event(_ row: EventRow) -> Harpoon_V1_Event {
+        Harpoon_V1_Event(
+            id: row.0, type: row.1, dropletId: row.2, customer: row.3, region: row.4, hypervisorId: row.5,
+            status: Harpoon_V1_Event.Status(rawValue: row.6), payload: [UInt8](row.7), error: row.8,
+            createdAt: HarpoonRules.timestamp(row.9), updatedAt: HarpoonRules.timestamp(row.10), cursor: row.11 ?? 0,
+            refusals: UInt32(clamping: row.12)
+        )
+    }
+
+    private static func droplets(_ rows: PostgresRowSequence) async throws -> [Harpoon_V1_Droplet] {
+        var result: [Harpoon_V1_Droplet] = []
+        for try await row in rows.decode(DropletRow.self) { result.append(try droplet(row)) }
+        return result
+    }
+
+    private static func events(_ rows: PostgresRowSequence) async throws -> [Harpoon_V1_Event] {
+        var result: [Harpoon_V1_Event] = []
+        for try await row in rows.decode(EventRow.self) { result.append(event(row)) }
+        return result
+    }
+
+    /// A read on a pooled connection, outside any transaction (each statement sees what was committed when it began).
+    private func read<T: Sendable>(_ body: @Sendable (PostgresConnection, Logger) async throws -> T) async throws -> T {
+        let logger = pool.logger
+        return try await pool.client.withConnection { connection in try await body(connection, logger) }
+    }
+
+    private static func query(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) -> PostgresQuery {
+        PostgresQuery(unsafeSQL: sql, binds: binds)
+    }
+
+    /// The event, locked until the transaction ends: replicas that change it take turns.
+    private static func lockedEvent(_ context: PostgresWriteContext, id: Int64) async throws -> Harpoon_V1_Event? {
+        try await events(context.read(query("SELECT \(eventColumns) FROM events WHERE id = $1 FOR UPDATE", binds(id)))).first
+    }
+
+    private static func binds(_ values: any PostgresEncodable & Sendable...) -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: values.count)
+        for value in values { try? bindings.append(value) }
+        return bindings
+    }
+
+    /// Inserts a new event and its first outbox entry (`notBefore`: when it is due to any replica); returns the event
+    /// as written (its cursor comes at commit) and the entry's id.
+    private func insertEvent(
+        _ context: PostgresWriteContext, _ template: Harpoon_V1_Event, now: Double, destination: OutboxDestination, notBefore: Double
+    ) async throws -> (event: Harpoon_V1_Event, entryId: Int64) {
+        var event = template
+        let rows = try await context.write("""
+            WITH event AS (
+                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
+                VALUES (\(template.type), \(template.dropletId), \(template.customer), \(template.region), \(template.hypervisorId),
+                        \(template.status.rawValue), \(Data(template.payload)), \(now), \(now))
+                RETURNING id
+            )
+            INSERT INTO outbox (event_id, destination, not_before) SELECT id, \(destination.rawValue), \(notBefore) FROM event
+            RETURNING event_id, id
+            """)
+        var entryId: Int64 = 0
+        for try await (eventId, id) in rows.decode((Int64, Int64).self) {
+            event.id = eventId
+            entryId = id
+        }
+        context.changed(event: event.id)
+        return (event, entryId)
+    }
+
+    /// Writes what a rule decided for an event; returns the event as written (its cursor comes at commit).
+    private func apply(_ write: EventWrite, _ context: PostgresWriteContext, now: Double) async throws -> Harpoon_V1_Event {
+        let event = write.event
+        try await context.write("""
+            UPDATE events SET status = \(event.status.rawValue), hypervisor_id = \(event.hypervisorId), error = \(event.error),
+            refusals = \(Int32(clamping: event.refusals)), updated_at = \(now) WHERE id = \(event.id)
+            """)
+        if write.clearsOutbox {
+            try await context.write("DELETE FROM outbox WHERE event_id = \(event.id)")
+        }
+        if let entry = write.enqueue {
+            try await context.write(
+                "INSERT INTO outbox (event_id, destination, not_before) VALUES (\(event.id), \(entry.destination.rawValue), \(entry.notBefore))"
+            )
+        }
+        if let droplet = write.droplet {
+            try await context.write("""
+                UPDATE droplets SET status = COALESCE(\(droplet.status.map { $0.rawValue }), status),
+                hypervisor_id = COALESCE(\(droplet.hypervisorId), hypervisor_id), ipv4_address = COALESCE(\(droplet.ipv4Address), ipv4_address),
+                error = COALESCE(\(droplet.error), error) WHERE id = \(droplet.dropletId)
+                """)
+        }
+        context.changed(event: event.id)
+        return event
+    }
+
+    /// One page of `table` rows matching `condition` (its parameters `$1`…), by id after `afterID` and `offset` more,
+    /// with the total that match.
+    private func page<Item: Sendable & Identified>(
+        table: String, columns: String, condition: String, binds: PostgresBindings, limit: Int, afterID: Int64, offset: Int,
+        decode: @escaping @Sendable (PostgresRowSequence) async throws -> [Item]
+    ) async throws -> Page<Item> {
+        try await read { connection, logger in
+            var total = 0
+            for try await count in try await connection.query(Self.query("SELECT count(*)::int8 FROM \(table) WHERE \(condition)", binds), logger: logger)
+                .decode(Int64.self) {
+                total = Int(count)
+            }
+            var pageBinds = binds
+            let first = binds.count + 1
+            pageBinds.append(afterID)
+            pageBinds.append(Int64(limit + 1))
+            pageBinds.append(Int64(max(0, offset)))
+            // One row past the page says whether another page follows.
+            let rows = try await decode(connection.query(Self.query(
+                "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > $\(first) ORDER BY id LIMIT $\(first + 1) OFFSET $\(first + 2)", pageBinds
+            ), logger: logger))
+            let items = Array(rows.prefix(limit))
+            return Page(items: items, total: total, nextAfterID: rows.count > limit ? items.last?.id : nil)
+        }
+    }
+
+    // MARK: Droplets
+
+    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
+        try await writer.write { context in
+            let key = request.idempotencyKey
+            if !key.isEmpty {
+                // The key first: a replica creating with the same key at the same moment waits here for the other's
+                // commit, then finds its answer.
+                let claimed = try await context.write("""
+                    INSERT INTO idempotency (key, droplet_id, event_id) VALUES (\(key), 0, 0) ON CONFLICT (key) DO NOTHING RETURNING key
+                    """)
+                var isNew = false
+                for try await _ in claimed { isNew = true }
+                if !isNew {
+                    var answered: (droplet: Harpoon_V1_Droplet?, event: Harpoon_V1_Event?)?
+                    for try await (dropletId, eventId) in try await context.read("SELECT droplet_id, event_id FROM idempotency WHERE key = \(key)")
+                        .decode((Int64, Int64).self) {
+                        answered = (
+                            try await Self.droplets(context.read(Self.query("SELECT \(Self.dropletColumns) FROM droplets WHERE id = $1", Self.binds(dropletId)))).first,
+                            try await Self.events(context.read(Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = $1", Self.binds(eventId)))).first
+                        )
+                    }
+                    if case .existing(let found) = try HarpoonRules.createDroplet(key: key, answered: answered) {
+                        return CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil)
+                    }
+                }
+            }
+            let now = self.clock.now()
+            var rows = HarpoonRules.newDroplet(request, now: now)
+            for try await id in try await context.write("""
+                INSERT INTO droplets (customer, name, region, size, image, status, created_at)
+                VALUES (\(rows.droplet.customer), \(rows.droplet.name), \(rows.droplet.region), \(Data(rows.event.payload)), \(rows.droplet.image),
+                        \(rows.droplet.status.rawValue), \(now))
+                RETURNING id
+                """).decode(Int64.self) {
+                rows.droplet.id = id
+            }
+            rows.event.dropletId = rows.droplet.id
+            // The entry is this replica's (its worker is handed it in memory): the others take it only if this one
+            // has not finished with it within the lease.
+            let notBefore = now + self.outboxLease
+            let (event, entryId) = try await self.insertEvent(context, rows.event, now: now, destination: .scheduler, notBefore: notBefore)
+            if !key.isEmpty {
+                try await context.write("UPDATE idempotency SET droplet_id = \(rows.droplet.id), event_id = \(event.id) WHERE key = \(key)")
+            }
+            let entry = OutboxEntry(id: entryId, eventId: event.id, destination: .scheduler, attempts: 0, notBefore: notBefore)
+            return CreatedDroplet(droplet: rows.droplet, event: event, entry: entry)
+        }
+    }
+
+    package func droplet(id: Int64) async throws -> Harpoon_V1_Droplet? {
+        try await read { connection, logger in
+            try await Self.droplets(connection.query(Self.query("SELECT \(Self.dropletColumns) FROM droplets WHERE id = $1", Self.binds(id)), logger: logger)).first
+        }
+    }
+
+    package func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet> {
+        var condition = "customer = $1 AND status != $2"
+        var binds = Self.binds(customer, Harpoon_V1_Droplet.Status.deleted.rawValue)
+        if let region {
+            binds.append(region)
+            condition += " AND region = $\(binds.count)"
+        }
+        if let name {
+            // As SQLite's NOCASE: ASCII letters only.
+            binds.append(name)
+            condition += " AND lower(name COLLATE \"C\") = lower($\(binds.count) COLLATE \"C\")"
+        }
+        return try await page(
+            table: "droplets", columns: Self.dropletColumns, condition: condition, binds: binds, limit: limit, afterID: afterID, offset: offset,
+            decode: Self.droplets
+        )
+    }
+
+    // MARK: Events
+
+    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+        try await writer.write { context in
+            let key = request.idempotencyKey
+            var answered: Harpoon_V1_Event?
+            if !key.isEmpty {
+                let claimed = try await context.write(
+                    "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (\(key), \(request.dropletId), 0) ON CONFLICT (key) DO NOTHING RETURNING key"
+                )
+                var isNew = false
+                for try await _ in claimed { isNew = true }
+                if !isNew {
+                    for try await eventId in try await context.read("SELECT event_id FROM idempotency WHERE key = \(key)").decode(Int64.self) {
+                        answered = try await Self.events(context.read(Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = $1", Self.binds(eventId)))).first
+                    }
+                }
+            }
+            var busy = false
+            if answered == nil, request.exclusive, request.dropletId != 0 {
+                // The droplet's row is the turnstile: replicas creating exclusive events for it take turns.
+                for try await _ in try await context.read("SELECT id FROM droplets WHERE id = \(request.dropletId) FOR UPDATE") {}
+                for try await found in try await context.read("""
+                    SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = \(request.dropletId)
+                    AND status NOT IN (\(Harpoon_V1_Event.Status.completed.rawValue), \(Harpoon_V1_Event.Status.errored.rawValue)))
+                    """).decode(Bool.self) {
+                    busy = found
+                }
+            }
+            if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy) { return event }
+            let now = self.clock.now()
+            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, now: now)
+            let (event, _) = try await self.insertEvent(context, template, now: now, destination: destination, notBefore: 0)
+            if !key.isEmpty {
+                try await context.write("UPDATE idempotency SET event_id = \(event.id) WHERE key = \(key)")
+            }
+            return event
+        }
+    }
+
+    package func event(id: Int64) async throws -> Harpoon_V1_Event? {
+        try await read { connection, logger in
+            try await Self.events(connection.query(Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = $1", Self.binds(id)), logger: logger)).first
+        }
+    }
+
+    package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
+        guard !ids.isEmpty else { return [:] }
+        let pairs = try await read { connection, logger -> [(Harpoon_V1_Event, Harpoon_V1_Droplet?)] in
+            let events = try await Self.events(connection.query(
+                Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = ANY($1)", Self.binds(ids)), logger: logger
+            ))
+            let dropletIds = Array(Set(events.map(\.dropletId)))
+            var droplets: [Int64: Harpoon_V1_Droplet] = [:]
+            if !dropletIds.isEmpty {
+                for droplet in try await Self.droplets(connection.query(
+                    Self.query("SELECT \(Self.dropletColumns) FROM droplets WHERE id = ANY($1)", Self.binds(dropletIds)), logger: logger
+                )) {
+                    droplets[droplet.id] = droplet
+                }
+            }
+            return events.map { ($0, droplets[$0.dropletId]) }
+        }
+        var result: [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] = [:]
+        for (event, droplet) in pairs { result[event.id] = (event, droplet) }
+        return result
+    }
+
+    package func events(_ filter: EventFilter, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Event> {
+        var conditions: [String] = []
+        var binds = PostgresBindings()
+        if let dropletId = filter.dropletId { binds.append(dropletId); conditions.append("droplet_id = $\(binds.count)") }
+        if let customer = filter.customer { binds.append(customer); conditions.append("customer = $\(binds.count)") }
+        if let type = filter.type { binds.append(type); conditions.append("type = $\(binds.count)") }
+        if let status = filter.status { binds.append(status.rawValue); conditions.append("status = $\(binds.count)") }
+        if !filter.types.isEmpty { binds.append(filter.types); conditions.append("type = ANY($\(binds.count))") }
+        return try await page(
+            table: "events", columns: Self.eventColumns, condition: conditions.isEmpty ? "TRUE" : conditions.joined(separator: " AND "),
+            binds: binds, limit: limit, afterID: afterID, offset: offset, decode: Self.events
+        )
+    }
+
+    package func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] {
+        guard !hypervisorIds.isEmpty else { return [:] }
+        let (droplets, maintenance) = try await read { connection, logger -> ([Harpoon_V1_Droplet], [(String, Data)]) in
+            let droplets = try await Self.droplets(connection.query(Self.query(
+                "SELECT \(Self.dropletColumns) FROM droplets WHERE status IN (1, 2) AND hypervisor_id = ANY($1) ORDER BY id", Self.binds(hypervisorIds)
+            ), logger: logger))
+            var maintenance: [(String, Data)] = []
+            for try await row in try await connection.query(Self.query(
+                "SELECT hypervisor_id, payload FROM events WHERE type = 'maintenance' AND hypervisor_id = ANY($1) ORDER BY id", Self.binds(hypervisorIds)
+            ), logger: logger).decode((String, Data).self) {
+                maintenance.append(row)
+            }
+            return (droplets, maintenance)
+        }
+        var hosted: [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] = [:]
+        for id in hypervisorIds { hosted[id] = ([], "") }
+        for droplet in droplets { hosted[droplet.hypervisorId]?.droplets.append(droplet) }
+        // Later rows win: the latest maintenance of each.
+        for (id, payload) in maintenance { hosted[id]?.maintenance = String(decoding: payload, as: UTF8.self) }
+        return hosted
+    }
+
+    package func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event {
+        try await writer.write { context in
+            guard let current = try await Self.lockedEvent(context, id: eventId) else { throw HarpoonError.eventNotFound(eventId) }
+            let now = self.clock.now()
+            switch try HarpoonRules.placeAgain(current, refusedBy: hypervisorId, reason: reason, maxRefusals: maxRefusals, now: now) {
+            case .unchanged(let event): return event
+            case .write(let write): return try await self.apply(write, context, now: now)
+            }
+        }
+    }
+
+    package func placementsInFlight(afterID: Int64, limit: Int) async throws -> [Harpoon_V1_Placement] {
+        try await read { connection, logger in
+            var placements: [Harpoon_V1_Placement] = []
+            // The condition is the partial index's own (placed, delivered, running), so the index answers it.
+            for try await row in try await connection.query("""
+                SELECT events.id, events.droplet_id, events.customer, events.region, events.hypervisor_id, droplets.size
+                FROM events JOIN droplets ON droplets.id = events.droplet_id
+                WHERE events.type = 'create' AND events.status IN (1, 2, 3) AND events.id > \(afterID)
+                ORDER BY events.id LIMIT \(Int64(limit))
+                """, logger: logger).decode((Int64, Int64, String, String, String, Data).self) {
+                let size: Scheduler_V2_Size
+                do { size = try Scheduler_V2_Size(serializedBytes: [UInt8](row.5)) } catch { throw HarpoonError.corrupt("droplet \(row.1): unreadable size") }
+                placements.append(Harpoon_V1_Placement(eventId: row.0, dropletId: row.1, customer: row.2, region: row.3, hypervisorId: row.4, size: size))
+            }
+            return placements
+        }
+    }
+
+    package func updateEvent(
+        id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?, settling settlement: OutboxSettlement?
+    ) async throws -> Harpoon_V1_Event {
+        try await writer.write { context in
+            try await self.update(
+                context, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: settlement
+            )
+        }
+    }
+
+    package func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>] {
+        await writer.writeEach(updates.map { update in
+            { context in
+                try await self.update(
+                    context, id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
+                    ipv4Address: update.ipv4Address, then: nil, settling: nil
+                )
+            }
+        })
+    }
+
+    private func update(
+        _ context: PostgresWriteContext, id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        then destination: OutboxDestination?, settling settlement: OutboxSettlement?
+    ) async throws -> Harpoon_V1_Event {
+        guard let current = try await Self.lockedEvent(context, id: id) else { throw HarpoonError.eventNotFound(id) }
+        var existed: Bool?
+        if let settlement { existed = try await Self.settle(settlement, context) }
+        let now = clock.now()
+        switch try HarpoonRules.update(
+            current, to: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination,
+            settledEntryExisted: existed, now: now
+        ) {
+        case .unchanged(let event): return event
+        case .write(let write): return try await apply(write, context, now: now)
+        }
+    }
+
+    package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {
+        try await read { connection, logger in
+            // Only committed rows have cursors, given in commit order: nothing below the last one seen can appear later.
+            if let customer {
+                return try await Self.events(connection.query(Self.query(
+                    "SELECT \(Self.eventColumns) FROM events WHERE cursor > $1 AND customer = $2 ORDER BY cursor LIMIT $3", Self.binds(cursor, customer, Int64(limit))
+                ), logger: logger))
+            }
+            return try await Self.events(connection.query(Self.query(
+                "SELECT \(Self.eventColumns) FROM events WHERE cursor > $1 ORDER BY cursor LIMIT $2", Self.binds(cursor, Int64(limit))
+            ), logger: logger))
+        }
+    }
+
+    // MARK: Outbox
+
+    private static func outboxEntries(_ rows: PostgresRowSequence) async throws -> [OutboxEntry] {
+        var entries: [OutboxEntry] = []
+        for try await row in rows.decode((Int64, Int64, String, Int, Double).self) {
+            guard let destination = OutboxDestination(rawValue: row.2) else { continue }
+            entries.append(OutboxEntry(id: row.0, eventId: row.1, destination: destination, attempts: row.3, notBefore: row.4))
+        }
+        return entries
+    }
+
+    /// Claims the entries due: each is this replica's for ``outboxLease`` (other replicas skip it, or wait for its row
+    /// lock and then find it no longer due); one it does not settle in time becomes due to every replica again.
+    package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {
+        try await pool.transaction { connection in
+            try await Self.outboxEntries(connection.query("""
+                WITH due AS (
+                    SELECT id, not_before FROM outbox WHERE not_before <= \(now) ORDER BY id LIMIT \(Int64(limit)) FOR UPDATE SKIP LOCKED
+                )
+                UPDATE outbox SET not_before = \(now + outboxLease) FROM due WHERE outbox.id = due.id
+                RETURNING outbox.id, outbox.event_id, outbox.destination, outbox.attempts, due.not_before
+                """, logger: pool.logger)).sorted { $0.id < $1.id }
+        }
+    }
+
+    package func nextOutboxTime(after now: Double) async throws -> Double? {
+        try await read { connection, logger in
+            var next: Double?
+            for try await value in try await connection.query("SELECT min(not_before) FROM outbox WHERE not_before > \(now)", logger: logger)
+                .decode(Double?.self) {
+                next = value
+            }
+            return next
+        }
+    }
+
+    /// Settles an outbox entry; returns whether the entry was still there.
+    private static func settle(_ settlement: OutboxSettlement, _ context: PostgresWriteContext) async throws -> Bool {
+        let rows: PostgresRowSequence
+        switch settlement {
+        case .acknowledge(let entry):
+            rows = try await context.write("DELETE FROM outbox WHERE id = \(entry.id) RETURNING id")
+        case .reschedule(let entry, let until):
+            rows = try await context.write("UPDATE outbox SET not_before = \(until) WHERE id = \(entry.id) RETURNING id")
+        case .handOver(let entry, let destination, let until):
+            rows = try await context.write(
+                "UPDATE outbox SET destination = \(destination.rawValue), not_before = \(until), attempts = 0 WHERE id = \(entry.id) RETURNING id"
+            )
+        }
+        var existed = false
+        for try await _ in rows { existed = true }
+        return existed
+    }
+
+    package func settle(_ settlement: OutboxSettlement) async throws {
+        _ = try await writer.write { context in try await Self.settle(settlement, context) }
+    }
+
+    package func acknowledge(_ entry: OutboxEntry) async throws {
+        try await settle(.acknowledge(entry))
+    }
+
+    package func postpone(_ entry: OutboxEntry, until: Double) async throws {
+        _ = try await writer.write { context -> Bool in
+            try await context.write("UPDATE outbox SET attempts = attempts + 1, not_before = \(until) WHERE id = \(entry.id)")
+            return true
+        }
+    }
+
+    package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
+        try await settle(.reschedule(entry, until: until))
+    }
+
+    package func outboxCount() async throws -> Int {
+        try await read { connection, logger in
+            var count = 0
+            for try await value in try await connection.query("SELECT count(*)::int8 FROM outbox", logger: logger).decode(Int64.self) { count = Int(value) }
+            return count
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import Foundation
+@testable import Harpoon
+import HarpoonAPI
+import PostgresSupport
+import Synchronization
+import Testing
+import TestSupport
+
+/// Several Harpoon replicas on one PostgreSQL database: what only several writers can get wrong.
+@Suite("Harpoon replicas on one PostgreSQL database", .postgresServer)
+struct PostgresReplicaTests {
+    /// Opens `count` replicas of the store on a fresh database, runs `body`, closes them.
+    private func withReplicas<T>(_ count: Int, _ body: ([PostgresHarpoonStore]) async throws -> T) async throws -> T {
+        let address = try await freshPostgresDatabase()
+        // Replicas that start together: the schema is migrated once (the others wait for it, then find it done).
+        let replicas = try await withThrowingTaskGroup(of: PostgresHarpoonStore.self) { group in
+            for _ in 0..<count { group.addTask { try await PostgresHarpoonStore.open(address) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        do {
+            let result = try await body(replicas)
+            for replica in replicas { await replica.close() }
+            return result
+        } catch {
+            for replica in replicas { await replica.close() }
+            throw error
+        }
+    }
+
+    @Test("replicas writing at once: a watcher on either, resuming from any cursor it saw, never misses a change")
+    func cursorsInCommitOrder() async throws {
+        try await withReplicas(2) { replicas in
+            let writersDone = Atomic(false)
+            // Watchers read the change feed from either replica while the writes go on, each from a cursor a first
+            // watcher saw; each checks afterwards that it saw every change below where it got to.
+            let seen = Mutex<[Int64]>([0])
+            let watch: @Sendable (Int) async throws -> (start: Int64, position: Int64, cursors: Set<Int64>) = { index in
+                // Watchers start one after another, each from a cursor the first one has seen by then.
+                for _ in 0..<index * 20 { await Task.yield() }
+                let start = seen.withLock { $0[($0.count * 7 + index) % $0.count] }
+                var cursor = start
+                var cursors = Set<Int64>()
+                var finalPass = false
+                while true {
+                    let batch = try await replicas[index % 2].changes(after: cursor, customer: nil, limit: 50)
+                    for event in batch {
+                        #expect(event.cursor > cursor, "cursors increase along the feed")
+                        cursors.insert(event.cursor)
+                        cursor = event.cursor
+                    }
+                    if index == 0 { seen.withLock { $0 += batch.map(\.cursor) } }
+                    if batch.isEmpty {
+                        if finalPass { return (start, cursor, cursors) }
+                        if writersDone.load(ordering: .acquiring) { finalPass = true }  // one more read after the last write
+                        await Task.yield()
+                    }
+                }
+            }
+            // Writers on both replicas: creations and updates meet in transactions that commit in any order.
+            let write: @Sendable () async throws -> Void = {
+                try await withThrowingTaskGroup(of: Void.self) { writers in
+                    for writer in 0..<8 {
+                        writers.addTask {
+                            let store = replicas[writer % 2]
+                            for round in 0..<25 {
+                                let (_, event) = try await store.createDroplet(createRequest("w\(writer)-\(round)"))
+                                if round % 3 == 0 {
+                                    _ = try await replicas[(writer + 1) % 2].updateEvent(
+                                        id: event.id, status: .placed, hypervisorId: "hv\(writer)", error: nil, ipv4Address: nil, then: nil
+                                    )
+                                }
+                            }
+                        }
+                    }
+                    try await writers.waitForAll()
+                }
+                writersDone.store(true, ordering: .releasing)
+            }
+            let (watchers, _) = try await withThrowingTaskGroup(of: (Int, (Int64, Int64, Set<Int64>))?.self) { group in
+                for index in 0..<6 { group.addTask { (index, try await watch(index)) } }
+                group.addTask {
+                    try await write()
+                    return nil
+                }
+                var results: [Int: (Int64, Int64, Set<Int64>)] = [:]
+                for try await result in group { if let (index, value) = result { results[index] = value } }
+                return (results, ())
+            }
+            // The table at the end: each event once, at its latest change.
+            let final = try await replicas[0].changes(after: 0, customer: nil, limit: 100_000)
+            #expect(final.count == 200)
+            #expect(watchers.count == 6)
+            for (index, (start, position, cursors)) in watchers {
+                // Every change it had to see: those after where it started, up to where it got.
+                let missed = final.filter { $0.cursor > start && $0.cursor <= position && !cursors.contains($0.cursor) }
+                #expect(missed.map(\.cursor) == [], "watcher \(index) from \(start) passed these without seeing them")
+                #expect(position == final.map(\.cursor).max(), "watcher \(index) caught up")
+            }
+        }
+    }
+
+    @Test("an outbox entry is one replica's at a time; a replica that stops has its entries taken over after the lease")
+    func outboxClaims() async throws {
+        try await withReplicas(2) { replicas in
+            let (a, b) = (replicas[0], replicas[1])
+            let created = try await a.createDropletQueued(createRequest("web-1"))
+            let entry = try #require(created.entry)
+            let now = Date().timeIntervalSince1970
+            // The creator works on it from memory: the other replica does not see it due.
+            #expect(try await b.dueOutbox(now: now, limit: 10).isEmpty)
+            // The creator stops without settling it: after the lease it is due to the other, which claims it.
+            let lapsed = now + b.outboxLease + 1
+            let taken = try await b.dueOutbox(now: lapsed, limit: 10)
+            #expect(taken.map(\.id) == [entry.id])
+            #expect(try await a.dueOutbox(now: lapsed, limit: 10).isEmpty, "claimed by b: not a's as well")
+            // Claims made at the same moment split the entries: each goes to one replica.
+            for index in 0..<40 { _ = try await a.createDropletQueued(createRequest("d\(index)")) }
+            let later = lapsed + b.outboxLease + 1
+            let (left, right) = try await withThrowingTaskGroup(of: (Int, [OutboxEntry]).self) { group in
+                for (index, replica) in [a, b].enumerated() {
+                    group.addTask {
+                        var claimed: [OutboxEntry] = []
+                        while true {
+                            let batch = try await replica.dueOutbox(now: later, limit: 3)
+                            if batch.isEmpty { return (index, claimed) }
+                            claimed += batch
+                        }
+                    }
+                }
+                var byReplica: [Int: [OutboxEntry]] = [:]
+                for try await (index, claimed) in group { byReplica[index] = claimed }
+                return (byReplica[0] ?? [], byReplica[1] ?? [])
+            }
+            #expect(left.count + right.count == 41)
+            #expect(Set(left.map(\.id)).isDisjoint(with: Set(right.map(\.id))))
+        }
+    }
+
+    @Test("one idempotency key used on two replicas at once creates one droplet")
+    func idempotencyAcrossReplicas() async throws {
+        try await withReplicas(2) { replicas in
+            for round in 0..<10 {
+                let answers = try await withThrowingTaskGroup(of: CreatedDroplet.self) { group in
+                    for replica in replicas {
+                        group.addTask { try await replica.createDropletQueued(createRequest("web-\(round)", key: "key-\(round)")) }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                #expect(answers.count == 2)
+                #expect(Set(answers.map(\.droplet.id)).count == 1 && Set(answers.map(\.event.id)).count == 1, "round \(round)")
+                #expect(answers.filter { $0.entry != nil }.count == 1, "one of them wrote")
+            }
+            #expect(try await replicas[0].outboxCount() == 10)
+        }
+    }
+
+    @Test("two replicas told different endings of one event at once: one wins, the droplet follows it, the other is refused")
+    func concurrentUpdatesTakeTurns() async throws {
+        try await withReplicas(2) { replicas in
+            var endings: [Harpoon_V1_Event.Status: Int] = [:]
+            for round in 0..<20 {
+                let (_, event) = try await replicas[0].createDroplet(createRequest("web-\(round)"))
+                _ = try await replicas[0].updateEvent(id: event.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil)
+                // Each replica reads the event as placed and would move it on: without row locks both would write.
+                async let completed = Result(catching: {
+                    try await replicas[0].updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.0.0.1", then: nil)
+                })
+                async let errored = Result(catching: {
+                    try await replicas[1].updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "disk full", ipv4Address: nil, then: nil)
+                })
+                let answers = await [completed, errored]
+                let succeeded = answers.compactMap { try? $0.get() }
+                #expect(succeeded.count == 1, "round \(round): exactly one ending is accepted")
+                let refused = answers.compactMap { result -> HarpoonError? in
+                    if case .failure(let error) = result { return error as? HarpoonError }
+                    return nil
+                }
+                #expect(refused.count == 1 && refused.first?.isOutrun == true, "round \(round): the other is refused as outrun")
+                let final = try #require(try await replicas[1].event(id: event.id))
+                let droplet = try #require(try await replicas[0].droplet(id: event.dropletId))
+                #expect(succeeded.first?.status == final.status)
+                switch final.status {
+                case .completed: #expect(droplet.status == .active && droplet.ipv4Address == "10.0.0.1")
+                case .errored: #expect(droplet.status == .errored && droplet.error == "disk full" && droplet.ipv4Address == "")
+                default: Issue.record("event \(event.id) ended \(final.status)")
+                }
+                endings[final.status, default: 0] += 1
+            }
+            #expect(endings.values.reduce(0, +) == 20)
+        }
+    }
+
+    @Test("a commit on one replica wakes the other's listeners, without polling")
+    func notifications() async throws {
+        try await withReplicas(2) { replicas in
+            let woken = Atomic(0)
+            let listening = Task { await replicas[1].listen { woken.add(1, ordering: .relaxed) } }
+            defer { listening.cancel() }
+            // The listener wakes once when it starts (anything committed before it listened).
+            #expect(await eventually(timeout: .seconds(20)) { woken.load(ordering: .relaxed) >= 1 })
+            let before = woken.load(ordering: .relaxed)
+            _ = try await replicas[0].createDroplet(createRequest("web-1"))
+            #expect(await eventually(timeout: .seconds(20)) { woken.load(ordering: .relaxed) > before })
+            listening.cancel()
+            await listening.value
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}

@@ -1,0 +1,23 @@
+package import Testing
+
+/// A suite trait: one throwaway PostgreSQL server (``ThrowawayPostgres``) for the whole suite, started before its
+/// first test and stopped after its last; its tests find it in ``ThrowawayPostgres/current``.
+package struct PostgresServerTrait: SuiteTrait, TestScoping {
+    package var isRecursive: Bool { false }
+
+    package func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        let server = try ThrowawayPostgres.start()
+        defer { server.stop() }
+        try await ThrowawayPostgres.$current.withValue(server) { try await function() }
+    }
+}
+
+extension Trait where Self == PostgresServerTrait {
+    /// A PostgreSQL server of the suite's own.
+    package static var postgresServer: Self { PostgresServerTrait() }
+}
+
+extension ThrowawayPostgres {
+    /// The server of the running suite (``PostgresServerTrait``).
+    @TaskLocal package static var current: ThrowawayPostgres?
+}

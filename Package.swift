@@ -210,9 +210,11 @@ let package = Package(
         // make run: the whole cluster on 127.0.0.1, supervised; the API integration tests start it too.
         // Executables run as supervised child processes: the launcher, pipeline-bench and the multi-process tests.
         .target(name: "ChildProcess", swiftSettings: strictSettings),
+        // A PostgreSQL server run by Shoal on 127.0.0.1: throwaway ones for the tests, a kept one for make run.
+        .target(name: "LocalPostgres", dependencies: ["ChildProcess"], swiftSettings: strictSettings),
         .executableTarget(
             name: "shoal-local",
-            dependencies: ["ChildProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChildProcess", "LocalPostgres", "PostgresSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/Launcher",
             swiftSettings: strictSettings
         ),
@@ -257,7 +259,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // What the test targets share: waiting on conditions, seeded randomness.
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSettings),
+        .target(name: "TestSupport", dependencies: ["LocalPostgres"], path: "Tests/TestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "RPCCoreTests",
             dependencies: ["RPCCore"],
@@ -288,7 +290,7 @@ let package = Package(
         .testTarget(
             name: "HarpoonTests",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport", "PostgresSupport",
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport", "PostgresSupport", "LocalPostgres",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictSettings

@@ -12,8 +12,9 @@ struct AggregatorCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 8080
-    @Option(help: "Harpoon, host:port.") var harpoon = "127.0.0.1:50050"
-    @Option(name: .customLong("reserved-ip"), help: "The reserved-IP orchestrator, host:port.") var reservedIP = "127.0.0.1:50080"
+    @Option(help: "Harpoon, host:port (replicas: several, comma-separated).") var harpoon = "127.0.0.1:50050"
+    @Option(name: .customLong("reserved-ip"), help: "The reserved-IP orchestrator, host:port (replicas: several, comma-separated).")
+    var reservedIP = "127.0.0.1:50080"
     @Option(help: "A region, slug=Name; repeat for each (the first is the default for new droplets). Also from SHOAL_REGIONS (comma-separated).") var region: [String] = []
     @Option(help: "A customer's API token, token=customer; repeat for each. Also from SHOAL_API_TOKENS (comma-separated).") var token: [String] = []
     @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
@@ -41,8 +42,8 @@ struct AggregatorCommand: AsyncParsableCommand {
             tokenLimits[token] = .init(perHour: numbers[0], perMinute: numbers[1])
         }
         let api = API(
-            harpoon: RPCClient(targets: [try ServiceRuntime.address(harpoon)]),
-            reservedIPs: RPCClient(targets: [try ServiceRuntime.address(reservedIP)]),
+            harpoon: RPCClient(targets: try ServiceRuntime.addresses(harpoon)),
+            reservedIPs: RPCClient(targets: try ServiceRuntime.addresses(reservedIP)),
             configuration: .init(
                 tokens: tokens, catalog: Catalog(regions: regions),
                 limits: .init(perHour: requestsPerHour, perMinute: burstPerMinute), tokenLimits: tokenLimits

@@ -6,6 +6,8 @@ import ArgumentParser
 import Dispatch
 import ChildProcess
 import Foundation
+import LocalPostgres
+import PostgresSupport
 import Synchronization
 
 /// Set once the cluster is stopping: from then on no service is restarted (Ctrl-C in a terminal reaches the
@@ -93,7 +95,10 @@ struct Launcher: AsyncParsableCommand {
         commandName: "shoal-local", abstract: "Runs the whole Shoal cluster on 127.0.0.1 until Ctrl-C or SIGTERM."
     )
 
-    @Option(help: "Where the SQLite files and logs go.") var dataDir = ".shoal"
+    @Option(help: "Where the databases and logs go.") var dataDir = ".shoal"
+    @Option(help: "Harpoon's store: sqlite (a file, one replica) or postgres (a local PostgreSQL server under the data directory, started and stopped with the cluster).")
+    var store = "sqlite"
+    @Option(help: "Harpoon replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).") var harpoonReplicas: Int?
     @Option(help: "Port of the customer API (0: any free port).") var apiPort = 8080
     @Option(help: "Directory of the Shoal executables (default: this one's).") var bin: String?
     @Option(help: "Regions, slug=Name=pool CIDR; repeat for each.") var region: [String] = [
@@ -125,7 +130,13 @@ struct Launcher: AsyncParsableCommand {
         }
         guard !regions.isEmpty else { throw ValidationError("give at least one --region") }
 
-        let schedulerPort = try freeLoopbackPort(), harpoonPort = try freeLoopbackPort(), reservedIPPort = try freeLoopbackPort()
+        guard store == "sqlite" || store == "postgres" else { throw ValidationError("--store is sqlite or postgres, not '\(store)'") }
+        let replicas = harpoonReplicas ?? (store == "postgres" ? 2 : 1)
+        guard replicas >= 1, store == "postgres" || replicas == 1 else {
+            throw ValidationError("--harpoon-replicas \(replicas): several replicas share a PostgreSQL database (--store postgres)")
+        }
+        let schedulerPort = try freeLoopbackPort(), reservedIPPort = try freeLoopbackPort()
+        let harpoonPorts = try (0..<replicas).map { _ in try freeLoopbackPort() }
         var routerPorts: [String: Int] = [:]
         for region in regions { routerPorts[region.slug] = try freeLoopbackPort() }
         let apiPort = self.apiPort == 0 ? try freeLoopbackPort() : self.apiPort
@@ -137,6 +148,22 @@ struct Launcher: AsyncParsableCommand {
             return ["--metrics-port", "\(port)"]
         }
         func local(_ port: Int) -> String { "127.0.0.1:\(port)" }
+        let harpoons = harpoonPorts.map(local).joined(separator: ",")
+        // Harpoon's database: a file, or a database on a PostgreSQL server of the cluster's own (kept between runs).
+        var postgres: LocalPostgres?
+        var harpoonDatabase = data.appendingPathComponent("harpoon.sqlite").path
+        if store == "postgres" {
+            let server = try LocalPostgres.start(in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
+            postgres = server
+            do {
+                let address = try await PostgresPool.createDatabase("shoal", on: PostgresAddress(url: server.url()))
+                harpoonDatabase = "\(address)"
+            } catch {
+                server.stop()
+                throw error
+            }
+            say("PostgreSQL pid \(server.pid) on 127.0.0.1:\(server.port), data in \(server.directory.path)")
+        }
 
         var services: [Service] = []
         let signals = AsyncStream<Int32>.makeStream()
@@ -152,6 +179,7 @@ struct Launcher: AsyncParsableCommand {
         func stopAll() {
             shuttingDown.withLock { $0 = true }
             for service in services.reversed() { service.stop() }
+            postgres?.stop()
         }
         func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
             let service = Service(
@@ -165,18 +193,21 @@ struct Launcher: AsyncParsableCommand {
             say("service \(name) pid \(service.pid): \(line)")
         }
         do {
-            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", local(harpoonPort)] + metrics("scheduler"), ready: "ready on")
-            try await launch("harpoon", "harpoon", [
-                "--port", "\(harpoonPort)", "--database", data.appendingPathComponent("harpoon.sqlite").path, "--scheduler", local(schedulerPort),
-            ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + metrics("harpoon"), ready: "ready on")
+            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoons] + metrics("scheduler"), ready: "ready on")
+            for (index, port) in harpoonPorts.enumerated() {
+                let name = replicas == 1 ? "harpoon" : "harpoon-\(index + 1)"
+                try await launch(name, "harpoon", [
+                    "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", local(schedulerPort),
+                ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + metrics(name), ready: "ready on")
+            }
             for region in regions {
                 try await launch("event-router-\(region.slug)", "event-router", [
-                    "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", local(harpoonPort),
+                    "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", harpoons,
                     "--scheduler", local(schedulerPort),
                 ] + metrics("event-router-\(region.slug)"), ready: "ready on")
             }
             try await launch("reserved-ip", "reserved-ip", [
-                "--port", "\(reservedIPPort)", "--database", data.appendingPathComponent("reserved-ip.sqlite").path, "--harpoon", local(harpoonPort),
+                "--port", "\(reservedIPPort)", "--database", data.appendingPathComponent("reserved-ip.sqlite").path, "--harpoon", harpoons,
             ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + metrics("reserved-ip"), ready: "ready on")
             for region in regions {
                 try await launch("hypervisors-\(region.slug)", "hypervisor", [
@@ -186,7 +217,7 @@ struct Launcher: AsyncParsableCommand {
                 ], ready: "agent(s)")
             }
             try await launch("aggregator", "aggregator", [
-                "--port", "\(apiPort)", "--harpoon", local(harpoonPort), "--reserved-ip", local(reservedIPPort), "--token", token,
+                "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", local(reservedIPPort), "--token", token,
                 "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
             ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] }, ready: "ready on")
         } catch {
@@ -197,7 +228,7 @@ struct Launcher: AsyncParsableCommand {
         let api = "http://127.0.0.1:\(apiPort)"
         say("""
 
-        Shoal is running: \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
+        Shoal is running on \(store == "postgres" ? "PostgreSQL (\(replicas) Harpoon replicas)" : "SQLite"): \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
         API: \(api)
         token: \(demoToken)
 

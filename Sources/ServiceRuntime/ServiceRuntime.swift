@@ -67,6 +67,14 @@ package enum ServiceRuntime {
     }
 
     /// Parses `host:port` (or `[v6]:port`).
+    /// Comma-separated `host:port` addresses (a service's replicas), at least one.
+    package static func addresses(_ text: String) throws(RPCError) -> [(host: String, port: Int)] {
+        var addresses: [(host: String, port: Int)] = []
+        for part in text.split(separator: ",") { addresses.append(try address(String(part))) }
+        guard !addresses.isEmpty else { throw RPCError(code: .invalidArgument, message: "'\(text)' names no host:port") }
+        return addresses
+    }
+
     package static func address(_ text: String) throws(RPCError) -> (host: String, port: Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
             throw RPCError(code: .invalidArgument, message: "'\(text)' is not host:port")

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 @testable import Harpoon
 import HarpoonAPI
+import LocalPostgres
 import NIOCore
 import PostgresSupport
 import Synchronization

@@ -1,4 +1,8 @@
+package import LocalPostgres
 package import Testing
+
+/// A PostgreSQL server of a test's own (deleted when stopped).
+package typealias ThrowawayPostgres = LocalPostgres
 
 /// A suite trait: one throwaway PostgreSQL server (``ThrowawayPostgres``) for the whole suite, started before its
 /// first test and stopped after its last; its tests find it in ``ThrowawayPostgres/current``.

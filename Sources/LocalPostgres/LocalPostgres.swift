@@ -1,21 +1,26 @@
 package import Foundation
+internal import ChildProcess
 #if canImport(Glibc)
 internal import Glibc
 #endif
 
-/// A PostgreSQL server of a test's own: a new cluster (initdb) in a temporary directory, listening on a free
-/// loopback port, stopped and deleted by ``stop()``. Its one user, `shoal`, is trusted from 127.0.0.1.
+/// A PostgreSQL server on 127.0.0.1 run by Shoal itself: a cluster (initdb) in a directory of ours, on a free loopback
+/// port. Tests start throwaway ones (``start(in:durable:timeout:)`` with no directory: a temporary one, deleted by
+/// ``stop()``); `make run --store postgres` keeps one under its data directory, started again on the same files.
+/// Its one user, `shoal`, is trusted from 127.0.0.1 only.
 ///
 /// PostgreSQL refuses to run as root, so as root (CI) the cluster belongs to `nobody` and its programs run through
-/// `setpriv`. The binaries are found on `PATH`, in `SHOAL_PG_BIN`, or under `/usr/lib/postgresql/<version>/bin`
+/// `setpriv`. The binaries are found in `SHOAL_PG_BIN`, on `PATH`, or under `/usr/lib/postgresql/<version>/bin`
 /// (Debian's `postgresql` package, which `make test` installs).
 ///
-/// The cluster runs with `fsync=off`: the tests exercise what the stores do, not the machine's disk. (Services keep
-/// PostgreSQL's default, `synchronous_commit=on` with fsync, which the stores check for at start.)
-package final class ThrowawayPostgres: Sendable {
+/// A throwaway cluster runs with `fsync=off`: tests exercise what the stores do, not the machine's disk. A kept one
+/// (`durable`) keeps PostgreSQL's defaults, fsync and `synchronous_commit=on`, which the stores check for at start.
+package final class LocalPostgres: Sendable {
     package let port: Int
     package let directory: URL
     private let process: Process
+    /// Whether ``stop()`` deletes the cluster.
+    private let throwaway: Bool
     package static let user = "shoal"
 
     package enum Failure: Error, CustomStringConvertible {
@@ -44,12 +49,14 @@ package final class ThrowawayPostgres: Sendable {
         }?.resolvingSymlinksInPath()
     }
 
-    /// Creates and starts a cluster; waits (up to `timeout`) until it accepts connections.
-    package static func start(timeout: Duration = .seconds(60)) throws -> ThrowawayPostgres {
+    /// Starts the cluster in `directory` (created with initdb if it has none yet; `nil`: a new temporary one, deleted
+    /// by ``stop()``); waits (up to `timeout`) until it accepts connections.
+    package static func start(in kept: URL? = nil, durable: Bool = false, timeout: Duration = .seconds(60)) throws -> LocalPostgres {
         guard let bin = binaries else { throw Failure.binariesMissing }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
+        let directory = kept ?? FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let data = directory.appendingPathComponent("data")
+        let exists = FileManager.default.fileExists(atPath: data.appendingPathComponent("PG_VERSION").path)
         let asRoot = getuid() == 0
         if asRoot {
             // The cluster's owner: nobody (its directory must be its own, mode 0700, which initdb sets).
@@ -63,8 +70,12 @@ package final class ThrowawayPostgres: Sendable {
             return (URL(fileURLWithPath: path), arguments)
         }
         do {
-            let (initdb, initArguments) = command("initdb", ["-D", data.path, "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"])
-            try run(initdb, initArguments)
+            if !exists {
+                let (initdb, initArguments) = command("initdb", [
+                    "-D", data.path, "-U", user, "--auth-local=trust", "--auth-host=trust", "-E", "UTF8", "--locale=C",
+                ] + (durable ? [] : ["--no-sync"]))
+                try run(initdb, initArguments)
+            }
             var lastError: (any Error)?
             for _ in 0..<3 {
                 // A free port, found by binding to it; another process could take it before the server does, so a
@@ -72,8 +83,8 @@ package final class ThrowawayPostgres: Sendable {
                 let port = try freeLoopbackPort()
                 let (postgres, arguments) = command("postgres", [
                     "-D", data.path, "-p", "\(port)", "-k", directory.path, "-c", "listen_addresses=127.0.0.1",
-                    "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
-                ])
+                    "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+                ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"]))
                 let log = directory.appendingPathComponent("server-\(port).log")
                 _ = FileManager.default.createFile(atPath: log.path, contents: nil)
                 let process = Process()
@@ -83,7 +94,7 @@ package final class ThrowawayPostgres: Sendable {
                 process.standardOutput = handle
                 process.standardError = handle
                 try process.run()
-                let server = ThrowawayPostgres(port: port, directory: directory, process: process)
+                let server = LocalPostgres(port: port, directory: directory, process: process, throwaway: kept == nil)
                 do {
                     try server.waitUntilReady(data: data, log: log, timeout: timeout)
                     return server
@@ -94,15 +105,16 @@ package final class ThrowawayPostgres: Sendable {
             }
             throw lastError ?? Failure.notReady("no attempt")
         } catch {
-            try? FileManager.default.removeItem(at: directory)
+            if kept == nil { try? FileManager.default.removeItem(at: directory) }
             throw error
         }
     }
 
-    private init(port: Int, directory: URL, process: Process) {
+    private init(port: Int, directory: URL, process: Process, throwaway: Bool) {
         self.port = port
         self.directory = directory
         self.process = process
+        self.throwaway = throwaway
     }
 
     /// `postgres://shoal@127.0.0.1:<port>/<database>`
@@ -135,11 +147,14 @@ package final class ThrowawayPostgres: Sendable {
         process.waitUntilExit()
     }
 
-    /// Stops the server and deletes its cluster.
+    /// Stops the server (and deletes a throwaway cluster).
     package func stop() {
         stopProcess()
-        try? FileManager.default.removeItem(at: directory)
+        if throwaway { try? FileManager.default.removeItem(at: directory) }
     }
+
+    /// The server's process id.
+    package var pid: Int32 { process.processIdentifier }
 
     /// Kills the server as a crash would (SIGKILL), leaving its files for a restart.
     package func crash() {
@@ -162,24 +177,4 @@ package final class ThrowawayPostgres: Sendable {
             throw Failure.command(([executable.path] + arguments).joined(separator: " "), status: process.terminationStatus, output: String(decoding: output, as: UTF8.self))
         }
     }
-}
-
-/// A TCP port on 127.0.0.1 that nothing listens on now.
-package func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw POSIXError(.EMFILE) }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

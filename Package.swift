@@ -299,7 +299,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "TestSupport", "ChildProcess",
+                "HarpoonAPI", "EventRouterAPI", "TestSupport", "ChildProcess", "LocalPostgres", "PostgresSupport",
             ],
             swiftSettings: strictSettings
         ),

@@ -112,10 +112,10 @@ package final class ChildProcess: Sendable {
         process.waitUntilExit()
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    package func stop(grace: Duration = .seconds(10)) {
+    /// `signal` (SIGTERM: shut down), then SIGKILL if it has not exited within `grace`.
+    package func stop(grace: Duration = .seconds(10), signal: Int32 = SIGTERM) {
         guard let process = state.withLock({ $0.process }), process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
+        kill(process.processIdentifier, signal)
         let deadline = ContinuousClock.now.advanced(by: grace)
         while process.isRunning, ContinuousClock.now < deadline { usleep(10_000) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }

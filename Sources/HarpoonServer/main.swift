@@ -15,6 +15,8 @@ struct HarpoonCommand: AsyncParsableCommand {
     @Option(help: "The database: a SQLite file (created if missing), or postgres://user[:password]@host[:port]/database, shared by every replica.")
     var database = "harpoon.sqlite"
     @Option(help: "PostgreSQL: connections this replica opens at most (fixed, whatever the load).") var databaseConnections = 8
+    @Option(help: "PostgreSQL: how long an outbox entry stays with the replica working on it; a replica that dies has its entries taken over after this.")
+    var outboxLeaseSeconds = 30.0
     @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
     var sqliteSynchronous = "full"
     @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
@@ -38,7 +40,8 @@ struct HarpoonCommand: AsyncParsableCommand {
         let postgres: PostgresHarpoonStore?
         if PostgresAddress.isPostgres(database) {
             guard databaseConnections >= 2 else { throw ValidationError("--database-connections must be at least 2 (one listens for other replicas' changes)") }
-            let opened = try await PostgresHarpoonStore.open(PostgresAddress(url: database), connections: databaseConnections)
+            guard outboxLeaseSeconds > 0 else { throw ValidationError("--outbox-lease-seconds must be positive") }
+            let opened = try await PostgresHarpoonStore.open(PostgresAddress(url: database), connections: databaseConnections, outboxLease: outboxLeaseSeconds)
             (store, postgres) = (opened, opened)
         } else {
             (store, postgres) = (try SQLiteHarpoonStore(path: database, durability: durability), nil)

@@ -153,7 +153,7 @@ struct Launcher: AsyncParsableCommand {
         var postgres: LocalPostgres?
         var harpoonDatabase = data.appendingPathComponent("harpoon.sqlite").path
         if store == "postgres" {
-            let server = try LocalPostgres.start(in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
+            let server = try await LocalPostgres.start(in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
             postgres = server
             do {
                 let address = try await PostgresPool.createDatabase("shoal", on: PostgresAddress(url: server.url()))

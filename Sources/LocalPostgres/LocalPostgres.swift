@@ -18,7 +18,7 @@ internal import Glibc
 package final class LocalPostgres: Sendable {
     package let port: Int
     package let directory: URL
-    private let process: Process
+    private let process: ChildProcess
     /// Whether ``stop()`` deletes the cluster.
     private let throwaway: Bool
     package static let user = "shoal"
@@ -51,7 +51,7 @@ package final class LocalPostgres: Sendable {
 
     /// Starts the cluster in `directory` (created with initdb if it has none yet; `nil`: a new temporary one, deleted
     /// by ``stop()``); waits (up to `timeout`) until it accepts connections.
-    package static func start(in kept: URL? = nil, durable: Bool = false, timeout: Duration = .seconds(60)) throws -> LocalPostgres {
+    package static func start(in kept: URL? = nil, durable: Bool = false, timeout: Duration = .seconds(60)) async throws -> LocalPostgres {
         guard let bin = binaries else { throw Failure.binariesMissing }
         let directory = kept ?? FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -85,22 +85,16 @@ package final class LocalPostgres: Sendable {
                     "-D", data.path, "-p", "\(port)", "-k", directory.path, "-c", "listen_addresses=127.0.0.1",
                     "-c", "max_connections=300", "-c", "shared_buffers=64MB",
                 ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"]))
-                let log = directory.appendingPathComponent("server-\(port).log")
-                _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-                let process = Process()
-                process.executableURL = postgres
-                process.arguments = arguments
-                let handle = try FileHandle(forWritingTo: log)
-                process.standardOutput = handle
-                process.standardError = handle
-                try process.run()
-                let server = LocalPostgres(port: port, directory: directory, process: process, throwaway: kept == nil)
+                let process = ChildProcess(
+                    path: postgres.path, arguments: arguments, log: directory.appendingPathComponent("server.log"), outputLimit: 65_536
+                )
+                try process.start()
                 do {
-                    try server.waitUntilReady(data: data, log: log, timeout: timeout)
-                    return server
+                    try await process.waitFor("ready to accept connections", timeout: timeout)
+                    return LocalPostgres(port: port, directory: directory, process: process, throwaway: kept == nil)
                 } catch {
                     lastError = error
-                    server.stopProcess()
+                    process.stop(grace: .seconds(20), signal: SIGINT)
                 }
             }
             throw lastError ?? Failure.notReady("no attempt")
@@ -110,7 +104,7 @@ package final class LocalPostgres: Sendable {
         }
     }
 
-    private init(port: Int, directory: URL, process: Process, throwaway: Bool) {
+    private init(port: Int, directory: URL, process: ChildProcess, throwaway: Bool) {
         self.port = port
         self.directory = directory
         self.process = process
@@ -120,31 +114,9 @@ package final class LocalPostgres: Sendable {
     /// `postgres://shoal@127.0.0.1:<port>/<database>`
     package func url(database: String = "postgres") -> String { "postgres://\(Self.user)@127.0.0.1:\(port)/\(database)" }
 
-    /// PostgreSQL writes `ready` into the last line of `postmaster.pid` once it accepts connections.
-    private func waitUntilReady(data: URL, log: URL, timeout: Duration) throws {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        let pidFile = data.appendingPathComponent("postmaster.pid")
-        while ContinuousClock.now < deadline {
-            if !process.isRunning {
-                throw Failure.notReady((try? String(contentsOf: log, encoding: .utf8)) ?? "exited")
-            }
-            if let text = try? String(contentsOf: pidFile, encoding: .utf8),
-               text.split(separator: "\n").map({ $0.trimmingCharacters(in: .whitespaces) }).contains("ready") {
-                return
-            }
-            usleep(5_000)
-        }
-        throw Failure.notReady((try? String(contentsOf: log, encoding: .utf8)) ?? "timed out")
-    }
-
+    /// Fast shutdown (SIGINT): clients are disconnected and the server exits at once.
     private func stopProcess() {
-        guard process.isRunning else { return }
-        // Fast shutdown: clients are disconnected, the server exits at once.
-        kill(process.processIdentifier, SIGINT)
-        let deadline = ContinuousClock.now.advanced(by: .seconds(20))
-        while process.isRunning, ContinuousClock.now < deadline { usleep(2_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        process.stop(grace: .seconds(20), signal: SIGINT)
     }
 
     /// Stops the server (and deletes a throwaway cluster).
@@ -154,14 +126,10 @@ package final class LocalPostgres: Sendable {
     }
 
     /// The server's process id.
-    package var pid: Int32 { process.processIdentifier }
+    package var pid: Int32 { process.pid }
 
     /// Kills the server as a crash would (SIGKILL), leaving its files for a restart.
-    package func crash() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
+    package func crash() { process.crash() }
 
     private static func run(_ executable: URL, _ arguments: [String]) throws {
         let process = Process()

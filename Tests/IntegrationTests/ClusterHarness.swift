@@ -9,8 +9,8 @@ func built(_ executable: String) -> String {
         .appendingPathComponent(".build/debug/\(executable)").path
 }
 
-/// Scheduler, a router per region, Harpoon (SQLite in a temporary directory) and a hypervisor fleet per region,
-/// each a real process on 127.0.0.1.
+/// Scheduler, a router per region, Harpoon (SQLite in a temporary directory, or replicas on a PostgreSQL database) and a
+/// hypervisor fleet per region, each a real process on 127.0.0.1.
 final class ProcessCluster {
     let directory: URL
     let regions: [String]
@@ -25,24 +25,37 @@ final class ProcessCluster {
     let schedulers: [String]
     /// Each region's routers: "router-REGION", then "router-REGION-2", ...
     let routers: [String: [String]]
+    /// The Harpoon replicas: "harpoon", then "harpoon-2", ...
+    let harpoons: [String]
+    /// Harpoon's database: `nil` for a SQLite file in the cluster's directory, or a `postgres://` address.
+    let database: String?
+    /// More arguments for every Harpoon replica.
+    var harpoonArguments: [String] = []
 
-    init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1) async throws {
+    /// - Parameter database: a `postgres://` address for Harpoon (required for more than one Harpoon replica).
+    init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1, harpoonReplicas: Int = 1, database: String? = nil) async throws {
         self.regions = regions
+        self.database = database
         schedulers = ["scheduler"] + (1..<max(1, schedulerReplicas)).map { "scheduler-\($0 + 1)" }
+        harpoons = ["harpoon"] + (1..<max(1, harpoonReplicas)).map { "harpoon-\($0 + 1)" }
         var routers: [String: [String]] = [:]
         for region in regions { routers[region] = ["router-\(region)"] + (1..<max(1, routersPerRegion)).map { "router-\(region)-\($0 + 1)" } }
         self.routers = routers
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-cluster-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in schedulers + ["harpoon"] + regions.flatMap({ routers[$0] ?? [] }) {
+        for name in schedulers + harpoons + regions.flatMap({ routers[$0] ?? [] }) {
             ports[name] = try freeLoopbackPort()
             metricsPorts[name] = try freeLoopbackPort()
         }
-        client = RPCClient(targets: [("127.0.0.1", ports["harpoon"] ?? 0)])
+        let ports = ports
+        client = RPCClient(targets: harpoons.map { ("127.0.0.1", ports[$0] ?? 0) })
         harpoon = Harpoon_V1_Harpoon.Client(client)
     }
 
     func address(_ name: String) -> String { "127.0.0.1:\(ports[name] ?? 0)" }
+
+    /// Every Harpoon replica's address, comma-separated, as its callers take them.
+    var harpoonAddresses: String { harpoons.map(address).joined(separator: ",") }
 
     /// Every scheduler replica's address, comma-separated, as Harpoon and the routers take them.
     var schedulerAddresses: String { schedulers.map(address).joined(separator: ",") }
@@ -64,17 +77,17 @@ final class ProcessCluster {
         switch name {
         case _ where name.hasPrefix("scheduler"):
             return ChildProcess(path: built("scheduler"), arguments: [
-                "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon", address("harpoon"),
+                "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon", harpoonAddresses,
             ])
-        case "harpoon":
+        case _ where name.hasPrefix("harpoon"):
             return ChildProcess(path: built("harpoon"), arguments: [
-                "--port", String(ports[name] ?? 0), "--database", directory.appendingPathComponent("harpoon.sqlite").path,
+                "--port", String(ports[name] ?? 0), "--database", database ?? directory.appendingPathComponent("harpoon.sqlite").path,
                 "--scheduler", schedulerAddresses,
-            ] + regions.flatMap { ["--router", "\($0)=\(routerAddresses($0))"] })
+            ] + regions.flatMap { ["--router", "\($0)=\(routerAddresses($0))"] } + harpoonArguments)
         default:
             let region = region(ofRouter: name)
             return ChildProcess(path: built("event-router"), arguments: [
-                "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", address("harpoon"),
+                "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", harpoonAddresses,
                 "--scheduler", schedulerAddresses, "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
             ])
         }
@@ -104,7 +117,7 @@ final class ProcessCluster {
         for region in regions {
             for router in routers[region] ?? [] { try await startService(router) }
         }
-        try await startService("harpoon")
+        for harpoon in harpoons { try await startService(harpoon) }
         for region in regions { try await startFleet(region: region, agents: agentsPerRegion) }
     }
 

@@ -74,6 +74,30 @@ struct ClientTests {
         await serverB.shutdownGracefully()
     }
 
+    @Test("an address that refuses connections costs a call nothing while another is up: nothing was sent, so the call goes on to the next")
+    func unreachableAddressSkipped() async throws {
+        let dead = RPCServer(configuration: .init(), services: [])
+        let deadPort = try #require(try await dead.start().port)
+        await dead.shutdownGracefully()
+        try await withServer([ProbeService()]) { _, _, port in
+            // Dead first, and again each time its backoff ends: no call fails, without any retry policy.
+            var configuration = RPCClient.Configuration()
+            configuration.backoff.initial = .milliseconds(1)
+            configuration.backoff.maximum = .milliseconds(1)
+            let client = RPCClient(targets: [("127.0.0.1", deadPort), ("127.0.0.1", port)], configuration: configuration)
+            let probe = Rpctest_V1_Probe.Client(client)
+            for index in 0..<20 {
+                let text = try await probe.echo(Request(text: "call \(index)")).text
+                #expect(text == "call \(index)")
+            }
+            await client.close()
+            // With no address up, the call fails as unavailable.
+            let nowhere = RPCClient(targets: [("127.0.0.1", deadPort)])
+            await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(nowhere).echo(Request(text: "once")) }
+            await nowhere.close()
+        }
+    }
+
     @Test("a retryable failure is retried on the next address; without a policy it is not")
     func retries() async throws {
         // A port that refuses: bind a server, note its port, stop it.
@@ -83,7 +107,10 @@ struct ClientTests {
         try await withServer([ProbeService()]) { _, _, port in
             let client = RPCClient(targets: [("127.0.0.1", deadPort), ("127.0.0.1", port)])
             let probe = Rpctest_V1_Probe.Client(client)
-            await expectRPCError(.unavailable) { try await probe.echo(Request(text: "once")) }
+            // A failure the server answers (the call reached it) is not retried without a policy.
+            await expectRPCError(.unavailable) {
+                try await probe.echo(Request(failCode: Int32(RPCError.Code.unavailable.rawValue)))
+            }
             let retrying = CallOptions(timeout: .seconds(10), retry: RetryPolicy(maxAttempts: 3))
             for _ in 0..<6 {
                 let text = try await probe.echo(Request(text: "again"), options: retrying).text

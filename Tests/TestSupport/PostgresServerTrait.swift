@@ -10,7 +10,7 @@ package struct PostgresServerTrait: SuiteTrait, TestScoping {
     package var isRecursive: Bool { false }
 
     package func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
-        let server = try ThrowawayPostgres.start()
+        let server = try await ThrowawayPostgres.start()
         defer { server.stop() }
         try await ThrowawayPostgres.$current.withValue(server) { try await function() }
     }

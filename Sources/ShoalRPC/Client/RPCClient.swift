@@ -139,17 +139,37 @@ public final class RPCClient: Sendable {
         for connection in connections { await connection.close() }
     }
 
-    private func pickConnection() throws(RPCError) -> ClientConnection {
+    /// The next target in turn that is up (or may be: its backoff has passed), other than those in `tried`.
+    private func pickConnection(excluding tried: [ClientConnection] = []) throws(RPCError) -> ClientConnection {
         guard !connections.isEmpty else { throw RPCError(code: .unavailable, message: "the client has no target addresses") }
         let start = nextIndex.withLockedValue { index in
             defer { index = (index + 1) % connections.count }
             return index
         }
+        var fallback: ClientConnection?
         for offset in 0..<connections.count {
             let candidate = connections[(start + offset) % connections.count]
+            guard !tried.contains(where: { $0 === candidate }) else { continue }
             if candidate.isUsable { return candidate }
+            if fallback == nil { fallback = candidate }
         }
-        return connections[start]
+        return fallback ?? connections[start]
+    }
+
+    /// A connection for a new stream: when the chosen target cannot be reached, the others are tried in turn (nothing
+    /// has been sent, so this is the transparent retry gRPC allows): a replica that is down costs a call nothing
+    /// while another is up.
+    private func reachableConnection() async throws -> (ClientConnection, NGHTTP2Connection) {
+        var tried: [ClientConnection] = []
+        while true {
+            let connection = try pickConnection(excluding: tried)
+            do {
+                return (connection, try await connection.connection())
+            } catch let error as RPCError where error.code == .unavailable {
+                tried.append(connection)
+                if tried.count >= connections.count { throw error }
+            }
+        }
     }
 
     private func headers(_ descriptor: ProtoMethodDescriptor, _ context: ClientRequestContext, authority: String) -> [HTTP2Header] {
@@ -169,12 +189,11 @@ public final class RPCClient: Sendable {
 
     /// Opens a stream for one attempt of a call.
     private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool, extraHeaders: [(String, String)] = []) async throws -> ClientCall {
-        let connection = try pickConnection()
-        let headers = headers(context.descriptor, context, authority: connection.authority) + extraHeaders.map { ($0.0, $0.1) }
         let options = context.options
         var attempt = 0
         while true {
-            let http2 = try await connection.connection()
+            let (connection, http2) = try await reachableConnection()
+            let headers = headers(context.descriptor, context, authority: connection.authority) + extraHeaders.map { ($0.0, $0.1) }
             let start: @Sendable () throws -> ClientCall = {
                 try ClientCall.start(
                     on: http2, headers: headers, message: first, endRequest: endRequest,

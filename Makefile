@@ -107,18 +107,26 @@ fuzz: deps ## Fuzz the message decoder (FUZZ_RUNS, default 2,000,000) and the gR
 bench: bench-codec bench-rpc bench-pipeline bench-api ## Run every benchmark.
 
 .PHONY: bench-pipeline
-bench-pipeline: deps ## The event pipeline as processes, 20, 1,000 and 15,000 agents: creations/s, p99 to completed, push p99, router KiB/agent, db connections.
+bench-pipeline: deps ## The event pipeline as processes, 20, 1,000 and 15,000 agents (STORE=postgres: SQLite beside 2 Harpoon replicas on PostgreSQL).
 	swift build -c release --product scheduler
 	swift build -c release --product harpoon
 	swift build -c release --product event-router
 	swift build -c release --product hypervisor
 	swift build -c release --product pipeline-bench
+ifeq ($(STORE),postgres)
+	@echo "== 1000 agents, 96 creations in flight, Harpoon on SQLite"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96
+	@echo "== 20 agents, 32 in flight, 2 Harpoon replicas on PostgreSQL (connections as the server counts them)"
+	.build/release/pipeline-bench --postgres --agents 20 --seconds 1 --concurrency 32 --warmup-milliseconds 300 | tail -4
+	@echo "== 1000 agents, 96 creations in flight, 2 Harpoon replicas on PostgreSQL (durable: fsync, synchronous_commit on)"
+	.build/release/pipeline-bench --postgres --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96
+else
 	@echo "== 20 agents (short and light: 20 hypervisors hold 2,700 droplets at most)"; .build/release/pipeline-bench --agents 20 --seconds 1 --concurrency 32 --warmup-milliseconds 300 | tail -5
 	@echo "== 1000 agents, 256 creations in flight (the most it sustains; latency is queueing)"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 256 | tail -5
 	@echo "== 1000 agents, 96 creations in flight (rate and p99 at one load: the target point)"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96
 	@echo "== 15000 agents: 3 regions, 2 routers each, 6 fleet processes; 96 creations in flight; Explain timed at the end"
 	.build/release/pipeline-bench --agents 15000 --regions 3 --routers-per-region 2 --fleet-processes 6 --heartbeat-milliseconds 2000 \
 	  --seconds $${SECONDS_15K:-10} --concurrency 96 --warmup-milliseconds 3000 --explain-samples 200 --label fleet15k --base-port 53000
+endif
 
 .PHONY: bench-rpc
 bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 anchor server (ends with the min rps ratio).

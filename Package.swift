@@ -157,7 +157,10 @@ let package = Package(
         // make bench-pipeline: the pipeline as processes under concurrent creations.
         .executableTarget(
             name: "pipeline-bench",
-            dependencies: ["HarpoonAPI", "EventRouterAPI", "ChildProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "HarpoonAPI", "EventRouterAPI", "ChildProcess", "LocalPostgres", "PostgresSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/PipelineBench",
             swiftSettings: strictSettings
         ),

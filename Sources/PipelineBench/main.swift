@@ -1,7 +1,8 @@
 // pipeline-bench (make bench-pipeline): the whole event pipeline as real processes — scheduler, routers, Harpoon on
-// SQLite and fleets of simulated agents that complete instantly — driven by concurrent CreateDroplet calls. Prints the
-// sustained creation rate, request→completed latency, the routers' push latency and memory per agent, and the
-// database connections as the database file sees them (handles open on it in Harpoon's process).
+// SQLite (or several Harpoon replicas on a PostgreSQL server of the bench's own, --postgres) and fleets of simulated
+// agents that complete instantly — driven by concurrent CreateDroplet calls. Prints the sustained creation rate,
+// request→completed latency, the routers' push latency and memory per agent, and the database connections as the
+// database sees them: handles open on the SQLite file in Harpoon's process, or the server's own pg_stat_activity.
 //
 // usage: pipeline-bench [--agents N] [--regions R] [--routers-per-region K] [--fleet-processes P] [--label L] ...
 import ArgumentParser
@@ -9,6 +10,8 @@ import ChildProcess
 import Foundation
 import EventRouterAPI
 import HarpoonAPI
+import LocalPostgres
+import PostgresSupport
 import Synchronization
 
 /// Request times and completion latencies, shared by the load tasks and the watcher.
@@ -111,6 +114,17 @@ func cpuSeconds(pid: Int32) -> Double {
 
 /// Handles process `pid` has open on `file` (its database connections, as the file sees them: SQLite opens the main
 /// file once per connection).
+/// The server process and its children (PostgreSQL runs a process per connection and its background workers).
+func postgresPids(under pid: Int32) -> [Int32] {
+    let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return [pid] + all.compactMap(Int32.init).filter { child in
+        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+        // Fields after the command: state, then the parent's pid.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid
+    }
+}
+
 func handlesOpen(pid: Int32, on file: String) -> Int {
     let directory = "/proc/\(pid)/fd"
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return 0 }
@@ -132,11 +146,18 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
     @Option(help: "Explain calls timed after the run (0: none).") var explainSamples = 0
     @Option(help: "Harpoon's --sqlite-synchronous (full or normal), for an A/B of durability's cost.") var sqliteSynchronous = "full"
+    @Flag(help: "Harpoon on PostgreSQL: a server of the bench's own (durable: fsync, synchronous_commit on), several replicas; result lines start with 'postgres'.")
+    var postgres = false
+    @Option(help: "Harpoon replicas (PostgreSQL only).") var harpoonReplicas = 2
+    @Option(help: "Connections each Harpoon replica opens at most (PostgreSQL only).") var databaseConnections = 8
 
     func validate() throws {
         guard (1...6).contains(regions) else { throw ValidationError("--regions must be 1 to 6") }
         guard routersPerRegion >= 1 else { throw ValidationError("--routers-per-region must be at least 1") }
         guard agents >= regions else { throw ValidationError("--agents must be at least --regions") }
+        guard harpoonReplicas >= 1, postgres || harpoonReplicas == 1 || harpoonReplicas == 2 else {
+            throw ValidationError("--harpoon-replicas: several replicas need --postgres")
+        }
     }
 
     func run() async throws {
@@ -145,10 +166,28 @@ struct PipelineBench: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(at: directory) }
         let database = directory.appendingPathComponent("harpoon.sqlite").path
         let regionNames = Array(["nyc1", "sfo3", "ams3", "fra1", "sgp1", "lon1"].prefix(regions))
-        let schedulerPort = basePort, harpoonPort = basePort + 1
+        let replicas = postgres ? harpoonReplicas : 1
+        let schedulerPort = basePort
+        let harpoonPorts = (0..<replicas).map { basePort + 1 + $0 }
+        let harpoonAddresses = harpoonPorts.map { "127.0.0.1:\($0)" }.joined(separator: ",")
         var routerPorts: [String: [Int]] = [:]
         for (index, region) in regionNames.enumerated() {
-            routerPorts[region] = (0..<routersPerRegion).map { basePort + 2 + index * routersPerRegion + $0 }
+            routerPorts[region] = (0..<routersPerRegion).map { basePort + 1 + replicas + index * routersPerRegion + $0 }
+        }
+        // PostgreSQL: a server of the bench's own, durable as a deployment's (fsync, synchronous_commit on), sharing
+        // the machine's cores with everything else; a pool of one connection samples its connection count.
+        var server: LocalPostgres?
+        var counter: PostgresPool?
+        var harpoonDatabase = database
+        if postgres {
+            let started = try await LocalPostgres.start(durable: true)
+            server = started
+            let address = try await PostgresPool.createDatabase("bench", on: PostgresAddress(url: started.url()))
+            harpoonDatabase = "\(address)"
+            counter = PostgresPool(address, maximumConnections: 1, applicationName: "pipeline-bench")
+        }
+        defer {
+            server?.stop()
         }
         func addresses(_ region: String) -> String { (routerPorts[region] ?? []).map { "127.0.0.1:\($0)" }.joined(separator: ",") }
         var children: [ChildProcess] = []
@@ -160,21 +199,26 @@ struct PipelineBench: AsyncParsableCommand {
             try await child.waitFor(ready, timeout: .seconds(120))
             return child
         }
-        _ = try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", "127.0.0.1:\(harpoonPort)"], ready: "ready on")
+        _ = try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoonAddresses], ready: "ready on")
         var routers: [ChildProcess] = []
         for region in regionNames {
             for port in routerPorts[region] ?? [] {
                 routers.append(try await launch("event-router", [
-                    "--region", region, "--port", "\(port)", "--harpoon", "127.0.0.1:\(harpoonPort)",
+                    "--region", region, "--port", "\(port)", "--harpoon", harpoonAddresses,
                     "--scheduler", "127.0.0.1:\(schedulerPort)", "--flush-milliseconds", "200",
                     "--heartbeat-timeout-seconds", "\(max(5, 5 * heartbeatMilliseconds / 1000))",
                 ], ready: "ready on"))
             }
         }
         let schedulerProcess = children[0]
-        let harpoonProcess = try await launch("harpoon", [
-            "--port", "\(harpoonPort)", "--database", database, "--scheduler", "127.0.0.1:\(schedulerPort)", "--sqlite-synchronous", sqliteSynchronous,
-        ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on")
+        var harpoonProcesses: [ChildProcess] = []
+        for port in harpoonPorts {
+            harpoonProcesses.append(try await launch("harpoon", [
+                "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", "127.0.0.1:\(schedulerPort)", "--sqlite-synchronous", sqliteSynchronous,
+                "--database-connections", "\(databaseConnections)",
+            ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on"))
+        }
+        let harpoonProcess = harpoonProcesses[0]
         let routerMemoryBefore = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
         // The fleet: each region's agents split over its processes.
         let processesPerRegion = max(1, max(fleetProcesses, regions) / regions)
@@ -209,7 +253,7 @@ struct PipelineBench: AsyncParsableCommand {
         print("\(connected) agents connected \(ContinuousClock.now - started) after the fleet started")
         try await Task.sleep(for: .seconds(1))  // a flush of agent states reaches the scheduler
         let routerMemoryConnected = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
-        let client = RPCClient(targets: [("127.0.0.1", harpoonPort)])
+        let client = RPCClient(targets: harpoonPorts.map { ("127.0.0.1", $0) })
         let harpoon = Harpoon_V1_Harpoon.Client(client)
         let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 
@@ -243,11 +287,17 @@ struct PipelineBench: AsyncParsableCommand {
             }
         }
         // The database's connections, as its file sees them, sampled through the run: the most open at once.
+        // On PostgreSQL, the server's own count of connections to the database (less the sampler's own).
         let harpoonPid = harpoonProcess.pid
-        let peakHandles = Mutex(handlesOpen(pid: harpoonPid, on: database))
+        let pgCounter = counter
+        @Sendable func connectionsOpen() async -> Int {
+            guard let counter = pgCounter else { return handlesOpen(pid: harpoonPid, on: database) }
+            return ((try? await counter.serverConnectionCount()) ?? 1) - 1
+        }
+        let peakHandles = Mutex(await connectionsOpen())
         let sampler = Task {
             while !Task.isCancelled {
-                let open = handlesOpen(pid: harpoonPid, on: database)
+                let open = await connectionsOpen()
                 peakHandles.withLock { $0 = max($0, open) }
                 try? await Task.sleep(for: .milliseconds(100))
             }
@@ -287,8 +337,8 @@ struct PipelineBench: AsyncParsableCommand {
         let pushBefore = await routerStats().map(\.pushHistogram)
         // Where the CPU goes in the measured window, process by process.
         let groups: [(String, [Int32])] = [
-            ("harpoon", [harpoonProcess.pid]), ("scheduler", [schedulerProcess.pid]), ("routers", routers.map(\.pid)),
-            ("fleet", fleet.map(\.pid)), ("bench", [0]),
+            ("harpoon", harpoonProcesses.map(\.pid)), ("scheduler", [schedulerProcess.pid]), ("routers", routers.map(\.pid)),
+            ("fleet", fleet.map(\.pid)), ("postgres", server.map { postgresPids(under: $0.pid) } ?? []), ("bench", [0]),
         ]
         func cpu() -> [Double] { groups.map { $0.1.map(cpuSeconds).reduce(0, +) } }
         let cpuBefore = cpu()
@@ -342,7 +392,7 @@ struct PipelineBench: AsyncParsableCommand {
             return .nan
         }
         sampler.cancel()
-        let dbHandles = max(peakHandles.withLock { $0 }, handlesOpen(pid: harpoonPid, on: database))
+        let dbHandles = max(peakHandles.withLock { $0 }, await connectionsOpen())
         let stats = try await harpoon.stats(.init())
         let routerMemoryAfter = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
         var explainLatencies: [Double] = []
@@ -367,7 +417,12 @@ struct PipelineBench: AsyncParsableCommand {
         if recorder.errored.withLock({ $0 }) > 0 { print("first error: \(recorder.firstError.withLock { $0 })") }
         print("router memory: \(routerMemoryBefore) KiB before the agents, \(routerMemoryConnected) KiB with them connected, \(routerMemoryAfter) KiB after the load (\(routers.count) routers)")
         print("cpu seconds in the measured window: " + zip(groups, cpuUsed).map { "\($0.0) \(String(format: "%.1f", $1))" }.joined(separator: ", "))
-        print("harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once")
+        if postgres {
+            print("harpoon: \(replicas) replicas of at most \(databaseConnections) connections each; at most \(dbHandles) connections to the database at once (pg_stat_activity)")
+        } else {
+            print("harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once")
+        }
+        let label = self.label.isEmpty && postgres ? "postgres" : self.label
         let prefix = label.isEmpty ? "" : "\(label) "
         let perAgentKiB = heartbeating > 0 ? Double(max(routerMemoryConnected, routerMemoryAfter) - routerMemoryBefore) / Double(heartbeating) : .nan
         if !explainLatencies.isEmpty {
@@ -382,5 +437,6 @@ struct PipelineBench: AsyncParsableCommand {
         print(String(format: "\(prefix)router KiB per agent: %.1f", perAgentKiB))
         print("\(prefix)db connections: \(dbHandles)")
         await client.close()
+        await counter?.close()
     }
 }

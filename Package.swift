@@ -182,12 +182,15 @@ let package = Package(
         ),
         .target(
             name: "ReservedIP",
-            dependencies: ["ReservedIPAPI", "HarpoonAPI", "SQLiteSupport", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "ReservedIPAPI", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "reserved-ip",
-            dependencies: ["ReservedIP", "SQLiteSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ReservedIP", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/ReservedIPServer",
             swiftSettings: strictSettings
         ),
@@ -262,7 +265,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // What the test targets share: waiting on conditions, seeded randomness.
-        .target(name: "TestSupport", dependencies: ["LocalPostgres"], path: "Tests/TestSupport", swiftSettings: strictSettings),
+        .target(name: "TestSupport", dependencies: ["LocalPostgres", "PostgresSupport"], path: "Tests/TestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "RPCCoreTests",
             dependencies: ["RPCCore"],
@@ -310,7 +313,7 @@ let package = Package(
             name: "ReservedIPTests",
             dependencies: [
                 "ReservedIP", "ReservedIPAPI", "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent",
-                "Aggregator", "TestSupport",
+                "Aggregator", "TestSupport", "PostgresSupport", "LocalPostgres",
             ],
             swiftSettings: strictSettings
         ),

@@ -43,7 +43,11 @@ package final class PostgresHarpoonStore: HarpoonStore {
         self.pool = pool
         self.outboxLease = outboxLease
         self.clock = clock
-        writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica)
+        writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica) { connection, logger, ids in
+            try await Self.events(connection.query(
+                Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE", Self.binds(ids)), logger: logger
+            ))
+        }
     }
 
     package func close() async { await pool.close() }
@@ -166,9 +170,13 @@ package final class PostgresHarpoonStore: HarpoonStore {
         PostgresQuery(unsafeSQL: sql, binds: binds)
     }
 
-    /// The event, locked until the transaction ends: replicas that change it take turns.
+    /// The event, locked until the transaction ends (replicas that change it take turns): as the transaction locked it
+    /// up front, or read and locked now.
     private static func lockedEvent(_ context: PostgresWriteContext, id: Int64) async throws -> Harpoon_V1_Event? {
-        try await events(context.read(query("SELECT \(eventColumns) FROM events WHERE id = $1 FOR UPDATE", binds(id)))).first
+        if let event = context.locked.events[id] { return event }
+        let event = try await events(context.read(query("SELECT \(eventColumns) FROM events WHERE id = $1 FOR UPDATE", binds(id)))).first
+        if let event { context.locked.events[id] = event }
+        return event
     }
 
     private static func binds(_ values: any PostgresEncodable & Sendable...) -> PostgresBindings {
@@ -202,29 +210,29 @@ package final class PostgresHarpoonStore: HarpoonStore {
         return (event, entryId)
     }
 
-    /// Writes what a rule decided for an event; returns the event as written (its cursor comes at commit).
+    /// Writes what a rule decided for an event, in one statement (its parts see the same snapshot, so the outbox is
+    /// cleared before the new entry is added); returns the event as written (its cursor comes at commit).
     private func apply(_ write: EventWrite, _ context: PostgresWriteContext, now: Double) async throws -> Harpoon_V1_Event {
         let event = write.event
+        let droplet = write.droplet
         try await context.write("""
-            UPDATE events SET status = \(event.status.rawValue), hypervisor_id = \(event.hypervisorId), error = \(event.error),
-            refusals = \(Int32(clamping: event.refusals)), updated_at = \(now) WHERE id = \(event.id)
-            """)
-        if write.clearsOutbox {
-            try await context.write("DELETE FROM outbox WHERE event_id = \(event.id)")
-        }
-        if let entry = write.enqueue {
-            try await context.write(
-                "INSERT INTO outbox (event_id, destination, not_before) VALUES (\(event.id), \(entry.destination.rawValue), \(entry.notBefore))"
+            WITH changed AS (
+                UPDATE events SET status = \(event.status.rawValue), hypervisor_id = \(event.hypervisorId), error = \(event.error),
+                refusals = \(Int32(clamping: event.refusals)), updated_at = \(now) WHERE id = \(event.id)
+            ), cleared AS (
+                DELETE FROM outbox WHERE \(write.clearsOutbox) AND event_id = \(event.id)
+            ), queued AS (
+                INSERT INTO outbox (event_id, destination, not_before)
+                SELECT \(event.id), \(write.enqueue?.destination.rawValue ?? ""), \(write.enqueue?.notBefore ?? 0) WHERE \(write.enqueue != nil)
+            ), placed AS (
+                UPDATE droplets SET status = COALESCE(\(droplet?.status.map { $0.rawValue }), status),
+                hypervisor_id = COALESCE(\(droplet?.hypervisorId), hypervisor_id), ipv4_address = COALESCE(\(droplet?.ipv4Address), ipv4_address),
+                error = COALESCE(\(droplet?.error), error) WHERE \(droplet != nil) AND id = \(droplet?.dropletId ?? 0)
             )
-        }
-        if let droplet = write.droplet {
-            try await context.write("""
-                UPDATE droplets SET status = COALESCE(\(droplet.status.map { $0.rawValue }), status),
-                hypervisor_id = COALESCE(\(droplet.hypervisorId), hypervisor_id), ipv4_address = COALESCE(\(droplet.ipv4Address), ipv4_address),
-                error = COALESCE(\(droplet.error), error) WHERE id = \(droplet.dropletId)
-                """)
-        }
+            SELECT 1
+            """)
         context.changed(event: event.id)
+        context.locked.events[event.id] = event
         return event
     }
 
@@ -433,7 +441,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
     }
 
     package func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event {
-        try await writer.write { context in
+        try await writer.write(locking: [eventId]) { context in
             guard let current = try await Self.lockedEvent(context, id: eventId) else { throw HarpoonError.eventNotFound(eventId) }
             let now = self.clock.now()
             switch try HarpoonRules.placeAgain(current, refusedBy: hypervisorId, reason: reason, maxRefusals: maxRefusals, now: now) {
@@ -465,7 +473,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event {
-        try await writer.write { context in
+        try await writer.write(locking: [id]) { context in
             try await self.update(
                 context, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: settlement
             )
@@ -474,12 +482,12 @@ package final class PostgresHarpoonStore: HarpoonStore {
 
     package func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>] {
         await writer.writeEach(updates.map { update in
-            { context in
+            (locking: [update.id], body: { context in
                 try await self.update(
                     context, id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
                     ipv4Address: update.ipv4Address, then: nil, settling: nil
                 )
-            }
+            })
         })
     }
 
@@ -488,13 +496,20 @@ package final class PostgresHarpoonStore: HarpoonStore {
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event {
         guard let current = try await Self.lockedEvent(context, id: id) else { throw HarpoonError.eventNotFound(id) }
+        // The rule first, on whether the entry is still there (read, locked): a refusal then writes nothing, so it
+        // does not spoil the transaction it shares with other writes.
         var existed: Bool?
-        if let settlement { existed = try await Self.settle(settlement, context) }
+        if let settlement {
+            existed = false
+            for try await _ in try await context.read("SELECT id FROM outbox WHERE id = \(settlement.entry.id) FOR UPDATE") { existed = true }
+        }
         let now = clock.now()
-        switch try HarpoonRules.update(
+        let decision = try HarpoonRules.update(
             current, to: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination,
             settledEntryExisted: existed, now: now
-        ) {
+        )
+        if let settlement, existed == true { _ = try await Self.settle(settlement, context) }
+        switch decision {
         case .unchanged(let event): return event
         case .write(let write): return try await apply(write, context, now: now)
         }
@@ -592,6 +607,15 @@ package final class PostgresHarpoonStore: HarpoonStore {
             var count = 0
             for try await value in try await connection.query("SELECT count(*)::int8 FROM outbox", logger: logger).decode(Int64.self) { count = Int(value) }
             return count
+        }
+    }
+}
+
+extension OutboxSettlement {
+    /// The entry settled.
+    var entry: OutboxEntry {
+        switch self {
+        case .acknowledge(let entry), .reschedule(let entry, _), .handOver(let entry, _, _): entry
         }
     }
 }

@@ -30,6 +30,11 @@ extension Bool: CursorStamped {
     func stamped(_ cursors: [Int64: Int64]) -> Self { self }
 }
 
+/// The event rows a transaction locked, as they are in it (a write that changes one keeps this up to date).
+final class LockedEvents {
+    var events: [Int64: Harpoon_V1_Event] = [:]
+}
+
 /// What one write did in the open transaction: whether it changed rows, and which events it changed.
 final class PostgresWriteContext {
     let connection: PostgresConnection
@@ -37,10 +42,13 @@ final class PostgresWriteContext {
     fileprivate(set) var wrote = false
     /// Events changed in the transaction: each gets its change cursor when the transaction is about to commit.
     fileprivate(set) var changedEvents: [Int64] = []
+    /// The events the transaction locked up front (``PostgresWriter``), shared by its writes.
+    let locked: LockedEvents
 
-    init(connection: PostgresConnection, logger: Logger) {
+    init(connection: PostgresConnection, logger: Logger, locked: LockedEvents) {
         self.connection = connection
         self.logger = logger
+        self.locked = locked
     }
 
     /// Runs a statement that changes rows; returns its rows.
@@ -71,13 +79,19 @@ final class PostgresWriteContext {
 /// that took 6.) The lock is held only for that last statement and the commit.
 final class PostgresWriter: Sendable {
     private struct Job: Sendable {
+        /// The events the write changes, locked before any write of the transaction runs.
+        let locks: [Int64]
         /// Runs the write in the open transaction; returns how to answer the caller once the transaction ends (given
         /// the cursors handed out), and the error if the write failed.
         let run: @Sendable (PostgresWriteContext) async -> (answer: @Sendable (Result<[Int64: Int64], any Error>) -> Void, failure: (any Error)?)
         let fail: @Sendable (any Error) -> Void
     }
 
+    /// Reads and locks (`FOR UPDATE`) the events with these ids, in this order.
+    typealias Locker = @Sendable (PostgresConnection, Logger, [Int64]) async throws -> [Harpoon_V1_Event]
+
     private let pool: PostgresPool
+    private let lock: Locker
     private let notifyChannel: String
     /// Sent with each notification: who committed (a replica ignores its own).
     private let notifyPayload: String
@@ -88,25 +102,30 @@ final class PostgresWriter: Sendable {
     /// The advisory lock key that orders change cursors (any constant shared by every replica).
     static let cursorLock: Int64 = 0x5348_4F41_4C43_5552  // "SHOALCUR"
 
-    init(pool: PostgresPool, notifyChannel: String, notifyPayload: String) {
+    init(pool: PostgresPool, notifyChannel: String, notifyPayload: String, lock: @escaping Locker) {
         self.pool = pool
+        self.lock = lock
         self.notifyChannel = notifyChannel
         self.notifyPayload = notifyPayload
     }
 
-    func write<T: CursorStamped>(_ body: @escaping @Sendable (PostgresWriteContext) async throws -> T) async throws -> T {
+    /// - Parameter locking: the events the write changes: the transaction locks every write's events at its start, in
+    ///   id order, so that transactions of several replicas never wait for each other in a cycle.
+    func write<T: CursorStamped>(locking: [Int64] = [], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            enqueue([Self.job(body) { continuation.resume(with: $0) }])
+            enqueue([Self.job(locking, body) { continuation.resume(with: $0) }])
         }
     }
 
     /// Several writes, each succeeding or failing on its own, queued together so they meet in one transaction.
-    func writeEach<T: CursorStamped>(_ bodies: [@Sendable (PostgresWriteContext) async throws -> T]) async -> [Result<T, any Error>] {
+    func writeEach<T: CursorStamped>(
+        _ bodies: [(locking: [Int64], body: @Sendable (PostgresWriteContext) async throws -> T)]
+    ) async -> [Result<T, any Error>] {
         guard !bodies.isEmpty else { return [] }
         return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
             let results = Mutex<(values: [Result<T, any Error>?], remaining: Int)>((Array(repeating: nil, count: bodies.count), bodies.count))
-            enqueue(bodies.enumerated().map { index, body in
-                Self.job(body) { result in
+            enqueue(bodies.enumerated().map { index, write in
+                Self.job(write.locking, write.body) { result in
                     let done = results.withLock { state -> [Result<T, any Error>]? in
                         state.values[index] = result
                         state.remaining -= 1
@@ -119,9 +138,10 @@ final class PostgresWriter: Sendable {
     }
 
     private static func job<T: CursorStamped>(
-        _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T, answer: @escaping @Sendable (Result<T, any Error>) -> Void
+        _ locks: [Int64], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T,
+        answer: @escaping @Sendable (Result<T, any Error>) -> Void
     ) -> Job {
-        Job(run: { context in
+        Job(locks: locks, run: { context in
             do {
                 let value = try await body(context)
                 return ({ committed in answer(committed.map { value.stamped($0) }) }, nil)
@@ -183,14 +203,23 @@ final class PostgresWriter: Sendable {
                 let logger = pool.logger
                 try await connection.query("BEGIN", logger: logger)
                 do {
+                    // Every event the batch changes, locked at once and in id order: one round trip, and no cycle of
+                    // waits with another replica's transaction (which locks in the same order).
+                    let locked = LockedEvents()
+                    let ids = Set(batch.flatMap(\.locks)).sorted()
+                    if !ids.isEmpty {
+                        for event in try await lock(connection, logger, ids) { locked.events[event.id] = event }
+                    }
                     var changed: [Int64] = []
                     for job in batch {
-                        let context = PostgresWriteContext(connection: connection, logger: logger)
+                        let context = PostgresWriteContext(connection: connection, logger: logger, locked: locked)
+                        let before = isolated ? locked.events : [:]
                         if isolated { try await connection.query("SAVEPOINT write", logger: logger) }
                         let (answer, failure) = await job.run(context)
                         if let failure {
                             if isolated {
                                 try await connection.query("ROLLBACK TO SAVEPOINT write", logger: logger)
+                                locked.events = before  // its changes are undone
                             } else if context.wrote || failure is PSQLError {
                                 try await connection.query("ROLLBACK", logger: logger)
                                 return nil

@@ -63,8 +63,17 @@ struct HarpoonCommand: AsyncParsableCommand {
         ServiceRuntime.announce("harpoon ready on \(host):\(server.port ?? port)")
         var background: [@Sendable () async -> Void] = [{ await worker.run() }]
         if let postgres {
-            // Another replica's commit may have queued work for any replica, and changed what watchers here follow.
-            background.append { await postgres.listen { worker.wake(); changes.changed() } }
+            // Another replica's commit changed what watchers here follow. (Its outbox entries are its own worker's:
+            // they become this one's only if that replica dies, when a lease lapses, which the sweep below finds.)
+            background.append { await postgres.listen { changes.changed() } }
+            // The outbox as a whole, once a lease: entries another replica left, or queued and never took (it died).
+            let sweep = outboxLeaseSeconds
+            background.append {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(Int64(sweep * 1000)))
+                    worker.wake()
+                }
+            }
         }
         await ServiceRuntime.run(server: server, metrics: metrics, background: background)
         await postgres?.close()

@@ -51,7 +51,10 @@ package final class LocalPostgres: Sendable {
 
     /// Starts the cluster in `directory` (created with initdb if it has none yet; `nil`: a new temporary one, deleted
     /// by ``stop()``); waits (up to `timeout`) until it accepts connections.
-    package static func start(in kept: URL? = nil, durable: Bool = false, timeout: Duration = .seconds(60)) async throws -> LocalPostgres {
+    /// - Parameter settings: more server settings, `name=value` (e.g. `shared_preload_libraries=pg_stat_statements`).
+    package static func start(
+        in kept: URL? = nil, durable: Bool = false, settings: [String] = [], timeout: Duration = .seconds(60)
+    ) async throws -> LocalPostgres {
         guard let bin = binaries else { throw Failure.binariesMissing }
         let directory = kept ?? FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -84,7 +87,7 @@ package final class LocalPostgres: Sendable {
                 let (postgres, arguments) = command("postgres", [
                     "-D", data.path, "-p", "\(port)", "-k", directory.path, "-c", "listen_addresses=127.0.0.1",
                     "-c", "max_connections=300", "-c", "shared_buffers=64MB",
-                ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"]))
+                ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"]) + settings.flatMap { ["-c", $0] })
                 let process = ChildProcess(
                     path: postgres.path, arguments: arguments, log: directory.appendingPathComponent("server.log"), outputLimit: 65_536
                 )

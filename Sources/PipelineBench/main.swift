@@ -150,6 +150,7 @@ struct PipelineBench: AsyncParsableCommand {
     var postgres = false
     @Option(help: "Harpoon replicas (PostgreSQL only).") var harpoonReplicas = 2
     @Option(help: "Connections each Harpoon replica opens at most (PostgreSQL only).") var databaseConnections = 8
+    @Flag(help: "PostgreSQL: print the statements that took the server's time (pg_stat_statements).") var statements = false
 
     func validate() throws {
         guard (1...6).contains(regions) else { throw ValidationError("--regions must be 1 to 6") }
@@ -180,11 +181,14 @@ struct PipelineBench: AsyncParsableCommand {
         var counter: PostgresPool?
         var harpoonDatabase = database
         if postgres {
-            let started = try await LocalPostgres.start(durable: true)
+            let started = try await LocalPostgres.start(
+                durable: true, settings: statements ? ["shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"] : []
+            )
             server = started
             let address = try await PostgresPool.createDatabase("bench", on: PostgresAddress(url: started.url()))
             harpoonDatabase = "\(address)"
             counter = PostgresPool(address, maximumConnections: 1, applicationName: "pipeline-bench")
+            if statements { try await counter?.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements") }
         }
         defer {
             server?.stop()
@@ -436,6 +440,16 @@ struct PipelineBench: AsyncParsableCommand {
         print(String(format: "\(prefix)push p99 ms: %.2f", pushPercentile(0.99)))
         print(String(format: "\(prefix)router KiB per agent: %.1f", perAgentKiB))
         print("\(prefix)db connections: \(dbHandles)")
+        if statements, let counter {
+            print("statements by the server's time (calls, total ms, mean ms):")
+            for line in try await counter.lines("""
+                SELECT calls::text || ' | ' || round(total_exec_time::numeric, 0)::text || ' | ' || round(mean_exec_time::numeric, 3)::text || ' | '
+                    || left(regexp_replace(query, '\\s+', ' ', 'g'), 150)
+                FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25
+                """) {
+                print("  \(line)")
+            }
+        }
         await client.close()
         await counter?.close()
     }

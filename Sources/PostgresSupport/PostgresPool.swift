@@ -154,6 +154,22 @@ package final class PostgresPool: Sendable {
         }
     }
 
+    /// Runs one statement (operators' and benchmarks' SQL, not the stores').
+    package func execute(_ sql: String) async throws {
+        try await client.withConnection { connection in
+            for try await _ in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger) {}
+        }
+    }
+
+    /// The first column of every row of a query, as text.
+    package func lines(_ sql: String) async throws -> [String] {
+        try await client.withConnection { connection in
+            var lines: [String] = []
+            for try await line in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).decode(String.self) { lines.append(line) }
+            return lines
+        }
+    }
+
     /// Connections open to this database, as the server counts them (`pg_stat_activity`), every client included.
     package func serverConnectionCount() async throws -> Int {
         try await client.withConnection { connection -> Int in

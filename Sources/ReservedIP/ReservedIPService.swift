@@ -7,11 +7,11 @@ package import ReservedIPAPI
 /// returns, so a droplet busy with another event is refused (FAILED_PRECONDITION) and leaves nothing behind. If Harpoon
 /// cannot be reached for that first event, the action is already durable and its driver keeps trying.
 package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
-    package let store: ReservedIPStore
+    package let store: any ReservedIPStore
     package let driver: TransitionDriver
     private let harpoon: Harpoon_V1_Harpoon.Client
 
-    package init(store: ReservedIPStore, driver: TransitionDriver, harpoon: RPCClient) {
+    package init(store: any ReservedIPStore, driver: TransitionDriver, harpoon: RPCClient) {
         self.store = store
         self.driver = driver
         self.harpoon = Harpoon_V1_Harpoon.Client(harpoon)

@@ -38,12 +38,66 @@ package struct ActionState: Sendable {
     package var eventKey: String { "reserved-ip/action/\(action.id)/step/\(phase)" }
 }
 
-/// The reserved-IP database in one SQLite file (WAL): pools' allocations, reserved IPs, actions, billing records.
+/// The reserved-IP database: pools' allocations, reserved IPs, actions, billing records. ``SQLiteReservedIPStore``
+/// (one process, the embedded default) or ``PostgresReservedIPStore`` (several replicas on one database).
 ///
-/// Every transition is one transaction, and writes are serialised, so two requests racing for one IP or one droplet
-/// cannot both pass the checks: the second sees the first's lock. The store has no rules of its own: it reads the
-/// facts a rule of ``ReservedIPRules`` needs, asks it, and writes what it decides.
-package final class ReservedIPStore: Sendable {
+/// Every transition is one transaction, and transitions are serialised, so two requests racing for one IP or one
+/// droplet cannot both pass the checks: the second sees the first's lock. A store has no rules of its own: it reads
+/// the facts a rule of ``ReservedIPRules`` needs, asks it, and writes what it decides.
+package protocol ReservedIPStore: Sendable {
+    var pools: AddressPools { get }
+    /// Connections to the database: fixed by configuration.
+    var connectionCount: Int { get }
+    /// Reserves a free address of `region` to the customer (no action): billed as a reservation.
+    func reserve(customer: String, region: String, projectId: String, key: String) async throws -> Reservedip_V1_ReservedIP
+    /// Reserves an address in the droplet's region and starts assigning it to the droplet (already checked to be the
+    /// customer's, active, in `region`). Returns the IP (locked, not yet assigned), its action, and whether both are new.
+    func reserveToDroplet(customer: String, region: String, projectId: String, dropletId: Int64, key: String) async throws
+        -> (Reservedip_V1_ReservedIP, ActionState, isNew: Bool)
+    /// Starts assigning the IP to a droplet (checked to be the customer's, active, in the IP's region), leaving the
+    /// droplet it is on first if any. Refuses while the IP or either droplet has an action in flight.
+    func beginAssign(customer: String, ip address: String, dropletId: Int64, key: String) async throws -> (ActionState, isNew: Bool)
+    /// Starts unassigning the IP from its droplet.
+    func beginUnassign(customer: String, ip address: String, key: String) async throws -> (ActionState, isNew: Bool)
+    /// Removes the IP from the customer's account at once. An unassigned one goes straight back to the pool; an
+    /// assigned one gets an unassign action (returned) and goes back when that ends. Refused while an action is in flight.
+    func release(customer: String, ip address: String, key: String) async throws -> ActionState?
+    /// Forgets an action whose first step was refused before anything happened (the droplet had another event in
+    /// flight): the action, its idempotency key, and for a reservation to a droplet the reservation itself.
+    func abandon(_ state: ActionState, reservation: Bool) async throws
+    /// Records the Harpoon event of the action's current step.
+    func recordEvent(actionId: Int64, phase: Int, eventId: Int64) async throws
+    /// The current step ended. Completed: the IP leaves or joins the step's droplet, and the action moves to its next
+    /// step or completes (unlocking the IP and writing its billing record). Errored: the action errors with `error`,
+    /// the IP is unlocked where it is. Returns the action as it now is.
+    @discardableResult
+    func finishStep(actionId: Int64, phase: Int, completed: Bool, error: String) async throws -> ActionState?
+    /// A droplet was destroyed: an IP on it is no longer assigned (unless an action on the IP is deciding that).
+    func dropletDestroyed(_ dropletId: Int64) async throws
+    func reservedIP(_ ip: String, customer: String) async throws -> Reservedip_V1_ReservedIP?
+    func reservedIPs(customer: String, limit: Int, offset: Int) async throws -> (items: [Reservedip_V1_ReservedIP], total: Int)
+    func action(id: Int64, customer: String) async throws -> ActionState?
+    /// The action if it belongs to the address's current reservation (the per-IP actions path).
+    func action(id: Int64, customer: String, ip: String) async throws -> ActionState?
+    func actions(customer: String, ip: String?, limit: Int, offset: Int) async throws -> (items: [Reservedip_V1_Action], total: Int)
+    func actionsInProgress() async throws -> [ActionState]
+    func actionsInProgressCount() async throws -> Int
+    func actionState(id: Int64) async throws -> ActionState?
+    /// Billing records, oldest first: (kind, ip, droplet, action).
+    func billing(customer: String) async throws -> [(kind: String, ip: String, dropletId: Int64, actionId: Int64)]
+    /// Where the watch of Harpoon's event stream stopped, so a restart resumes there.
+    func watchCursor() async throws -> Int64
+    func saveWatchCursor(_ cursor: Int64) async throws
+    /// Claims the action for `driver` for `seconds`: true if no other driver holds it (or its claim lapsed). Replicas
+    /// each run a driver; an action is driven by one at a time.
+    func claimAction(_ id: Int64, driver: String, seconds: Double) async throws -> Bool
+    /// Gives the claim up (the action ended, or the driver stops).
+    func releaseAction(_ id: Int64, driver: String) async throws
+}
+
+/// The reserved-IP database in one SQLite file (WAL), owned by one process: its writes are serialised by SQLite's
+/// single writer, and its one driver needs no claims.
+package final class SQLiteReservedIPStore: ReservedIPStore {
     private let database: SQLiteDatabase
     private let pool: DatabasePool
     package let pools: AddressPools
@@ -491,4 +545,9 @@ package final class ReservedIPStore: Sendable {
             try db.execute(sql: "INSERT INTO meta (key, value) VALUES ('watch_cursor', ?) ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", arguments: [cursor])
         }
     }
+
+    /// One process drives every action: nothing to claim.
+    package func claimAction(_ id: Int64, driver: String, seconds: Double) async throws -> Bool { true }
+
+    package func releaseAction(_ id: Int64, driver: String) async throws {}
 }

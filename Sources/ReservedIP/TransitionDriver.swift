@@ -9,20 +9,27 @@ internal import Synchronization
 /// Actions are durable in the store, so after a restart `resume()` picks up every one still in progress; each step's
 /// event is created with an idempotency key of its own, so a step retried or re-driven never creates a second event.
 package final class TransitionDriver: Sendable {
-    private let store: ReservedIPStore
+    private let store: any ReservedIPStore
     private let harpoon: Harpoon_V1_Harpoon.Client
     /// Terminal events seen, waiting for their step's driver; and the drivers waiting for their event.
-    private let waiting = Mutex<[Int64: CheckedContinuation<Harpoon_V1_Event, Never>]>([:])
+    private let waiting = Mutex<[Int64: CheckedContinuation<Harpoon_V1_Event?, Never>]>([:])
     private let finished = Mutex<[Int64: Harpoon_V1_Event]>([:])
     /// Actions with a driver task running (one per action).
     private let driving = Mutex<Set<Int64>>([])
     /// How long a step keeps trying when its droplet has another event in flight, before the action errors.
     private let busyPatience: Duration
+    /// This driver, in the claims it holds on actions (several replicas each run one; an action is driven by one).
+    package let id = UUID().uuidString
+    /// How long a claim lasts unless renewed: a replica that dies has its actions taken over after this.
+    package let claimSeconds: Double
+    /// The tasks driving actions now, by action.
+    private let tasks = Mutex<[Int64: Task<Void, Never>]>([:])
 
-    package init(store: ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60)) {
+    package init(store: any ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60), claimSeconds: Double = 30) {
         self.store = store
         self.harpoon = Harpoon_V1_Harpoon.Client(harpoon)
         self.busyPatience = busyPatience
+        self.claimSeconds = claimSeconds
     }
 
     /// Backoff before retry `attempt` of a transient failure: 50 ms doubling to 5 s, with full jitter.
@@ -72,19 +79,61 @@ package final class TransitionDriver: Sendable {
         }
     }
 
-    /// Starts a driver for the action if none is running.
+    /// Starts a driver for the action if none is running here, and none elsewhere holds its claim.
     package func drive(_ actionId: Int64) {
         let start = driving.withLock { $0.insert(actionId).inserted }
         guard start else { return }
-        Task {
-            await self.run(actionId)
+        let task = Task {
+            await self.claimed(actionId)
             _ = self.driving.withLock { $0.remove(actionId) }
+            _ = self.tasks.withLock { $0.removeValue(forKey: actionId) }
+        }
+        tasks.withLock { $0[actionId] = task }
+    }
+
+    /// Drives every action still in progress that no other driver holds (after a restart).
+    package func resume() async throws {
+        for state in try await store.actionsInProgress() { drive(state.action.id) }
+    }
+
+    /// Replicas: every `claimSeconds`, takes over the actions in progress whose driver's claim lapsed (its replica
+    /// died), until cancelled.
+    package func adoptOrphans() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(Int64(claimSeconds * 1000)))
+            do {
+                try await resume()
+            } catch {
+                continue  // the database is unreachable for now: the next round tries again
+            }
         }
     }
 
-    /// Drives every action still in progress (after a restart).
-    package func resume() async throws {
-        for state in try await store.actionsInProgress() { drive(state.action.id) }
+    /// Stops driving here at once, as a crash would: the claims stay until they lapse (tests play a replica that dies).
+    package func halt() {
+        for task in tasks.withLock({ $0.values }) { task.cancel() }
+    }
+
+    /// Drives the action while holding its claim, renewed every third of its length; gives the driving up if the claim
+    /// is lost (this replica stalled past it and another took over).
+    private func claimed(_ actionId: Int64) async {
+        guard (try? await store.claimAction(actionId, driver: id, seconds: claimSeconds)) == true else { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await self.run(actionId)
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(Int64(self.claimSeconds * 1000 / 3)))
+                    if Task.isCancelled { return }
+                    if (try? await self.store.claimAction(actionId, driver: self.id, seconds: self.claimSeconds)) == false { return }
+                }
+            }
+            // Whichever ends first (the action, or the claim) ends the other.
+            await group.next()
+            group.cancelAll()
+        }
+        if !Task.isCancelled { try? await store.releaseAction(actionId, driver: id) }
     }
 
     private func run(_ actionId: Int64) async {
@@ -103,7 +152,7 @@ package final class TransitionDriver: Sendable {
                     try await store.finishStep(actionId: actionId, phase: state.phase, completed: false, error: "the droplet stayed busy with another event")
                     continue
                 }
-                let event = await terminal(eventId: state.eventId)
+                guard let event = await terminal(eventId: state.eventId) else { return }  // cancelled
                 try await store.finishStep(actionId: actionId, phase: state.phase, completed: event.status == .completed, error: event.error)
                 attempt = 0
             } catch {
@@ -116,8 +165,9 @@ package final class TransitionDriver: Sendable {
 
     // MARK: Completion
 
-    /// Waits until Harpoon reports the event terminal: from the watch, or from one look if it already was.
-    private func terminal(eventId: Int64) async -> Harpoon_V1_Event {
+    /// Waits until Harpoon reports the event terminal: from the watch, or from one look if it already was; `nil` if
+    /// the task is cancelled first.
+    private func terminal(eventId: Int64) async -> Harpoon_V1_Event? {
         if let event = finished.withLock({ $0.removeValue(forKey: eventId) }) { return event }
         let lookup = Task {
             // One look closes the race with a completion the watch reported before we started waiting.
@@ -134,19 +184,24 @@ package final class TransitionDriver: Sendable {
             }
         }
         defer { lookup.cancel() }
-        return await withCheckedContinuation { continuation in
-            let ready = waiting.withLock { waiting -> Harpoon_V1_Event? in
-                if let event = finished.withLock({ $0.removeValue(forKey: eventId) }) { return event }
-                waiting[eventId] = continuation
-                return nil
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = waiting.withLock { waiting -> Harpoon_V1_Event?? in
+                    if let event = finished.withLock({ $0.removeValue(forKey: eventId) }) { return .some(event) }
+                    if Task.isCancelled { return .some(nil) }
+                    waiting[eventId] = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
             }
-            if let ready { continuation.resume(returning: ready) }
+        } onCancel: {
+            waiting.withLock { $0.removeValue(forKey: eventId) }?.resume(returning: nil)
         }
     }
 
     /// A terminal event arrived: wake its step's driver, or keep it for the driver about to wait.
     private func deliver(_ event: Harpoon_V1_Event) {
-        let waiter = waiting.withLock { waiting -> CheckedContinuation<Harpoon_V1_Event, Never>? in
+        let waiter = waiting.withLock { waiting -> CheckedContinuation<Harpoon_V1_Event?, Never>? in
             if let waiter = waiting.removeValue(forKey: event.id) { return waiter }
             finished.withLock { finished in
                 // Only events of actions in progress matter; keep few, so an unrelated stream cannot grow this.

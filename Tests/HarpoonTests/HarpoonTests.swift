@@ -20,19 +20,6 @@ func withStore<T>(_ body: (SQLiteHarpoonStore, String) async throws -> T) async 
     return try await body(try SQLiteHarpoonStore(path: path), path)
 }
 
-/// The engines every store behaviour is asserted on.
-enum Engine: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case sqlite, postgres
-    var testDescription: String { rawValue }
-}
-
-/// A new, empty database on the suite's PostgreSQL server (``PostgresServerTrait``).
-func freshPostgresDatabase() async throws -> PostgresAddress {
-    let server = try #require(ThrowawayPostgres.current, "the suite needs the .postgresServer trait")
-    let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-    return try await PostgresPool.createDatabase(name, on: PostgresAddress(url: server.url()))
-}
-
 /// A fresh store on `engine`, and a way to open another on the same database (a restart, or another replica); all
 /// are closed afterwards.
 func withStore<T>(

@@ -1,6 +1,7 @@
 import Foundation
 import Harpoon
 import HarpoonAPI
+import PostgresSupport
 @testable import ReservedIP
 import ReservedIPAPI
 import TestSupport
@@ -17,8 +18,13 @@ final class Bench: Sendable {
     let harpoonClient: RPCClient
     let harpoon: Harpoon_V1_Harpoon.Client
     let pools: AddressPools
+    /// The orchestrator's database: its SQLite file in `directory`, or a fresh PostgreSQL database.
+    let engine: Engine
+    let postgres: PostgresAddress?
 
-    init(pools: [String] = ["nyc1=192.0.2.0/29", "sfo3=198.51.100.0/29"]) async throws {
+    init(_ engine: Engine = .sqlite, pools: [String] = ["nyc1=192.0.2.0/29", "sfo3=198.51.100.0/29"]) async throws {
+        self.engine = engine
+        postgres = engine == .postgres ? try await freshPostgresDatabase() : nil
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("reserved-ip-tests-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         harpoonStore = try SQLiteHarpoonStore(path: directory.appendingPathComponent("harpoon.sqlite").path)
@@ -64,18 +70,26 @@ final class Bench: Sendable {
     }
 }
 
-/// The orchestrator over its own SQLite file, served on 127.0.0.1; stop and start it again to play a restart.
+/// The orchestrator over its database (the bench's engine), served on 127.0.0.1; stop and start it again to play a
+/// restart, or start two to play replicas.
 final class Orchestrator: Sendable {
-    let store: ReservedIPStore
+    let store: any ReservedIPStore
+    let postgresStore: PostgresReservedIPStore?
     let driver: TransitionDriver
     let server: RPCServer
     let client: RPCClient
     let api: Reservedip_V1_ReservedIPs.Client
     let watch: Task<Void, Never>
 
-    init(_ bench: Bench, busyPatience: Duration = .seconds(60)) async throws {
-        store = try ReservedIPStore(path: bench.directory.appendingPathComponent("reserved-ip.sqlite").path, pools: bench.pools)
-        driver = TransitionDriver(store: store, harpoon: bench.harpoonClient, busyPatience: busyPatience)
+    init(_ bench: Bench, busyPatience: Duration = .seconds(60), claimSeconds: Double = 30) async throws {
+        if let address = bench.postgres {
+            let opened = try await PostgresReservedIPStore.open(address, pools: bench.pools)
+            (store, postgresStore) = (opened, opened)
+        } else {
+            store = try SQLiteReservedIPStore(path: bench.directory.appendingPathComponent("reserved-ip.sqlite").path, pools: bench.pools)
+            postgresStore = nil
+        }
+        driver = TransitionDriver(store: store, harpoon: bench.harpoonClient, busyPatience: busyPatience, claimSeconds: claimSeconds)
         server = RPCServer(
             configuration: .init(host: "127.0.0.1", port: 0), services: [ReservedIPService(store: store, driver: driver, harpoon: bench.harpoonClient)]
         )
@@ -83,15 +97,24 @@ final class Orchestrator: Sendable {
         let port = server.port ?? 0
         try await driver.resume()
         let driver = self.driver
-        watch = Task { await driver.watch() }
+        let replicas = postgresStore != nil
+        watch = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await driver.watch() }
+                // As the service runs it on PostgreSQL: actions whose driver's claim lapsed are taken over.
+                if replicas { group.addTask { await driver.adoptOrphans() } }
+            }
+        }
         client = RPCClient(targets: [("127.0.0.1", port)])
         api = Reservedip_V1_ReservedIPs.Client(client)
     }
 
     func stop() async {
         watch.cancel()
+        driver.halt()
         await client.close()
         await server.shutdownGracefully(timeout: .seconds(2))
+        await postgresStore?.close()
     }
 
     func action(_ id: Int64, customer: String = "alice") async throws -> Reservedip_V1_Action {
@@ -109,8 +132,10 @@ final class Orchestrator: Sendable {
     }
 }
 
-func withOrchestrator(pools: [String] = ["nyc1=192.0.2.0/29", "sfo3=198.51.100.0/29"], _ body: (Bench, Orchestrator) async throws -> Void) async throws {
-    let bench = try await Bench(pools: pools)
+func withOrchestrator(
+    _ engine: Engine = .sqlite, pools: [String] = ["nyc1=192.0.2.0/29", "sfo3=198.51.100.0/29"], _ body: (Bench, Orchestrator) async throws -> Void
+) async throws {
+    let bench = try await Bench(engine, pools: pools)
     let orchestrator = try await Orchestrator(bench)
     do {
         try await body(bench, orchestrator)
@@ -132,11 +157,11 @@ func refusal(_ body: () async throws -> some Any) async -> RPCError? {
     }
 }
 
-@Suite("the reserved-IP orchestrator", .serialized)
+@Suite("the reserved-IP orchestrator, on SQLite and on PostgreSQL", .serialized, .postgresServer)
 struct OrchestratorTests {
-    @Test("reserving to a region takes the lowest free address of its pool, bills it, and runs out cleanly")
-    func reserveToRegion() async throws {
-        try await withOrchestrator(pools: ["nyc1=192.0.2.0/30"]) { _, orchestrator in
+    @Test("reserving to a region takes the lowest free address of its pool, bills it, and runs out cleanly", arguments: Engine.allCases)
+    func reserveToRegion(engine: Engine) async throws {
+        try await withOrchestrator(engine, pools: ["nyc1=192.0.2.0/30"]) { _, orchestrator in
             let first = try #require(try await orchestrator.api.reserve(.init(idempotencyKey: "r1", customer: "alice", region: "nyc1", projectId: "p1")).reservedIp)
             #expect(first.ip == "192.0.2.1" && first.region == "nyc1" && first.dropletId == 0 && !first.locked && first.projectId == "p1")
             let again = try await orchestrator.api.reserve(.init(idempotencyKey: "r1", customer: "alice", region: "nyc1", projectId: "p1"))
@@ -157,9 +182,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("assign: locked while in flight, refusing other actions on the IP and the droplet; completed when Harpoon reports it")
-    func assign() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("assign: locked while in flight, refusing other actions on the IP and the droplet; completed when Harpoon reports it", arguments: Engine.allCases)
+    func assign(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let droplet = try await bench.droplet()
             let other = try await bench.droplet()
             let ip = try #require(try await orchestrator.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
@@ -193,9 +218,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("reassign leaves the old droplet's hypervisor first, then joins the new one; unassign leaves")
-    func reassignAndUnassign() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("reassign leaves the old droplet's hypervisor first, then joins the new one; unassign leaves", arguments: Engine.allCases)
+    func reassignAndUnassign(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let first = try await bench.droplet()
             let second = try await bench.droplet()
             let ip = try #require(try await orchestrator.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
@@ -224,9 +249,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("refusals: another customer's droplet or IP, another region, a droplet not active, a malformed address")
-    func refusals() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("refusals: another customer's droplet or IP, another region, a droplet not active, a malformed address", arguments: Engine.allCases)
+    func refusals(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let mine = try await bench.droplet()
             let theirs = try await bench.droplet("bob")
             let elsewhere = try await bench.droplet(region: "sfo3")
@@ -251,9 +276,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("a droplet busy with another event refuses the assign at once, leaving nothing behind")
-    func busyDroplet() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("a droplet busy with another event refuses the assign at once, leaving nothing behind", arguments: Engine.allCases)
+    func busyDroplet(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let droplet = try await bench.droplet()
             _ = try await bench.harpoon.createEvent(.init(type: "power_off", dropletId: droplet, customer: "alice", exclusive: true))
             let ip = try #require(try await orchestrator.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
@@ -269,9 +294,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("a failed event errors the action with Harpoon's reason and unlocks the IP where it was")
-    func erroredStep() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("a failed event errors the action with Harpoon's reason and unlocks the IP where it was", arguments: Engine.allCases)
+    func erroredStep(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let droplet = try await bench.droplet()
             let ip = try #require(try await orchestrator.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
             let action = try await orchestrator.api.assign(.init(customer: "alice", ip: ip, dropletId: droplet))
@@ -284,9 +309,9 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("reserving to a droplet assigns it by an action; releasing an assigned IP removes it at once and frees the address after it leaves")
-    func reserveToDropletAndRelease() async throws {
-        try await withOrchestrator(pools: ["nyc1=192.0.2.0/30"]) { bench, orchestrator in
+    @Test("reserving to a droplet assigns it by an action; releasing an assigned IP removes it at once and frees the address after it leaves", arguments: Engine.allCases)
+    func reserveToDropletAndRelease(engine: Engine) async throws {
+        try await withOrchestrator(engine, pools: ["nyc1=192.0.2.0/30"]) { bench, orchestrator in
             let droplet = try await bench.droplet()
             let reserved = try await orchestrator.api.reserve(.init(idempotencyKey: "k", customer: "alice", projectId: "p", dropletId: droplet))
             let ip = try #require(reserved.reservedIp)
@@ -314,11 +339,12 @@ struct OrchestratorTests {
         }
     }
 
-    @Test("after a restart, actions in flight are driven to their end, including an event that finished while it was down")
-    func restart() async throws {
-        let bench = try await Bench()
+    @Test("after a restart, actions in flight are driven to their end, including an event that finished while it was down", arguments: Engine.allCases)
+    func restart(engine: Engine) async throws {
+        let bench = try await Bench(engine)
         do {
-            let first = try await Orchestrator(bench)
+            // (On PostgreSQL the first one's claims on its actions lapse after a second, as after a crash.)
+            let first = try await Orchestrator(bench, claimSeconds: 1)
             let droplet = try await bench.droplet()
             let other = try await bench.droplet()
             let ip = try #require(try await first.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
@@ -329,7 +355,7 @@ struct OrchestratorTests {
             // Both events finish while the orchestrator is down.
             try await bench.finishNext()
             try await bench.finishNext()
-            let second = try await Orchestrator(bench)
+            let second = try await Orchestrator(bench, claimSeconds: 1)
             #expect(try await second.finished(assign.id).status == .completed)
             #expect(try await second.finished(assign2.id).status == .completed)
             let afterFirst = try await second.ip(ip)
@@ -347,9 +373,9 @@ struct OrchestratorTests {
         await bench.stop()
     }
 
-    @Test("a destroyed droplet drops its reserved IP")
-    func destroyedDroplet() async throws {
-        try await withOrchestrator { bench, orchestrator in
+    @Test("a destroyed droplet drops its reserved IP", arguments: Engine.allCases)
+    func destroyedDroplet(engine: Engine) async throws {
+        try await withOrchestrator(engine) { bench, orchestrator in
             let droplet = try await bench.droplet()
             let ip = try #require(try await orchestrator.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
             let assign = try await orchestrator.api.assign(.init(customer: "alice", ip: ip, dropletId: droplet))

@@ -1,4 +1,6 @@
+internal import Foundation
 package import LocalPostgres
+package import PostgresSupport
 package import Testing
 
 /// A PostgreSQL server of a test's own (deleted when stopped).
@@ -24,4 +26,17 @@ extension Trait where Self == PostgresServerTrait {
 extension ThrowawayPostgres {
     /// The server of the running suite (``PostgresServerTrait``).
     @TaskLocal package static var current: ThrowawayPostgres?
+}
+
+/// The engines every store behaviour is asserted on.
+package enum Engine: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    package var testDescription: String { rawValue }
+}
+
+/// A new, empty database on the suite's PostgreSQL server (``PostgresServerTrait``).
+package func freshPostgresDatabase() async throws -> PostgresAddress {
+    let server = try #require(ThrowawayPostgres.current, "the suite needs the .postgresServer trait")
+    let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+    return try await PostgresPool.createDatabase(name, on: PostgresAddress(url: server.url()))
 }

@@ -291,19 +291,34 @@ package final class PostgresHarpoonStore: HarpoonStore {
             }
             let now = self.clock.now()
             var rows = HarpoonRules.newDroplet(request, now: now)
-            for try await id in try await context.write("""
-                INSERT INTO droplets (customer, name, region, size, image, status, created_at)
-                VALUES (\(rows.droplet.customer), \(rows.droplet.name), \(rows.droplet.region), \(Data(rows.event.payload)), \(rows.droplet.image),
-                        \(rows.droplet.status.rawValue), \(now))
-                RETURNING id
-                """).decode(Int64.self) {
-                rows.droplet.id = id
-            }
-            rows.event.dropletId = rows.droplet.id
             // The entry is this replica's (its worker is handed it in memory): the others take it only if this one
             // has not finished with it within the lease.
             let notBefore = now + self.outboxLease
-            let (event, entryId) = try await self.insertEvent(context, rows.event, now: now, destination: .scheduler, notBefore: notBefore)
+            // Droplet, create event and outbox entry in one statement.
+            let template = rows.event
+            var entryId: Int64 = 0
+            for try await (dropletId, eventId, id) in try await context.write("""
+                WITH droplet AS (
+                    INSERT INTO droplets (customer, name, region, size, image, status, created_at)
+                    VALUES (\(rows.droplet.customer), \(rows.droplet.name), \(rows.droplet.region), \(Data(template.payload)), \(rows.droplet.image),
+                            \(rows.droplet.status.rawValue), \(now))
+                    RETURNING id
+                ), event AS (
+                    INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
+                    SELECT \(template.type), droplet.id, \(template.customer), \(template.region), \(template.hypervisorId), \(template.status.rawValue),
+                           \(Data(template.payload)), \(now), \(now) FROM droplet
+                    RETURNING id, droplet_id
+                )
+                INSERT INTO outbox (event_id, destination, not_before) SELECT id, \(OutboxDestination.scheduler.rawValue), \(notBefore) FROM event
+                RETURNING (SELECT droplet_id FROM event), event_id, id
+                """).decode((Int64, Int64, Int64).self) {
+                rows.droplet.id = dropletId
+                rows.event.id = eventId
+                entryId = id
+            }
+            rows.event.dropletId = rows.droplet.id
+            context.changed(event: rows.event.id)
+            let event = rows.event
             if !key.isEmpty {
                 try await context.write("UPDATE idempotency SET droplet_id = \(rows.droplet.id), event_id = \(event.id) WHERE key = \(key)")
             }

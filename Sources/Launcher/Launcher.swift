@@ -99,6 +99,8 @@ struct Launcher: AsyncParsableCommand {
     @Option(help: "Harpoon's store: sqlite (a file, one replica) or postgres (a local PostgreSQL server under the data directory, started and stopped with the cluster).")
     var store = "sqlite"
     @Option(help: "Harpoon replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).") var harpoonReplicas: Int?
+    @Option(help: "Reserved-IP orchestrator replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).")
+    var reservedIPReplicas: Int?
     @Option(help: "Port of the customer API (0: any free port).") var apiPort = 8080
     @Option(help: "Directory of the Shoal executables (default: this one's).") var bin: String?
     @Option(help: "Regions, slug=Name=pool CIDR; repeat for each.") var region: [String] = [
@@ -132,11 +134,13 @@ struct Launcher: AsyncParsableCommand {
 
         guard store == "sqlite" || store == "postgres" else { throw ValidationError("--store is sqlite or postgres, not '\(store)'") }
         let replicas = harpoonReplicas ?? (store == "postgres" ? 2 : 1)
-        guard replicas >= 1, store == "postgres" || replicas == 1 else {
-            throw ValidationError("--harpoon-replicas \(replicas): several replicas share a PostgreSQL database (--store postgres)")
+        let orchestrators = reservedIPReplicas ?? (store == "postgres" ? 2 : 1)
+        guard replicas >= 1, orchestrators >= 1, store == "postgres" || (replicas == 1 && orchestrators == 1) else {
+            throw ValidationError("several replicas share a PostgreSQL database (--store postgres)")
         }
-        let schedulerPort = try freeLoopbackPort(), reservedIPPort = try freeLoopbackPort()
+        let schedulerPort = try freeLoopbackPort()
         let harpoonPorts = try (0..<replicas).map { _ in try freeLoopbackPort() }
+        let reservedIPPorts = try (0..<orchestrators).map { _ in try freeLoopbackPort() }
         var routerPorts: [String: Int] = [:]
         for region in regions { routerPorts[region.slug] = try freeLoopbackPort() }
         let apiPort = self.apiPort == 0 ? try freeLoopbackPort() : self.apiPort
@@ -149,19 +153,26 @@ struct Launcher: AsyncParsableCommand {
         }
         func local(_ port: Int) -> String { "127.0.0.1:\(port)" }
         let harpoons = harpoonPorts.map(local).joined(separator: ",")
-        // Harpoon's database: a file, or a database on a PostgreSQL server of the cluster's own (kept between runs).
+        let reservedIPs = reservedIPPorts.map(local).joined(separator: ",")
+        // The databases: files, or databases on a PostgreSQL server of the cluster's own (kept between runs), one for
+        // Harpoon and one for the orchestrator. Leases are short here, so a replica killed by hand is taken over in
+        // seconds.
         var postgres: LocalPostgres?
         var harpoonDatabase = data.appendingPathComponent("harpoon.sqlite").path
+        var reservedIPDatabase = data.appendingPathComponent("reserved-ip.sqlite").path
+        var leases: (harpoon: [String], reservedIP: [String]) = ([], [])
         if store == "postgres" {
             let server = try await LocalPostgres.start(in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
             postgres = server
             do {
-                let address = try await PostgresPool.createDatabase("shoal", on: PostgresAddress(url: server.url()))
-                harpoonDatabase = "\(address)"
+                let address = try PostgresAddress(url: server.url())
+                harpoonDatabase = "\(try await PostgresPool.createDatabase("harpoon", on: address))"
+                reservedIPDatabase = "\(try await PostgresPool.createDatabase("reserved_ip", on: address))"
             } catch {
                 server.stop()
                 throw error
             }
+            leases = (["--outbox-lease-seconds", "5"], ["--driver-lease-seconds", "5"])
             say("PostgreSQL pid \(server.pid) on 127.0.0.1:\(server.port), data in \(server.directory.path)")
         }
 
@@ -198,7 +209,7 @@ struct Launcher: AsyncParsableCommand {
                 let name = replicas == 1 ? "harpoon" : "harpoon-\(index + 1)"
                 try await launch(name, "harpoon", [
                     "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", local(schedulerPort),
-                ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + metrics(name), ready: "ready on")
+                ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + leases.harpoon + metrics(name), ready: "ready on")
             }
             for region in regions {
                 try await launch("event-router-\(region.slug)", "event-router", [
@@ -206,9 +217,12 @@ struct Launcher: AsyncParsableCommand {
                     "--scheduler", local(schedulerPort),
                 ] + metrics("event-router-\(region.slug)"), ready: "ready on")
             }
-            try await launch("reserved-ip", "reserved-ip", [
-                "--port", "\(reservedIPPort)", "--database", data.appendingPathComponent("reserved-ip.sqlite").path, "--harpoon", harpoons,
-            ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + metrics("reserved-ip"), ready: "ready on")
+            for (index, port) in reservedIPPorts.enumerated() {
+                let name = orchestrators == 1 ? "reserved-ip" : "reserved-ip-\(index + 1)"
+                try await launch(name, "reserved-ip", [
+                    "--port", "\(port)", "--database", reservedIPDatabase, "--harpoon", harpoons,
+                ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + leases.reservedIP + metrics(name), ready: "ready on")
+            }
             for region in regions {
                 try await launch("hypervisors-\(region.slug)", "hypervisor", [
                     "--region", region.slug, "--router", local(routerPorts[region.slug] ?? 0), "--id", "\(region.slug)-hv",
@@ -217,7 +231,7 @@ struct Launcher: AsyncParsableCommand {
                 ], ready: "agent(s)")
             }
             try await launch("aggregator", "aggregator", [
-                "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", local(reservedIPPort), "--token", token,
+                "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", reservedIPs, "--token", token,
                 "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
             ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] }, ready: "ready on")
         } catch {
@@ -228,7 +242,7 @@ struct Launcher: AsyncParsableCommand {
         let api = "http://127.0.0.1:\(apiPort)"
         say("""
 
-        Shoal is running on \(store == "postgres" ? "PostgreSQL (\(replicas) Harpoon replicas)" : "SQLite"): \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
+        Shoal is running on \(store == "postgres" ? "PostgreSQL (\(replicas) Harpoon and \(orchestrators) orchestrator replicas)" : "SQLite"): \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
         API: \(api)
         token: \(demoToken)
 

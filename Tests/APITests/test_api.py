@@ -423,7 +423,10 @@ class RestartTests(Shapes):
     def test_killing_the_orchestrator_during_assignments_loses_nothing(self):
         droplets = [new_droplet(name=f"crash-{i}") for i in range(8)]
         addresses = [http("POST", "/v2/reserved_ips", body={"region": "nyc1"})[2]["reserved_ip"]["ip"] for _ in range(4)]
+        # One orchestrator (SQLite), or the first of its replicas (PostgreSQL: the other serves meanwhile).
         pid_file = os.path.join(DATA, "run", "reserved-ip.pid")
+        if not os.path.exists(pid_file):
+            pid_file = os.path.join(DATA, "run", "reserved-ip-1.pid")
         with open(pid_file) as handle:
             old_pid = int(handle.read())
         actions = []

@@ -1,41 +1,42 @@
 import ChildProcess
 import Foundation
 import Testing
+import TestSupport
 
 /// The customer API end to end: for each group of tests in `Tests/APITests/test_api.py`, a cluster started by
 /// `shoal-local` (the launcher `make run` uses) on free ports, driven by the official DigitalOcean client pydo and by
 /// plain HTTP from Python. Each group gets a fresh cluster, so none depends on another's leftovers.
-@Suite("the customer API through shoal-local, with pydo", .serialized)
+@Suite("the customer API through shoal-local, with pydo, on SQLite and on PostgreSQL replicas", .serialized)
 struct APITests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let python = root.appendingPathComponent(".build-interop/venv/bin/python").path
 
-    @Test("regions and sizes, with links and meta")
-    func catalog() async throws { try await run("CatalogTests") }
+    @Test("regions and sizes, with links and meta", arguments: Engine.allCases)
+    func catalog(engine: Engine) async throws { try await run("CatalogTests", engine) }
 
-    @Test("droplets: create, list, get, power actions, one at a time, pagination, delete")
-    func droplets() async throws { try await run("DropletTests") }
+    @Test("droplets: create, list, get, power actions, one at a time, pagination, delete", arguments: Engine.allCases)
+    func droplets(engine: Engine) async throws { try await run("DropletTests", engine) }
 
-    @Test("reserved IPs: reserve, reserve to a droplet, assign, reassign, unassign, release; floating_ips; every documented error; auth and rate limits")
-    func reservedIPs() async throws { try await run("ReservedIPTests") }
+    @Test("reserved IPs: reserve, reserve to a droplet, assign, reassign, unassign, release; floating_ips; every documented error; auth and rate limits", arguments: Engine.allCases)
+    func reservedIPs(engine: Engine) async throws { try await run("ReservedIPTests", engine) }
 
-    @Test("tenant isolation: another customer's droplet, IP or action is 404 on every endpoint")
-    func tenants() async throws { try await run("TenantTests") }
+    @Test("tenant isolation: another customer's droplet, IP or action is 404 on every endpoint", arguments: Engine.allCases)
+    func tenants(engine: Engine) async throws { try await run("TenantTests", engine) }
 
-    @Test("20 concurrent assign and unassign requests on one IP leave it on at most one droplet, every action finished")
-    func concurrency() async throws { try await run("ConcurrencyTests") }
+    @Test("20 concurrent assign and unassign requests on one IP leave it on at most one droplet, every action finished", arguments: Engine.allCases)
+    func concurrency(engine: Engine) async throws { try await run("ConcurrencyTests", engine) }
 
-    @Test("kill -9 of the orchestrator during assignments loses no action and puts no IP on two droplets")
-    func orchestratorRestart() async throws { try await run("RestartTests") }
+    @Test("kill -9 of the orchestrator during assignments loses no action and puts no IP on two droplets", arguments: Engine.allCases)
+    func orchestratorRestart(engine: Engine) async throws { try await run("RestartTests", engine) }
 
-    func run(_ name: String) async throws {
+    func run(_ name: String, _ engine: Engine) async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.python), "no Python venv with pydo: run `make interop-deps` (make test does)")
         let data = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-api-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: data) }
         let launcher = ChildProcess(path: built("shoal-local"), arguments: [
             "--data-dir", data.path, "--api-port", "0", "--agents-per-region", "3", "--event-milliseconds", "100",
             "--token", "alice-token=alice", "--token-limit", "carol-token=1000/5",
-            "--requests-per-hour", "1000000", "--burst-per-minute", "100000",
+            "--requests-per-hour", "1000000", "--burst-per-minute", "100000", "--store", engine.rawValue,
         ], environment: ["SHOAL_API_TOKENS": "bob-token=bob,carol-token=carol,dave-token=dave"])
         try launcher.start()
         defer { launcher.stop() }
@@ -57,7 +58,8 @@ struct APITests {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: run.path)) ?? []).compactMap { file in
             (try? String(contentsOf: run.appendingPathComponent(file), encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
-        #expect(pids.count == 8, "scheduler, Harpoon, two routers, the orchestrator, two fleets, the aggregator: \(pids)")
+        // PostgreSQL: two replicas each of Harpoon and the orchestrator (and the server itself, which is not a service).
+        #expect(pids.count == (engine == .sqlite ? 8 : 10), "scheduler, Harpoon, two routers, the orchestrator, two fleets, the aggregator: \(pids)")
         launcher.stop()
         #expect(launcher.output.contains("\nstopped"), "\(launcher.output.suffix(500))")
         for pid in pids { #expect(kill(pid, 0) != 0, "service pid \(pid) outlived the launcher") }

@@ -28,14 +28,9 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package static func open(
         _ address: PostgresAddress, connections: Int = 8, outboxLease: Double = 30, clock: any WallClock = SystemClock()
     ) async throws -> PostgresHarpoonStore {
-        let pool = PostgresPool(address, maximumConnections: connections, applicationName: "harpoon")
-        do {
-            try await pool.migrate(schema: "harpoon", migrations)
-            try await pool.requireDurableCommits()
-        } catch {
-            await pool.close()
-            throw error
-        }
+        let pool = try await PostgresPool.open(
+            address, maximumConnections: connections, applicationName: "harpoon", schema: "harpoon", migrations: migrations
+        )
         return PostgresHarpoonStore(pool: pool, outboxLease: outboxLease, clock: clock)
     }
 

@@ -123,17 +123,8 @@ final class PostgresWriter: Sendable {
     ) async -> [Result<T, any Error>] {
         guard !bodies.isEmpty else { return [] }
         return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
-            let results = Mutex<(values: [Result<T, any Error>?], remaining: Int)>((Array(repeating: nil, count: bodies.count), bodies.count))
-            enqueue(bodies.enumerated().map { index, write in
-                Self.job(write.locking, write.body) { result in
-                    let done = results.withLock { state -> [Result<T, any Error>]? in
-                        state.values[index] = result
-                        state.remaining -= 1
-                        return state.remaining == 0 ? state.values.compactMap { $0 } : nil
-                    }
-                    if let done { continuation.resume(returning: done) }
-                }
-            })
+            let results = GatheredResults(count: bodies.count, continuation)
+            enqueue(bodies.enumerated().map { index, write in Self.job(write.locking, write.body) { results.answer(index, $0) } })
         }
     }
 

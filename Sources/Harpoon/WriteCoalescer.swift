@@ -44,17 +44,8 @@ final class WriteCoalescer: Sendable {
     func writeEach<T: Sendable>(_ bodies: [@Sendable (Database) throws -> T]) async -> [Result<T, any Error>] {
         guard !bodies.isEmpty else { return [] }
         return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
-            let results = Mutex<(values: [Result<T, any Error>?], remaining: Int)>((Array(repeating: nil, count: bodies.count), bodies.count))
-            enqueue(bodies.enumerated().map { index, body in
-                Self.job(body) { result in
-                    let done = results.withLock { state -> [Result<T, any Error>]? in
-                        state.values[index] = result
-                        state.remaining -= 1
-                        return state.remaining == 0 ? state.values.compactMap { $0 } : nil
-                    }
-                    if let done { continuation.resume(returning: done) }
-                }
-            })
+            let results = GatheredResults(count: bodies.count, continuation)
+            enqueue(bodies.enumerated().map { index, body in Self.job(body) { results.answer(index, $0) } })
         }
     }
 
@@ -150,5 +141,25 @@ final class WriteCoalescer: Sendable {
             guard let answers = try? runTogether(batch, isolated: false) ?? runTogether(batch, isolated: true) else { continue }
             for answer in answers { answer(.success(())) }
         }
+    }
+}
+
+/// The answers to writes queued together, each in its place: the group's caller resumes once the last has come.
+final class GatheredResults<T: Sendable>: Sendable {
+    private let state: Mutex<(values: [Result<T, any Error>?], remaining: Int)>
+    private let continuation: CheckedContinuation<[Result<T, any Error>], Never>
+
+    init(count: Int, _ continuation: CheckedContinuation<[Result<T, any Error>], Never>) {
+        state = Mutex((Array(repeating: nil, count: count), count))
+        self.continuation = continuation
+    }
+
+    func answer(_ index: Int, _ result: Result<T, any Error>) {
+        let done = state.withLock { state -> [Result<T, any Error>]? in
+            state.values[index] = result
+            state.remaining -= 1
+            return state.remaining == 0 ? state.values.compactMap { $0 } : nil
+        }
+        if let done { continuation.resume(returning: done) }
     }
 }

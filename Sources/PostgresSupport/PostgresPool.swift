@@ -82,6 +82,23 @@ package final class PostgresPool: Sendable {
         running = Task { await client.run() }
     }
 
+    /// A service's pool on its database, ready: the schema brought up to date (``migrate(schema:_:)``) and commits
+    /// checked to be durable (``requireDurableCommits()``); closed again if either fails.
+    package static func open(
+        _ address: PostgresAddress, maximumConnections: Int, applicationName: String, schema: String,
+        migrations: [(version: String, statements: [String])]
+    ) async throws -> PostgresPool {
+        let pool = PostgresPool(address, maximumConnections: maximumConnections, applicationName: applicationName)
+        do {
+            try await pool.migrate(schema: schema, migrations)
+            try await pool.requireDurableCommits()
+        } catch {
+            await pool.close()
+            throw error
+        }
+        return pool
+    }
+
     /// Closes every connection; the pool serves nothing more.
     package func close() async {
         running.cancel()

@@ -21,14 +21,9 @@ package final class PostgresReservedIPStore: ReservedIPStore {
     private static let transitionLock: Int64 = 0x5348_4F41_4C52_4950
 
     package static func open(_ address: PostgresAddress, pools: AddressPools, connections: Int = 4) async throws -> PostgresReservedIPStore {
-        let pool = PostgresPool(address, maximumConnections: connections, applicationName: "reserved-ip")
-        do {
-            try await pool.migrate(schema: "reserved_ip", migrations)
-            try await pool.requireDurableCommits()
-        } catch {
-            await pool.close()
-            throw error
-        }
+        let pool = try await PostgresPool.open(
+            address, maximumConnections: connections, applicationName: "reserved-ip", schema: "reserved_ip", migrations: migrations
+        )
         return PostgresReservedIPStore(pool: pool, pools: pools)
     }
 

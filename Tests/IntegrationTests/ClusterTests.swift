@@ -104,6 +104,11 @@ struct ClusterTests {
             #expect(droplets.count == requested, "\(droplets.count) droplets for \(requested) requests")
             #expect(Set(droplets.map(\.name)).count == requested)
             #expect(droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
+            // A droplet that did not settle: where its events stopped (for the record of a failure).
+            for droplet in droplets.filter({ $0.status != .active }).prefix(3) {
+                let events = try await harpoon.listEvents(.init(dropletId: droplet.id))
+                print("fault test: droplet \(droplet.id) \(droplet.status) on '\(droplet.hypervisorId)': events \(events.events.map { "\($0.id) \($0.type) \($0.status) '\($0.hypervisorId)' \($0.error)" })")
+            }
             // One create event per droplet, each in exactly one terminal state.
             for customer in ["alice", "bob"] {
                 let events = try await harpoon.listEvents(.init(customer: customer, type: "create", pageSize: 200))

@@ -128,19 +128,37 @@ package struct ChildProcessError: Error, CustomStringConvertible {
     package var description: String { message }
 }
 
-/// A free TCP port on 127.0.0.1, from the kernel (bound once and released).
+/// A free TCP port on 127.0.0.1 for a service to listen on, found by binding to it (and released).
+///
+/// It is taken from below the kernel's ephemeral range (`ip_local_port_range`): a port of that range, which is what
+/// binding to port 0 gives, can be taken by any outgoing connection (to PostgreSQL, between the services) in the
+/// moment before the service binds it. Below the range only another listener can take it. Falls back to the kernel's
+/// choice when nothing below is free.
 package func freeLoopbackPort() throws -> Int {
+    let firstEphemeral = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
+    if firstEphemeral > 12_000 {
+        for _ in 0..<64 {
+            let port = Int.random(in: 10_000..<firstEphemeral)
+            if let bound = try bindLoopback(port: port) { return bound }
+        }
+    }
+    guard let port = try bindLoopback(port: 0) else { throw ChildProcessError(message: "cannot find a free port") }
+    return port
+}
+
+/// Binds a socket to 127.0.0.1:`port` (0: the kernel's choice) and releases it; the port bound, or `nil` if taken.
+private func bindLoopback(port: Int) throws -> Int? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw ChildProcessError(message: "cannot open a socket") }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
+    address.sin_port = UInt16(port).bigEndian
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard bound else { throw ChildProcessError(message: "cannot find a free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
 }

@@ -77,7 +77,7 @@ package final class LocalPostgres: Sendable {
                 let (initdb, initArguments) = command("initdb", [
                     "-D", data.path, "-U", user, "--auth-local=trust", "--auth-host=trust", "-E", "UTF8", "--locale=C",
                 ] + (durable ? [] : ["--no-sync"]))
-                try run(initdb, initArguments)
+                try await run(initdb, initArguments)
             }
             var lastError: (any Error)?
             for _ in 0..<3 {
@@ -134,18 +134,13 @@ package final class LocalPostgres: Sendable {
     /// Kills the server as a crash would (SIGKILL), leaving its files for a restart.
     package func crash() { process.crash() }
 
-    private static func run(_ executable: URL, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Failure.command(([executable.path] + arguments).joined(separator: " "), status: process.terminationStatus, output: String(decoding: output, as: UTF8.self))
+    /// Runs a one-off program (initdb) to its end; throws with its output if it fails.
+    private static func run(_ executable: URL, _ arguments: [String]) async throws {
+        let process = ChildProcess(path: executable.path, arguments: arguments)
+        try process.start()
+        let status = await process.wait(timeout: .seconds(300))
+        guard status == 0 else {
+            throw Failure.command(([executable.path] + arguments).joined(separator: " "), status: status, output: process.output)
         }
     }
 }

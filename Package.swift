@@ -104,6 +104,7 @@ let package = Package(
             dependencies: [
                 "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),
@@ -298,6 +299,7 @@ let package = Package(
             dependencies: [
                 "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport", "PostgresSupport", "LocalPostgres",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: strictSettings
         ),

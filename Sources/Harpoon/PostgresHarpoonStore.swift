@@ -16,7 +16,7 @@ package import HarpoonAPI
 /// - every commit that changed events notifies ``channel``; ``listen(_:)`` wakes this replica's worker and watchers.
 package final class PostgresHarpoonStore: HarpoonStore {
     package let pool: PostgresPool
-    private let writer: PostgresWriter
+    let writer: PostgresWriter
     private let clock: any WallClock
     /// How long an entry stays with the replica that claimed it before the others may take it over.
     package let outboxLease: Double
@@ -38,10 +38,21 @@ package final class PostgresHarpoonStore: HarpoonStore {
         self.pool = pool
         self.outboxLease = outboxLease
         self.clock = clock
-        writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica) { connection, logger, ids in
-            try await Self.events(connection.query(
+        writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica) { connection, logger, ids, entryIds in
+            let events = ids.isEmpty ? [] : try await Self.events(connection.query(
                 Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE", Self.binds(ids)), logger: logger
             ))
+            var entries: [Int64: Int64] = [:]
+            if !entryIds.isEmpty {
+                for try await (id, eventId) in try await connection.query(
+                    "SELECT id, event_id FROM outbox WHERE id = ANY(\(entryIds)) ORDER BY id FOR UPDATE", logger: logger
+                ).decode((Int64, Int64).self) {
+                    entries[id] = eventId
+                }
+            }
+            return (events, entries)
+        } flush: { connection, logger, writes in
+            try await Self.flush(connection, logger, writes)
         }
     }
 
@@ -205,30 +216,12 @@ package final class PostgresHarpoonStore: HarpoonStore {
         return (event, entryId)
     }
 
-    /// Writes what a rule decided for an event, in one statement (its parts see the same snapshot, so the outbox is
-    /// cleared before the new entry is added); returns the event as written (its cursor comes at commit).
+    /// Writes what a rule decided for an event: deferred, with the other changes of the transaction, to one
+    /// statement (``flush(_:_:_:)``); returns the event as written (its cursor comes at commit).
     private func apply(_ write: EventWrite, _ context: PostgresWriteContext, now: Double) async throws -> Harpoon_V1_Event {
-        let event = write.event
-        let droplet = write.droplet
-        try await context.write("""
-            WITH changed AS (
-                UPDATE events SET status = \(event.status.rawValue), hypervisor_id = \(event.hypervisorId), error = \(event.error),
-                refusals = \(Int32(clamping: event.refusals)), updated_at = \(now) WHERE id = \(event.id)
-            ), cleared AS (
-                DELETE FROM outbox WHERE \(write.clearsOutbox) AND event_id = \(event.id)
-            ), queued AS (
-                INSERT INTO outbox (event_id, destination, not_before)
-                SELECT \(event.id), \(write.enqueue?.destination.rawValue ?? ""), \(write.enqueue?.notBefore ?? 0) WHERE \(write.enqueue != nil)
-            ), placed AS (
-                UPDATE droplets SET status = COALESCE(\(droplet?.status.map { $0.rawValue }), status),
-                hypervisor_id = COALESCE(\(droplet?.hypervisorId), hypervisor_id), ipv4_address = COALESCE(\(droplet?.ipv4Address), ipv4_address),
-                error = COALESCE(\(droplet?.error), error) WHERE \(droplet != nil) AND id = \(droplet?.dropletId ?? 0)
-            )
-            SELECT 1
-            """)
-        context.changed(event: event.id)
-        context.locked.events[event.id] = event
-        return event
+        try await context.deferChange(write, now: now)
+        context.locked.events[write.event.id] = write.event
+        return write.event
     }
 
     /// One page of `table` rows matching `condition` (its parameters `$1`…), by id after `afterID` and `offset` more,
@@ -260,7 +253,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
     // MARK: Droplets
 
     package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
-        try await writer.write { context in
+        try await writer.write { context -> DropletCreation in
             let key = request.idempotencyKey
             if !key.isEmpty {
                 // The key first: a replica creating with the same key at the same moment waits here for the other's
@@ -280,45 +273,18 @@ package final class PostgresHarpoonStore: HarpoonStore {
                         )
                     }
                     if case .existing(let found) = try HarpoonRules.createDroplet(key: key, answered: answered) {
-                        return CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil)
+                        return .existing(CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil))
                     }
                 }
             }
             let now = self.clock.now()
-            var rows = HarpoonRules.newDroplet(request, now: now)
             // The entry is this replica's (its worker is handed it in memory): the others take it only if this one
-            // has not finished with it within the lease.
-            let notBefore = now + self.outboxLease
-            // Droplet, create event and outbox entry in one statement.
-            let template = rows.event
-            var entryId: Int64 = 0
-            for try await (dropletId, eventId, id) in try await context.write("""
-                WITH droplet AS (
-                    INSERT INTO droplets (customer, name, region, size, image, status, created_at)
-                    VALUES (\(rows.droplet.customer), \(rows.droplet.name), \(rows.droplet.region), \(Data(template.payload)), \(rows.droplet.image),
-                            \(rows.droplet.status.rawValue), \(now))
-                    RETURNING id
-                ), event AS (
-                    INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
-                    SELECT \(template.type), droplet.id, \(template.customer), \(template.region), \(template.hypervisorId), \(template.status.rawValue),
-                           \(Data(template.payload)), \(now), \(now) FROM droplet
-                    RETURNING id, droplet_id
-                )
-                INSERT INTO outbox (event_id, destination, not_before) SELECT id, \(OutboxDestination.scheduler.rawValue), \(notBefore) FROM event
-                RETURNING (SELECT droplet_id FROM event), event_id, id
-                """).decode((Int64, Int64, Int64).self) {
-                rows.droplet.id = dropletId
-                rows.event.id = eventId
-                entryId = id
-            }
-            rows.event.dropletId = rows.droplet.id
-            context.changed(event: rows.event.id)
-            let event = rows.event
-            if !key.isEmpty {
-                try await context.write("UPDATE idempotency SET droplet_id = \(rows.droplet.id), event_id = \(event.id) WHERE key = \(key)")
-            }
-            let entry = OutboxEntry(id: entryId, eventId: event.id, destination: .scheduler, attempts: 0, notBefore: notBefore)
-            return CreatedDroplet(droplet: rows.droplet, event: event, entry: entry)
+            // has not finished with it within the lease. Droplet, create event, entry (and the key's answer) are
+            // written with the transaction's other creations, in one statement.
+            let creation = DeferredWrites.Creation(
+                rows: HarpoonRules.newDroplet(request, now: now), key: key, now: now, notBefore: now + self.outboxLease
+            )
+            return .deferred(slot: context.deferCreation(creation), creation)
         }
     }
 
@@ -483,7 +449,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) async throws -> Harpoon_V1_Event {
-        try await writer.write(locking: [id]) { context in
+        try await writer.write(locking: [id], entries: settlement.map { [$0.entry.id] } ?? []) { context in
             try await self.update(
                 context, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: settlement
             )
@@ -510,8 +476,11 @@ package final class PostgresHarpoonStore: HarpoonStore {
         // does not spoil the transaction it shares with other writes.
         var existed: Bool?
         if let settlement {
-            existed = false
-            for try await _ in try await context.read("SELECT id FROM outbox WHERE id = \(settlement.entry.id) FOR UPDATE") { existed = true }
+            existed = context.locked.entryExists(settlement.entry.id)
+            if existed == nil {
+                existed = false
+                for try await _ in try await context.read("SELECT id FROM outbox WHERE id = \(settlement.entry.id) FOR UPDATE") { existed = true }
+            }
         }
         let now = clock.now()
         let decision = try HarpoonRules.update(
@@ -575,8 +544,13 @@ package final class PostgresHarpoonStore: HarpoonStore {
         }
     }
 
-    /// Settles an outbox entry; returns whether the entry was still there.
+    /// Settles an outbox entry; returns whether the entry was still there. One the transaction locked up front is
+    /// settled with the transaction's other settlements, in one statement.
     private static func settle(_ settlement: OutboxSettlement, _ context: PostgresWriteContext) async throws -> Bool {
+        if let exists = context.locked.entryExists(settlement.entry.id) {
+            if exists { try await context.deferSettlement(settlement) }
+            return exists
+        }
         let rows: PostgresRowSequence
         switch settlement {
         case .acknowledge(let entry):
@@ -594,7 +568,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
     }
 
     package func settle(_ settlement: OutboxSettlement) async throws {
-        _ = try await writer.write { context in try await Self.settle(settlement, context) }
+        _ = try await writer.write(entries: [settlement.entry.id]) { context in try await Self.settle(settlement, context) }
     }
 
     package func acknowledge(_ entry: OutboxEntry) async throws {
@@ -617,6 +591,32 @@ package final class PostgresHarpoonStore: HarpoonStore {
             var count = 0
             for try await value in try await connection.query("SELECT count(*)::int8 FROM outbox", logger: logger).decode(Int64.self) { count = Int(value) }
             return count
+        }
+    }
+}
+
+/// A droplet creation as its write returns it: found by its idempotency key, or deferred to the transaction's
+/// statement of creations, whose ids it gets at commit.
+private enum DropletCreation: CommitResolved {
+    case existing(CreatedDroplet)
+    case deferred(slot: Int, DeferredWrites.Creation)
+
+    func resolved(_ outcome: CommitOutcome) throws -> CreatedDroplet {
+        switch self {
+        case .existing(var created):
+            // Its first creation may share this transaction: its cursor is given at commit.
+            created.event = created.event.resolved(outcome)
+            return created
+        case .deferred(let slot, let creation):
+            var rows = creation.rows
+            // The commit follows the statement that gave the ids, so a committed creation has them.
+            guard let ids = outcome.created[slot] else { throw HarpoonError.corrupt("a creation committed without its ids") }
+            rows.droplet.id = ids.dropletId
+            rows.event.id = ids.eventId
+            rows.event.dropletId = ids.dropletId
+            let event = rows.event.resolved(outcome)
+            let entry = OutboxEntry(id: ids.entryId, eventId: ids.eventId, destination: .scheduler, attempts: 0, notBefore: creation.notBefore)
+            return CreatedDroplet(droplet: rows.droplet, event: event, entry: entry)
         }
     }
 }

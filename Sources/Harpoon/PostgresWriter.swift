@@ -4,67 +4,156 @@ internal import PostgresSupport
 internal import Synchronization
 internal import HarpoonAPI
 
-/// A value a write returns that carries event change cursors, which are given when the write's transaction is about
-/// to commit (after the write ran): ``stamped(_:)`` fills them in.
-protocol CursorStamped: Sendable {
-    func stamped(_ cursors: [Int64: Int64]) -> Self
+/// What a committed transaction handed out: the change cursors of the events it changed (given as it was about to
+/// commit, after its writes ran) and the ids of the rows its deferred creations inserted, by slot.
+struct CommitOutcome: Sendable {
+    var cursors: [Int64: Int64] = [:]
+    var created: [Int: CreatedIds] = [:]
 }
 
-extension Harpoon_V1_Event: CursorStamped {
-    func stamped(_ cursors: [Int64: Int64]) -> Self {
+/// The ids a deferred droplet creation got when its set-based statement ran.
+struct CreatedIds: Sendable, Hashable {
+    let dropletId: Int64
+    let eventId: Int64
+    let entryId: Int64
+}
+
+/// A value a write returns that is complete only once its transaction committed (cursors and deferred ids are given
+/// then): ``resolved(_:)`` completes it.
+protocol CommitResolved: Sendable {
+    associatedtype Resolved: Sendable
+    func resolved(_ outcome: CommitOutcome) throws -> Resolved
+}
+
+extension Harpoon_V1_Event: CommitResolved {
+    func resolved(_ outcome: CommitOutcome) -> Self {
         var event = self
-        if let cursor = cursors[id] { event.cursor = cursor }
+        if let cursor = outcome.cursors[id] { event.cursor = cursor }
         return event
     }
 }
 
-extension CreatedDroplet: CursorStamped {
-    func stamped(_ cursors: [Int64: Int64]) -> Self {
-        var created = self
-        created.event = event.stamped(cursors)
-        return created
+extension Bool: CommitResolved {
+    func resolved(_ outcome: CommitOutcome) -> Self { self }
+}
+
+/// The rows a transaction locked up front, as they are in it (a write that changes one keeps this up to date).
+final class LockedRows {
+    struct State {
+        var events: [Int64: Harpoon_V1_Event] = [:]
+        /// The outbox entries locked up front that are still there, with their events.
+        var entries: [Int64: Int64] = [:]
+    }
+
+    var state = State()
+    /// The outbox entries the transaction locked up front, there or not: whether one is there is known without asking.
+    var lockedEntries: Set<Int64> = []
+
+    var events: [Int64: Harpoon_V1_Event] {
+        get { state.events }
+        set { state.events = newValue }
+    }
+
+    /// Whether an entry locked up front is still there; `nil` if it was not locked up front.
+    func entryExists(_ id: Int64) -> Bool? {
+        lockedEntries.contains(id) ? state.entries[id] != nil : nil
+    }
+
+    /// The event's entries are gone (a change cleared its outbox).
+    func clearEntries(of event: Int64) {
+        state.entries = state.entries.filter { $0.value != event }
     }
 }
 
-extension Bool: CursorStamped {
-    func stamped(_ cursors: [Int64: Int64]) -> Self { self }
-}
-
-/// The event rows a transaction locked, as they are in it (a write that changes one keeps this up to date).
-final class LockedEvents {
-    var events: [Int64: Harpoon_V1_Event] = [:]
-}
-
-/// What one write did in the open transaction: whether it changed rows, and which events it changed.
-final class PostgresWriteContext {
+/// One transaction of ``PostgresWriter``, shared by the writes of its batch: its connection, the rows it locked, the
+/// writes deferred to set-based statements, and what it changed.
+final class WriteTransaction {
     let connection: PostgresConnection
     let logger: Logger
-    fileprivate(set) var wrote = false
-    /// Events changed in the transaction: each gets its change cursor when the transaction is about to commit.
-    fileprivate(set) var changedEvents: [Int64] = []
-    /// The events the transaction locked up front (``PostgresWriter``), shared by its writes.
-    let locked: LockedEvents
+    let locked = LockedRows()
+    /// Writes waiting for ``flush()``: run together, one statement for all the creations and one for all the event
+    /// changes, instead of one statement each.
+    var deferred = DeferredWrites()
+    /// Events changed so far: each gets its change cursor when the transaction is about to commit.
+    var changed: [Int64] = []
+    var created: [Int: CreatedIds] = [:]
+    private let flusher: PostgresWriter.Flusher
 
-    init(connection: PostgresConnection, logger: Logger, locked: LockedEvents) {
+    init(connection: PostgresConnection, logger: Logger, flusher: @escaping PostgresWriter.Flusher) {
         self.connection = connection
         self.logger = logger
-        self.locked = locked
+        self.flusher = flusher
     }
 
-    /// Runs a statement that changes rows; returns its rows.
+    /// Runs the deferred writes. Every statement that is not deferred runs it first, so that it sees what the writes
+    /// before it did.
+    func flush() async throws {
+        guard !deferred.isEmpty else { return }
+        let writes = deferred
+        deferred = DeferredWrites()
+        let flushed = try await flusher(connection, logger, writes)
+        changed += flushed.changed
+        created.merge(flushed.created) { _, new in new }
+    }
+
+    /// Forgets what a write that failed did (its savepoint was rolled back).
+    func rollBack(to mark: (changed: Int, locked: LockedRows.State)) {
+        deferred = DeferredWrites()
+        changed.removeLast(changed.count - mark.changed)
+        locked.state = mark.locked
+    }
+}
+
+/// What one write did in the open transaction: whether it changed rows (or deferred a change).
+final class PostgresWriteContext {
+    let transaction: WriteTransaction
+    fileprivate(set) var wrote = false
+    var locked: LockedRows { transaction.locked }
+
+    init(transaction: WriteTransaction) {
+        self.transaction = transaction
+    }
+
+    /// Runs a statement that changes rows (after the deferred writes); returns its rows.
     @discardableResult
     func write(_ query: PostgresQuery) async throws -> PostgresRowSequence {
         wrote = true
-        return try await connection.query(query, logger: logger)
+        try await transaction.flush()
+        return try await transaction.connection.query(query, logger: transaction.logger)
     }
 
+    /// Runs a statement that reads (after the deferred writes, so it sees them).
     func read(_ query: PostgresQuery) async throws -> PostgresRowSequence {
-        try await connection.query(query, logger: logger)
+        try await transaction.flush()
+        return try await transaction.connection.query(query, logger: transaction.logger)
     }
 
-    /// The event changed: it gets a new change cursor at commit.
+    /// Defers a droplet creation to the transaction's set-based statement; returns its slot in ``CommitOutcome/created``.
+    func deferCreation(_ creation: DeferredWrites.Creation) -> Int {
+        wrote = true
+        return transaction.deferred.add(creation)
+    }
+
+    /// Defers an event's change to the transaction's set-based statement (running the deferred writes first if they
+    /// change the same event or droplet: one statement writes each row once).
+    func deferChange(_ write: EventWrite, now: Double) async throws {
+        wrote = true
+        if !transaction.deferred.accepts(write) { try await transaction.flush() }
+        transaction.deferred.add(write, now: now)
+        if write.clearsOutbox { locked.clearEntries(of: write.event.id) }
+    }
+
+    /// Defers the settlement of an entry locked up front (and there) to the transaction's set-based statement.
+    func deferSettlement(_ settlement: OutboxSettlement) async throws {
+        wrote = true
+        if !transaction.deferred.accepts(settlement) { try await transaction.flush() }
+        transaction.deferred.add(settlement)
+        if case .acknowledge(let entry) = settlement { locked.state.entries[entry.id] = nil }
+    }
+
+    /// The event changed (by a statement run now): it gets a new change cursor at commit.
     func changed(event id: Int64) {
-        changedEvents.append(id)
+        transaction.changed.append(id)
     }
 }
 
@@ -81,17 +170,26 @@ final class PostgresWriter: Sendable {
     private struct Job: Sendable {
         /// The events the write changes, locked before any write of the transaction runs.
         let locks: [Int64]
+        /// The outbox entries the write settles, locked up front too (after the events).
+        let entries: [Int64]
         /// Runs the write in the open transaction; returns how to answer the caller once the transaction ends (given
-        /// the cursors handed out), and the error if the write failed.
-        let run: @Sendable (PostgresWriteContext) async -> (answer: @Sendable (Result<[Int64: Int64], any Error>) -> Void, failure: (any Error)?)
+        /// what it handed out), and the error if the write failed.
+        let run: @Sendable (PostgresWriteContext) async -> (answer: Answer, failure: (any Error)?)
         let fail: @Sendable (any Error) -> Void
     }
 
-    /// Reads and locks (`FOR UPDATE`) the events with these ids, in this order.
-    typealias Locker = @Sendable (PostgresConnection, Logger, [Int64]) async throws -> [Harpoon_V1_Event]
+    private typealias Answer = @Sendable (Result<CommitOutcome, any Error>) -> Void
+
+    /// Reads and locks (`FOR UPDATE`) the events with these ids (in this order), then the outbox entries with those
+    /// ids; returns the events and the entries that are there, with their events.
+    typealias Locker = @Sendable (PostgresConnection, Logger, [Int64], [Int64]) async throws -> (events: [Harpoon_V1_Event], entries: [Int64: Int64])
+    /// Runs deferred writes in the open transaction; returns the events they changed and the ids of the rows they
+    /// created, by slot.
+    typealias Flusher = @Sendable (PostgresConnection, Logger, DeferredWrites) async throws -> (changed: [Int64], created: [Int: CreatedIds])
 
     private let pool: PostgresPool
     private let lock: Locker
+    private let flush: Flusher
     private let notifyChannel: String
     /// Sent with each notification: who committed (a replica ignores its own).
     private let notifyPayload: String
@@ -102,45 +200,53 @@ final class PostgresWriter: Sendable {
     /// The advisory lock key that orders change cursors (any constant shared by every replica).
     static let cursorLock: Int64 = 0x5348_4F41_4C43_5552  // "SHOALCUR"
 
-    init(pool: PostgresPool, notifyChannel: String, notifyPayload: String, lock: @escaping Locker) {
+    init(pool: PostgresPool, notifyChannel: String, notifyPayload: String, lock: @escaping Locker, flush: @escaping Flusher) {
         self.pool = pool
         self.lock = lock
+        self.flush = flush
         self.notifyChannel = notifyChannel
         self.notifyPayload = notifyPayload
     }
 
-    /// - Parameter locking: the events the write changes: the transaction locks every write's events at its start, in
-    ///   id order, so that transactions of several replicas never wait for each other in a cycle.
-    func write<T: CursorStamped>(locking: [Int64] = [], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            enqueue([Self.job(locking, body) { continuation.resume(with: $0) }])
+    /// - Parameters:
+    ///   - locking: the events the write changes: the transaction locks every write's events at its start, in id
+    ///     order, so that transactions of several replicas never wait for each other in a cycle.
+    ///   - entries: the outbox entries it settles, locked the same way, after the events.
+    func write<T: CommitResolved>(
+        locking: [Int64] = [], entries: [Int64] = [], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T
+    ) async throws -> T.Resolved {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T.Resolved, any Error>) in
+            enqueue([Self.job(locking, entries, body) { continuation.resume(with: $0) }])
         }
     }
 
     /// Several writes, each succeeding or failing on its own, queued together so they meet in one transaction.
-    func writeEach<T: CursorStamped>(
+    func writeEach<T: CommitResolved>(
         _ bodies: [(locking: [Int64], body: @Sendable (PostgresWriteContext) async throws -> T)]
-    ) async -> [Result<T, any Error>] {
+    ) async -> [Result<T.Resolved, any Error>] {
         guard !bodies.isEmpty else { return [] }
-        return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
+        return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T.Resolved, any Error>], Never>) in
             let results = GatheredResults(count: bodies.count, continuation)
-            enqueue(bodies.enumerated().map { index, write in Self.job(write.locking, write.body) { results.answer(index, $0) } })
+            enqueue(bodies.enumerated().map { index, write in Self.job(write.locking, [], write.body) { results.answer(index, $0) } })
         }
     }
 
-    private static func job<T: CursorStamped>(
-        _ locks: [Int64], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T,
-        answer: @escaping @Sendable (Result<T, any Error>) -> Void
+    private static func job<T: CommitResolved>(
+        _ locks: [Int64], _ entries: [Int64], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T,
+        answer: @escaping @Sendable (Result<T.Resolved, any Error>) -> Void
     ) -> Job {
-        Job(locks: locks, run: { context in
+        Job(locks: locks, entries: entries, run: { context in
             do {
                 let value = try await body(context)
-                return ({ committed in answer(committed.map { value.stamped($0) }) }, nil)
+                return ({ committed in answer(committed.flatMap { outcome in Result { try value.resolved(outcome) } }) }, nil)
             } catch {
                 return ({ _ in answer(.failure(error)) }, error)
             }
         }, fail: { answer(.failure($0)) })
     }
+
+    /// Writes waiting for the next transaction.
+    var waiting: Int { jobs.withLock { $0.pending.count } }
 
     private func enqueue(_ batch: [Job]) {
         let start = jobs.withLock { state -> Bool in
@@ -164,16 +270,16 @@ final class PostgresWriter: Sendable {
             do {
                 // A write that failed after changing rows (or with an error from the server, which aborts the
                 // transaction) makes the batch run again, each write in a savepoint of its own, so it fails alone.
-                let answers: [@Sendable (Result<[Int64: Int64], any Error>) -> Void]
-                let cursors: [Int64: Int64]
+                let answers: [Answer]
+                let outcome: CommitOutcome
                 if let together = try await runTogether(batch, isolated: false) {
-                    (answers, cursors) = together
+                    (answers, outcome) = together
                 } else if let isolated = try await runTogether(batch, isolated: true) {
-                    (answers, cursors) = isolated
+                    (answers, outcome) = isolated
                 } else {
                     continue
                 }
-                for answer in answers { answer(.success(cursors)) }
+                for answer in answers { answer(.success(outcome)) }
             } catch {
                 // The transaction failed: runTogether has answered every caller with the error.
                 pool.logger.warning("a write transaction failed", metadata: ["error": "\(String(reflecting: error))"])
@@ -184,57 +290,69 @@ final class PostgresWriter: Sendable {
     /// Runs `batch` in one transaction and commits it; `nil` if a write failed in a way that spoils the transaction
     /// (possible only when not `isolated`: then it is rolled back). A transaction that fails answers every caller with
     /// its error before throwing it.
-    private func runTogether(
-        _ batch: [Job], isolated: Bool
-    ) async throws -> (answers: [@Sendable (Result<[Int64: Int64], any Error>) -> Void], cursors: [Int64: Int64])? {
-        var answers: [@Sendable (Result<[Int64: Int64], any Error>) -> Void] = []
+    private func runTogether(_ batch: [Job], isolated: Bool) async throws -> (answers: [Answer], outcome: CommitOutcome)? {
+        var answers: [Answer] = []
         answers.reserveCapacity(batch.count)
         do {
             return try await pool.client.withConnection { connection in
                 let logger = pool.logger
                 try await connection.query("BEGIN", logger: logger)
                 do {
+                    let transaction = WriteTransaction(connection: connection, logger: logger, flusher: flush)
                     // Every event the batch changes, locked at once and in id order: one round trip, and no cycle of
                     // waits with another replica's transaction (which locks in the same order).
-                    let locked = LockedEvents()
                     let ids = Set(batch.flatMap(\.locks)).sorted()
-                    if !ids.isEmpty {
-                        for event in try await lock(connection, logger, ids) { locked.events[event.id] = event }
+                    let entries = Set(batch.flatMap(\.entries)).sorted()
+                    if !ids.isEmpty || !entries.isEmpty {
+                        let found = try await lock(connection, logger, ids, entries)
+                        for event in found.events { transaction.locked.events[event.id] = event }
+                        transaction.locked.state.entries = found.entries
+                        transaction.locked.lockedEntries = Set(entries)
                     }
-                    var changed: [Int64] = []
                     for job in batch {
-                        let context = PostgresWriteContext(connection: connection, logger: logger, locked: locked)
-                        let before = isolated ? locked.events : [:]
+                        let context = PostgresWriteContext(transaction: transaction)
+                        let mark = isolated ? (changed: transaction.changed.count, locked: transaction.locked.state) : (0, LockedRows.State())
                         if isolated { try await connection.query("SAVEPOINT write", logger: logger) }
-                        let (answer, failure) = await job.run(context)
-                        if let failure {
+                        var (answer, failure) = await job.run(context)
+                        if isolated, failure == nil {
+                            // Its deferred writes run now, so that one that fails fails alone.
+                            do { try await transaction.flush() } catch {
+                                failure = error
+                                answer = { _ in job.fail(error) }
+                            }
+                        }
+                        if failure != nil {
                             if isolated {
                                 try await connection.query("ROLLBACK TO SAVEPOINT write", logger: logger)
-                                locked.events = before  // its changes are undone
+                                transaction.rollBack(to: mark)  // its changes are undone
                             } else if context.wrote || failure is PSQLError {
                                 try await connection.query("ROLLBACK", logger: logger)
                                 return nil
                             }
-                        } else {
-                            if isolated { try await connection.query("RELEASE SAVEPOINT write", logger: logger) }
-                            changed += context.changedEvents
+                        } else if isolated {
+                            try await connection.query("RELEASE SAVEPOINT write", logger: logger)
                         }
                         answers.append(answer)
                     }
-                    var cursors: [Int64: Int64] = [:]
-                    if !changed.isEmpty {
+                    do { try await transaction.flush() } catch where !isolated {
+                        // A deferred write the server refused: run the batch again, each write alone.
+                        try await connection.query("ROLLBACK", logger: logger)
+                        return nil
+                    }
+                    var outcome = CommitOutcome(created: transaction.created)
+                    if !transaction.changed.isEmpty {
                         // Under the lock, to commit: cursors in commit order (see the type's documentation), and a
                         // notification to the other replicas, delivered when the transaction commits.
                         let rows = try await connection.query("""
                             WITH ordered AS (SELECT pg_advisory_xact_lock(\(Self.cursorLock)), pg_notify(\(notifyChannel), \(notifyPayload)))
                             UPDATE events SET cursor = nextval('harpoon_cursor') FROM ordered
-                            WHERE events.id = ANY(\(Array(Set(changed))))
+                            WHERE events.id = ANY(\(Array(Set(transaction.changed))))
                             RETURNING events.id, events.cursor
                             """, logger: logger)
-                        for try await (id, cursor) in rows.decode((Int64, Int64).self) { cursors[id] = cursor }
+                        for try await (id, cursor) in rows.decode((Int64, Int64).self) { outcome.cursors[id] = cursor }
                     }
                     try await connection.query("COMMIT", logger: logger)
-                    return (answers, cursors)
+                    return (answers, outcome)
                 } catch {
                     _ = try? await connection.query("ROLLBACK", logger: logger)
                     throw error

@@ -1,6 +1,7 @@
 import Foundation
 @testable import Harpoon
 import HarpoonAPI
+import PostgresNIO
 import PostgresSupport
 import Synchronization
 import Testing
@@ -133,6 +134,99 @@ struct PostgresReplicaTests {
             }
             #expect(left.count + right.count == 41)
             #expect(Set(left.map(\.id)).isDisjoint(with: Set(right.map(\.id))))
+        }
+    }
+
+    @Test("creations that meet in one transaction are written by one statement: each as if alone, one the server refuses fails alone")
+    func creationsTogether() async throws {
+        try await withReplicas(1) { replicas in
+            let store = replicas[0]
+            // 60 at once, made to meet in one transaction: the replica's transaction before them waits for the lock
+            // that orders cursors (held here), so they queue behind it. Six repeat one idempotency key, and one has a
+            // name PostgreSQL refuses (text cannot hold NUL), which fails the set-based statement: the batch is rerun
+            // one write at a time.
+            let refused = 17
+            let lock = PostgresWriter.cursorLock
+            let outcomes = try await store.pool.client.withConnection { connection in
+                try await connection.query("SELECT pg_advisory_lock(\(lock))", logger: store.pool.logger)
+                let before = Task { try await store.createDropletQueued(createRequest("before")) }
+                // Its transaction waits for the lock before the 60 are sent, so none of them joins it.
+                #expect(try await eventually {
+                    var waiting = 0
+                    for try await count in try await connection.query(
+                        "SELECT count(*)::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", logger: store.pool.logger
+                    ).decode(Int64.self) {
+                        waiting = Int(count)
+                    }
+                    return waiting == 1
+                })
+                let outcomes = await withTaskGroup(of: (Int, Result<CreatedDroplet, any Error>).self) { group in
+                    for n in 0..<60 {
+                        group.addTask {
+                            let request = n % 10 == 0
+                                ? createRequest("keyed", key: "shared-key")
+                                : createRequest(n == refused ? "bad\u{0}name" : "web-\(n)", customer: "c\(n % 3)")
+                            do { return (n, .success(try await store.createDropletQueued(request))) } catch { return (n, .failure(error)) }
+                        }
+                    }
+                    // All 60 wait for the next transaction; then the lock goes.
+                    #expect(await eventually { store.writer.waiting == 60 }, "the creations queue behind the held transaction")
+                    _ = try? await connection.query("SELECT pg_advisory_unlock(\(lock))", logger: store.pool.logger)
+                    return await group.reduce(into: [Int: Result<CreatedDroplet, any Error>]()) { $0[$1.0] = $1.1 }
+                }
+                _ = try await before.value
+                return outcomes
+            }
+            #expect(outcomes.count == 60)
+            #expect((try? outcomes[refused]?.get()) == nil, "the refused name is refused")
+            let created = outcomes.compactMap { n, outcome in n == refused ? nil : try? outcome.get() }
+            #expect(created.count == 59, "every other creation succeeds")
+            let keyed = created.filter { $0.droplet.name == "keyed" }
+            #expect(keyed.count == 6 && Set(keyed.map(\.droplet.id)).count == 1 && Set(keyed.map(\.event.id)).count == 1)
+            // Each answer is what the database holds: the droplet, its event (with the droplet's id and a cursor) and
+            // its outbox entry.
+            for answer in created {
+                let droplet = try await store.droplet(id: answer.droplet.id)
+                #expect(droplet?.name == answer.droplet.name && droplet?.customer == answer.droplet.customer)
+                let event = try await store.event(id: answer.event.id)
+                #expect(event?.dropletId == answer.droplet.id && answer.event.dropletId == answer.droplet.id)
+                #expect(event?.cursor == answer.event.cursor && answer.event.cursor > 0)
+                if let entry = answer.entry { #expect(entry.eventId == answer.event.id) }
+            }
+            let distinct = Set(created.map(\.droplet.id))
+            #expect(distinct.count == 54)
+            #expect(Set(created.compactMap(\.entry?.id)).count == 54, "one entry per new droplet")
+            #expect(try await store.outboxCount() == 55)  // and the one before them
+            let feed = try await store.changes(after: 0, customer: nil, limit: 100)
+            #expect(feed.count == 55 && Set(feed.map(\.cursor)).count == 55)
+        }
+    }
+
+    @Test("reports that meet in one transaction: one event's reports apply in order, one the server refuses fails alone")
+    func reportsTogether() async throws {
+        try await withReplicas(1) { replicas in
+            let store = replicas[0]
+            let first = try await store.createDropletQueued(createRequest("a"))
+            let second = try await store.createDropletQueued(createRequest("b"))
+            let third = try await store.createDropletQueued(createRequest("c"))
+            // One call: its writes share a transaction (writeEach). The first event goes through three states in it.
+            let results = await store.updateEvents([
+                EventUpdate(id: first.event.id, status: .placed, hypervisorId: "hv1"),
+                EventUpdate(id: second.event.id, status: .placed, hypervisorId: "hv2"),
+                EventUpdate(id: first.event.id, status: .running),
+                EventUpdate(id: third.event.id, status: .errored, error: "disk\u{0}full"),
+                EventUpdate(id: first.event.id, status: .completed, ipv4Address: "10.0.0.9"),
+                EventUpdate(id: second.event.id, status: .errored, error: "no room"),
+            ])
+            #expect(results.map { (try? $0.get())?.status } == [.placed, .placed, .running, nil, .completed, .errored])
+            let done = try await store.droplet(id: first.droplet.id)
+            #expect(done?.status == .active && done?.hypervisorId == "hv1" && done?.ipv4Address == "10.0.0.9")
+            #expect(try await store.event(id: first.event.id)?.status == .completed)
+            let failed = try await store.droplet(id: second.droplet.id)
+            #expect(failed?.status == .errored && failed?.error == "no room")
+            // The refused report changed nothing.
+            #expect(try await store.event(id: third.event.id)?.status == .pending)
+            #expect(try await store.droplet(id: third.droplet.id)?.status == .new)
         }
     }
 

@@ -7,6 +7,7 @@ bob-token, dave-token (generous limits), carol-token (5 requests a minute).
 """
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -464,6 +465,132 @@ class RestartTests(Shapes):
                 holders[record["ip"]] = record["droplet"]["id"]
         self.assertEqual(holders, {address: droplets[index + 4] for index, address in enumerate(addresses)})
         self.assertEqual(len(set(holders.values())), 4)  # no droplet holds two, no IP is on two
+
+
+class ReplicaKillTests(Shapes):
+    """PostgreSQL only: two Harpoon replicas and two orchestrator replicas. Under a load of droplet creations and IP
+    assignments, one replica of each is killed -9 at seeded random points (SHOAL_SEED repeats a run)."""
+
+    def test_killing_a_harpoon_and_an_orchestrator_replica_under_load_loses_nothing(self):
+        seed = int(os.environ.get("SHOAL_SEED") or random.randrange(1, 1_000_000))
+        chance = random.Random(seed)
+        creations = 100
+        harpoon_victim = f"harpoon-{chance.randint(1, 2)}"
+        orchestrator_victim = f"reserved-ip-{chance.randint(1, 2)}"
+        kill_harpoon_after = chance.randint(5, 40)
+        kill_orchestrator_after = chance.randint(5, 40)
+        print(f"replica kill test: seed {seed} (SHOAL_SEED={seed} repeats it): {harpoon_victim} is killed after "
+              f"{kill_harpoon_after} answers, {orchestrator_victim} after {kill_orchestrator_after}", flush=True)
+        for name in (harpoon_victim, orchestrator_victim):
+            self.assertTrue(os.path.exists(os.path.join(DATA, "run", f"{name}.pid")), f"{name} is not running: not a replica cluster")
+        holders = [new_droplet(name=f"holder-{i}") for i in range(4)]
+        addresses = [http("POST", "/v2/reserved_ips", body={"region": "nyc1"})[2]["reserved_ip"]["ip"] for _ in range(2)]
+
+        lock = threading.Lock()
+        answers = []  # (time, what) of every successful answer
+        latencies = []  # how long each request waited for its answer
+        failures = []  # every request that got no successful answer
+        created = {}  # name -> droplet id, as acknowledged
+        ip_actions = []  # acknowledged IP actions
+        killed = []
+        next_index = [0]
+        started = time.monotonic()
+
+        def answered(what):
+            with lock:
+                answers.append((time.monotonic(), what))
+                count = len(answers)
+                for victim, after in ((harpoon_victim, kill_harpoon_after), (orchestrator_victim, kill_orchestrator_after)):
+                    if count >= after and victim not in killed:
+                        killed.append(victim)
+                        with open(os.path.join(DATA, "run", f"{victim}.pid")) as handle:
+                            os.kill(int(handle.read()), signal.SIGKILL)
+
+        def request(method, path, body):
+            sent = time.monotonic()
+            try:
+                return http(method, path, body=body)
+            except OSError as error:  # no answer at all (connection reset, timeout)
+                return None, None, str(error)
+            finally:
+                with lock:
+                    latencies.append(time.monotonic() - sent)
+
+        def creator():
+            while True:
+                with lock:
+                    index = next_index[0]
+                    next_index[0] += 1
+                if index >= creations:
+                    return
+                name = f"load-{index}"
+                region = "nyc1" if index % 2 == 0 else "sfo3"
+                status, _, body = request("POST", "/v2/droplets", {"name": name, "region": region, "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"})
+                if status == 202:
+                    with lock:
+                        created[name] = body["droplet"]["id"]
+                    answered(name)
+                else:
+                    with lock:
+                        failures.append((name, status, body))
+
+        def mover(address, pair):
+            # Moves its IP between its two holders (the other IP has two others: an action makes an event on both
+            # droplets it touches), one action at a time, until the creations are done.
+            turn = 0
+            while next_index[0] < creations or turn < 4:
+                target = pair[turn % 2]
+                turn += 1
+                status, _, body = request("POST", f"/v2/reserved_ips/{address}/actions", {"type": "assign", "droplet_id": target})
+                if status != 201:
+                    with lock:
+                        failures.append((address, status, body))
+                    continue
+                with lock:
+                    ip_actions.append(body["action"])
+                answered(address)
+                wait_action(body["action"]["id"])
+
+        threads = [threading.Thread(target=creator) for _ in range(4)] + [threading.Thread(target=mover, args=(a, holders[2 * i:2 * i + 2])) for i, a in enumerate(addresses)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # While the creations ran: the longest time without any answer, and the longest a request waited for its own.
+        times = [started] + sorted(at for at, what in answers if what.startswith("load-"))
+        longest = max(later - earlier for earlier, later in zip(times, times[1:]))
+        print(f"replica kill test: {len(answers)} answers, {len(failures)} failed requests; while the creations ran the "
+              f"longest time without an answer was {longest * 1000:.0f} ms, the slowest request {max(latencies) * 1000:.0f} ms; "
+              f"killed {killed}", flush=True)
+        self.assertEqual(sorted(killed), sorted([harpoon_victim, orchestrator_victim]))
+        # The survivors served throughout: every request was answered (the aggregator retries a call whose replica
+        # died on the other, with the same idempotency key).
+        self.assertEqual(failures, [])
+        self.assertEqual(len(created), creations)
+
+        # Every droplet acknowledged exists once, ends active, and its create action ended once, completed.
+        def settled():
+            droplets = http("GET", "/v2/droplets?per_page=200")[2]["droplets"]
+            loaded = [d for d in droplets if d["name"].startswith("load-")]
+            return loaded if len(loaded) >= creations and all(d["status"] == "active" for d in loaded) else None
+        loaded = wait_for(settled, "every droplet active", timeout=120)
+        self.assertEqual(sorted(d["name"] for d in loaded), sorted(created))
+        self.assertEqual({d["name"]: d["id"] for d in loaded}, created)
+        for droplet in loaded:
+            actions = http("GET", f"/v2/droplets/{droplet['id']}/actions")[2]["actions"]
+            self.assertEqual([(a["type"], a["status"]) for a in actions], [("create", "completed")], droplet["name"])
+
+        # Every IP action acknowledged finished once, completed; each IP is on one droplet, no droplet holds two.
+        for action in ip_actions:
+            self.assertEqual(wait_action(action["id"])["status"], "completed", action)
+        self.assertEqual(len({a["id"] for a in ip_actions}), len(ip_actions))
+        listed = http("GET", "/v2/reserved_ips?per_page=200")[2]["reserved_ips"]
+        on = {r["ip"]: r["droplet"]["id"] for r in listed if r["ip"] in addresses and r["droplet"]}
+        self.assertEqual(set(on), set(addresses))
+        self.assertEqual(len(set(on.values())), len(addresses))
+        for record in listed:
+            if record["ip"] in addresses:
+                self.assertFalse(record["locked"])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ struct APITests {
     @Test("kill -9 of the orchestrator during assignments loses no action and puts no IP on two droplets", arguments: Engine.allCases)
     func orchestratorRestart(engine: Engine) async throws { try await run("RestartTests", engine) }
 
+    @Test("PostgreSQL: kill -9 of a Harpoon replica and an orchestrator replica at seeded points under load loses nothing; the others serve throughout")
+    func replicasKilled() async throws { try await run("ReplicaKillTests", .postgres) }
+
     func run(_ name: String, _ engine: Engine) async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.python), "no Python venv with pydo: run `make interop-deps` (make test does)")
         let data = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-api-\(UUID().uuidString)")
@@ -51,6 +54,8 @@ struct APITests {
         )
         try tests.start()
         let status = await tests.wait(timeout: .seconds(300))
+        // What a test reports of its run (seeds, gaps), in the test log.
+        for line in tests.output.split(separator: "\n") where line.contains("kill test: ") { print(line) }
         #expect(status == 0, "\(name) failed:\n\(tests.output)\n--- launcher ---\n\(launcher.output)")
         #expect(tests.output.contains("\nOK"), "\(tests.output)")
         // SIGTERM stops the whole cluster: every service the launcher ran is gone once it has exited.

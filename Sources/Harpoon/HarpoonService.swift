@@ -265,7 +265,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     }
 
     package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
-        Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: store.connectionCount), outboxPending: UInt64(try await store.outboxCount()))
+        Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: try await store.databaseConnections()), outboxPending: UInt64(try await store.outboxCount()))
     }
 }
 

@@ -166,8 +166,9 @@ package protocol HarpoonStore: Sendable {
     /// Settles an outbox entry on its own (nothing if the entry is gone).
     func settle(_ settlement: OutboxSettlement) async throws
     func outboxCount() async throws -> Int
-    /// Open connections to the database.
-    var connectionCount: Int { get }
+    /// Connections open to the database: this process's handles on the SQLite file; on PostgreSQL, as the server
+    /// counts them (every replica's).
+    func databaseConnections() async throws -> Int
     /// How long an outbox entry a process is working on (just created, or returned by ``dueOutbox(now:limit:)``)
     /// stays its own before it is due to the others again: 0 where one process has the database to itself.
     var outboxLease: Double { get }

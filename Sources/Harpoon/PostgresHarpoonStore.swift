@@ -67,8 +67,8 @@ package final class PostgresHarpoonStore: HarpoonStore {
         }
     }
 
-    /// The pool's limit: connections are fixed by configuration (the server's own count: ``PostgresPool/serverConnectionCount()``).
-    package var connectionCount: Int { pool.maximumConnections }
+    /// Connections open to the database as the server counts them (every replica's; each pool is fixed by configuration).
+    package func databaseConnections() async throws -> Int { try await pool.serverConnectionCount() }
 
     static let migrations: [(version: String, statements: [String])] = [
         ("v1", [

@@ -30,7 +30,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     /// The latest committed changes, for watchers that keep up.
     private let recent: RecentChanges
 
-    package var connectionCount: Int { database.connectionCount }
+    package func databaseConnections() async throws -> Int { database.connectionCount }
 
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()

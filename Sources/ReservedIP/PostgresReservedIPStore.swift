@@ -34,7 +34,7 @@ package final class PostgresReservedIPStore: ReservedIPStore {
 
     package func close() async { await pool.close() }
 
-    package var connectionCount: Int { pool.maximumConnections }
+    package func databaseConnections() async throws -> Int { try await pool.serverConnectionCount() }
 
     static let migrations: [(version: String, statements: [String])] = [
         ("v1", [

@@ -148,7 +148,7 @@ package struct ReservedIPService: Reservedip_V1_ReservedIPs.ServiceProtocol {
 
     package func stats(request: Reservedip_V1_StatsRequest, context: ServerContext) async throws -> Reservedip_V1_StatsResponse {
         Reservedip_V1_StatsResponse(
-            databaseConnections: UInt32(clamping: store.connectionCount), actionsInProgress: UInt32(clamping: try await store.actionsInProgressCount())
+            databaseConnections: UInt32(clamping: try await store.databaseConnections()), actionsInProgress: UInt32(clamping: try await store.actionsInProgressCount())
         )
     }
 }

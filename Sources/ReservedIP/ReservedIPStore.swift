@@ -46,8 +46,9 @@ package struct ActionState: Sendable {
 /// the facts a rule of ``ReservedIPRules`` needs, asks it, and writes what it decides.
 package protocol ReservedIPStore: Sendable {
     var pools: AddressPools { get }
-    /// Connections to the database: fixed by configuration.
-    var connectionCount: Int { get }
+    /// Connections open to the database: this process's handles on the SQLite file; on PostgreSQL, as the server
+    /// counts them (every replica's).
+    func databaseConnections() async throws -> Int
     /// Reserves a free address of `region` to the customer (no action): billed as a reservation.
     func reserve(customer: String, region: String, projectId: String, key: String) async throws -> Reservedip_V1_ReservedIP
     /// Reserves an address in the droplet's region and starts assigning it to the droplet (already checked to be the
@@ -108,7 +109,7 @@ package final class SQLiteReservedIPStore: ReservedIPStore {
         self.pools = pools
     }
 
-    package var connectionCount: Int { database.connectionCount }
+    package func databaseConnections() async throws -> Int { database.connectionCount }
 
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()

@@ -28,12 +28,17 @@ func waitUntilSettled(_ cluster: ProcessCluster, count: Int, timeout: Duration) 
     return droplets
 }
 
-@Suite("the cluster as separate processes on 127.0.0.1", .serialized)
+@Suite("the cluster as separate processes on 127.0.0.1", .serialized, .postgresServer)
 struct ClusterTests {
-    @Test("200 droplets requested at once become active on 20 agents in two regions, none oversubscribed; one that fits nowhere is errored with the reason")
-    func twoHundredDroplets() async throws {
+    @Test(
+        "200 droplets requested at once become active on 20 agents in two regions, none oversubscribed; one that fits nowhere is errored with the reason (SQLite; PostgreSQL with two Harpoon replicas)",
+        arguments: Engine.allCases
+    )
+    func twoHundredDroplets(engine: Engine) async throws {
         let regions = ["nyc1", "sfo3"]
-        let cluster = try await ProcessCluster(regions: regions)
+        let cluster = engine == .sqlite
+            ? try await ProcessCluster(regions: regions)
+            : try await ProcessCluster(regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
         do {
             try await cluster.start(agentsPerRegion: 10)
             let harpoon = cluster.harpoon
@@ -58,8 +63,13 @@ struct ClusterTests {
             #expect(errored.status == .errored)
             #expect(errored.error.contains("has room for s-32vcpu-192gb"), "\(errored.error)")
             let stats = try await harpoon.stats(.init())
-            // One writer and four readers, plus a point-read connection per event loop that has served one.
-            #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
+            if engine == .sqlite {
+                // One writer and four readers, plus a point-read connection per event loop that has served one.
+                #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
+            } else {
+                // Both replicas' pools, as the server counts them: at most the configured 8 each.
+                #expect((2...16).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
+            }
         } catch {
             Issue.record("\(error)")
         }

@@ -125,7 +125,7 @@ else
 	@echo "== 1000 agents, 96 creations in flight (rate and p99 at one load: the target point)"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96
 	@echo "== 15000 agents: 3 regions, 2 routers each, 6 fleet processes; 96 creations in flight; Explain timed at the end"
 	.build/release/pipeline-bench --agents 15000 --regions 3 --routers-per-region 2 --fleet-processes 6 --heartbeat-milliseconds 2000 \
-	  --seconds $${SECONDS_15K:-10} --concurrency 96 --warmup-milliseconds 3000 --explain-samples 200 --label fleet15k --base-port 53000
+	  --seconds $${SECONDS_15K:-10} --concurrency 96 --warmup-milliseconds 3000 --explain-samples 200 --label fleet15k --base-port 23000
 endif
 
 .PHONY: bench-rpc

@@ -39,16 +39,15 @@ package final class PostgresHarpoonStore: HarpoonStore {
         self.outboxLease = outboxLease
         self.clock = clock
         writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica) { connection, logger, ids, entryIds in
-            let events = ids.isEmpty ? [] : try await Self.events(connection.query(
-                Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE", Self.binds(ids)), logger: logger
-            ))
+            var binds = Binds()
+            binds.add(ids)
+            let events = ids.isEmpty ? [] : try await Self.events(connection, logger, LockEvents.self, binds)
             var entries: [Int64: Int64] = [:]
             if !entryIds.isEmpty {
-                for try await (id, eventId) in try await connection.query(
-                    "SELECT id, event_id FROM outbox WHERE id = ANY(\(entryIds)) ORDER BY id FOR UPDATE", logger: logger
-                ).decode((Int64, Int64).self) {
-                    entries[id] = eventId
-                }
+                var binds = Binds()
+                binds.add(entryIds)
+                let statement = Prepared<LockEntries, (Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64).self) }
+                for try await (id, eventId) in try await connection.execute(statement, logger: logger) { entries[id] = eventId }
             }
             return (events, entries)
         } flush: { connection, logger, writes in
@@ -130,10 +129,8 @@ package final class PostgresHarpoonStore: HarpoonStore {
     // MARK: Rows
 
     private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
-    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
 
     private typealias DropletRow = (Int64, String, String, String, Data, String, Int32, String, String, String, Double)
-    private typealias EventRow = (Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32)
 
     private static func droplet(_ row: DropletRow) throws -> Harpoon_V1_Droplet {
         let size: Scheduler_V2_Size
@@ -142,15 +139,6 @@ package final class PostgresHarpoonStore: HarpoonStore {
             id: row.0, customer: row.1, name: row.2, region: row.3, size: size, image: row.5,
             status: Harpoon_V1_Droplet.Status(rawValue: row.6), hypervisorId: row.7, ipv4Address: row.8,
             createdAt: HarpoonRules.timestamp(row.10), error: row.9
-        )
-    }
-
-    private static func event(_ row: EventRow) -> Harpoon_V1_Event {
-        Harpoon_V1_Event(
-            id: row.0, type: row.1, dropletId: row.2, customer: row.3, region: row.4, hypervisorId: row.5,
-            status: Harpoon_V1_Event.Status(rawValue: row.6), payload: [UInt8](row.7), error: row.8,
-            createdAt: HarpoonRules.timestamp(row.9), updatedAt: HarpoonRules.timestamp(row.10), cursor: row.11 ?? 0,
-            refusals: UInt32(clamping: row.12)
         )
     }
 
@@ -361,9 +349,9 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
         guard !ids.isEmpty else { return [:] }
         let pairs = try await read { connection, logger -> [(Harpoon_V1_Event, Harpoon_V1_Droplet?)] in
-            let events = try await Self.events(connection.query(
-                Self.query("SELECT \(Self.eventColumns) FROM events WHERE id = ANY($1)", Self.binds(ids)), logger: logger
-            ))
+            var binds = Binds()
+            binds.add(ids)
+            let events = try await Self.events(connection, logger, EventsByID.self, binds)
             let dropletIds = Array(Set(events.map(\.dropletId)))
             var droplets: [Int64: Harpoon_V1_Droplet] = [:]
             if !dropletIds.isEmpty {
@@ -497,14 +485,15 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {
         try await read { connection, logger in
             // Only committed rows have cursors, given in commit order: nothing below the last one seen can appear later.
+            var binds = Binds()
+            binds.add(cursor)
             if let customer {
-                return try await Self.events(connection.query(Self.query(
-                    "SELECT \(Self.eventColumns) FROM events WHERE cursor > $1 AND customer = $2 ORDER BY cursor LIMIT $3", Self.binds(cursor, customer, Int64(limit))
-                ), logger: logger))
+                binds.add(customer)
+                binds.add(Int64(limit))
+                return try await Self.events(connection, logger, CustomerChangesAfter.self, binds)
             }
-            return try await Self.events(connection.query(Self.query(
-                "SELECT \(Self.eventColumns) FROM events WHERE cursor > $1 ORDER BY cursor LIMIT $2", Self.binds(cursor, Int64(limit))
-            ), logger: logger))
+            binds.add(Int64(limit))
+            return try await Self.events(connection, logger, ChangesAfter.self, binds)
         }
     }
 

@@ -197,6 +197,16 @@ final class PostgresWriter: Sendable {
     /// Batches are capped so that one transaction does not hold its rows for long.
     private let maximumBatch = 512
 
+    /// Gives changed events their cursors under the lock that orders them, and notifies the other replicas (delivered
+    /// at commit).
+    enum StampCursors: StatementText {
+        static let sql = """
+            WITH ordered AS (SELECT pg_advisory_xact_lock($1), pg_notify($2, $3))
+            UPDATE events SET cursor = nextval('harpoon_cursor') FROM ordered WHERE events.id = ANY($4::int8[])
+            RETURNING events.id, events.cursor
+            """
+    }
+
     /// The advisory lock key that orders change cursors (any constant shared by every replica).
     static let cursorLock: Int64 = 0x5348_4F41_4C43_5552  // "SHOALCUR"
 
@@ -343,13 +353,13 @@ final class PostgresWriter: Sendable {
                     if !transaction.changed.isEmpty {
                         // Under the lock, to commit: cursors in commit order (see the type's documentation), and a
                         // notification to the other replicas, delivered when the transaction commits.
-                        let rows = try await connection.query("""
-                            WITH ordered AS (SELECT pg_advisory_xact_lock(\(Self.cursorLock)), pg_notify(\(notifyChannel), \(notifyPayload)))
-                            UPDATE events SET cursor = nextval('harpoon_cursor') FROM ordered
-                            WHERE events.id = ANY(\(Array(Set(transaction.changed))))
-                            RETURNING events.id, events.cursor
-                            """, logger: logger)
-                        for try await (id, cursor) in rows.decode((Int64, Int64).self) { outcome.cursors[id] = cursor }
+                        var binds = Binds()
+                        binds.add(Self.cursorLock)
+                        binds.add(notifyChannel)
+                        binds.add(notifyPayload)
+                        binds.add(Array(Set(transaction.changed)))
+                        let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64).self) }
+                        for try await (id, cursor) in try await connection.execute(statement, logger: logger) { outcome.cursors[id] = cursor }
                     }
                     try await connection.query("COMMIT", logger: logger)
                     return (answers, outcome)

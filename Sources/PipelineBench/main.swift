@@ -142,7 +142,7 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "Seconds of load after warm-up.") var seconds = 10
     @Option(help: "Creations in flight: each worker creates a droplet, waits until it is active, creates the next.") var concurrency = 256
     @Option(help: "Directory of the built executables.") var bin = ".build/release"
-    @Option(help: "First of the ports to use (one per service, in a row).") var basePort = 52000
+    @Option(help: "First of the ports to use (one per service, in a row; below the ephemeral range, so that no outgoing connection holds one).") var basePort = 22000
     @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
     @Option(help: "Explain calls timed after the run (0: none).") var explainSamples = 0
     @Option(help: "Harpoon's --sqlite-synchronous (full or normal), for an A/B of durability's cost.") var sqliteSynchronous = "full"

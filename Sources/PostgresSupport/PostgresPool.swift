@@ -67,7 +67,10 @@ package final class PostgresPool: Sendable {
         )
         configuration.options.maximumConnections = maximumConnections
         configuration.options.minimumConnections = 0
-        configuration.options.additionalStartupParameters = [("application_name", applicationName)]
+        // Prepared statements are planned for the values of each run: they take arrays of ids whose sizes vary
+        // from 1 to hundreds, and a generic plan (PostgreSQL's choice after five runs) guesses them badly, turning
+        // index lookups into scans. Preparing still saves the parse and analysis.
+        configuration.options.additionalStartupParameters = [("application_name", applicationName), ("plan_cache_mode", "force_custom_plan")]
         var logger = Logger(label: "shoal.postgres")
         logger.logLevel = .warning
         self.logger = logger

@@ -30,6 +30,8 @@ struct DeferredWrites: Sendable {
     private static let slots = SlotCounter()
 
     var isEmpty: Bool { creations.isEmpty && changes.isEmpty && settlements.isEmpty }
+    /// Whether running them changes events (each then gets a cursor).
+    var changesEvents: Bool { !creations.isEmpty || !changes.isEmpty }
 
     /// Adds a creation; returns its slot (where its ids will be in ``CommitOutcome/created``).
     mutating func add(_ creation: Creation) -> Int {
@@ -58,6 +60,14 @@ struct DeferredWrites: Sendable {
         events.insert(write.event.id)
         if let droplet = write.droplet { droplets.insert(droplet.dropletId) }
     }
+}
+
+/// What running deferred writes did: the events changed, the ids of the rows created (by slot), and the cursors
+/// given (when the writes ran under the cursor lock).
+struct Flushed: Sendable {
+    var changed: [Int64] = []
+    var created: [Int: CreatedIds] = [:]
+    var cursors: [Int64: Int64] = [:]
 }
 
 /// Slots for deferred creations, unique in the process (a transaction's creations are told apart by them).
@@ -90,7 +100,7 @@ extension PostgresHarpoonStore {
         static let sql = """
             WITH input AS MATERIALIZED (
                 SELECT nextval('droplets_id_seq') AS droplet_id, nextval('events_id_seq') AS event_id,
-                       nextval('outbox_id_seq') AS entry_id, i.*
+                       nextval('outbox_id_seq') AS entry_id, CASE WHEN $15::bool THEN nextval('harpoon_cursor') END AS cursor, i.*
                 FROM unnest(
                     $1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::int4[],
                     $10::bytea[], $11::float8[], $12::float8[], $13::text[]
@@ -99,15 +109,15 @@ extension PostgresHarpoonStore {
                 INSERT INTO droplets (id, customer, name, region, size, image, status, created_at)
                 SELECT droplet_id, customer, name, region, payload, image, droplet_status, now FROM input
             ), events_written AS (
-                INSERT INTO events (id, type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
-                SELECT event_id, type, droplet_id, customer, region, hypervisor_id, event_status, payload, now, now FROM input
+                INSERT INTO events (id, type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
+                SELECT event_id, type, droplet_id, customer, region, hypervisor_id, event_status, payload, now, now, cursor FROM input
             ), queued AS (
                 INSERT INTO outbox (id, event_id, destination, not_before) SELECT entry_id, event_id, $14::text, not_before FROM input
             ), keyed AS (
                 UPDATE idempotency SET droplet_id = input.droplet_id, event_id = input.event_id
                 FROM input WHERE input.key <> '' AND idempotency.key = input.key
             )
-            SELECT slot, droplet_id, event_id, entry_id FROM input
+            SELECT slot, droplet_id, event_id, entry_id, cursor FROM input
             """
     }
 
@@ -125,28 +135,34 @@ extension PostgresHarpoonStore {
                        sets_status, droplet_status, sets_hypervisor, droplet_hypervisor, sets_address, droplet_address, sets_error, droplet_error)
             ), changed AS (
                 UPDATE events SET status = w.status, hypervisor_id = w.hypervisor_id, error = w.error, refusals = w.refusals,
-                updated_at = w.now FROM input w WHERE events.id = w.id
+                updated_at = w.now, cursor = CASE WHEN $20::bool THEN nextval('harpoon_cursor') ELSE events.cursor END
+                FROM input w WHERE events.id = w.id
+                RETURNING events.id, events.cursor
             ), cleared AS (
                 DELETE FROM outbox USING input w WHERE w.clears AND outbox.event_id = w.id
             ), queued AS (
                 INSERT INTO outbox (event_id, destination, not_before) SELECT id, destination, not_before FROM input WHERE enqueues
+            ), placed AS (
+                UPDATE droplets SET
+                    status = CASE WHEN w.sets_status THEN w.droplet_status ELSE droplets.status END,
+                    hypervisor_id = CASE WHEN w.sets_hypervisor THEN w.droplet_hypervisor ELSE droplets.hypervisor_id END,
+                    ipv4_address = CASE WHEN w.sets_address THEN w.droplet_address ELSE droplets.ipv4_address END,
+                    error = CASE WHEN w.sets_error THEN w.droplet_error ELSE droplets.error END
+                FROM input w WHERE w.droplet_id <> 0 AND droplets.id = w.droplet_id
             )
-            UPDATE droplets SET
-                status = CASE WHEN w.sets_status THEN w.droplet_status ELSE droplets.status END,
-                hypervisor_id = CASE WHEN w.sets_hypervisor THEN w.droplet_hypervisor ELSE droplets.hypervisor_id END,
-                ipv4_address = CASE WHEN w.sets_address THEN w.droplet_address ELSE droplets.ipv4_address END,
-                error = CASE WHEN w.sets_error THEN w.droplet_error ELSE droplets.error END
-            FROM input w WHERE w.droplet_id <> 0 AND droplets.id = w.droplet_id
+            SELECT id, cursor FROM changed
             """
     }
 
     /// Runs deferred writes: the settlements in one statement, the creations in another, the changes in a third.
     /// (The settlements first: a write settles its entry before it changes its event, and may clear the event's outbox.)
+    ///
+    /// - Parameter stampingCursors: the transaction holds the cursor lock and commits next: events get their cursors
+    ///   as they are written.
     static func flush(
-        _ connection: PostgresConnection, _ logger: Logger, _ writes: DeferredWrites
-    ) async throws -> (changed: [Int64], created: [Int: CreatedIds]) {
-        var changed: [Int64] = []
-        var created: [Int: CreatedIds] = [:]
+        _ connection: PostgresConnection, _ logger: Logger, _ writes: DeferredWrites, stampingCursors: Bool
+    ) async throws -> Flushed {
+        var flushed = Flushed()
         if !writes.settlements.isEmpty {
             let settlements = writes.settlements
             var binds = Binds()
@@ -187,10 +203,14 @@ extension PostgresHarpoonStore {
             binds.add(rows.map(\.notBefore))
             binds.add(rows.map(\.key))
             binds.add(OutboxDestination.scheduler.rawValue)
-            let statement = Prepared<Create, (Int64, Int64, Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64, Int64, Int64).self) }
-            for try await (slot, dropletId, eventId, entryId) in try await connection.execute(statement, logger: logger) {
-                created[Int(slot)] = CreatedIds(dropletId: dropletId, eventId: eventId, entryId: entryId)
-                changed.append(eventId)
+            binds.add(stampingCursors)
+            let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds.bindings) {
+                try $0.decode((Int64, Int64, Int64, Int64, Int64?).self)
+            }
+            for try await (slot, dropletId, eventId, entryId, cursor) in try await connection.execute(statement, logger: logger) {
+                flushed.created[Int(slot)] = CreatedIds(dropletId: dropletId, eventId: eventId, entryId: entryId)
+                flushed.changed.append(eventId)
+                if let cursor { flushed.cursors[eventId] = cursor }
             }
         }
         if !writes.changes.isEmpty {
@@ -217,9 +237,13 @@ extension PostgresHarpoonStore {
             binds.add(droplets.map { $0?.ipv4Address ?? "" })
             binds.add(droplets.map { $0?.error != nil })
             binds.add(droplets.map { $0?.error ?? "" })
-            for try await _ in try await connection.execute(Prepared<Change, Void>(binds.bindings), logger: logger) {}
-            changed += events.map(\.id)
+            binds.add(stampingCursors)
+            let statement = Prepared<Change, (Int64, Int64?)>(bindings: binds.bindings) { try $0.decode((Int64, Int64?).self) }
+            for try await (id, cursor) in try await connection.execute(statement, logger: logger) {
+                if stampingCursors, let cursor { flushed.cursors[id] = cursor }
+            }
+            flushed.changed += events.map(\.id)
         }
-        return (changed, created)
+        return flushed
     }
 }

@@ -50,8 +50,8 @@ package final class PostgresHarpoonStore: HarpoonStore {
                 for try await (id, eventId) in try await connection.execute(statement, logger: logger) { entries[id] = eventId }
             }
             return (events, entries)
-        } flush: { connection, logger, writes in
-            try await Self.flush(connection, logger, writes)
+        } flush: { connection, logger, writes, stampingCursors in
+            try await Self.flush(connection, logger, writes, stampingCursors: stampingCursors)
         }
     }
 

@@ -77,6 +77,8 @@ final class WriteTransaction {
     /// Events changed so far: each gets its change cursor when the transaction is about to commit.
     var changed: [Int64] = []
     var created: [Int: CreatedIds] = [:]
+    /// Cursors given so far (only by the last flush, under the lock).
+    var cursors: [Int64: Int64] = [:]
     private let flusher: PostgresWriter.Flusher
 
     init(connection: PostgresConnection, logger: Logger, flusher: @escaping PostgresWriter.Flusher) {
@@ -87,13 +89,17 @@ final class WriteTransaction {
 
     /// Runs the deferred writes. Every statement that is not deferred runs it first, so that it sees what the writes
     /// before it did.
-    func flush() async throws {
+    ///
+    /// - Parameter stampingCursors: the transaction holds the lock that orders cursors and commits next: the events
+    ///   written get their cursors in the same statements (one row version each, not two).
+    func flush(stampingCursors: Bool = false) async throws {
         guard !deferred.isEmpty else { return }
         let writes = deferred
         deferred = DeferredWrites()
-        let flushed = try await flusher(connection, logger, writes)
+        let flushed = try await flusher(connection, logger, writes, stampingCursors)
         changed += flushed.changed
         created.merge(flushed.created) { _, new in new }
+        cursors.merge(flushed.cursors) { _, new in new }
     }
 
     /// Forgets what a write that failed did (its savepoint was rolled back).
@@ -185,7 +191,7 @@ final class PostgresWriter: Sendable {
     typealias Locker = @Sendable (PostgresConnection, Logger, [Int64], [Int64]) async throws -> (events: [Harpoon_V1_Event], entries: [Int64: Int64])
     /// Runs deferred writes in the open transaction; returns the events they changed and the ids of the rows they
     /// created, by slot.
-    typealias Flusher = @Sendable (PostgresConnection, Logger, DeferredWrites) async throws -> (changed: [Int64], created: [Int: CreatedIds])
+    typealias Flusher = @Sendable (PostgresConnection, Logger, DeferredWrites, _ stampingCursors: Bool) async throws -> Flushed
 
     private let pool: PostgresPool
     private let lock: Locker
@@ -205,6 +211,12 @@ final class PostgresWriter: Sendable {
             UPDATE events SET cursor = nextval('harpoon_cursor') FROM ordered WHERE events.id = ANY($4::int8[])
             RETURNING events.id, events.cursor
             """
+    }
+
+    /// Takes the lock that orders cursors, until the transaction ends, and notifies the other replicas (delivered at
+    /// commit).
+    enum LockCursors: StatementText {
+        static let sql = "SELECT 1 FROM (SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)) AS locked"
     }
 
     /// The advisory lock key that orders change cursors (any constant shared by every replica).
@@ -344,20 +356,30 @@ final class PostgresWriter: Sendable {
                         }
                         answers.append(answer)
                     }
-                    do { try await transaction.flush() } catch where !isolated {
-                        // A deferred write the server refused: run the batch again, each write alone.
-                        try await connection.query("ROLLBACK", logger: logger)
-                        return nil
-                    }
-                    var outcome = CommitOutcome(created: transaction.created)
-                    if !transaction.changed.isEmpty {
-                        // Under the lock, to commit: cursors in commit order (see the type's documentation), and a
-                        // notification to the other replicas, delivered when the transaction commits.
+                    // What changes events ends under the lock, to commit: cursors in commit order (see the type's
+                    // documentation), and a notification to the other replicas, delivered when the transaction
+                    // commits. The last deferred writes run under it, giving their events cursors as they write them.
+                    if !transaction.changed.isEmpty || transaction.deferred.changesEvents {
                         var binds = Binds()
                         binds.add(Self.cursorLock)
                         binds.add(notifyChannel)
                         binds.add(notifyPayload)
-                        binds.add(Array(Set(transaction.changed)))
+                        for try await _ in try await connection.execute(Prepared<LockCursors, Void>(binds.bindings), logger: logger) {}
+                    }
+                    do { try await transaction.flush(stampingCursors: true) } catch where !isolated {
+                        // A deferred write the server refused: run the batch again, each write alone.
+                        try await connection.query("ROLLBACK", logger: logger)
+                        return nil
+                    }
+                    var outcome = CommitOutcome(cursors: transaction.cursors, created: transaction.created)
+                    let unstamped = Set(transaction.changed).subtracting(transaction.cursors.keys)
+                    if !unstamped.isEmpty {
+                        // Events written before the lock was taken (by statements that ran before a read).
+                        var binds = Binds()
+                        binds.add(Self.cursorLock)
+                        binds.add(notifyChannel)
+                        binds.add(notifyPayload)
+                        binds.add(Array(unstamped))
                         let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64).self) }
                         for try await (id, cursor) in try await connection.execute(statement, logger: logger) { outcome.cursors[id] = cursor }
                     }

@@ -76,10 +76,17 @@ struct ClusterTests {
         await cluster.stop()
     }
 
-    @Test("kill -9 Harpoon, routers and agent fleets at random points mid-run and restart them: every droplet settles once, none is lost or duplicated")
-    func faults() async throws {
+    @Test(
+        "kill -9 Harpoon, routers and agent fleets at random points mid-run and restart them: every droplet settles once, none is lost or duplicated (SQLite; PostgreSQL with two Harpoon replicas)",
+        arguments: Engine.allCases
+    )
+    func faults(engine: Engine) async throws {
         let regions = ["nyc1", "sfo3"]
-        let cluster = try await ProcessCluster(regions: regions)
+        let cluster = engine == .sqlite
+            ? try await ProcessCluster(regions: regions)
+            : try await ProcessCluster(regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
+        // A short lease: what a killed replica was working on is taken over within seconds.
+        if engine == .postgres { cluster.harpoonArguments = ["--outbox-lease-seconds", "3"] }
         do {
             try await cluster.start(agentsPerRegion: 10)
             let harpoon = cluster.harpoon
@@ -97,8 +104,8 @@ struct ClusterTests {
             // printed, so a failure can be replayed), restarting each.
             let seed = UInt64.random(in: 1...UInt64.max)
             var random = SeededRandom(seed: seed)
-            print("fault schedule seed: \(seed)")
-            let victims = ["harpoon", "router-nyc1", "router-sfo3", "fleet-nyc1", "fleet-sfo3"]
+            print("fault schedule seed (\(engine)): \(seed)")
+            let victims = cluster.harpoons + ["router-nyc1", "router-sfo3", "fleet-nyc1", "fleet-sfo3"]
             for _ in 0..<4 {
                 try await Task.sleep(for: .milliseconds(Int.random(in: 20...300, using: &random)))
                 let victim = victims[Int.random(in: 0..<victims.count, using: &random)]

@@ -45,10 +45,24 @@ package struct DropletChange: Sendable, Hashable {
     package var error: String?
 }
 
+/// One step of an event's history: what it became, when, and whose request or report made it so. Every step is kept
+/// (``HarpoonStore/history(eventId:)``), so an event's path can be replayed, not only its latest state.
+package struct EventTransition: Sendable, Hashable {
+    package var status: Harpoon_V1_Event.Status
+    package var hypervisorId: String
+    /// Why: an error's message, or the reason a hypervisor gave for refusing.
+    package var reason: String
+    /// Seconds since the Unix epoch.
+    package var at: Double
+    /// Whose request or report made the step (``HarpoonRules/Actor``).
+    package var by: String
+}
+
 /// The rows one change of an event writes, in one transaction: the event as it becomes (its change cursor is the
-/// store's to give), its droplet, and its outbox entries.
+/// store's to give), its droplet, its outbox entries, and the step for its history.
 package struct EventWrite: Sendable, Hashable {
     package var event: Harpoon_V1_Event
+    package var transition: EventTransition
     package var droplet: DropletChange?
     /// Remove every outbox entry of the event (before `enqueue`).
     package var clearsOutbox = false
@@ -141,7 +155,13 @@ package enum HarpoonRules {
         if let hypervisorId { event.hypervisorId = hypervisorId }
         if let error { event.error = error }
         event.updatedAt = timestamp(now)
-        var write = EventWrite(event: event, clearsOutbox: isTerminal(status), enqueue: destination.map { NewOutboxEntry(destination: $0) })
+        let transition = EventTransition(
+            status: status, hypervisorId: event.hypervisorId, reason: status == .errored ? event.error : "", at: now,
+            by: actor(of: status, from: current.status).rawValue
+        )
+        var write = EventWrite(
+            event: event, transition: transition, clearsOutbox: isTerminal(status), enqueue: destination.map { NewOutboxEntry(destination: $0) }
+        )
         if let dropletStatus = dropletStatus(eventType: current.type, eventStatus: status) {
             write.droplet = DropletChange(
                 dropletId: current.dropletId, status: dropletStatus, hypervisorId: hypervisorId, ipv4Address: ipv4Address,
@@ -182,9 +202,42 @@ package enum HarpoonRules {
         event.refusals += 1
         event.updatedAt = timestamp(now)
         return .write(EventWrite(
-            event: event, droplet: DropletChange(dropletId: current.dropletId, hypervisorId: ""), clearsOutbox: true,
+            event: event,
+            transition: EventTransition(status: .pending, hypervisorId: hypervisorId, reason: reason, at: now, by: Actor.hypervisor.rawValue),
+            droplet: DropletChange(dropletId: current.dropletId, hypervisorId: ""), clearsOutbox: true,
             enqueue: NewOutboxEntry(destination: .scheduler, notBefore: now + placeAgainDelay)
         ))
+    }
+
+    // MARK: History
+
+    /// Whose request or report moves an event, as its history records it.
+    package enum Actor: String, Sendable {
+        /// The call that created the event (the aggregator or the orchestrator, for a customer; an operator).
+        case request
+        /// A placement, or a create that fits nowhere.
+        case scheduler
+        /// A delivery to the agent.
+        case router
+        /// What the agent did: running, completed, errored, or refused for lack of room.
+        case hypervisor
+    }
+
+    /// Who makes an event go from `previous` to `status`: each step of the pipeline has one owner. An error before
+    /// any placement is the scheduler's (nothing fits); after it, the hypervisor's.
+    package static func actor(of status: Harpoon_V1_Event.Status, from previous: Harpoon_V1_Event.Status) -> Actor {
+        switch status {
+        case .pending: .request
+        case .placed: .scheduler
+        case .delivered: .router
+        case .errored where previous == .pending: .scheduler
+        default: .hypervisor
+        }
+    }
+
+    /// The first step of a new event's history.
+    package static func created(_ event: Harpoon_V1_Event, now: Double) -> EventTransition {
+        EventTransition(status: event.status, hypervisorId: event.hypervisorId, reason: "", at: now, by: Actor.request.rawValue)
     }
 
     // MARK: Creating

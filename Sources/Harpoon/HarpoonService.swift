@@ -105,6 +105,18 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return event
     }
 
+    package func getEventHistory(request: Harpoon_V1_GetEventHistoryRequest, context: ServerContext) async throws -> Harpoon_V1_EventHistory {
+        guard let event = try await store.event(id: request.id), request.customer.isEmpty || event.customer == request.customer else {
+            throw RPCError(code: .notFound, message: "event \(request.id) not found")
+        }
+        let transitions = try await store.history(eventId: event.id).map { step in
+            Harpoon_V1_EventTransition(
+                status: step.status, hypervisorId: step.hypervisorId, reason: step.reason, at: HarpoonRules.timestamp(step.at), by: step.by
+            )
+        }
+        return Harpoon_V1_EventHistory(eventId: event.id, transitions: transitions)
+    }
+
     package func listEvents(request: Harpoon_V1_ListEventsRequest, context: ServerContext) async throws -> Harpoon_V1_ListEventsResponse {
         let filter = EventFilter(
             dropletId: request.dropletId == 0 ? nil : request.dropletId, customer: request.customer.isEmpty ? nil : request.customer,

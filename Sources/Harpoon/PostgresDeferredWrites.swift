@@ -113,6 +113,9 @@ extension PostgresHarpoonStore {
                 SELECT event_id, type, droplet_id, customer, region, hypervisor_id, event_status, payload, now, now, cursor FROM input
             ), queued AS (
                 INSERT INTO outbox (id, event_id, destination, not_before) SELECT entry_id, event_id, $14::text, not_before FROM input
+            ), history AS (
+                INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor)
+                SELECT event_id, event_status, hypervisor_id, '', now, $16::text FROM input
             ), keyed AS (
                 UPDATE idempotency SET droplet_id = input.droplet_id, event_id = input.event_id
                 FROM input WHERE input.key <> '' AND idempotency.key = input.key
@@ -130,14 +133,18 @@ extension PostgresHarpoonStore {
                 SELECT * FROM unnest(
                     $1::int8[], $2::int4[], $3::text[], $4::text[], $5::int4[], $6::float8[], $7::bool[], $8::bool[], $9::text[],
                     $10::float8[], $11::int8[], $12::bool[], $13::int4[], $14::bool[], $15::text[], $16::bool[], $17::text[],
-                    $18::bool[], $19::text[]
+                    $18::bool[], $19::text[], $21::text[], $22::text[], $23::text[]
                 ) AS w(id, status, hypervisor_id, error, refusals, now, clears, enqueues, destination, not_before, droplet_id,
-                       sets_status, droplet_status, sets_hypervisor, droplet_hypervisor, sets_address, droplet_address, sets_error, droplet_error)
+                       sets_status, droplet_status, sets_hypervisor, droplet_hypervisor, sets_address, droplet_address, sets_error, droplet_error,
+                       step_hypervisor, step_reason, step_by)
             ), changed AS (
                 UPDATE events SET status = w.status, hypervisor_id = w.hypervisor_id, error = w.error, refusals = w.refusals,
                 updated_at = w.now, cursor = CASE WHEN $20::bool THEN nextval('harpoon_cursor') ELSE events.cursor END
                 FROM input w WHERE events.id = w.id
                 RETURNING events.id, events.cursor
+            ), history AS (
+                INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor)
+                SELECT id, status, step_hypervisor, step_reason, now, step_by FROM input
             ), cleared AS (
                 DELETE FROM outbox USING input w WHERE w.clears AND outbox.event_id = w.id
             ), queued AS (
@@ -204,6 +211,7 @@ extension PostgresHarpoonStore {
             binds.add(rows.map(\.key))
             binds.add(OutboxDestination.scheduler.rawValue)
             binds.add(stampingCursors)
+            binds.add(HarpoonRules.Actor.request.rawValue)
             let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds.bindings) {
                 try $0.decode((Int64, Int64, Int64, Int64, Int64?).self)
             }
@@ -238,6 +246,9 @@ extension PostgresHarpoonStore {
             binds.add(droplets.map { $0?.error != nil })
             binds.add(droplets.map { $0?.error ?? "" })
             binds.add(stampingCursors)
+            binds.add(changes.map(\.write.transition.hypervisorId))
+            binds.add(changes.map(\.write.transition.reason))
+            binds.add(changes.map(\.write.transition.by))
             let statement = Prepared<Change, (Int64, Int64?)>(bindings: binds.bindings) { try $0.decode((Int64, Int64?).self) }
             for try await (id, cursor) in try await connection.execute(statement, logger: logger) {
                 if stampingCursors, let cursor { flushed.cursors[id] = cursor }

@@ -124,6 +124,20 @@ package final class PostgresHarpoonStore: HarpoonStore {
             "CREATE INDEX outbox_by_event ON outbox (event_id)",
             "CREATE TABLE idempotency (key TEXT PRIMARY KEY, droplet_id BIGINT NOT NULL, event_id BIGINT NOT NULL)",
         ]),
+        ("v2: event history", [
+            """
+            CREATE TABLE event_history (
+                id BIGSERIAL PRIMARY KEY,
+                event_id BIGINT NOT NULL,
+                status INT NOT NULL,
+                hypervisor_id TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX event_history_by_event ON event_history (event_id, id)",
+        ]),
     ]
 
     // MARK: Rows
@@ -185,12 +199,16 @@ package final class PostgresHarpoonStore: HarpoonStore {
         _ context: PostgresWriteContext, _ template: Harpoon_V1_Event, now: Double, destination: OutboxDestination, notBefore: Double
     ) async throws -> (event: Harpoon_V1_Event, entryId: Int64) {
         var event = template
+        let step = HarpoonRules.created(template, now: now)
         let rows = try await context.write("""
             WITH event AS (
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
                 VALUES (\(template.type), \(template.dropletId), \(template.customer), \(template.region), \(template.hypervisorId),
                         \(template.status.rawValue), \(Data(template.payload)), \(now), \(now))
                 RETURNING id
+            ), history AS (
+                INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor)
+                SELECT id, \(step.status.rawValue), \(step.hypervisorId), \(step.reason), \(step.at), \(step.by) FROM event
             )
             INSERT INTO outbox (event_id, destination, not_before) SELECT id, \(destination.rawValue), \(notBefore) FROM event
             RETURNING event_id, id
@@ -573,6 +591,18 @@ package final class PostgresHarpoonStore: HarpoonStore {
 
     package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
         try await settle(.reschedule(entry, until: until))
+    }
+
+    package func history(eventId: Int64) async throws -> [EventTransition] {
+        try await read { connection, logger in
+            var steps: [EventTransition] = []
+            for try await (status, hypervisorId, reason, at, by) in try await connection.query(
+                "SELECT status, hypervisor_id, reason, at, actor FROM event_history WHERE event_id = \(eventId) ORDER BY id", logger: logger
+            ).decode((Int32, String, String, Double, String).self) {
+                steps.append(EventTransition(status: Harpoon_V1_Event.Status(rawValue: status), hypervisorId: hypervisorId, reason: reason, at: at, by: by))
+            }
+            return steps
+        }
     }
 
     package func outboxCount() async throws -> Int {

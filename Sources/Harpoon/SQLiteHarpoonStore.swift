@@ -99,6 +99,20 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // How often hypervisors refused a create for lack of room (each time it is placed again, a few times at most).
             try db.execute(sql: "ALTER TABLE events ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v6: event history") { db in
+            try db.execute(sql: """
+                CREATE TABLE event_history (
+                    id INTEGER PRIMARY KEY,
+                    event_id INTEGER NOT NULL,
+                    status INTEGER NOT NULL,
+                    hypervisor_id TEXT NOT NULL,
+                    reason TEXT NOT NULL,
+                    at REAL NOT NULL,
+                    actor TEXT NOT NULL
+                );
+                CREATE INDEX event_history_by_event ON event_history (event_id, id);
+                """)
+        }
         return migrator
     }
 
@@ -194,11 +208,26 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         var event = template
         event.id = db.lastInsertedRowID
         event.cursor = cursor
+        try Self.record(HarpoonRules.created(event, now: now), of: event.id, db)
         try db.cachedStatement(sql: "INSERT INTO outbox (event_id, destination) VALUES (?, ?)").execute {
             $0.bind(1, event.id)
             $0.bind(2, destination.rawValue)
         }
         return (event, db.lastInsertedRowID)
+    }
+
+    /// Adds a step to an event's history.
+    private static func record(_ step: EventTransition, of eventId: Int64, _ db: Database) throws {
+        try db.cachedStatement(
+            sql: "INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor) VALUES (?, ?, ?, ?, ?, ?)"
+        ).execute(binding: {
+            $0.bind(1, eventId)
+            $0.bind(2, Int64(step.status.rawValue))
+            $0.bind(3, step.hypervisorId)
+            $0.bind(4, step.reason)
+            $0.bind(5, step.at)
+            $0.bind(6, step.by)
+        })
     }
 
     /// Writes what a rule decided for an event, giving it its change cursor; returns the event as written.
@@ -217,6 +246,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 $0.bind(7, event.id)
             }
         )
+        try Self.record(write.transition, of: event.id, db)
         if write.clearsOutbox {
             try db.cachedStatement(sql: "DELETE FROM outbox WHERE event_id = ?").execute { $0.bind(1, event.id) }
         }
@@ -580,6 +610,19 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func outboxCount() async throws -> Int {
         try await pool.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM outbox")) ?? 0 }
+    }
+
+    package func history(eventId: Int64) async throws -> [EventTransition] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT status, hypervisor_id, reason, at, actor FROM event_history WHERE event_id = ? ORDER BY id"),
+                arguments: [eventId]
+            ).map { row in
+                EventTransition(
+                    status: Harpoon_V1_Event.Status(rawValue: row[0]), hypervisorId: row[1], reason: row[2], at: row[3], by: row[4]
+                )
+            }
+        }
     }
 }
 

@@ -25,6 +25,33 @@ struct HarpoonRulesTests {
         Harpoon_V1_Event(id: id, type: type, dropletId: 70, customer: "alice", region: "nyc1", hypervisorId: hypervisor, status: status, refusals: refusals)
     }
 
+    @Test("each step of an event is one component's, and a change carries the step its history keeps")
+    func historySteps() throws {
+        typealias Actor = HarpoonRules.Actor
+        #expect(HarpoonRules.actor(of: .placed, from: .pending) == Actor.scheduler)
+        #expect(HarpoonRules.actor(of: .delivered, from: .placed) == Actor.router)
+        #expect(HarpoonRules.actor(of: .running, from: .delivered) == Actor.hypervisor)
+        #expect(HarpoonRules.actor(of: .completed, from: .running) == Actor.hypervisor)
+        #expect(HarpoonRules.actor(of: .errored, from: .delivered) == Actor.hypervisor)
+        #expect(HarpoonRules.actor(of: .errored, from: .pending) == Actor.scheduler, "nothing fits: before any placement")
+        #expect(HarpoonRules.created(event(status: .pending), now: 5) == EventTransition(status: .pending, hypervisorId: "", reason: "", at: 5, by: "request"))
+
+        guard case .write(let placed) = try HarpoonRules.update(
+            event(status: .pending), to: .placed, hypervisorId: "hv3", error: nil, ipv4Address: nil, then: .router, settledEntryExisted: nil, now: 10
+        ) else { Issue.record("a placement writes nothing"); return }
+        #expect(placed.transition == EventTransition(status: .placed, hypervisorId: "hv3", reason: "", at: 10, by: "scheduler"))
+        guard case .write(let failed) = try HarpoonRules.update(
+            event(status: .running, hypervisor: "hv3"), to: .errored, hypervisorId: nil, error: "disk", ipv4Address: nil, then: nil,
+            settledEntryExisted: nil, now: 11
+        ) else { Issue.record("an error writes nothing"); return }
+        #expect(failed.transition == EventTransition(status: .errored, hypervisorId: "hv3", reason: "disk", at: 11, by: "hypervisor"))
+        guard case .write(let refused) = try HarpoonRules.placeAgain(
+            event(status: .placed, hypervisor: "hv3"), refusedBy: "hv3", reason: "no room", maxRefusals: 3, now: 12
+        ) else { Issue.record("a refusal writes nothing"); return }
+        // The event is no longer on hv3; its history says who refused it and why.
+        #expect(refused.event.hypervisorId == "" && refused.transition == EventTransition(status: .pending, hypervisorId: "hv3", reason: "no room", at: 12, by: "hypervisor"))
+    }
+
     @Test("events move forward only; a terminal state absorbs; an unknown status is refused")
     func transitions() throws {
         let order: [Status] = [.pending, .placed, .delivered, .running]

@@ -12,12 +12,12 @@ import TestSupport
 let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 
 /// A fresh SQLite file in a temporary directory, removed afterwards.
-func withStore<T>(_ body: (SQLiteHarpoonStore, String) async throws -> T) async throws -> T {
+func withStore<T>(clock: any WallClock = SystemClock(), _ body: (SQLiteHarpoonStore, String) async throws -> T) async throws -> T {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("harpoon-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
     let path = directory.appendingPathComponent("events.sqlite").path
-    return try await body(try SQLiteHarpoonStore(path: path), path)
+    return try await body(try SQLiteHarpoonStore(path: path, clock: clock), path)
 }
 
 /// A fresh store on `engine`, and a way to open another on the same database (a restart, or another replica); all
@@ -28,7 +28,7 @@ func withStore<T>(
 ) async throws -> T {
     switch engine {
     case .sqlite:
-        return try await withStore { store, path in
+        return try await withStore(clock: clock) { store, path in
             try await body(store, { try SQLiteHarpoonStore(path: path, clock: clock) })
         }
     case .postgres:
@@ -182,6 +182,37 @@ struct StoreTests {
                 #expect(error == .eventNotFound(999))
                 #expect(error.rpcError.code == .notFound)
             }
+        }
+    }
+
+    @Test("every step of an event is kept, with its hypervisor, reason, time and whose report made it", arguments: Engine.allCases)
+    func history(engine: Engine) async throws {
+        let clock = SetClock(1_000)
+        try await withStore(engine, clock: clock) { store, _ in
+            // Placed, refused by its hypervisor (sent back), placed elsewhere, delivered, errored there.
+            let (_, event) = try await store.createDroplet(createRequest("web-1"))
+            clock.advance(by: 1)
+            _ = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: .router)
+            clock.advance(by: 1)
+            _ = try await store.placeAgain(eventId: event.id, refusedBy: "hv1", reason: "no room for 1 GiB", maxRefusals: 3)
+            clock.advance(by: 1)
+            _ = try await store.updateEvent(id: event.id, status: .placed, hypervisorId: "hv2", error: nil, ipv4Address: nil, then: .router)
+            _ = try await store.updateEvent(id: event.id, status: .delivered, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            clock.advance(by: 1)
+            _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "disk failed", ipv4Address: nil, then: nil)
+            // A repeated report is not a step.
+            _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: nil, ipv4Address: nil, then: nil)
+            let steps = try await store.history(eventId: event.id)
+            #expect(steps.map(\.status) == [.pending, .placed, .pending, .placed, .delivered, .errored])
+            #expect(steps.map(\.by) == ["request", "scheduler", "hypervisor", "scheduler", "router", "hypervisor"])
+            #expect(steps.map(\.hypervisorId) == ["", "hv1", "hv1", "hv2", "hv2", "hv2"])
+            #expect(steps.map(\.reason) == ["", "", "no room for 1 GiB", "", "", "disk failed"])
+            #expect(steps.map(\.at) == [1_000, 1_001, 1_002, 1_003, 1_003, 1_004])
+            // A create that fits nowhere is errored by the scheduler; an unknown event has no history.
+            let (_, huge) = try await store.createDroplet(createRequest("huge"))
+            _ = try await store.updateEvent(id: huge.id, status: .errored, hypervisorId: nil, error: "no hypervisor has room", ipv4Address: nil, then: nil)
+            #expect(try await store.history(eventId: huge.id).map(\.by) == ["request", "scheduler"])
+            #expect(try await store.history(eventId: 999_999).isEmpty)
         }
     }
 
@@ -565,6 +596,17 @@ struct HarpoonRPCTests {
                     return statuses
                 }
                 #expect(seen == [.pending, .running])
+                // Its history, through the RPC: every step, oldest first; another customer's is NOT_FOUND.
+                let history = try await harpoon.getEventHistory(.init(id: eventId, customer: "alice"))
+                #expect(history.eventId == eventId)
+                #expect(history.transitions.map(\.status) == [.pending, .running] && history.transitions.map(\.by) == ["request", "hypervisor"])
+                #expect(history.transitions.last?.hypervisorId == "hv2" && (history.transitions.last?.at?.seconds ?? 0) > 0)
+                do {
+                    _ = try await harpoon.getEventHistory(.init(id: eventId, customer: "bob"))
+                    Issue.record("bob saw the history of alice's event")
+                } catch let error as RPCError {
+                    #expect(error.code == .notFound)
+                }
                 let stats = try await harpoon.stats(.init())
                 // One writer and four readers, plus a point-read connection per event loop that has served one.
                 #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")

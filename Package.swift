@@ -104,7 +104,7 @@ let package = Package(
             dependencies: [
                 "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
-                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: strictSettings
         ),
@@ -139,7 +139,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "harpoon",
-            dependencies: ["Harpoon", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Harpoon", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Sources/HarpoonServer",
             swiftSettings: strictSettings
         ),

@@ -166,6 +166,8 @@ package protocol HarpoonStore: Sendable {
     /// Settles an outbox entry on its own (nothing if the entry is gone).
     func settle(_ settlement: OutboxSettlement) async throws
     func outboxCount() async throws -> Int
+    /// How many outbox entries there are, and when the oldest of their events was created (`nil`: none).
+    func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?)
     /// Every step of the event's history, oldest first (empty for an unknown event).
     func history(eventId: Int64) async throws -> [EventTransition]
     /// Connections open to the database: this process's handles on the SQLite file; on PostgreSQL, as the server

@@ -593,6 +593,18 @@ package final class PostgresHarpoonStore: HarpoonStore {
         try await settle(.reschedule(entry, until: until))
     }
 
+    package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {
+        try await read { connection, logger in
+            var summary: (entries: Int, oldestCreatedAt: Double?) = (0, nil)
+            for try await (count, oldest) in try await connection.query(
+                "SELECT count(*)::int8, min(events.created_at) FROM outbox JOIN events ON events.id = outbox.event_id", logger: logger
+            ).decode((Int64, Double?).self) {
+                summary = (Int(count), oldest)
+            }
+            return summary
+        }
+    }
+
     package func history(eventId: Int64) async throws -> [EventTransition] {
         try await read { connection, logger in
             var steps: [EventTransition] = []

@@ -301,6 +301,7 @@ final class PostgresWriter: Sendable {
                 } else {
                     continue
                 }
+                HarpoonMetrics.committed(writes: answers.count, engine: "postgres")
                 for answer in answers { answer(.success(outcome)) }
             } catch {
                 // The transaction failed: runTogether has answered every caller with the error.

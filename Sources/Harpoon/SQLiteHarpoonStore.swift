@@ -612,6 +612,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM outbox")) ?? 0 }
     }
 
+    package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {
+        try await pool.read { db in
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT COUNT(*), MIN(events.created_at) FROM outbox JOIN events ON events.id = outbox.event_id")
+            )
+            return (row?[0] ?? 0, row?[1])
+        }
+    }
+
     package func history(eventId: Int64) async throws -> [EventTransition] {
         try await pool.read { db in
             try Row.fetchAll(

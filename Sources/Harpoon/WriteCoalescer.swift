@@ -139,6 +139,7 @@ final class WriteCoalescer: Sendable {
             // A write that failed half-way makes the batch run again, each write in a savepoint, so it rolls back
             // alone. A transaction that fails has answered its callers itself.
             guard let answers = try? runTogether(batch, isolated: false) ?? runTogether(batch, isolated: true) else { continue }
+            HarpoonMetrics.committed(writes: answers.count, engine: "sqlite")
             for answer in answers { answer(.success(())) }
         }
     }

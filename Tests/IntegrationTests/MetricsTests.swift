@@ -32,12 +32,17 @@ struct MetricsTests {
     @Test("requests, errors by code and latency move on every service a creation crosses, and a refusal is counted by its code")
     func redMetrics() async throws {
         let cluster = try await ProcessCluster(regions: ["nyc1"])
+        // Harpoon's gauges sampled often, so that the test sees them soon.
+        cluster.harpoonArguments = ["--metrics-sample-seconds", "0.2"]
         do {
             try await cluster.start(agentsPerRegion: 2)
             let harpoon = cluster.harpoon
             let ports = (harpoon: cluster.metricsPorts["harpoon"] ?? 0, scheduler: cluster.metricsPorts["scheduler"] ?? 0, router: cluster.metricsPorts["router-nyc1"] ?? 0)
             let create = "/harpoon.v1.Harpoon/CreateDroplet"
-            let before = sample(try await scrape(ports.harpoon), "rpc_server_requests_total", ["method": create, "code": "ok"])
+            let beforeText = try await scrape(ports.harpoon)
+            let before = sample(beforeText, "rpc_server_requests_total", ["method": create, "code": "ok"])
+            let transactionsBefore = sample(beforeText, "harpoon_group_commit_writes_count", ["engine": "sqlite"])
+            let writesBefore = sample(beforeText, "harpoon_group_commit_writes_sum", ["engine": "sqlite"])
             try await createDroplets(harpoon, prefix: "metrics", count: 5)
             let settled = try await waitUntilSettled(cluster, count: 5, timeout: .seconds(30))
             #expect(settled.allSatisfy { $0.status == .active })
@@ -47,6 +52,17 @@ struct MetricsTests {
             // The placements and deliveries those creations caused, on the services that served them.
             #expect(sample(try await scrape(ports.scheduler), "rpc_server_requests_total", ["method": "/scheduler.v2.Scheduler/PlaceBatch", "code": "ok"]) >= 1)
             #expect(sample(try await scrape(ports.router), "rpc_server_requests_total", ["method": "/eventrouter.v1.EventRouter/DeliverBatch", "code": "ok"]) >= 1)
+            // Harpoon's own: the creations' writes went through group commit (each creation, placement and outcome a write
+            // of a committed transaction); once everything settled the outbox is empty; connections are the pool's handles.
+            #expect(sample(harpoonText, "harpoon_group_commit_writes_count", ["engine": "sqlite"]) > transactionsBefore)
+            #expect(sample(harpoonText, "harpoon_group_commit_writes_sum", ["engine": "sqlite"]) >= writesBefore + 10)
+            let gauges = try await eventually {
+                let text = try await scrape(ports.harpoon)
+                return text.contains("\nharpoon_outbox_entries ") && sample(text, "harpoon_outbox_entries", [:]) == 0
+                    && sample(text, "harpoon_outbox_oldest_seconds", [:]) == 0 && sample(text, "harpoon_database_connections", [:]) >= 5
+            }
+            let shown = try await scrape(ports.harpoon).split(separator: "\n").filter { $0.hasPrefix("harpoon_") }
+            #expect(gauges, "outbox and connection gauges: \(shown)")
             // A refusal is counted under its status code.
             _ = try? await harpoon.getDroplet(.init(id: 999_999, customer: "alice"))
             #expect(sample(try await scrape(ports.harpoon), "rpc_server_requests_total", ["method": "/harpoon.v1.Harpoon/GetDroplet", "code": "not_found"]) == 1)

@@ -1,0 +1,31 @@
+internal import CoreMetrics
+internal import Foundation
+
+/// What an operator of Harpoon watches beside the RPC metrics every service has (docs/operations.md, Metrics):
+/// - `harpoon_group_commit_writes{engine}`: writes per committed transaction (a histogram: its sum over its count is
+///   the mean batch);
+/// - `harpoon_outbox_entries` and `harpoon_outbox_oldest_seconds`: work waiting to be pushed, and how long the oldest
+///   of it has waited since its event was created (0 when empty);
+/// - `harpoon_database_connections`: connections open to the database, as the database counts them on PostgreSQL
+///   (every replica's), this process's handles on the file on SQLite.
+package enum HarpoonMetrics {
+    /// A group-commit transaction committed with `writes` writes in it.
+    static func committed(writes: Int, engine: String) {
+        Recorder(label: "harpoon_group_commit_writes", dimensions: [("engine", engine)], aggregate: true).record(writes)
+    }
+
+    /// Reads the outbox and the connections once and sets the gauges; an error leaves them as they were (the next
+    /// sample tries again) and is returned for the caller to log.
+    @discardableResult
+    package static func sample(_ store: any HarpoonStore, now: Double) async -> (any Error)? {
+        do {
+            let outbox = try await store.outboxSummary()
+            Gauge(label: "harpoon_outbox_entries").record(outbox.entries)
+            Gauge(label: "harpoon_outbox_oldest_seconds").record(outbox.oldestCreatedAt.map { max(0, now - $0) } ?? 0)
+            Gauge(label: "harpoon_database_connections").record(try await store.databaseConnections())
+            return nil
+        } catch {
+            return error
+        }
+    }
+}

@@ -43,7 +43,12 @@ struct EventRouterCommand: AsyncParsableCommand {
         router.advertise(advertise ?? "\(host):\(server.port ?? port)")
         ServiceRuntime.announce("event-router \(region) ready on \(host):\(server.port ?? port)")
         let interval = Duration.milliseconds(flushMilliseconds)
-        await ServiceRuntime.run(server: server, metrics: metrics, background: [{ await router.run(flushInterval: interval) }])
+        await ServiceRuntime.run(server: server, metrics: metrics, background: [
+            { await router.run(flushInterval: interval) },
+            ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server) {
+                ServiceRuntime.gauge("router_agents_connected", router.connectedAgents)
+            },
+        ])
     }
 }
 

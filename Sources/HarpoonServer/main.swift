@@ -21,7 +21,6 @@ struct HarpoonCommand: AsyncParsableCommand {
     var outboxLeaseSeconds = 30.0
     @Option(help: "When a commit is on disk: full (synced before it is acknowledged: survives a machine crash) or normal (synced at checkpoints: survives a process crash).")
     var sqliteSynchronous = "full"
-    @Option(help: "How often the outbox and database gauges of /metrics are sampled, in seconds.") var metricsSampleSeconds = 5.0
     @Option(help: "The scheduler, host:port (replicas: several, comma-separated).") var scheduler = "127.0.0.1:50060"
     @Option(help: "A region's event routers, region=host:port (several: comma-separated, as each router advertises itself); repeat for each region.")
     var router: [String] = []
@@ -65,17 +64,13 @@ struct HarpoonCommand: AsyncParsableCommand {
         try await server.start()
         ServiceRuntime.announce("harpoon ready on \(host):\(server.port ?? port)")
         var background: [@Sendable () async -> Void] = [{ await worker.run() }]
-        // The outbox and the database connections, as gauges (HarpoonMetrics), every few seconds.
-        let sampleEvery = metricsSampleSeconds
+        // The outbox and the database connections, as gauges (HarpoonMetrics).
         let logger = Logger(label: "harpoon")
-        background.append {
-            while !Task.isCancelled {
-                if let error = await HarpoonMetrics.sample(store, now: Date().timeIntervalSince1970) {
-                    logger.warning("the metrics sample could not read the database", metadata: ["error": "\(error)"])
-                }
-                try? await Task.sleep(for: .milliseconds(Int64(sampleEvery * 1000)))
+        background.append(ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server) {
+            if let error = await HarpoonMetrics.sample(store, now: Date().timeIntervalSince1970) {
+                logger.warning("the metrics sample could not read the database", metadata: ["error": "\(error)"])
             }
-        }
+        })
         if let postgres {
             // Another replica's commit changed what watchers here follow. (Its outbox entries are its own worker's:
             // they become this one's only if that replica dies, when a lease lapses, which the sweep below finds.)

@@ -58,6 +58,14 @@ struct ReservedIPCommand: AsyncParsableCommand {
         var background: [@Sendable () async -> Void] = [{ await driver.watch() }]
         // Replicas: actions a replica that died was driving are taken over when its claims lapse.
         if postgres != nil { background.append { await driver.adoptOrphans() } }
+        background.append(ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server) {
+            do {
+                ServiceRuntime.gauge("reserved_ip_actions_in_progress", try await store.actionsInProgressCount())
+                ServiceRuntime.gauge("reserved_ip_database_connections", try await store.databaseConnections())
+            } catch {
+                ServiceRuntime.complain("reserved-ip: the metrics sample could not read the database: \(error)")
+            }
+        })
         await ServiceRuntime.run(server: server, metrics: metrics, background: background)
         await postgres?.close()
     }

@@ -12,6 +12,8 @@ internal import Synchronization
 package struct RuntimeOptions: ParsableArguments {
     @Option(help: "Serve Prometheus metrics over HTTP at /metrics on this port (0: any free port; none: no metrics).")
     package var metricsPort: Int?
+    @Option(help: "How often the gauges of /metrics (connections, queues, what the service holds) are sampled, in seconds.")
+    package var metricsSampleSeconds = 5.0
 
     package init() {}
 }
@@ -41,6 +43,26 @@ extension ServiceRuntime {
             .bind(host: host, port: port).get()
         announce("metrics on http://\(host):\(channel.localAddress?.port ?? port)/metrics")
         return channel
+    }
+
+    /// A background worker that samples gauges every `seconds`: the server's open connections
+    /// (`rpc_server_connections`) and what `sample` sets (a service's own). A sample that fails is logged by
+    /// `sample` itself; the gauges stay as they were until the next one.
+    package static func gauges(
+        every seconds: Double, server: RPCServer, _ sample: @escaping @Sendable () async -> Void = {}
+    ) -> @Sendable () async -> Void {
+        { [weak server] in
+            while !Task.isCancelled {
+                if let server { Gauge(label: "rpc_server_connections").record(server.connectionCount) }
+                await sample()
+                try? await Task.sleep(for: .milliseconds(Int64(max(0.01, seconds) * 1000)))
+            }
+        }
+    }
+
+    /// Sets a gauge of /metrics (for the executables, which do not import swift-metrics themselves).
+    package static func gauge(_ label: String, _ value: Int) {
+        Gauge(label: label).record(value)
     }
 
     /// Makes swift-metrics record into ``registry`` (once per process).

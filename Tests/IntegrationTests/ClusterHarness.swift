@@ -70,7 +70,7 @@ final class ProcessCluster {
 
     func define(_ name: String) -> ChildProcess {
         let process = defineWithoutMetrics(name)
-        return ChildProcess(path: process.path, arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0)])
+        return ChildProcess(path: process.path, arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0), "--metrics-sample-seconds", "0.2"])
     }
 
     private func defineWithoutMetrics(_ name: String) -> ChildProcess {

@@ -32,8 +32,6 @@ struct MetricsTests {
     @Test("requests, errors by code and latency move on every service a creation crosses, and a refusal is counted by its code")
     func redMetrics() async throws {
         let cluster = try await ProcessCluster(regions: ["nyc1"])
-        // Harpoon's gauges sampled often, so that the test sees them soon.
-        cluster.harpoonArguments = ["--metrics-sample-seconds", "0.2"]
         do {
             try await cluster.start(agentsPerRegion: 2)
             let harpoon = cluster.harpoon
@@ -63,6 +61,15 @@ struct MetricsTests {
             }
             let shown = try await scrape(ports.harpoon).split(separator: "\n").filter { $0.hasPrefix("harpoon_") }
             #expect(gauges, "outbox and connection gauges: \(shown)")
+            // What the router holds, and the connections every server has open (the router's: its two agents and Harpoon).
+            let held = try await eventually {
+                let router = try await scrape(ports.router)
+                let scheduler = try await scrape(ports.scheduler)
+                return sample(router, "router_agents_connected", [:]) == 2 && sample(router, "rpc_server_connections", [:]) >= 2
+                    && sample(scheduler, "rpc_server_connections", [:]) >= 1
+            }
+            let routerShown = try await scrape(ports.router).split(separator: "\n").filter { $0.hasPrefix("router_") || $0.hasPrefix("rpc_server_connections") }
+            #expect(held, "\(routerShown)")
             // A refusal is counted under its status code.
             _ = try? await harpoon.getDroplet(.init(id: 999_999, customer: "alice"))
             #expect(sample(try await scrape(ports.harpoon), "rpc_server_requests_total", ["method": "/harpoon.v1.Harpoon/GetDroplet", "code": "not_found"]) == 1)

@@ -1,5 +1,7 @@
 internal import CoreMetrics
 internal import Foundation
+internal import HarpoonAPI
+internal import Synchronization
 
 /// What an operator of Harpoon watches beside the RPC metrics every service has (docs/operations.md, Metrics):
 /// - `harpoon_group_commit_writes{engine}`: writes per committed transaction (a histogram: its sum over its count is
@@ -7,8 +9,25 @@ internal import Foundation
 /// - `harpoon_outbox_entries` and `harpoon_outbox_oldest_seconds`: work waiting to be pushed, and how long the oldest
 ///   of it has waited since its event was created (0 when empty);
 /// - `harpoon_database_connections`: connections open to the database, as the database counts them on PostgreSQL
-///   (every replica's), this process's handles on the file on SQLite.
+///   (every replica's), this process's handles on the file on SQLite;
+/// - `harpoon_events_unfinished{type,status}`: events in flight (pending, placed, delivered, running) by type and
+///   status; a pair that had events and has none now reads 0.
 package enum HarpoonMetrics {
+    /// The (type, status) pairs sampled so far: one that empties is set to 0, not left at its last count.
+    private static let seen = Mutex<Set<[String]>>([])
+
+    static func statusName(_ status: Harpoon_V1_Event.Status) -> String {
+        switch status {
+        case .pending: "pending"
+        case .placed: "placed"
+        case .delivered: "delivered"
+        case .running: "running"
+        case .completed: "completed"
+        case .errored: "errored"
+        case .unrecognized(let value): "\(value)"
+        }
+    }
+
     /// A group-commit transaction committed with `writes` writes in it.
     static func committed(writes: Int, engine: String) {
         Recorder(label: "harpoon_group_commit_writes", dimensions: [("engine", engine)], aggregate: true).record(writes)
@@ -23,6 +42,16 @@ package enum HarpoonMetrics {
             Gauge(label: "harpoon_outbox_entries").record(outbox.entries)
             Gauge(label: "harpoon_outbox_oldest_seconds").record(outbox.oldestCreatedAt.map { max(0, now - $0) } ?? 0)
             Gauge(label: "harpoon_database_connections").record(try await store.databaseConnections())
+            let unfinished = try await store.unfinishedEvents()
+            var counts: [[String]: Int] = [:]
+            for group in unfinished { counts[[group.type, statusName(group.status)]] = group.count }
+            let pairs = seen.withLock { seen in
+                seen.formUnion(counts.keys)
+                return seen
+            }
+            for pair in pairs {
+                Gauge(label: "harpoon_events_unfinished", dimensions: [("type", pair[0]), ("status", pair[1])]).record(counts[pair] ?? 0)
+            }
             return nil
         } catch {
             return error

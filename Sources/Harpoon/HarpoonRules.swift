@@ -58,6 +58,19 @@ package struct EventTransition: Sendable, Hashable {
     package var by: String
 }
 
+/// How many unfinished events of one type are in one status.
+package struct UnfinishedEvents: Sendable, Hashable {
+    package var type: String
+    package var status: Harpoon_V1_Event.Status
+    package var count: Int
+
+    package init(type: String, status: Harpoon_V1_Event.Status, count: Int) {
+        self.type = type
+        self.status = status
+        self.count = count
+    }
+}
+
 /// The rows one change of an event writes, in one transaction: the event as it becomes (its change cursor is the
 /// store's to give), its droplet, its outbox entries, and the step for its history.
 package struct EventWrite: Sendable, Hashable {

@@ -166,6 +166,8 @@ package protocol HarpoonStore: Sendable {
     /// Settles an outbox entry on its own (nothing if the entry is gone).
     func settle(_ settlement: OutboxSettlement) async throws
     func outboxCount() async throws -> Int
+    /// How many events are unfinished (pending, placed, delivered, running), by type and status.
+    func unfinishedEvents() async throws -> [UnfinishedEvents]
     /// How many outbox entries there are, and when the oldest of their events was created (`nil`: none).
     func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?)
     /// Every step of the event's history, oldest first (empty for an unknown event).

@@ -138,6 +138,8 @@ package final class PostgresHarpoonStore: HarpoonStore {
             """,
             "CREATE INDEX event_history_by_event ON event_history (event_id, id)",
         ]),
+        // Only events in flight are in it: it stays small however many have finished.
+        ("v3: unfinished events", ["CREATE INDEX events_unfinished ON events (type, status) WHERE status IN (0, 1, 2, 3)"]),
     ]
 
     // MARK: Rows
@@ -591,6 +593,18 @@ package final class PostgresHarpoonStore: HarpoonStore {
 
     package func reschedule(_ entry: OutboxEntry, until: Double) async throws {
         try await settle(.reschedule(entry, until: until))
+    }
+
+    package func unfinishedEvents() async throws -> [UnfinishedEvents] {
+        try await read { connection, logger in
+            var counts: [UnfinishedEvents] = []
+            for try await (type, status, count) in try await connection.query(
+                "SELECT type, status, count(*)::int8 FROM events WHERE status IN (0, 1, 2, 3) GROUP BY type, status ORDER BY type, status", logger: logger
+            ).decode((String, Int32, Int64).self) {
+                counts.append(UnfinishedEvents(type: type, status: Harpoon_V1_Event.Status(rawValue: status), count: Int(count)))
+            }
+            return counts
+        }
     }
 
     package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {

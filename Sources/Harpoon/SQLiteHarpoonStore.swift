@@ -113,6 +113,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 CREATE INDEX event_history_by_event ON event_history (event_id, id);
                 """)
         }
+        migrator.registerMigration("v7: unfinished events") { db in
+            // Only events in flight are in it: it stays small however many have finished.
+            try db.execute(sql: "CREATE INDEX events_unfinished ON events (type, status) WHERE status IN (0, 1, 2, 3)")
+        }
         return migrator
     }
 
@@ -610,6 +614,14 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func outboxCount() async throws -> Int {
         try await pool.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM outbox")) ?? 0 }
+    }
+
+    package func unfinishedEvents() async throws -> [UnfinishedEvents] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT type, status, COUNT(*) FROM events WHERE status IN (0, 1, 2, 3) GROUP BY type, status ORDER BY type, status")
+            ).map { row in UnfinishedEvents(type: row[0], status: Harpoon_V1_Event.Status(rawValue: row[1]), count: row[2]) }
+        }
     }
 
     package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {

@@ -130,6 +130,27 @@ struct StoreTests {
         }
     }
 
+    @Test("unfinished events are counted by type and status; finished ones are not", arguments: Engine.allCases)
+    func unfinished(engine: Engine) async throws {
+        try await withStore(engine) { store, _ in
+            #expect(try await store.unfinishedEvents().isEmpty)
+            let (_, placed) = try await store.createDroplet(createRequest("placed"))
+            _ = try await store.createDroplet(createRequest("pending"))
+            let (done, finished) = try await store.createDroplet(createRequest("done"))
+            _ = try await store.updateEvent(id: placed.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: .router)
+            for status in [Harpoon_V1_Event.Status.placed, .running, .completed] {
+                _ = try await store.updateEvent(id: finished.id, status: status, hypervisorId: status == .placed ? "hv2" : nil, error: nil, ipv4Address: nil, then: nil)
+            }
+            _ = try await store.createEvent(
+                Harpoon_V1_CreateEventRequest(type: "reboot", dropletId: done.id, customer: "alice"), region: "nyc1", hypervisorId: "hv2"
+            )
+            #expect(try await store.unfinishedEvents() == [
+                UnfinishedEvents(type: "create", status: .pending, count: 1), UnfinishedEvents(type: "create", status: .placed, count: 1),
+                UnfinishedEvents(type: "reboot", status: .pending, count: 1),
+            ])
+        }
+    }
+
     @Test("events filter by any of several types", arguments: Engine.allCases)
     func eventTypes(engine: Engine) async throws {
         try await withStore(engine) { store, _ in

@@ -166,6 +166,9 @@ package protocol HarpoonStore: Sendable {
     /// Settles an outbox entry on its own (nothing if the entry is gone).
     func settle(_ settlement: OutboxSettlement) async throws
     func outboxCount() async throws -> Int
+    /// Gives entries this process holds back to every replica at once (it is stopping): they are due now, not when
+    /// their lease ends. Nothing to do where one process has the database to itself.
+    func releaseOutbox(_ entryIds: [Int64]) async throws
     /// How many events are unfinished (pending, placed, delivered, running), by type and status.
     func unfinishedEvents() async throws -> [UnfinishedEvents]
     /// How many outbox entries there are, and when the oldest of their events was created (`nil`: none).

@@ -118,6 +118,9 @@ package final class OutboxWorker: Sendable {
         state.withLock { $0.tableDue = min($0.tableDue, time) }
     }
 
+    /// The entries this worker holds (handed over and waiting, or being pushed): what a replica that stops gives back.
+    package var held: [Int64] { state.withLock { Array($0.running) + Array($0.handed.keys) } }
+
     /// Reads of the outbox table finished so far, and entries handed over that wait for room.
     var tableReads: Int { state.withLock { $0.tableReads } }
     var handedWaiting: Int { state.withLock { $0.handed.count } }

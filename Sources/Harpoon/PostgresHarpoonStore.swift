@@ -58,11 +58,33 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package func close() async { await pool.close() }
 
     /// Calls `changed` whenever another replica commits a change to events (this one's own writers wake what they
-    /// must themselves), for as long as the calling task runs.
-    package func listen(_ changed: @escaping @Sendable () -> Void) async {
+    /// must themselves), and `released` when another replica gave outbox entries back (it is stopping), for as long
+    /// as the calling task runs. A lost connection calls both (something may have been missed).
+    package func listen(changed: @escaping @Sendable () -> Void, released: @escaping @Sendable () -> Void = {}) async {
         let replica = replica
         await pool.listen(channel: Self.channel) { payload in
-            if payload != replica { changed() }
+            switch payload {
+            case replica, Self.releasedPrefix + replica: return
+            case let payload? where payload.hasPrefix(Self.releasedPrefix): released()
+            case nil:
+                changed()
+                released()
+            default: changed()
+            }
+        }
+    }
+
+    /// Notifications that entries were given back start with this, then the replica.
+    private static let releasedPrefix = "released:"
+
+    package func releaseOutbox(_ entryIds: [Int64]) async throws {
+        guard !entryIds.isEmpty else { return }
+        // Due now (those still leased: one settled meanwhile is gone or rescheduled), and every replica told.
+        try await pool.transaction { connection in
+            try await connection.query(
+                "UPDATE outbox SET not_before = \(clock.now()) WHERE id = ANY(\(entryIds)) AND not_before > \(clock.now())", logger: pool.logger
+            )
+            try await connection.query("SELECT pg_notify(\(Self.channel), \(Self.releasedPrefix + replica))", logger: pool.logger)
         }
     }
 

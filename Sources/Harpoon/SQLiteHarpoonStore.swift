@@ -624,6 +624,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
+    package func releaseOutbox(_ entryIds: [Int64]) async throws {}
+
     package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {
         try await pool.read { db in
             let row = try Row.fetchOne(

@@ -74,7 +74,8 @@ struct HarpoonCommand: AsyncParsableCommand {
         if let postgres {
             // Another replica's commit changed what watchers here follow. (Its outbox entries are its own worker's:
             // they become this one's only if that replica dies, when a lease lapses, which the sweep below finds.)
-            background.append { await postgres.listen { changes.changed() } }
+            // Another replica that stops gives back the entries it held: they are this one's to push at once.
+            background.append { await postgres.listen(changed: { changes.changed() }, released: { worker.wake() }) }
             // The outbox as a whole, once a lease: entries another replica left, or queued and never took (it died).
             let sweep = outboxLeaseSeconds
             background.append {
@@ -85,6 +86,12 @@ struct HarpoonCommand: AsyncParsableCommand {
             }
         }
         await ServiceRuntime.run(server: server, metrics: metrics, background: background)
+        // Stopping (SIGTERM): what this replica held goes back to the others now, not when its leases end.
+        do {
+            try await store.releaseOutbox(worker.held)
+        } catch {
+            logger.warning("could not give the outbox entries held back to the other replicas (they take them when their leases end)", metadata: ["error": "\(error)"])
+        }
         await postgres?.close()
     }
 }

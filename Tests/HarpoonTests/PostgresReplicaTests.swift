@@ -289,7 +289,7 @@ struct PostgresReplicaTests {
         try await withReplicas(2) { replicas in
             // Each wake-up of replica 1's listener, as it comes: the test waits on them, not on a clock.
             let (wakes, wake) = AsyncStream.makeStream(of: Void.self)
-            let listening = Task { await replicas[1].listen { wake.yield() } }
+            let listening = Task { await replicas[1].listen(changed: { wake.yield() }) }
             var next = wakes.makeAsyncIterator()
             // The listener wakes once when it starts (anything committed before it listened).
             #expect(await next.next() != nil)
@@ -298,6 +298,36 @@ struct PostgresReplicaTests {
             listening.cancel()
             await listening.value
             wake.finish()
+        }
+    }
+
+    @Test("a replica that stops gives back the entries it held: the others are woken and take them at once, not after the lease", .timeLimit(.minutes(1)))
+    func releaseOnStop() async throws {
+        try await withReplicas(2) { replicas in
+            let (releases, release) = AsyncStream.makeStream(of: Void.self)
+            let (changes, change) = AsyncStream.makeStream(of: Void.self)
+            let listening = Task { await replicas[1].listen(changed: { change.yield() }, released: { release.yield() }) }
+            var released = releases.makeAsyncIterator()
+            var changed = changes.makeAsyncIterator()
+            // Both wake once when listening starts.
+            #expect(await released.next() != nil)
+            #expect(await changed.next() != nil)
+            // Replica 0 creates two droplets: their entries are its own for the lease (30 s), not due to replica 1.
+            let held = try await replicas[0].createDropletQueued(createRequest("held"))
+            let settled = try await replicas[0].createDropletQueued(createRequest("settled"))
+            let now = Date().timeIntervalSince1970
+            #expect(try await replicas[1].dueOutbox(now: now, limit: 10).isEmpty)
+            let entries = [try #require(held.entry), try #require(settled.entry)]
+            try await replicas[0].acknowledge(entries[1])
+            // It stops and gives back what it held (one of them settled meanwhile): replica 1 is woken and finds the
+            // other due now.
+            try await replicas[0].releaseOutbox(entries.map(\.id))
+            #expect(await released.next() != nil, "replica 1 was told")
+            #expect(try await replicas[1].dueOutbox(now: Date().timeIntervalSince1970, limit: 10).map(\.id) == [entries[0].id])
+            listening.cancel()
+            await listening.value
+            release.finish()
+            change.finish()
         }
     }
 }

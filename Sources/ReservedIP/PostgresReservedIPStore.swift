@@ -505,4 +505,18 @@ package final class PostgresReservedIPStore: ReservedIPStore {
             try await db.run("UPDATE actions SET driver = '', driver_until = 0 WHERE id = \(id) AND driver = \(driver)")
         }
     }
+
+    /// Where replicas hear that another gave its claims up.
+    static let releasesChannel = "shoal_reserved_ip_released"
+
+    package func releaseClaims(driver: String) async throws {
+        try await pool.transaction { connection in
+            try await connection.query("UPDATE actions SET driver = '', driver_until = 0 WHERE driver = \(driver)", logger: pool.logger)
+            try await connection.query("SELECT pg_notify(\(Self.releasesChannel), \(driver))", logger: pool.logger)
+        }
+    }
+
+    package func listenForReleases(_ released: @escaping @Sendable () -> Void) async {
+        await pool.listen(channel: Self.releasesChannel) { _ in released() }
+    }
 }

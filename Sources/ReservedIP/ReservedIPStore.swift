@@ -94,6 +94,12 @@ package protocol ReservedIPStore: Sendable {
     func claimAction(_ id: Int64, driver: String, seconds: Double) async throws -> Bool
     /// Gives the claim up (the action ended, or the driver stops).
     func releaseAction(_ id: Int64, driver: String) async throws
+    /// Gives up every claim of `driver` (its replica is stopping) and tells the other replicas
+    /// (``listenForReleases(_:)``), so they take the actions over at once rather than when the claims lapse.
+    func releaseClaims(driver: String) async throws
+    /// Calls `released` whenever another replica gave its claims up (and once at the start), for as long as the
+    /// calling task runs; returns at once where one process owns the database.
+    func listenForReleases(_ released: @escaping @Sendable () -> Void) async
 }
 
 /// The reserved-IP database in one SQLite file (WAL), owned by one process: its writes are serialised by SQLite's
@@ -551,4 +557,8 @@ package final class SQLiteReservedIPStore: ReservedIPStore {
     package func claimAction(_ id: Int64, driver: String, seconds: Double) async throws -> Bool { true }
 
     package func releaseAction(_ id: Int64, driver: String) async throws {}
+
+    package func releaseClaims(driver: String) async throws {}
+
+    package func listenForReleases(_ released: @escaping @Sendable () -> Void) async {}
 }

@@ -114,6 +114,32 @@ package final class TransitionDriver: Sendable {
         for task in tasks.withLock({ $0.values }) { task.cancel() }
     }
 
+    /// Stops driving here and gives every claim up (the replica is stopping: SIGTERM), so that the other replicas,
+    /// told, take the actions over at once. Throws if the claims could not be given up (they lapse then).
+    package func stop() async throws {
+        // Not waited for: a step waiting on Harpoon's stream ends when it is resumed, and one that renews a claim
+        // after this is refused once the others hold it.
+        halt()
+        try await store.releaseClaims(driver: id)
+    }
+
+    /// Takes over the actions other replicas give up when they stop, as they say so, until cancelled.
+    package func adoptReleased() async {
+        let (releases, release) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await self.store.listenForReleases { release.yield() }
+                release.finish()
+            }
+            group.addTask {
+                // A failed round is not lost: the next release, or the sweep (adoptOrphans), tries again.
+                for await _ in releases { try? await self.resume() }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
     /// Drives the action while holding its claim, renewed every third of its length; gives the driving up if the claim
     /// is lost (this replica stalled past it and another took over).
     private func claimed(_ actionId: Int64) async {

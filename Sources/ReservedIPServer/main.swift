@@ -57,7 +57,10 @@ struct ReservedIPCommand: AsyncParsableCommand {
         ServiceRuntime.announce("reserved-ip ready on \(host):\(server.port ?? port)")
         var background: [@Sendable () async -> Void] = [{ await driver.watch() }]
         // Replicas: actions a replica that died was driving are taken over when its claims lapse.
-        if postgres != nil { background.append { await driver.adoptOrphans() } }
+        if postgres != nil {
+            background.append { await driver.adoptOrphans() }
+            background.append { await driver.adoptReleased() }
+        }
         background.append(ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server) {
             do {
                 ServiceRuntime.gauge("reserved_ip_actions_in_progress", try await store.actionsInProgressCount())
@@ -67,6 +70,12 @@ struct ReservedIPCommand: AsyncParsableCommand {
             }
         })
         await ServiceRuntime.run(server: server, metrics: metrics, background: background)
+        // Stopping (SIGTERM): the actions this replica drove go to the others now, not when its claims lapse.
+        do {
+            try await driver.stop()
+        } catch {
+            ServiceRuntime.complain("reserved-ip: could not give the claims up (the other replicas take the actions when they lapse): \(error)")
+        }
         await postgres?.close()
     }
 }

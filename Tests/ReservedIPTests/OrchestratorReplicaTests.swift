@@ -61,6 +61,32 @@ struct OrchestratorReplicaTests {
         await bench.stop()
     }
 
+    @Test("a replica that stops gracefully mid-action gives its claims up: the other, told, takes the action over at once, not after the lease")
+    func gracefulHandover() async throws {
+        let bench = try await Bench(.postgres)
+        // Claims of 30 s, and sweeps as far apart: within this test only the release can hand the action over.
+        let a = try await Orchestrator(bench, claimSeconds: 30), b = try await Orchestrator(bench, claimSeconds: 30)
+        do {
+            let droplet = try await bench.droplet()
+            let reserved = try await a.api.reserve(.init(customer: "alice", dropletId: droplet))
+            let action = try #require(reserved.action)
+            #expect(try await bench.pendingIPEvents().count == 1)
+            // SIGTERM on a: its driver stops and gives its claims up.
+            try await a.driver.stop()
+            await a.stop()
+            try await bench.finishNext()
+            let started = ContinuousClock.now
+            #expect(try await b.finished(action.id).status == .completed)
+            #expect(ContinuousClock.now - started < .seconds(20), "taken over before any claim could lapse")
+            let events = try await bench.harpoon.listEvents(.init(types: ["assign_ip", "unassign_ip"]))
+            #expect(events.total == 1, "the step ran once")
+        } catch {
+            Issue.record(error)
+        }
+        await b.stop()
+        await bench.stop()
+    }
+
     @Test("a replica that stops mid-action: the other takes the action over when the claim lapses and ends it, its step's event created once")
     func takeover() async throws {
         let bench = try await Bench(.postgres)

@@ -102,7 +102,10 @@ final class Orchestrator: Sendable {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await driver.watch() }
                 // As the service runs it on PostgreSQL: actions whose driver's claim lapsed are taken over.
-                if replicas { group.addTask { await driver.adoptOrphans() } }
+                if replicas {
+                    group.addTask { await driver.adoptOrphans() }
+                    group.addTask { await driver.adoptReleased() }
+                }
             }
         }
         client = RPCClient(targets: [("127.0.0.1", port)])

@@ -20,6 +20,8 @@ final class RecentChanges: Sendable {
         var latest: [Int64: Int64] = [:]
         /// The open transaction's changes.
         var staged: [Harpoon_V1_Event] = []
+        /// How many were staged when the open write's savepoint began.
+        var mark = 0
 
         /// The change at logical position `index` (0 the oldest).
         func change(_ index: Int) -> Harpoon_V1_Event { changes[(start + index) % changes.count] }
@@ -39,9 +41,23 @@ final class RecentChanges: Sendable {
         state.withLock { $0.staged.append(event) }
     }
 
+    /// A write's savepoint began (`rolledBack` false), or was rolled back: what it staged is dropped.
+    func savepoint(rolledBack: Bool) {
+        state.withLock { state in
+            if rolledBack {
+                state.staged.removeLast(max(0, state.staged.count - state.mark))
+            } else {
+                state.mark = state.staged.count
+            }
+        }
+    }
+
     func transactionEnded(committed: Bool) {
         state.withLock { state in
-            defer { state.staged.removeAll(keepingCapacity: true) }
+            defer {
+                state.staged.removeAll(keepingCapacity: true)
+                state.mark = 0
+            }
             guard committed else { return }
             for event in state.staged {
                 if state.changes.count < capacity {

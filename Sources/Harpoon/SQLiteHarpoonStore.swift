@@ -24,7 +24,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         lastCursor = Mutex(last)
         let recent = RecentChanges(floor: last)
         self.recent = recent
-        writer = WriteCoalescer(pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) })
+        writer = WriteCoalescer(
+            pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) }, savepoint: { recent.savepoint(rolledBack: $0) }
+        )
     }
 
     /// The latest committed changes, for watchers that keep up.

@@ -27,15 +27,22 @@ final class WriteCoalescer: Sendable {
 
     /// Told after each transaction whether it committed.
     private let transactionEnded: @Sendable (_ committed: Bool) -> Void
+    /// Told when a write's savepoint begins and when it is rolled back (the write failed alone, its rows undone), so
+    /// that what the store keeps beside the database for the transaction can be undone with it.
+    private let savepoint: @Sendable (_ rolledBack: Bool) -> Void
 
-    init(pool: DatabasePool, transactionEnded: @escaping @Sendable (_ committed: Bool) -> Void = { _ in }) {
+    init(
+        pool: DatabasePool, transactionEnded: @escaping @Sendable (_ committed: Bool) -> Void = { _ in },
+        savepoint: @escaping @Sendable (_ rolledBack: Bool) -> Void = { _ in }
+    ) {
         self.pool = pool
         self.transactionEnded = transactionEnded
+        self.savepoint = savepoint
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            enqueue([Self.job(body) { continuation.resume(with: $0) }])
+            enqueue([job(body) { continuation.resume(with: $0) }])
         }
     }
 
@@ -45,17 +52,18 @@ final class WriteCoalescer: Sendable {
         guard !bodies.isEmpty else { return [] }
         return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T, any Error>], Never>) in
             let results = GatheredResults(count: bodies.count, continuation)
-            enqueue(bodies.enumerated().map { index, body in Self.job(body) { results.answer(index, $0) } })
+            enqueue(bodies.enumerated().map { index, body in job(body) { results.answer(index, $0) } })
         }
     }
 
     /// A write as a job: `body` runs in the open transaction; `answer` is told its result once the transaction ends.
-    private static func job<T: Sendable>(
+    private func job<T: Sendable>(
         _ body: @escaping @Sendable (Database) throws -> T, answer: @escaping @Sendable (Result<T, any Error>) -> Void
     ) -> Job {
-        Job(run: { db, isolated in
+        let savepoint = savepoint
+        return Job(run: { db, isolated in
             do {
-                let value = isolated ? try Self.inSavepoint(db) { try body(db) } : try body(db)
+                let value = isolated ? try Self.inSavepoint(db, savepoint) { try body(db) } : try body(db)
                 return ({ committed in answer(committed.map { value }) }, false)
             } catch {
                 return ({ _ in answer(.failure(error)) }, true)
@@ -75,8 +83,9 @@ final class WriteCoalescer: Sendable {
 
     /// Runs `body` in a savepoint of the open transaction: its writes are kept if it returns and rolled back if it
     /// throws. The statements are prepared once per connection (GRDB's `inSavepoint` parses them on every call).
-    private static func inSavepoint<T>(_ db: Database, _ body: () throws -> T) throws -> T {
+    private static func inSavepoint<T>(_ db: Database, _ told: @Sendable (_ rolledBack: Bool) -> Void, _ body: () throws -> T) throws -> T {
         try db.cachedStatement(sql: "SAVEPOINT write").execute()
+        told(false)
         do {
             let value = try body()
             try db.cachedStatement(sql: "RELEASE SAVEPOINT write").execute()
@@ -84,6 +93,7 @@ final class WriteCoalescer: Sendable {
         } catch {
             try db.cachedStatement(sql: "ROLLBACK TO SAVEPOINT write").execute()
             try db.cachedStatement(sql: "RELEASE SAVEPOINT write").execute()
+            told(true)
             throw error
         }
     }

@@ -734,6 +734,30 @@ struct WriteCoalescerTests {
         }
     }
 
+    @Test("a write that fails alone after staging changes for the in-memory feed takes them back; the others' are published")
+    func stagedChangesRollBack() async throws {
+        try await withTable { pool in
+            let recent = RecentChanges(floor: 0)
+            let writer = WriteCoalescer(
+                pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) }, savepoint: { recent.savepoint(rolledBack: $0) }
+            )
+            // One call, so the writes share a transaction; the fourth stages its change, writes, then fails: the
+            // batch is rerun with a savepoint per write and only the fourth is undone.
+            let results = await writer.writeEach((1...6).map { n in
+                { db -> Int in
+                    recent.stage(Harpoon_V1_Event(id: Int64(n), customer: "alice", cursor: Int64(n)))
+                    try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n])
+                    if n == 4 { throw Refused() }
+                    return n
+                }
+            })
+            #expect(results.map { try? $0.get() } == [1, 2, 3, nil, 5, 6])
+            let kept = try await pool.read { db in try Int.fetchAll(db, sql: "SELECT n FROM t ORDER BY n") }
+            #expect(kept == [1, 2, 3, 5, 6])
+            #expect(recent.changes(after: 0, customer: nil, limit: 10)?.map(\.id) == [1, 2, 3, 5, 6], "the feed holds what committed, no more")
+        }
+    }
+
     @Test("writes queued together share one transaction, answer in order, and each fails alone")
     func writeEach() async throws {
         try await withTable { pool in

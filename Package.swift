@@ -85,7 +85,7 @@ let package = Package(
             swiftSettings: strictSettings,
             plugins: ["ProtoGenPlugin"]
         ),
-        .target(name: "Scheduler", dependencies: ["SchedulerAPI"], swiftSettings: strictSettings),
+        .target(name: "Scheduler", dependencies: ["SchedulerAPI", .product(name: "CoreMetrics", package: "swift-metrics")], swiftSettings: strictSettings),
         .executableTarget(
             name: "scheduler",
             dependencies: ["Scheduler", "SchedulerAPI", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -379,6 +379,22 @@ package final class Fleet: Sendable {
         }
     }
 
+    /// How many hypervisors each region has in each state: `unresponsive` (its agent is not heard from), `maintenance`
+    /// (drained), or `ready`.
+    package func hypervisorCounts() -> [HypervisorCount] {
+        state.withLock { state in
+            var counts: [HypervisorCount] = []
+            for (region, hypervisors) in state.regions.sorted(by: { $0.key < $1.key }) {
+                var byState: [String: Int] = ["ready": 0, "maintenance": 0, "unresponsive": 0]
+                for slot in hypervisors.slots {
+                    byState[slot.unresponsive ? "unresponsive" : slot.inMaintenance ? "maintenance" : "ready", default: 0] += 1
+                }
+                for (name, count) in byState.sorted(by: { $0.key < $1.key }) { counts.append(HypervisorCount(region: region, state: name, count: count)) }
+            }
+            return counts
+        }
+    }
+
     package func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
         state.withLock { $0.hypervisor(id) }
     }

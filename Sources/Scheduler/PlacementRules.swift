@@ -262,6 +262,22 @@ extension UInt64 {
     fileprivate func subtractingClamped(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
 }
 
+/// How many hypervisors of a region are in one state (``Fleet/hypervisorCounts()``).
+package struct HypervisorCount: Sendable, Hashable {
+    package var region: String
+    package var state: String
+    package var count: Int
+}
+
+extension PlacementRules {
+    /// What a placement came to, for operators: `placed`, `retry` (refused for now: hypervisors busy, unresponsive
+    /// or not yet reported) or `no_room` (refused: nothing in the region can hold the size).
+    package static func outcome(_ response: Scheduler_V2_PlaceResponse) -> String {
+        if !response.hypervisorId.isEmpty { return "placed" }
+        return response.retryable ? "retry" : "no_room"
+    }
+}
+
 /// What the rules read of a hypervisor: its reported state, or the plain numbers a fleet keeps for placements.
 package protocol HypervisorFacts {
     /// Ties between equal scores go to the lowest `order`, which sorts as the hypervisor ids do.

@@ -1,3 +1,4 @@
+internal import CoreMetrics
 package import SchedulerAPI
 
 /// `scheduler.v2.Scheduler` over a ``Fleet``.
@@ -27,14 +28,20 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
 
     package func place(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
         try Self.validate(request)
-        return fleet.place(request)
+        return Self.counted(fleet.place(request), region: request.region)
+    }
+
+    /// Counts a placement by region and outcome: `scheduler_placements_total{region,outcome}`.
+    private static func counted(_ response: Scheduler_V2_PlaceResponse, region: String) -> Scheduler_V2_PlaceResponse {
+        Counter(label: "scheduler_placements_total", dimensions: [("region", region), ("outcome", PlacementRules.outcome(response))]).increment()
+        return response
     }
 
     package func placeBatch(request: Scheduler_V2_PlaceBatchRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceBatchResponse {
         Scheduler_V2_PlaceBatchResponse(outcomes: request.requests.map { placement in
             do {
                 try Self.validate(placement)
-                return Scheduler_V2_PlaceOutcome(response: fleet.place(placement))
+                return Scheduler_V2_PlaceOutcome(response: Self.counted(fleet.place(placement), region: placement.region))
             } catch {
                 let (code, message) = RPCError.batchedStatus(of: error)
                 return Scheduler_V2_PlaceOutcome(errorCode: code, errorMessage: message)

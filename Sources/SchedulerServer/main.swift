@@ -31,7 +31,11 @@ struct SchedulerCommand: AsyncParsableCommand {
                 ServiceRuntime.complain("scheduler: cannot load the placements in flight from Harpoon yet (placements wait): \(error)")
             }
             if loaded { ServiceRuntime.announce("scheduler: placements in flight loaded (\(fleet.reservationCount) held)") }
-        }, ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server)])
+        }, ServiceRuntime.gauges(every: runtime.metricsSampleSeconds, server: server) {
+            for count in fleet.hypervisorCounts() {
+                ServiceRuntime.gauge("scheduler_hypervisors", count.count, dimensions: [("region", count.region), ("state", count.state)])
+            }
+        }])
     }
 }
 

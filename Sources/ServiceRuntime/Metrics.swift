@@ -61,8 +61,8 @@ extension ServiceRuntime {
     }
 
     /// Sets a gauge of /metrics (for the executables, which do not import swift-metrics themselves).
-    package static func gauge(_ label: String, _ value: Int) {
-        Gauge(label: label).record(value)
+    package static func gauge(_ label: String, _ value: Int, dimensions: [(String, String)] = []) {
+        Gauge(label: label, dimensions: dimensions).record(value)
     }
 
     /// Makes swift-metrics record into ``registry`` (once per process).

@@ -63,6 +63,19 @@ struct MetricsTests {
             }
             let shown = try await scrape(ports.harpoon).split(separator: "\n").filter { $0.hasPrefix("harpoon_") }
             #expect(gauges, "outbox and connection gauges: \(shown)")
+            // The scheduler counts placements by outcome, and its hypervisors by state.
+            _ = try await harpoon.createDroplet(.init(
+                customer: "alice", name: "huge", region: "nyc1",
+                size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840), image: "ubuntu"
+            ))
+            let scheduled = try await eventually {
+                let text = try await scrape(ports.scheduler)
+                return sample(text, "scheduler_placements_total", ["region": "nyc1", "outcome": "placed"]) >= 5
+                    && sample(text, "scheduler_placements_total", ["region": "nyc1", "outcome": "no_room"]) >= 1
+                    && sample(text, "scheduler_hypervisors", ["region": "nyc1", "state": "ready"]) == 2
+            }
+            let schedulerShown = try await scrape(ports.scheduler).split(separator: "\n").filter { $0.hasPrefix("scheduler_") }
+            #expect(scheduled, "\(schedulerShown)")
             // An event that cannot finish (a drain of a hypervisor no agent serves) shows as unfinished, by its type.
             _ = try await harpoon.setMaintenance(.init(hypervisorId: "nyc1-ghost", region: "nyc1", reason: "never connected"))
             let stuck = try await eventually { sample(try await scrape(ports.harpoon), "harpoon_events_unfinished", ["type": "maintenance"]) == 1 }

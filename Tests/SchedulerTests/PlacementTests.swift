@@ -125,6 +125,24 @@ struct PlacementRuleTests {
 
 @Suite("the fleet: reservations and concurrency")
 struct FleetTests {
+    @Test("hypervisors are counted by region and state; a placement's outcome is placed, retry or no room")
+    func counts() {
+        let fleet = Fleet()
+        var drained = hypervisor("hv2")
+        drained.maintenance = "disk replacement"
+        fleet.report([hypervisor("hv1"), drained, hypervisor("hv3"), hypervisor("hv4"), hypervisor("sfo-1", region: "sfo3")])
+        fleet.markUnresponsive(["hv3"])
+        #expect(fleet.hypervisorCounts() == [
+            HypervisorCount(region: "nyc1", state: "maintenance", count: 1), HypervisorCount(region: "nyc1", state: "ready", count: 2),
+            HypervisorCount(region: "nyc1", state: "unresponsive", count: 1),
+            HypervisorCount(region: "sfo3", state: "maintenance", count: 0), HypervisorCount(region: "sfo3", state: "ready", count: 1),
+            HypervisorCount(region: "sfo3", state: "unresponsive", count: 0),
+        ])
+        #expect(PlacementRules.outcome(fleet.place(place(small))) == "placed")
+        #expect(PlacementRules.outcome(fleet.place(place(Size(slug: "huge", vcpus: 64, memoryMb: 1 << 20, diskGb: 1)))) == "no_room")
+        #expect(PlacementRules.outcome(fleet.place(place(small, region: "ams3"))) == "retry", "no hypervisor known there yet")
+    }
+
     @Test("concurrent placements never oversubscribe a hypervisor")
     func noDoubleBooking() async {
         let fleet = Fleet()

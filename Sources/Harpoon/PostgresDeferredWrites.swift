@@ -172,47 +172,47 @@ extension PostgresHarpoonStore {
         var flushed = Flushed()
         if !writes.settlements.isEmpty {
             let settlements = writes.settlements
-            var binds = Binds()
-            binds.add(settlements.map(\.entry.id))
-            binds.add(settlements.map { settlement -> Int32 in
+            var binds = PostgresBindings()
+            binds.append(settlements.map(\.entry.id))
+            binds.append(settlements.map { settlement -> Int32 in
                 switch settlement {
                 case .acknowledge: 0
                 case .reschedule: 1
                 case .handOver: 2
                 }
             })
-            binds.add(settlements.map { settlement -> String in
+            binds.append(settlements.map { settlement -> String in
                 if case .handOver(_, let destination, _) = settlement { return destination.rawValue }
                 return ""
             })
-            binds.add(settlements.map { settlement -> Double in
+            binds.append(settlements.map { settlement -> Double in
                 switch settlement {
                 case .acknowledge: 0
                 case .reschedule(_, let until), .handOver(_, _, let until): until
                 }
             })
-            for try await _ in try await connection.execute(Prepared<Settle, Void>(binds.bindings), logger: logger) {}
+            for try await _ in try await connection.execute(Prepared<Settle, Void>(binds), logger: logger) {}
         }
         if !writes.creations.isEmpty {
             let rows = writes.creations.map(\.creation)
-            var binds = Binds()
-            binds.add(writes.creations.map { Int64($0.slot) })
-            binds.add(rows.map(\.rows.droplet.customer))
-            binds.add(rows.map(\.rows.droplet.name))
-            binds.add(rows.map(\.rows.droplet.region))
-            binds.add(rows.map(\.rows.droplet.image))
-            binds.add(rows.map(\.rows.droplet.status.rawValue))
-            binds.add(rows.map(\.rows.event.type))
-            binds.add(rows.map(\.rows.event.hypervisorId))
-            binds.add(rows.map(\.rows.event.status.rawValue))
-            binds.add(rows.map { ByteBuffer(bytes: $0.rows.event.payload) })
-            binds.add(rows.map(\.now))
-            binds.add(rows.map(\.notBefore))
-            binds.add(rows.map(\.key))
-            binds.add(OutboxDestination.scheduler.rawValue)
-            binds.add(stampingCursors)
-            binds.add(HarpoonRules.Actor.request.rawValue)
-            let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds.bindings) {
+            var binds = PostgresBindings()
+            binds.append(writes.creations.map { Int64($0.slot) })
+            binds.append(rows.map(\.rows.droplet.customer))
+            binds.append(rows.map(\.rows.droplet.name))
+            binds.append(rows.map(\.rows.droplet.region))
+            binds.append(rows.map(\.rows.droplet.image))
+            binds.append(rows.map(\.rows.droplet.status.rawValue))
+            binds.append(rows.map(\.rows.event.type))
+            binds.append(rows.map(\.rows.event.hypervisorId))
+            binds.append(rows.map(\.rows.event.status.rawValue))
+            binds.append(rows.map { ByteBuffer(bytes: $0.rows.event.payload) })
+            binds.append(rows.map(\.now))
+            binds.append(rows.map(\.notBefore))
+            binds.append(rows.map(\.key))
+            binds.append(OutboxDestination.scheduler.rawValue)
+            binds.append(stampingCursors)
+            binds.append(HarpoonRules.Actor.request.rawValue)
+            let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds) {
                 try $0.decode((Int64, Int64, Int64, Int64, Int64?).self)
             }
             for try await (slot, dropletId, eventId, entryId, cursor) in try await connection.execute(statement, logger: logger) {
@@ -225,31 +225,31 @@ extension PostgresHarpoonStore {
             let changes = writes.changes
             let events = changes.map(\.write.event)
             let droplets = changes.map(\.write.droplet)
-            var binds = Binds()
-            binds.add(events.map(\.id))
-            binds.add(events.map(\.status.rawValue))
-            binds.add(events.map(\.hypervisorId))
-            binds.add(events.map(\.error))
-            binds.add(events.map { Int32(clamping: $0.refusals) })
-            binds.add(changes.map(\.now))
-            binds.add(changes.map(\.write.clearsOutbox))
-            binds.add(changes.map { $0.write.enqueue != nil })
-            binds.add(changes.map { $0.write.enqueue?.destination.rawValue ?? "" })
-            binds.add(changes.map { $0.write.enqueue?.notBefore ?? 0 })
-            binds.add(droplets.map { $0?.dropletId ?? 0 })
-            binds.add(droplets.map { $0?.status != nil })
-            binds.add(droplets.map { $0?.status?.rawValue ?? 0 })
-            binds.add(droplets.map { $0?.hypervisorId != nil })
-            binds.add(droplets.map { $0?.hypervisorId ?? "" })
-            binds.add(droplets.map { $0?.ipv4Address != nil })
-            binds.add(droplets.map { $0?.ipv4Address ?? "" })
-            binds.add(droplets.map { $0?.error != nil })
-            binds.add(droplets.map { $0?.error ?? "" })
-            binds.add(stampingCursors)
-            binds.add(changes.map(\.write.transition.hypervisorId))
-            binds.add(changes.map(\.write.transition.reason))
-            binds.add(changes.map(\.write.transition.by))
-            let statement = Prepared<Change, (Int64, Int64?)>(bindings: binds.bindings) { try $0.decode((Int64, Int64?).self) }
+            var binds = PostgresBindings()
+            binds.append(events.map(\.id))
+            binds.append(events.map(\.status.rawValue))
+            binds.append(events.map(\.hypervisorId))
+            binds.append(events.map(\.error))
+            binds.append(events.map { Int32(clamping: $0.refusals) })
+            binds.append(changes.map(\.now))
+            binds.append(changes.map(\.write.clearsOutbox))
+            binds.append(changes.map { $0.write.enqueue != nil })
+            binds.append(changes.map { $0.write.enqueue?.destination.rawValue ?? "" })
+            binds.append(changes.map { $0.write.enqueue?.notBefore ?? 0 })
+            binds.append(droplets.map { $0?.dropletId ?? 0 })
+            binds.append(droplets.map { $0?.status != nil })
+            binds.append(droplets.map { $0?.status?.rawValue ?? 0 })
+            binds.append(droplets.map { $0?.hypervisorId != nil })
+            binds.append(droplets.map { $0?.hypervisorId ?? "" })
+            binds.append(droplets.map { $0?.ipv4Address != nil })
+            binds.append(droplets.map { $0?.ipv4Address ?? "" })
+            binds.append(droplets.map { $0?.error != nil })
+            binds.append(droplets.map { $0?.error ?? "" })
+            binds.append(stampingCursors)
+            binds.append(changes.map(\.write.transition.hypervisorId))
+            binds.append(changes.map(\.write.transition.reason))
+            binds.append(changes.map(\.write.transition.by))
+            let statement = Prepared<Change, (Int64, Int64?)>(bindings: binds) { try $0.decode((Int64, Int64?).self) }
             for try await (id, cursor) in try await connection.execute(statement, logger: logger) {
                 if stampingCursors, let cursor { flushed.cursors[id] = cursor }
             }

@@ -39,14 +39,14 @@ package final class PostgresHarpoonStore: HarpoonStore {
         self.outboxLease = outboxLease
         self.clock = clock
         writer = PostgresWriter(pool: pool, notifyChannel: Self.channel, notifyPayload: replica) { connection, logger, ids, entryIds in
-            var binds = Binds()
-            binds.add(ids)
+            var binds = PostgresBindings()
+            binds.append(ids)
             let events = ids.isEmpty ? [] : try await Self.events(connection, logger, LockEvents.self, binds)
             var entries: [Int64: Int64] = [:]
             if !entryIds.isEmpty {
-                var binds = Binds()
-                binds.add(entryIds)
-                let statement = Prepared<LockEntries, (Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64).self) }
+                var binds = PostgresBindings()
+                binds.append(entryIds)
+                let statement = Prepared<LockEntries, (Int64, Int64)>(bindings: binds) { try $0.decode((Int64, Int64).self) }
                 for try await (id, eventId) in try await connection.execute(statement, logger: logger) { entries[id] = eventId }
             }
             return (events, entries)
@@ -391,8 +391,8 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] {
         guard !ids.isEmpty else { return [:] }
         let pairs = try await read { connection, logger -> [(Harpoon_V1_Event, Harpoon_V1_Droplet?)] in
-            var binds = Binds()
-            binds.add(ids)
+            var binds = PostgresBindings()
+            binds.append(ids)
             let events = try await Self.events(connection, logger, EventsByID.self, binds)
             let dropletIds = Array(Set(events.map(\.dropletId)))
             var droplets: [Int64: Harpoon_V1_Droplet] = [:]
@@ -527,14 +527,14 @@ package final class PostgresHarpoonStore: HarpoonStore {
     package func changes(after cursor: Int64, customer: String?, limit: Int) async throws -> [Harpoon_V1_Event] {
         try await read { connection, logger in
             // Only committed rows have cursors, given in commit order: nothing below the last one seen can appear later.
-            var binds = Binds()
-            binds.add(cursor)
+            var binds = PostgresBindings()
+            binds.append(cursor)
             if let customer {
-                binds.add(customer)
-                binds.add(Int64(limit))
+                binds.append(customer)
+                binds.append(Int64(limit))
                 return try await Self.events(connection, logger, CustomerChangesAfter.self, binds)
             }
-            binds.add(Int64(limit))
+            binds.append(Int64(limit))
             return try await Self.events(connection, logger, ChangesAfter.self, binds)
         }
     }

@@ -2,15 +2,14 @@ internal import Foundation
 internal import PostgresNIO
 internal import HarpoonAPI
 
-/// The text of a statement that runs often: prepared once per connection (parsed, and planned generically after a
-/// few runs, by PostgreSQL), then only bound and run.
+/// The text of a statement that runs often: prepared (parsed) once per connection, then only bound, planned for its
+/// values (the pools ask for custom plans, see ``PostgresPool``) and run.
 protocol StatementText {
     static var sql: String { get }
 }
 
 /// A prepared statement of Harpoon's: its text, the values bound to it and how a row reads.
-struct Prepared<Text: StatementText, Row>: PostgresPreparedStatement, @unchecked Sendable {
-    // @unchecked: `Row` is only produced by `decode`, never stored.
+struct Prepared<Text: StatementText, Row>: PostgresPreparedStatement {
     static var name: String { "harpoon_\(Text.self)" }
     static var sql: String { Text.sql }
     let bindings: PostgresBindings
@@ -23,15 +22,6 @@ struct Prepared<Text: StatementText, Row>: PostgresPreparedStatement, @unchecked
 extension Prepared where Row == Void {
     init(_ bindings: PostgresBindings) {
         self.init(bindings: bindings) { _ in }
-    }
-}
-
-/// Values in the order of a statement's `$1`, `$2`, ….
-struct Binds {
-    private(set) var bindings = PostgresBindings()
-
-    mutating func add<Value: PostgresDynamicTypeEncodable>(_ value: Value) {
-        bindings.append(value)
     }
 }
 
@@ -51,10 +41,10 @@ extension PostgresHarpoonStore {
 
     /// Runs a prepared statement whose rows are events; returns them.
     static func events<Text: StatementText>(
-        _ connection: PostgresConnection, _ logger: Logger, _ text: Text.Type, _ binds: Binds
+        _ connection: PostgresConnection, _ logger: Logger, _ text: Text.Type, _ binds: PostgresBindings
     ) async throws -> [Harpoon_V1_Event] {
         var events: [Harpoon_V1_Event] = []
-        let statement = Prepared<Text, Harpoon_V1_Event>(bindings: binds.bindings) { row in event(try row.decode(EventRow.self)) }
+        let statement = Prepared<Text, Harpoon_V1_Event>(bindings: binds) { row in event(try row.decode(EventRow.self)) }
         for try await event in try await connection.execute(statement, logger: logger) { events.append(event) }
         return events
     }

@@ -361,11 +361,11 @@ final class PostgresWriter: Sendable {
                     // documentation), and a notification to the other replicas, delivered when the transaction
                     // commits. The last deferred writes run under it, giving their events cursors as they write them.
                     if !transaction.changed.isEmpty || transaction.deferred.changesEvents {
-                        var binds = Binds()
-                        binds.add(Self.cursorLock)
-                        binds.add(notifyChannel)
-                        binds.add(notifyPayload)
-                        for try await _ in try await connection.execute(Prepared<LockCursors, Void>(binds.bindings), logger: logger) {}
+                        var binds = PostgresBindings()
+                        binds.append(Self.cursorLock)
+                        binds.append(notifyChannel)
+                        binds.append(notifyPayload)
+                        for try await _ in try await connection.execute(Prepared<LockCursors, Void>(binds), logger: logger) {}
                     }
                     do { try await transaction.flush(stampingCursors: true) } catch where !isolated {
                         // A deferred write the server refused: run the batch again, each write alone.
@@ -376,12 +376,12 @@ final class PostgresWriter: Sendable {
                     let unstamped = Set(transaction.changed).subtracting(transaction.cursors.keys)
                     if !unstamped.isEmpty {
                         // Events written before the lock was taken (by statements that ran before a read).
-                        var binds = Binds()
-                        binds.add(Self.cursorLock)
-                        binds.add(notifyChannel)
-                        binds.add(notifyPayload)
-                        binds.add(Array(unstamped))
-                        let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds.bindings) { try $0.decode((Int64, Int64).self) }
+                        var binds = PostgresBindings()
+                        binds.append(Self.cursorLock)
+                        binds.append(notifyChannel)
+                        binds.append(notifyPayload)
+                        binds.append(Array(unstamped))
+                        let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds) { try $0.decode((Int64, Int64).self) }
                         for try await (id, cursor) in try await connection.execute(statement, logger: logger) { outcome.cursors[id] = cursor }
                     }
                     try await connection.query("COMMIT", logger: logger)

@@ -349,9 +349,12 @@ package final class RouterDelivery: EventDelivery {
     /// Hypervisor id → the index, in its region, of the router that last had its agent. Bounded by the fleet.
     private let directory = Mutex<[String: Int]>([:])
 
-    /// - Parameter regions: per region, its routers: each the address the routers advertise (as the scheduler's
-    ///   placements name them) and a client for it.
-    package init(regions: [String: [(address: String, client: RPCClient)]]) {
+    /// - Parameters:
+    ///   - regions: per region, its routers: each the address the routers advertise (as the scheduler's placements
+    ///     name them) and a client for it.
+    ///   - timeout: how long one call to a router may take; a router that does not answer in time is taken as down
+    ///     (an event it kept anyway is only kept twice: agents run an event once, whatever delivers it).
+    package init(regions: [String: [(address: String, client: RPCClient)]], timeout: Duration = .seconds(5)) {
         self.regions = regions.mapValues { routers in
             routers.map { router in
                 let client = Eventrouter_V1_EventRouter.Client(router.client)
@@ -359,7 +362,7 @@ package final class RouterDelivery: EventDelivery {
                     CallBatcher(
                         call: { batch in
                             try await client.deliverBatch(
-                                .init(events: batch, onlyIfConnected: onlyIfConnected), options: CallOptions(timeout: .seconds(5))
+                                .init(events: batch, onlyIfConnected: onlyIfConnected), options: CallOptions(timeout: timeout)
                             ).outcomes
                         },
                         status: { ($0.errorCode, $0.errorMessage) },

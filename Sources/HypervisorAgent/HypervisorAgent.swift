@@ -98,7 +98,7 @@ package final class HypervisorAgent: Sendable {
     package let configuration: AgentConfiguration
     private let state: Mutex<State>
 
-    /// Where the heartbeats wait: a fleet's shared ticker, or (nil) a timer of the agent's own.
+    /// Where the heartbeats and the running events wait: a fleet's shared ticker, or (nil) timers of the agent's own.
     private let ticker: Ticker?
 
     package init(_ configuration: AgentConfiguration, ticker: Ticker? = nil) {
@@ -169,6 +169,11 @@ package final class HypervisorAgent: Sendable {
         return nil
     }
 
+    /// Waits on the fleet's ticker if there is one (a test ticks it by hand), else on a timer of the agent's own.
+    private func sleep(for duration: Duration) async throws {
+        if let ticker { try await ticker.sleep(for: duration) } else { try await Task.sleep(for: duration) }
+    }
+
     /// Connects, serves the stream, and reconnects with backoff (100 ms doubling to 5 s) until cancelled.
     package func run(client: RPCClient) async {
         var failures = 0
@@ -211,7 +216,7 @@ package final class HypervisorAgent: Sendable {
                     var last = hello.state
                     var wait = interval * Double.random(in: 0.5...1)
                     while !Task.isCancelled {
-                        if let ticker = self.ticker { try await ticker.sleep(for: wait) } else { try await Task.sleep(for: wait) }
+                        try await self.sleep(for: wait)
                         wait = interval
                         let current = self.currentState()
                         let changed = current != last
@@ -325,7 +330,7 @@ package final class HypervisorAgent: Sendable {
             // The new operation, and the room its droplet takes, reach the scheduler now, not at the next heartbeat.
             send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
             Task {
-                try? await Task.sleep(for: self.configuration.eventDuration)
+                try? await self.sleep(for: self.configuration.eventDuration)
                 self.send(Eventrouter_V1_AgentMessage(kind: .progress(self.finish(event))))
                 self.send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: self.currentState()))))
             }

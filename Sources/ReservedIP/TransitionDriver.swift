@@ -14,16 +14,18 @@ package final class TransitionDriver: Sendable {
     /// Terminal events seen, waiting for their step's driver; and the drivers waiting for their event.
     private let waiting = Mutex<[Int64: CheckedContinuation<Harpoon_V1_Event?, Never>]>([:])
     private let finished = Mutex<[Int64: Harpoon_V1_Event]>([:])
-    /// Actions with a driver task running (one per action).
-    private let driving = Mutex<Set<Int64>>([])
     /// How long a step keeps trying when its droplet has another event in flight, before the action errors.
     private let busyPatience: Duration
     /// This driver, in the claims it holds on actions (several replicas each run one; an action is driven by one).
     package let id = UUID().uuidString
     /// How long a claim lasts unless renewed: a replica that dies has its actions taken over after this.
     package let claimSeconds: Double
-    /// The tasks driving actions now, by action.
-    private let tasks = Mutex<[Int64: Task<Void, Never>]>([:])
+    /// The tasks driving actions here now (one per action), and whether ``stop(drain:)`` ended driving here.
+    private struct Drives {
+        var tasks: [Int64: Task<Void, Never>] = [:]
+        var stopped = false
+    }
+    private let drives = Mutex(Drives())
 
     package init(store: any ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60), claimSeconds: Double = 30) {
         self.store = store
@@ -81,14 +83,14 @@ package final class TransitionDriver: Sendable {
 
     /// Starts a driver for the action if none is running here, and none elsewhere holds its claim.
     package func drive(_ actionId: Int64) {
-        let start = driving.withLock { $0.insert(actionId).inserted }
-        guard start else { return }
-        let task = Task {
-            await self.claimed(actionId)
-            _ = self.driving.withLock { $0.remove(actionId) }
-            _ = self.tasks.withLock { $0.removeValue(forKey: actionId) }
+        drives.withLock { drives in
+            guard !drives.stopped, drives.tasks[actionId] == nil else { return }
+            // Registered under the lock: the task's own removal waits for it, and a stop sees every task.
+            drives.tasks[actionId] = Task {
+                await self.claimed(actionId)
+                _ = self.drives.withLock { $0.tasks.removeValue(forKey: actionId) }
+            }
         }
-        tasks.withLock { $0[actionId] = task }
     }
 
     /// Drives every action still in progress that no other driver holds (after a restart).
@@ -111,15 +113,27 @@ package final class TransitionDriver: Sendable {
 
     /// Stops driving here at once, as a crash would: the claims stay until they lapse (tests play a replica that dies).
     package func halt() {
-        for task in tasks.withLock({ $0.values }) { task.cancel() }
+        for task in drives.withLock({ $0.tasks.values }) { task.cancel() }
     }
 
     /// Stops driving here and gives every claim up (the replica is stopping: SIGTERM), so that the other replicas,
     /// told, take the actions over at once. Throws if the claims could not be given up (they lapse then).
-    package func stop() async throws {
-        // Not waited for: a step waiting on Harpoon's stream ends when it is resumed, and one that renews a claim
-        // after this is refused once the others hold it.
+    ///
+    /// The claims are given up only once the drives have ended (for at most `drain`): a claim or a renewal still on
+    /// its way to the database would otherwise land after the release and hold the action for a whole claim, with
+    /// the other replicas told too early to see it free. Drives end at once when cancelled: every wait is cancellable.
+    package func stop(drain: Duration = .seconds(5)) async throws {
+        let running = drives.withLock { drives in
+            drives.stopped = true
+            return Array(drives.tasks.values)
+        }
         halt()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for task in running { await task.value } }
+            group.addTask { try? await Task.sleep(for: drain) }
+            await group.next()
+            group.cancelAll()
+        }
         try await store.releaseClaims(driver: id)
     }
 
@@ -260,7 +274,7 @@ package final class TransitionDriver: Sendable {
                             switch event.type {
                             case "assign_ip", "unassign_ip":
                                 let awaited = self.waiting.withLock { $0[event.id] != nil }
-                                if awaited || self.driving.withLock({ !$0.isEmpty }) { self.deliver(event) }
+                                if awaited || self.drives.withLock({ !$0.tasks.isEmpty }) { self.deliver(event) }
                             case "destroy" where event.status == .completed:
                                 try await self.store.dropletDestroyed(event.dropletId)
                             default:

@@ -43,14 +43,15 @@ final class OneAgent {
     let agent: HypervisorAgent
     let run: Task<Void, Never>
 
-    init(_ configure: (inout AgentConfiguration) -> Void) async throws {
+    /// `ticker`: the agent's timers (heartbeats, running events), ticked by the test; `nil`, real time.
+    init(ticker: Ticker? = nil, _ configure: (inout AgentConfiguration) -> Void) async throws {
         router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero)
         server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
         let port = try await server.start().port ?? 0
         client = RPCClient(targets: [("127.0.0.1", port)])
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
         configure(&configuration)
-        let agent = HypervisorAgent(configuration)
+        let agent = HypervisorAgent(configuration, ticker: ticker)
         self.agent = agent
         let client = client
         run = Task { await agent.run(client: client) }
@@ -84,14 +85,16 @@ let oneGiB = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, di
 struct AgentCapacityTests {
     @Test("a create counts from the moment it is accepted: in flight, in the usage, in the droplet ids, before it completes")
     func inFlightCounts() async throws {
-        let setup = try await OneAgent {
+        // The agent's time stands still until the test moves it: the create runs until then, and no heartbeat goes,
+        // so only the state the agent sends on acceptance can show it.
+        let ticker = Ticker(resolution: .seconds(3600))
+        let setup = try await OneAgent(ticker: ticker) {
             $0.memoryMB = 3072
             $0.eventDuration = .seconds(3)
-            $0.heartbeatInterval = .seconds(30)  // only the state the agent sends on acceptance can show it in time
         }
         do {
             #expect(await eventually { setup.router.connectedAgents == 1 })
-            _ = try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB))
+            #expect(try setup.router.deliver(setup.create(event: 1, droplet: 11, size: oneGiB)))
             #expect(await eventually { setup.reported?.inFlight == ["create"] })
             let state = try #require(setup.reported)
             #expect(state.usedMemoryMb == 1024)
@@ -100,6 +103,12 @@ struct AgentCapacityTests {
             #expect(state.dropletIds == [11])
             #expect(state.customers == ["alice"])
             #expect(await eventually { setup.outcome(of: 1) == .running })
+            // Its time comes: the droplet is hosted, no longer in flight, and still counted.
+            ticker.tick(now: .now.advanced(by: .seconds(4)))
+            #expect(await eventually { setup.outcome(of: 1) == .completed })
+            #expect(await eventually { setup.reported?.inFlight == [] })
+            #expect(setup.reported?.usedMemoryMb == 1024)
+            #expect(setup.reported?.dropletIds == [11])
         } catch {
             Issue.record("\(error)")
         }

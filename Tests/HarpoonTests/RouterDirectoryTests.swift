@@ -50,7 +50,9 @@ struct RouterDirectoryTests {
         }
 
         var delivery: RouterDelivery {
-            RouterDelivery(regions: ["nyc1": zip(addresses, clients).map { (address: $0, client: $1) }])
+            // A generous timeout: a router that is slow to answer on a loaded machine is not down; these tests count
+            // where events are kept, and a call given up on would keep one twice.
+            RouterDelivery(regions: ["nyc1": zip(addresses, clients).map { (address: $0, client: $1) }], timeout: .seconds(60))
         }
 
         /// An agent running on router `index` until ``ConnectedAgent/disconnect()``.

@@ -41,6 +41,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // PostgreSQL: the store of deployments beyond one machine (Harpoon and the orchestrator, several replicas each).
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // A request's id and trace travel across services in a ServiceContext (already in the graph through
+        // Hummingbird), its trace as W3C trace context (`traceparent`).
+        .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
+        .package(url: "https://github.com/swift-otel/swift-w3c-trace-context.git", from: "1.0.0"),
     ],
     targets: [
         // The proto3 wire codec every generated message uses.
@@ -134,6 +138,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
             ],
             swiftSettings: strictSettings
         ),
@@ -202,8 +208,11 @@ let package = Package(
         .target(
             name: "Aggregator",
             dependencies: [
-                "ReservedIPAPI", "HarpoonAPI",
+                "ReservedIPAPI", "HarpoonAPI", "ServiceRuntime",
                 .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
             ],
             swiftSettings: strictSettings
         ),
@@ -281,6 +290,16 @@ let package = Package(
             path: "Tests/RPCTestServices",
             swiftSettings: strictSettings,
             plugins: ["ProtoGenPlugin"]
+        ),
+        .testTarget(
+            name: "ServiceRuntimeTests",
+            dependencies: [
+                "ServiceRuntime", "ShoalRPC", "RPCTestServices", "TestSupport",
+                .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ],
+            swiftSettings: strictSettings
         ),
         .testTarget(
             name: "ShoalRPCTests",

@@ -4,6 +4,11 @@ package import Hummingbird
 internal import ShoalRPC
 internal import NIOCore
 internal import Synchronization
+internal import Logging
+internal import Metrics
+internal import ServiceContextModule
+internal import ServiceRuntime
+internal import W3CTraceContext
 
 /// An error answered in DigitalOcean's error body: `{"id": ..., "message": ..., "request_id": ...}`.
 package struct APIError: Error, Sendable {
@@ -107,14 +112,47 @@ package final class RateLimiter: Sendable {
 
 /// Authenticates, counts the request against its token's budget, stamps a request id on the response and turns
 /// every error into DigitalOcean's error body.
+///
+/// The edge of every request: it runs in a `ServiceContext` holding its request id and trace (the caller's
+/// `traceparent`, continued, or a new trace), which every RPC it makes carries on; it ends with one log line
+/// (method, route, status, duration, request id, trace id) and its RED metrics by route template:
+/// `api_requests_total{method,route,status}` and `api_request_duration_seconds{method,route}`.
 struct APIMiddleware: RouterMiddleware {
     typealias Context = APIContext
     let tokens: [String: String]
     let limiter: RateLimiter
+    let logger = Logger(label: "api")
 
     func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+        let started = ContinuousClock.now
         var context = context
         context.requestId = RequestID.next()
+        var serviceContext = ServiceContext.current ?? .topLevel
+        serviceContext.requestID = context.requestId
+        let parent = request.headers[HTTPField.Name(ShoalContext.traceParentHeader)!].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
+        serviceContext.trace = ShoalContext.child(of: parent)
+        return try await ServiceContext.withValue(serviceContext) {
+            let response = try await respond(request, context: context, next: next)
+            // The route as the router matched it (`/v2/droplets/{id}`), not the raw path: bounded, and what an
+            // operator groups by. Unmatched paths share one value.
+            let route = context.endpointPath ?? "unmatched"
+            let method = request.method.rawValue
+            let status = String(response.status.code)
+            let elapsed = ContinuousClock.now - started
+            Counter(label: "api_requests_total", dimensions: [("method", method), ("route", route), ("status", status)]).increment()
+            let (seconds, attoseconds) = elapsed.components
+            Metrics.Timer(label: "api_request_duration_seconds", dimensions: [("method", method), ("route", route)])
+                .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            logger.info("request", metadata: [
+                "method": .string(method), "route": .string(route), "status": .string(status),
+                "duration_ms": .string(ServiceRuntime.milliseconds(elapsed)),
+            ])
+            return response
+        }
+    }
+
+    private func respond(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+        var context = context
         var extra = HTTPFields()
         extra[HTTPField.Name("x-request-id")!] = context.requestId
         let response: Response
@@ -134,8 +172,8 @@ struct APIMiddleware: RouterMiddleware {
         } catch {
             let answer = APIError.from(error)
             if answer.status.code >= 500 {
-                // The customer sees a request id; the operator sees what went wrong under it.
-                FileHandle.standardError.write(Data("aggregator: request \(context.requestId) \(request.method) \(request.uri.path) failed: \(error)\n".utf8))
+                // The customer sees a request id; the operator sees what went wrong under it (the line carries the id).
+                logger.error("request failed", metadata: ["method": .string(request.method.rawValue), "path": .string(request.uri.path), "error": .string("\(error)")])
             }
             response = Self.errorResponse(answer, requestId: context.requestId)
         }

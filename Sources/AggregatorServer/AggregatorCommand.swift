@@ -7,11 +7,12 @@ import ServiceRuntime
 import ShoalRPC
 
 
-struct AggregatorCommand: AsyncParsableCommand {
+struct AggregatorCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "aggregator", abstract: "The customer HTTP API.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port).") var port = 8080
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "Harpoon, host:port (replicas: several, comma-separated).") var harpoon = "127.0.0.1:50050"
     @Option(name: .customLong("reserved-ip"), help: "The reserved-IP orchestrator, host:port (replicas: several, comma-separated).")
     var reservedIP = "127.0.0.1:50080"
@@ -42,14 +43,15 @@ struct AggregatorCommand: AsyncParsableCommand {
             tokenLimits[token] = .init(perHour: numbers[0], perMinute: numbers[1])
         }
         let api = API(
-            harpoon: RPCClient(targets: try ServiceRuntime.addresses(harpoon)),
-            reservedIPs: RPCClient(targets: try ServiceRuntime.addresses(reservedIP)),
+            harpoon: ServiceRuntime.serviceClient(try ServiceRuntime.addresses(harpoon)),
+            reservedIPs: ServiceRuntime.serviceClient(try ServiceRuntime.addresses(reservedIP)),
             configuration: .init(
                 tokens: tokens, catalog: Catalog(regions: regions),
                 limits: .init(perHour: requestsPerHour, perMinute: burstPerMinute), tokenLimits: tokenLimits
             )
         )
         let host = self.host
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: host)
         let app = Application(
             router: api.router(),
             configuration: .init(address: .hostname(host, port: port), serverName: "shoal-aggregator"),
@@ -57,6 +59,12 @@ struct AggregatorCommand: AsyncParsableCommand {
                 ServiceRuntime.announce("aggregator ready on \(host):\(channel.localAddress?.port ?? 0)")
             }
         )
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch {
+            await ServiceRuntime.stopMetrics(metrics)
+            throw error
+        }
+        await ServiceRuntime.stopMetrics(metrics)
     }
 }

@@ -4,7 +4,7 @@ import EventRouter
 import EventRouterAPI
 import ServiceRuntime
 
-struct EventRouterCommand: AsyncParsableCommand {
+struct EventRouterCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "event-router", abstract: "Event Router: pushes events to a region's hypervisors.")
 
     @Option(help: "The region this router serves.") var region: String

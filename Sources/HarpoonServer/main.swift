@@ -8,7 +8,7 @@ import PostgresSupport
 import SQLiteSupport
 import ServiceRuntime
 
-struct HarpoonCommand: AsyncParsableCommand {
+struct HarpoonCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "harpoon", abstract: "Harpoon: the event API and the events database.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"

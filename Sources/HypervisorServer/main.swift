@@ -4,12 +4,13 @@ import EventRouterAPI
 import HypervisorAgent
 import ServiceRuntime
 
-struct HypervisorCommand: AsyncParsableCommand {
+struct HypervisorCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "hypervisor", abstract: "A simulated hypervisor agent.")
 
     @Option(help: "The region's event routers, host:port (several: comma-separated; an agent uses one and moves to another when it cannot reach it).")
     var router = "127.0.0.1:50070"
     @Option(help: "The region.") var region: String
+    @OptionGroup var runtime: RuntimeOptions
     @Option(help: "The hypervisor id (with --fleet, a prefix: ID-0, ID-1, ...).") var id = "hv"
     @Option(help: "Run this many agents in this process, each on its own connection.") var fleet = 1
     @Option(help: "CPUs.") var cpus: UInt32 = 32
@@ -34,6 +35,8 @@ struct HypervisorCommand: AsyncParsableCommand {
     func run() async throws {
         let addresses = try router.split(separator: ",").map { try ServiceRuntime.address(String($0)) }
         guard !addresses.isEmpty else { throw ValidationError("--router needs at least one host:port") }
+        // The agents' RPC client metrics (calls to the routers, by code and latency).
+        let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: "127.0.0.1")
         await withTaskGroup(of: Void.self) { group in
             // A fleet's heartbeats share one timer (a tenth of the interval, at most 100 ms, late at worst).
             let ticker = fleet > 1 ? Ticker(resolution: min(.milliseconds(100), .milliseconds(heartbeatMilliseconds) / 10)) : nil
@@ -60,6 +63,7 @@ struct HypervisorCommand: AsyncParsableCommand {
             }
             ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")
         }
+        await ServiceRuntime.stopMetrics(metrics)
     }
 }
 

@@ -112,6 +112,9 @@ struct Launcher: AsyncParsableCommand {
     @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
     @Option(help: "Requests per minute per token (the burst limit).") var burstPerMinute = 250
     @Option(help: "A token's own limits, token=perHour/perMinute; repeatable.") var tokenLimit: [String] = []
+    @Option(help: "Every service's log level (trace, debug, info, notice, warning, error, critical; at debug, every RPC is a line).")
+    var logLevel = "info"
+    @Option(help: "Every service's log lines: logfmt or json.") var logFormat = "logfmt"
 
     func run() async throws {
         let bin = self.bin ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
@@ -194,7 +197,8 @@ struct Launcher: AsyncParsableCommand {
         }
         func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
             let service = Service(
-                name: name, path: "\(bin)/\(executable)", arguments: arguments, ready: ready, logURL: logs.appendingPathComponent("\(name).log"),
+                name: name, path: "\(bin)/\(executable)", arguments: arguments + ["--log-level", logLevel, "--log-format", logFormat], ready: ready,
+                logURL: logs.appendingPathComponent("\(name).log"),
                 pidURL: pids.appendingPathComponent("\(name).pid"),
                 onRestart: { service, status in say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)") }
             )
@@ -233,7 +237,8 @@ struct Launcher: AsyncParsableCommand {
             try await launch("aggregator", "aggregator", [
                 "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", reservedIPs, "--token", token,
                 "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
-            ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] }, ready: "ready on")
+            ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] } + metrics("aggregator"),
+            ready: "ready on")
         } catch {
             stopAll()
             throw error

@@ -6,7 +6,7 @@ import ReservedIP
 import SQLiteSupport
 import ServiceRuntime
 
-struct ReservedIPCommand: AsyncParsableCommand {
+struct ReservedIPCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "reserved-ip", abstract: "The reserved-IP orchestrator.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"

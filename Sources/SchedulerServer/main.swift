@@ -5,7 +5,7 @@ import Scheduler
 import SchedulerAPI
 import ServiceRuntime
 
-struct SchedulerCommand: AsyncParsableCommand {
+struct SchedulerCommand: ServiceCommand {
     static let configuration = CommandConfiguration(commandName: "scheduler", abstract: "Scheduler V2: places droplets on hypervisors.")
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"

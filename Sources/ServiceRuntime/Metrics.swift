@@ -1,5 +1,6 @@
 package import ArgumentParser
 internal import CoreMetrics
+internal import Logging
 internal import Metrics
 package import NIOCore
 internal import NIOHTTP1
@@ -14,6 +15,7 @@ package struct RuntimeOptions: ParsableArguments {
     package var metricsPort: Int?
     @Option(help: "How often the gauges of /metrics (connections, queues, what the service holds) are sampled, in seconds.")
     package var metricsSampleSeconds = 5.0
+    @OptionGroup package var logging: LoggingOptions
 
     package init() {}
 }
@@ -24,8 +26,15 @@ extension ServiceRuntime {
     static let registry = PrometheusCollectorRegistry()
     private static let bootstrapped = Mutex(false)
 
-    /// The interceptors every Shoal RPC server runs: RED metrics per method.
-    package static var serverInterceptors: [any RPCServerInterceptor] { [RPCMetricsInterceptor()] }
+    /// The interceptors every Shoal RPC server runs: the caller's request context (and, at debug level, a log line
+    /// per call), then RED metrics per method.
+    package static var serverInterceptors: [any RPCServerInterceptor] {
+        [RequestContextInterceptor(logger: Logger(label: "rpc")), RPCMetricsInterceptor()]
+    }
+
+    /// The interceptors every Shoal RPC client runs: the task's request context goes with each call; client-side
+    /// RED metrics.
+    package static var clientInterceptors: [any RPCClientInterceptor] { [RequestContextPropagator()] }
 
     /// Starts serving `/metrics` (Prometheus text) on `host:port` if a port is given, after making swift-metrics
     /// record into this process's registry; returns the listening channel (`nil`: no port given).
@@ -43,6 +52,11 @@ extension ServiceRuntime {
             .bind(host: host, port: port).get()
         announce("metrics on http://\(host):\(channel.localAddress?.port ?? port)/metrics")
         return channel
+    }
+
+    /// Stops serving `/metrics` (for executables that do not end through ``run(server:metrics:background:name:)``).
+    package static func stopMetrics(_ channel: (any Channel)?) async {
+        try? await channel?.close()
     }
 
     /// A background worker that samples gauges every `seconds`: the server's open connections

@@ -10,6 +10,12 @@ package import ShoalRPC
 internal import Glibc
 #endif
 
+/// A service's command: its options include the ones every service shares (metrics, logging), applied by
+/// ``ServiceRuntime/main(_:)`` before the command runs.
+package protocol ServiceCommand: AsyncParsableCommand {
+    var runtime: RuntimeOptions { get }
+}
+
 /// What every Shoal executable shares: parsing addresses, the readiness line, running until SIGTERM or SIGINT.
 package enum ServiceRuntime {
     /// Makes Swift concurrency run its tasks on the SwiftNIO event loops that carry the service's RPCs, instead of on
@@ -28,6 +34,9 @@ package enum ServiceRuntime {
         raiseFileLimit()
         do {
             var command = try Command.parse()
+            if let service = command as? any ServiceCommand {
+                bootstrapLogging(service: Command.configuration.commandName ?? "shoal", service.runtime.logging)
+            }
             try await command.run()
         } catch {
             Command.exit(withError: error)
@@ -63,7 +72,7 @@ package enum ServiceRuntime {
         configuration.backoff.initial = .milliseconds(100)
         configuration.backoff.maximum = .seconds(2)
         configuration.backoff.connectTimeout = .seconds(5)
-        return RPCClient(targets: targets, configuration: configuration)
+        return RPCClient(targets: targets, configuration: configuration, interceptors: clientInterceptors)
     }
 
     /// Parses `host:port` (or `[v6]:port`).

@@ -89,7 +89,11 @@ let package = Package(
             swiftSettings: strictSettings,
             plugins: ["ProtoGenPlugin"]
         ),
-        .target(name: "Scheduler", dependencies: ["SchedulerAPI", .product(name: "CoreMetrics", package: "swift-metrics")], swiftSettings: strictSettings),
+        .target(
+            name: "Scheduler",
+            dependencies: ["SchedulerAPI", "RequestContext", .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "scheduler",
             dependencies: ["Scheduler", "SchedulerAPI", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -106,7 +110,8 @@ let package = Package(
         .target(
             name: "Harpoon",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
+                "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", "RequestContext", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
@@ -128,11 +133,21 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // A request's id and trace as a task carries them (ServiceContext) and as calls carry them (gRPC metadata).
+        .target(
+            name: "RequestContext",
+            dependencies: [
+                "RPCCore", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "ShoalRPC", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                "ShoalRPC", "RequestContext", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -181,8 +196,14 @@ let package = Package(
             swiftSettings: strictSettings,
             plugins: ["ProtoGenPlugin"]
         ),
-        .target(name: "EventRouter", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
-        .target(name: "HypervisorAgent", dependencies: ["EventRouterAPI"], swiftSettings: strictSettings),
+        .target(
+            name: "EventRouter", dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "HypervisorAgent", dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         // The reserved-IP orchestrator: the API (generated only), the service library, the executable.
         .target(
             name: "ReservedIPAPI",
@@ -208,7 +229,7 @@ let package = Package(
         .target(
             name: "Aggregator",
             dependencies: [
-                "ReservedIPAPI", "HarpoonAPI", "ServiceRuntime",
+                "ReservedIPAPI", "HarpoonAPI", "ServiceRuntime", "RequestContext",
                 .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
@@ -294,7 +315,7 @@ let package = Package(
         .testTarget(
             name: "ServiceRuntimeTests",
             dependencies: [
-                "ServiceRuntime", "ShoalRPC", "RPCTestServices", "TestSupport",
+                "ServiceRuntime", "RequestContext", "ShoalRPC", "RPCTestServices", "TestSupport",
                 .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
                 .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),

@@ -8,6 +8,7 @@ internal import Logging
 internal import Metrics
 internal import ServiceContextModule
 internal import ServiceRuntime
+internal import RequestContext
 internal import W3CTraceContext
 
 /// An error answered in DigitalOcean's error body: `{"id": ..., "message": ..., "request_id": ...}`.

@@ -1,6 +1,9 @@
 internal import Foundation
 internal import Synchronization
 package import EventRouterAPI
+internal import Logging
+internal import RequestContext
+internal import ServiceContextModule
 
 /// Where event outcomes go: Harpoon's ReportEventStatus in production.
 package protocol ResultSink: Sendable {
@@ -71,6 +74,7 @@ package final class Router: Sendable {
     package var address: String { state.withLock { $0.address } }
     /// How long events are kept for an agent that is not connected here.
     package let abandonAfter: Duration
+    private let logger = Logger(label: "router")
     private let results: any ResultSink
     /// One per scheduler replica: each gets every report and keeps its own view of the fleet.
     private let fleets: [any FleetSink]
@@ -137,6 +141,10 @@ package final class Router: Sendable {
             state.pending[event.hypervisorId, default: [:]][event.id] = event
             return session
         }
+        logger.debug("event", resuming: event.requestId, traceparent: event.traceparent, metadata: [
+            "event_id": .stringConvertible(event.id), "type": .string(event.type), "hypervisor_id": .string(event.hypervisorId),
+            "agent_connected": .stringConvertible(session != nil),
+        ])
         session?.outgoing.yield(Self.message(event))
         return session != nil
     }
@@ -261,6 +269,20 @@ package final class Router: Sendable {
                 }
             }
         }
+        // The report goes to Harpoon as part of the event's request: its call carries the request id and trace.
+        let event = state.withLock { $0.pending[hypervisorId]?[progress.eventId] }
+        var context = ServiceContext.current ?? .topLevel
+        if let event, !event.requestId.isEmpty || !event.traceparent.isEmpty {
+            context = ShoalContext.resumed(requestID: event.requestId, traceparent: event.traceparent)
+        }
+        await ServiceContext.withValue(context) { await report(progress, from: hypervisorId) }
+        if terminal {
+            state.withLock { _ = $0.pending[hypervisorId]?.removeValue(forKey: progress.eventId) }
+        }
+    }
+
+    /// Forwards an outcome to Harpoon, retried until it gets there or Harpoon says it need not.
+    private func report(_ progress: Eventrouter_V1_EventProgress, from hypervisorId: String) async {
         var attempt = 0
         while !Task.isCancelled {
             do {
@@ -272,9 +294,6 @@ package final class Router: Sendable {
                 attempt += 1
                 try? await Task.sleep(for: .milliseconds(min(5000, 50 << min(attempt, 7))))
             }
-        }
-        if terminal {
-            state.withLock { _ = $0.pending[hypervisorId]?.removeValue(forKey: progress.eventId) }
         }
     }
 

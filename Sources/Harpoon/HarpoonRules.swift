@@ -269,7 +269,7 @@ package enum HarpoonRules {
 
     /// The rows of a new droplet and its create event (their ids, and the event's cursor, are the store's to give).
     /// The create event carries the size, so that the agent knows what it creates.
-    package static func newDroplet(_ request: Harpoon_V1_CreateDropletRequest, now: Double) -> DropletAndEvent {
+    package static func newDroplet(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none, now: Double) -> DropletAndEvent {
         let size = request.size ?? Scheduler_V2_Size()
         let created = timestamp(now)
         return DropletAndEvent(
@@ -279,7 +279,7 @@ package enum HarpoonRules {
             ),
             event: Harpoon_V1_Event(
                 type: "create", customer: request.customer, region: request.region, status: .pending, payload: size.serializedBytes(),
-                createdAt: created, updatedAt: created
+                createdAt: created, updatedAt: created, requestId: origin.requestID, traceparent: origin.traceparent
             )
         )
     }
@@ -297,12 +297,13 @@ package enum HarpoonRules {
     /// The row of a new event (its id and cursor are the store's to give) and where it goes first: an event without a
     /// hypervisor needs a placement, one addressed to a hypervisor goes to its router.
     package static func newEvent(
-        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, now: Double
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin = .none, now: Double
     ) -> (event: Harpoon_V1_Event, destination: OutboxDestination) {
         let created = timestamp(now)
         let event = Harpoon_V1_Event(
             type: request.type, dropletId: request.dropletId, customer: request.customer, region: region, hypervisorId: hypervisorId,
-            status: .pending, payload: request.payload, createdAt: created, updatedAt: created
+            status: .pending, payload: request.payload, createdAt: created, updatedAt: created, requestId: origin.requestID,
+            traceparent: origin.traceparent
         )
         return (event, hypervisorId.isEmpty ? .scheduler : .router)
     }

@@ -50,7 +50,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         guard let size = request.size, size.vcpus > 0, size.memoryMb > 0 else {
             throw RPCError(code: .invalidArgument, message: "size with vCPUs and memory is required")
         }
-        let created = try await store.createDropletQueued(request)
+        let created = try await store.createDropletQueued(request, origin: .current)
         // The worker starts on the new entry with the rows just written, without reading them back.
         if let entry = created.entry { worker?.handOver(entry, event: created.event, droplet: created.droplet) }
         changes.changed()
@@ -77,7 +77,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         }
         let event = try await store.createEvent(
             Harpoon_V1_CreateEventRequest(idempotencyKey: request.idempotencyKey, type: "destroy", dropletId: droplet.id, customer: droplet.customer),
-            region: droplet.region, hypervisorId: droplet.hypervisorId
+            region: droplet.region, hypervisorId: droplet.hypervisorId, origin: .current
         )
         mutated()
         return event
@@ -93,7 +93,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
             if hypervisorId.isEmpty { hypervisorId = droplet.hypervisorId }
         }
         guard !region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required for an event without a droplet") }
-        let event = try await store.createEvent(request, region: region, hypervisorId: hypervisorId)
+        let event = try await store.createEvent(request, region: region, hypervisorId: hypervisorId, origin: .current)
         mutated()
         return event
     }
@@ -308,7 +308,10 @@ package struct SchedulerPlacer: Placer {
 
     package func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
         let response = try await placements.submit(
-            Scheduler_V2_PlaceRequest(eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId)
+            Scheduler_V2_PlaceRequest(
+                eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId,
+                requestId: event.requestId, traceparent: event.traceparent
+            )
         )
         if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId, router: response.router) }
         return .unplaceable(reason: response.reason, retryable: response.retryable)

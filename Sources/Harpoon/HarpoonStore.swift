@@ -1,4 +1,6 @@
 package import HarpoonAPI
+internal import RequestContext
+package import ServiceContextModule
 
 /// Where an outbox entry goes.
 package enum OutboxDestination: String, Sendable, Hashable {
@@ -36,11 +38,47 @@ package struct CreatedDroplet: Sendable {
     package var entry: OutboxEntry?
 }
 
+/// The request an event comes from, as the creating call carried it (``HarpoonService`` reads it from the call's
+/// context): kept with the event, so the hops it causes later log its request id and continue its trace.
+package struct EventOrigin: Sendable, Hashable {
+    package var requestID: String
+    package var traceparent: String
+
+    package init(requestID: String = "", traceparent: String = "") {
+        self.requestID = requestID
+        self.traceparent = traceparent
+    }
+
+    /// No request known (work of Harpoon's own, or a test).
+    package static let none = EventOrigin()
+
+    /// The request the current task serves (the context the server set from the call's metadata).
+    package static var current: EventOrigin {
+        guard let context = ServiceContext.current else { return .none }
+        return EventOrigin(requestID: context.requestID ?? "", traceparent: context.traceparent ?? "")
+    }
+}
+
+extension Harpoon_V1_Event {
+    /// The context of work this event causes later (its placement, its delivery): its request, in its trace.
+    package var resumedContext: ServiceContext { ShoalContext.resumed(requestID: requestId, traceparent: traceparent) }
+}
+
 extension HarpoonStore {
     /// Droplet + create event + outbox entry, atomically; the droplet and its event.
-    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
-        let created = try await createDropletQueued(request)
+    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
+        let created = try await createDropletQueued(request, origin: origin)
         return (created.droplet, created.event)
+    }
+
+    /// ``createDropletQueued(_:origin:)`` with no request known.
+    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
+        try await createDropletQueued(request, origin: .none)
+    }
+
+    /// ``createEvent(_:region:hypervisorId:origin:)`` with no request known.
+    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+        try await createEvent(request, region: region, hypervisorId: hypervisorId, origin: .none)
     }
 
     /// An update with no outbox entry to settle.
@@ -125,11 +163,11 @@ package struct Page<Item: Sendable>: Sendable {
 package protocol HarpoonStore: Sendable {
     /// Droplet + create event + outbox entry (to the scheduler), atomically; the entry comes back too, so that the
     /// outbox worker can start on it without reading it back.
-    func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet
+    func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin) async throws -> CreatedDroplet
     func droplet(id: Int64) async throws -> Harpoon_V1_Droplet?
     func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet>
     /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
-    func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event
+    func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin) async throws -> Harpoon_V1_Event
     func event(id: Int64) async throws -> Harpoon_V1_Event?
     /// Events and their droplets by event id, in one read (for a batch of outbox entries).
     func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)]

@@ -103,14 +103,17 @@ extension PostgresHarpoonStore {
                        nextval('outbox_id_seq') AS entry_id, CASE WHEN $15::bool THEN nextval('harpoon_cursor') END AS cursor, i.*
                 FROM unnest(
                     $1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::int4[],
-                    $10::bytea[], $11::float8[], $12::float8[], $13::text[]
-                ) AS i(slot, customer, name, region, image, droplet_status, type, hypervisor_id, event_status, payload, now, not_before, key)
+                    $10::bytea[], $11::float8[], $12::float8[], $13::text[], $17::text[], $18::text[]
+                ) AS i(slot, customer, name, region, image, droplet_status, type, hypervisor_id, event_status, payload, now, not_before, key,
+                       request_id, traceparent)
             ), droplets_written AS (
                 INSERT INTO droplets (id, customer, name, region, size, image, status, created_at)
                 SELECT droplet_id, customer, name, region, payload, image, droplet_status, now FROM input
             ), events_written AS (
-                INSERT INTO events (id, type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
-                SELECT event_id, type, droplet_id, customer, region, hypervisor_id, event_status, payload, now, now, cursor FROM input
+                INSERT INTO events (id, type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor,
+                                    request_id, traceparent)
+                SELECT event_id, type, droplet_id, customer, region, hypervisor_id, event_status, payload, now, now, cursor, request_id, traceparent
+                FROM input
             ), queued AS (
                 INSERT INTO outbox (id, event_id, destination, not_before) SELECT entry_id, event_id, $14::text, not_before FROM input
             ), history AS (
@@ -212,6 +215,8 @@ extension PostgresHarpoonStore {
             binds.append(OutboxDestination.scheduler.rawValue)
             binds.append(stampingCursors)
             binds.append(HarpoonRules.Actor.request.rawValue)
+            binds.append(rows.map(\.rows.event.requestId))
+            binds.append(rows.map(\.rows.event.traceparent))
             let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds) {
                 try $0.decode((Int64, Int64, Int64, Int64, Int64?).self)
             }

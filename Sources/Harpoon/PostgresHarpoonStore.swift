@@ -162,6 +162,9 @@ package final class PostgresHarpoonStore: HarpoonStore {
         ]),
         // Only events in flight are in it: it stays small however many have finished.
         ("v3: unfinished events", ["CREATE INDEX events_unfinished ON events (type, status) WHERE status IN (0, 1, 2, 3)"]),
+        ("v4: request context", [
+            "ALTER TABLE events ADD COLUMN request_id TEXT NOT NULL DEFAULT '', ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
+        ]),
     ]
 
     // MARK: Rows
@@ -226,9 +229,9 @@ package final class PostgresHarpoonStore: HarpoonStore {
         let step = HarpoonRules.created(template, now: now)
         let rows = try await context.write("""
             WITH event AS (
-                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at)
+                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, request_id, traceparent)
                 VALUES (\(template.type), \(template.dropletId), \(template.customer), \(template.region), \(template.hypervisorId),
-                        \(template.status.rawValue), \(Data(template.payload)), \(now), \(now))
+                        \(template.status.rawValue), \(Data(template.payload)), \(now), \(now), \(template.requestId), \(template.traceparent))
                 RETURNING id
             ), history AS (
                 INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor)
@@ -282,7 +285,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
 
     // MARK: Droplets
 
-    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
+    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin) async throws -> CreatedDroplet {
         try await writer.write { context -> DropletCreation in
             let key = request.idempotencyKey
             if !key.isEmpty {
@@ -312,7 +315,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
             // has not finished with it within the lease. Droplet, create event, entry (and the key's answer) are
             // written with the transaction's other creations, in one statement.
             let creation = DeferredWrites.Creation(
-                rows: HarpoonRules.newDroplet(request, now: now), key: key, now: now, notBefore: now + self.outboxLease
+                rows: HarpoonRules.newDroplet(request, origin: origin, now: now), key: key, now: now, notBefore: now + self.outboxLease
             )
             return .deferred(slot: context.deferCreation(creation), creation)
         }
@@ -344,7 +347,9 @@ package final class PostgresHarpoonStore: HarpoonStore {
 
     // MARK: Events
 
-    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+    package func createEvent(
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin
+    ) async throws -> Harpoon_V1_Event {
         try await writer.write { context in
             let key = request.idempotencyKey
             var answered: Harpoon_V1_Event?
@@ -373,7 +378,7 @@ package final class PostgresHarpoonStore: HarpoonStore {
             }
             if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy) { return event }
             let now = self.clock.now()
-            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, now: now)
+            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, origin: origin, now: now)
             let (event, _) = try await self.insertEvent(context, template, now: now, destination: destination, notBefore: 0)
             if !key.isEmpty {
                 try await context.write("UPDATE idempotency SET event_id = \(event.id) WHERE key = \(key)")

@@ -26,16 +26,17 @@ extension Prepared where Row == Void {
 }
 
 extension PostgresHarpoonStore {
-    static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
+    static let eventColumns =
+        "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals, request_id, traceparent"
 
-    typealias EventRow = (Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32)
+    typealias EventRow = (Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32, String, String)
 
     static func event(_ row: EventRow) -> Harpoon_V1_Event {
         Harpoon_V1_Event(
             id: row.0, type: row.1, dropletId: row.2, customer: row.3, region: row.4, hypervisorId: row.5,
             status: Harpoon_V1_Event.Status(rawValue: row.6), payload: [UInt8](row.7), error: row.8,
             createdAt: HarpoonRules.timestamp(row.9), updatedAt: HarpoonRules.timestamp(row.10), cursor: row.11 ?? 0,
-            refusals: UInt32(clamping: row.12)
+            refusals: UInt32(clamping: row.12), requestId: row.13, traceparent: row.14
         )
     }
 

@@ -119,13 +119,18 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             // Only events in flight are in it: it stays small however many have finished.
             try db.execute(sql: "CREATE INDEX events_unfinished ON events (type, status) WHERE status IN (0, 1, 2, 3)")
         }
+        migrator.registerMigration("v8: request context") { db in
+            try db.execute(sql: "ALTER TABLE events ADD COLUMN request_id TEXT NOT NULL DEFAULT ''")
+            try db.execute(sql: "ALTER TABLE events ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
+        }
         return migrator
     }
 
     // MARK: Rows
 
     private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
-    private static let eventColumns = "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals"
+    private static let eventColumns =
+        "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals, request_id, traceparent"
 
     private static func timestamp(_ seconds: Double) -> Google_Protobuf_Timestamp { HarpoonRules.timestamp(seconds) }
 
@@ -146,7 +151,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return Harpoon_V1_Event(
             id: row[0], type: row[1], dropletId: row[2], customer: row[3], region: row[4],
             hypervisorId: row[5], status: Harpoon_V1_Event.Status(rawValue: row[6]), payload: [UInt8](payload),
-            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11], refusals: row[12]
+            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11], refusals: row[12],
+            requestId: row[13], traceparent: row[14]
         )
     }
 
@@ -195,8 +201,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         let cursor = nextCursor()
         try db.cachedStatement(
             sql: """
-                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor, request_id, traceparent)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(
             binding: {
                 $0.bind(1, template.type)
@@ -209,6 +215,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 $0.bind(8, now)
                 $0.bind(9, now)
                 $0.bind(10, cursor)
+                $0.bind(11, template.requestId)
+                $0.bind(12, template.traceparent)
             }
         )
         var event = template
@@ -301,7 +309,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     // MARK: Droplets
 
-    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest) async throws -> CreatedDroplet {
+    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin) async throws -> CreatedDroplet {
         try await writer.write { db in
             var answered: (droplet: Harpoon_V1_Droplet?, event: Harpoon_V1_Event?)?
             if !request.idempotencyKey.isEmpty,
@@ -312,7 +320,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 return CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil)
             }
             let now = self.clock.now()
-            var rows = HarpoonRules.newDroplet(request, now: now)
+            var rows = HarpoonRules.newDroplet(request, origin: origin, now: now)
             try db.cachedStatement(
                 sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute {
                 $0.bind(1, rows.droplet.customer)
@@ -364,7 +372,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     // MARK: Events
 
-    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+    package func createEvent(
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin
+    ) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
             var answered: Harpoon_V1_Event?
             if !request.idempotencyKey.isEmpty,
@@ -380,7 +390,7 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             }
             if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy) { return event }
             let now = self.clock.now()
-            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, now: now)
+            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, origin: origin, now: now)
             let (event, _) = try self.insertEvent(db, template, now: now, destination: destination)
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(

@@ -1,6 +1,8 @@
 internal import Foundation
 internal import Synchronization
 package import EventRouterAPI
+internal import Logging
+internal import RequestContext
 
 /// A simulated hypervisor's settings.
 package struct AgentConfiguration: Sendable, Hashable {
@@ -100,6 +102,7 @@ package final class HypervisorAgent: Sendable {
 
     /// Where the heartbeats and the running events wait: a fleet's shared ticker, or (nil) timers of the agent's own.
     private let ticker: Ticker?
+    private let logger = Logger(label: "agent")
 
     package init(_ configuration: AgentConfiguration, ticker: Ticker? = nil) {
         self.configuration = configuration
@@ -273,6 +276,10 @@ package final class HypervisorAgent: Sendable {
 
     /// Runs an event, or answers it again; `pushMicros` (its time from the router) rides on the first report.
     private func receive(_ event: Harpoon_V1_Event, pushMicros: UInt64 = 0) {
+        logger.debug("event", resuming: event.requestId, traceparent: event.traceparent, metadata: [
+            "event_id": .stringConvertible(event.id), "type": .string(event.type), "droplet_id": .stringConvertible(event.dropletId),
+            "hypervisor_id": .string(configuration.hypervisorId),
+        ])
         enum Action { case resend(Eventrouter_V1_EventProgress), ignore, run }
         let action = state.withLock { state -> Action in
             if let outcome = state.outcomes[event.id] { return .resend(outcome) }

@@ -1,9 +1,12 @@
 internal import CoreMetrics
+internal import Logging
+internal import RequestContext
 package import SchedulerAPI
 
 /// `scheduler.v2.Scheduler` over a ``Fleet``.
 package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
     package let fleet: Fleet
+    private let logger = Logger(label: "scheduler")
 
     package init(fleet: Fleet) {
         self.fleet = fleet
@@ -28,12 +31,18 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
 
     package func place(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
         try Self.validate(request)
-        return Self.counted(fleet.place(request), region: request.region)
+        return counted(fleet.place(request), for: request)
     }
 
-    /// Counts a placement by region and outcome: `scheduler_placements_total{region,outcome}`.
-    private static func counted(_ response: Scheduler_V2_PlaceResponse, region: String) -> Scheduler_V2_PlaceResponse {
-        Counter(label: "scheduler_placements_total", dimensions: [("region", region), ("outcome", PlacementRules.outcome(response))]).increment()
+    /// Counts a placement by region and outcome (`scheduler_placements_total{region,outcome}`) and, at debug, logs it
+    /// with the request it serves.
+    private func counted(_ response: Scheduler_V2_PlaceResponse, for request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
+        let outcome = PlacementRules.outcome(response)
+        Counter(label: "scheduler_placements_total", dimensions: [("region", request.region), ("outcome", outcome)]).increment()
+        logger.debug("placement", resuming: request.requestId, traceparent: request.traceparent, metadata: [
+            "event_id": .string(request.eventId), "region": .string(request.region), "outcome": .string(outcome),
+            "hypervisor_id": .string(response.hypervisorId),
+        ])
         return response
     }
 
@@ -41,7 +50,7 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
         Scheduler_V2_PlaceBatchResponse(outcomes: request.requests.map { placement in
             do {
                 try Self.validate(placement)
-                return Scheduler_V2_PlaceOutcome(response: Self.counted(fleet.place(placement), region: placement.region))
+                return Scheduler_V2_PlaceOutcome(response: counted(fleet.place(placement), for: placement))
             } catch {
                 let (code, message) = RPCError.batchedStatus(of: error)
                 return Scheduler_V2_PlaceOutcome(errorCode: code, errorMessage: message)

@@ -1,6 +1,7 @@
 package import ArgumentParser
 internal import Foundation
 package import Logging
+internal import RequestContext
 internal import Synchronization
 
 #if canImport(Glibc)

@@ -31,6 +31,8 @@ final class ProcessCluster {
     let database: String?
     /// More arguments for every Harpoon replica.
     var harpoonArguments: [String] = []
+    /// Every process's `--log-level` (nil: the services' default).
+    var logLevel: String?
 
     /// - Parameter database: a `postgres://` address for Harpoon (required for more than one Harpoon replica).
     init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1, harpoonReplicas: Int = 1, database: String? = nil) async throws {
@@ -54,6 +56,8 @@ final class ProcessCluster {
 
     func address(_ name: String) -> String { "127.0.0.1:\(ports[name] ?? 0)" }
 
+    private var logArguments: [String] { logLevel.map { ["--log-level", $0] } ?? [] }
+
     /// Every Harpoon replica's address, comma-separated, as its callers take them.
     var harpoonAddresses: String { harpoons.map(address).joined(separator: ",") }
 
@@ -70,7 +74,10 @@ final class ProcessCluster {
 
     func define(_ name: String) -> ChildProcess {
         let process = defineWithoutMetrics(name)
-        return ChildProcess(path: process.path, arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0), "--metrics-sample-seconds", "0.2"])
+        return ChildProcess(
+            path: process.path,
+            arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0), "--metrics-sample-seconds", "0.2"] + logArguments
+        )
     }
 
     private func defineWithoutMetrics(_ name: String) -> ChildProcess {
@@ -106,7 +113,7 @@ final class ProcessCluster {
             "--region", region, "--router", routerAddresses(region), "--id", "\(region)-hv", "--fleet", String(agents),
             "--cpus", "8", "--memory-mb", String(memoryMB), "--disk-gb", "1000", "--event-milliseconds", String(eventMilliseconds),
             "--heartbeat-milliseconds", "100",
-        ])
+        ] + logArguments)
         processes[name] = process
         try process.start()
         try await process.waitFor("agent(s) in \(region)")

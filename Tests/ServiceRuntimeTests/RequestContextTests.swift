@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import RPCTestServices
 import ServiceContextModule
+import RequestContext
 @testable import ServiceRuntime
 import ShoalRPC
 import Synchronization

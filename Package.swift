@@ -143,11 +143,22 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // OTLP's trace export messages and service, generated from Protos/opentelemetry.
+        .target(name: "OTLPAPI", dependencies: ["ShoalRPC"], swiftSettings: strictSettings, plugins: ["ProtoGenPlugin"]),
+        // Spans exported to an OTLP collector over Shoal's own gRPC.
+        .target(
+            name: "ShoalTracing",
+            dependencies: [
+                "OTLPAPI", "RequestContext", "ShoalRPC", .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // What every executable shares: addresses, the readiness line, running until SIGTERM.
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "ShoalRPC", "RequestContext", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                "ShoalRPC", "RequestContext", "ShoalTracing", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -350,7 +361,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "TestSupport", "ChildProcess", "LocalPostgres", "PostgresSupport",
+                "HarpoonAPI", "EventRouterAPI", "OTLPAPI", "TestSupport", "ChildProcess", "LocalPostgres", "PostgresSupport",
             ],
             swiftSettings: strictSettings
         ),

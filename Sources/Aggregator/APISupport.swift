@@ -131,7 +131,9 @@ struct APIMiddleware: RouterMiddleware {
         var serviceContext = ServiceContext.current ?? .topLevel
         serviceContext.requestID = context.requestId
         let parent = request.headers[HTTPField.Name(ShoalContext.traceParentHeader)!].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
-        serviceContext.trace = ShoalContext.child(of: parent)
+        let trace = ShoalContext.child(of: parent)
+        serviceContext.trace = trace
+        let startedWall = Spans.now
         return try await ServiceContext.withValue(serviceContext) {
             let response = try await respond(request, context: context, next: next)
             // The route as the router matched it (`/v2/droplets/{id}`), not the raw path: bounded, and what an
@@ -148,6 +150,13 @@ struct APIMiddleware: RouterMiddleware {
                 "method": .string(method), "route": .string(route), "status": .string(status),
                 "duration_ms": .string(ServiceRuntime.milliseconds(elapsed)),
             ])
+            if Spans.isRecording {
+                Spans.record(FinishedSpan(
+                    trace: trace, parentSpanID: parent?.spanID, name: "\(method) \(route)", kind: .server, start: startedWall, end: Spans.now,
+                    attributes: ["http.request.method": method, "http.route": route, "http.response.status_code": status],
+                    error: response.status.code >= 500 ? status : nil
+                ))
+            }
             return response
         }
     }

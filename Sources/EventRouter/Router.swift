@@ -141,6 +141,10 @@ package final class Router: Sendable {
             state.pending[event.hypervisorId, default: [:]][event.id] = event
             return session
         }
+        Spans.resumed(
+            "deliver", traceparent: event.traceparent, start: Spans.now,
+            attributes: ["event.id": String(event.id), "hypervisor.id": event.hypervisorId, "agent.connected": String(session != nil)]
+        )
         logger.debug("event", resuming: event.requestId, traceparent: event.traceparent, metadata: [
             "event_id": .stringConvertible(event.id), "type": .string(event.type), "hypervisor_id": .string(event.hypervisorId),
             "agent_connected": .stringConvertible(session != nil),
@@ -273,7 +277,7 @@ package final class Router: Sendable {
         let event = state.withLock { $0.pending[hypervisorId]?[progress.eventId] }
         var context = ServiceContext.current ?? .topLevel
         if let event, !event.requestId.isEmpty || !event.traceparent.isEmpty {
-            context = ShoalContext.resumed(requestID: event.requestId, traceparent: event.traceparent)
+            context = ShoalContext.continuing(requestID: event.requestId, traceparent: event.traceparent)
         }
         await ServiceContext.withValue(context) { await report(progress, from: hypervisorId) }
         if terminal {

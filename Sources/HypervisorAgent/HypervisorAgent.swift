@@ -326,7 +326,9 @@ package final class HypervisorAgent: Sendable {
         case .run where configuration.eventDuration == .zero:
             // Done at once: the outcome is the only message (it acknowledges the event too), which halves the
             // messages on the stream for a fleet of instant agents.
+            let started = Spans.now
             var outcome = finish(event)
+            Self.recordRun(event, outcome, started: started)
             outcome.pushMicros = pushMicros
             send(Eventrouter_V1_AgentMessage(kind: .progress(outcome)))
             // A drain or its end changes what the scheduler may do at once.
@@ -336,12 +338,24 @@ package final class HypervisorAgent: Sendable {
             send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running, pushMicros: pushMicros))))
             // The new operation, and the room its droplet takes, reach the scheduler now, not at the next heartbeat.
             send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
+            let started = Spans.now
             Task {
                 try? await self.sleep(for: self.configuration.eventDuration)
-                self.send(Eventrouter_V1_AgentMessage(kind: .progress(self.finish(event))))
+                let outcome = self.finish(event)
+                Self.recordRun(event, outcome, started: started)
+                self.send(Eventrouter_V1_AgentMessage(kind: .progress(outcome)))
                 self.send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: self.currentState()))))
             }
         }
+    }
+
+    /// The span of an event's run on this hypervisor, in its request's trace.
+    private static func recordRun(_ event: Harpoon_V1_Event, _ outcome: Eventrouter_V1_EventProgress, started: UInt64) {
+        Spans.resumed(
+            "run \(event.type)", kind: .internal, traceparent: event.traceparent, start: started,
+            attributes: ["event.id": String(event.id), "droplet.id": String(event.dropletId), "hypervisor.id": event.hypervisorId],
+            error: outcome.status == .errored ? outcome.error : nil
+        )
     }
 
     /// Carries out `event` (the simulated part: the hosted droplets change) and records its outcome.

@@ -65,9 +65,13 @@ package enum ShoalContext {
     package static func incoming(_ metadata: Metadata) -> ServiceContext {
         var context = ServiceContext.topLevel
         if let id = metadata[requestIDHeader], isAcceptable(requestID: id) { context.requestID = id }
-        let parent = metadata[traceParentHeader].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
-        context.trace = child(of: parent)
+        context.trace = child(of: parent(in: metadata))
         return context
+    }
+
+    /// The caller's trace context, if its `traceparent` is well-formed.
+    package static func parent(in metadata: Metadata) -> TraceContext? {
+        metadata[traceParentHeader].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
     }
 
     /// The context of work resumed later for a request (an event's placement, delivery, run): its request id, and a
@@ -76,6 +80,15 @@ package enum ShoalContext {
         var context = ServiceContext.topLevel
         if isAcceptable(requestID: requestID) { context.requestID = requestID }
         context.trace = child(of: try? TraceContext(traceParentHeaderValue: traceparent))
+        return context
+    }
+
+    /// The context of work done later for a request, within the span `traceparent` names (no span of its own: the
+    /// calls it makes are that span's children).
+    package static func continuing(requestID: String, traceparent: String) -> ServiceContext {
+        var context = ServiceContext.topLevel
+        if isAcceptable(requestID: requestID) { context.requestID = requestID }
+        context.trace = try? TraceContext(traceParentHeaderValue: traceparent)
         return context
     }
 

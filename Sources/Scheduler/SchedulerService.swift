@@ -31,14 +31,21 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
 
     package func place(request: Scheduler_V2_PlaceRequest, context: ServerContext) async throws -> Scheduler_V2_PlaceResponse {
         try Self.validate(request)
-        return counted(fleet.place(request), for: request)
+        let started = Spans.now
+        return counted(fleet.place(request), for: request, started: started)
     }
 
     /// Counts a placement by region and outcome (`scheduler_placements_total{region,outcome}`) and, at debug, logs it
     /// with the request it serves.
-    private func counted(_ response: Scheduler_V2_PlaceResponse, for request: Scheduler_V2_PlaceRequest) -> Scheduler_V2_PlaceResponse {
+    private func counted(
+        _ response: Scheduler_V2_PlaceResponse, for request: Scheduler_V2_PlaceRequest, started: UInt64
+    ) -> Scheduler_V2_PlaceResponse {
         let outcome = PlacementRules.outcome(response)
         Counter(label: "scheduler_placements_total", dimensions: [("region", request.region), ("outcome", outcome)]).increment()
+        Spans.resumed(
+            "placement", traceparent: request.traceparent, start: started,
+            attributes: ["event.id": request.eventId, "placement.outcome": outcome, "hypervisor.id": response.hypervisorId]
+        )
         logger.debug("placement", resuming: request.requestId, traceparent: request.traceparent, metadata: [
             "event_id": .string(request.eventId), "region": .string(request.region), "outcome": .string(outcome),
             "hypervisor_id": .string(response.hypervisorId),
@@ -50,7 +57,8 @@ package struct SchedulerService: Scheduler_V2_Scheduler.ServiceProtocol {
         Scheduler_V2_PlaceBatchResponse(outcomes: request.requests.map { placement in
             do {
                 try Self.validate(placement)
-                return Scheduler_V2_PlaceOutcome(response: counted(fleet.place(placement), for: placement))
+                let started = Spans.now
+                return Scheduler_V2_PlaceOutcome(response: counted(fleet.place(placement), for: placement, started: started))
             } catch {
                 let (code, message) = RPCError.batchedStatus(of: error)
                 return Scheduler_V2_PlaceOutcome(errorCode: code, errorMessage: message)

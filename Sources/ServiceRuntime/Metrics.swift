@@ -16,6 +16,8 @@ package struct RuntimeOptions: ParsableArguments {
     @Option(help: "How often the gauges of /metrics (connections, queues, what the service holds) are sampled, in seconds.")
     package var metricsSampleSeconds = 5.0
     @OptionGroup package var logging: LoggingOptions
+    @Option(help: "Export spans to this OTLP/gRPC collector, host:port (none: no spans are recorded). Traces start at the customer API, or with a caller's traceparent.")
+    package var otlpEndpoint: String?
 
     package init() {}
 }

@@ -4,22 +4,34 @@ internal import RPCCore
 internal import RequestContext
 internal import ServiceContextModule
 internal import ShoalRPC
+internal import W3CTraceContext
 
-/// Every call a Shoal server serves runs in the caller's context (``ShoalContext/incoming(_:)``), and, at debug
-/// level, is logged once at its end: method, gRPC code, duration, with the request id and trace id of the context.
+/// Every call a Shoal server serves runs in the caller's context (``ShoalContext/incoming(_:)``); at debug level it
+/// is logged once at its end (method, gRPC code, duration, with the request id and trace id of the context); and a
+/// call that is part of a trace (its caller sent a `traceparent`) is a server span, when spans are recorded.
 struct RequestContextInterceptor: RPCServerInterceptor {
     let logger: Logger
 
     func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
-        try await ServiceContext.withValue(ShoalContext.incoming(context.metadata)) {
-            guard logger.logLevel <= .debug else { return try await next(context) }
+        let serviceContext = ShoalContext.incoming(context.metadata)
+        let parent = Spans.isRecording ? ShoalContext.parent(in: context.metadata) : nil
+        try await ServiceContext.withValue(serviceContext) {
+            guard logger.logLevel <= .debug || parent != nil else { return try await next(context) }
             let started = ContinuousClock.now
+            let startedWall = Spans.now
             var code = "ok"
             defer {
                 logger.debug("rpc", metadata: [
                     "method": .string(context.descriptor.path), "code": .string(code), "peer": .string(context.peer),
                     "duration_ms": .string(ServiceRuntime.milliseconds(ContinuousClock.now - started)),
                 ])
+                if let parent, let trace = serviceContext.trace {
+                    Spans.record(FinishedSpan(
+                        trace: trace, parentSpanID: parent.spanID, name: context.descriptor.path, kind: .server, start: startedWall,
+                        end: Spans.now, attributes: ["rpc.system": "grpc", "rpc.method": context.descriptor.path, "rpc.grpc.status_code": code],
+                        error: code == "ok" ? nil : code
+                    ))
+                }
             }
             do {
                 try await next(context)
@@ -38,7 +50,16 @@ struct RequestContextPropagator: RPCClientInterceptor {
         _ request: ClientRequestContext, next: @Sendable (ClientRequestContext) async throws -> Result
     ) async throws -> Result {
         var request = request
-        if let context = ServiceContext.current { ShoalContext.inject(context, into: &request.metadata) }
+        // A call in a trace, with spans recorded, is a client span: the server's span is its child.
+        var span: (trace: TraceContext, parent: SpanID, start: UInt64)?
+        if var context = ServiceContext.current {
+            if Spans.isRecording, let parent = context.trace {
+                let trace = ShoalContext.child(of: parent)
+                span = (trace, parent.spanID, Spans.now)
+                context.trace = trace
+            }
+            ShoalContext.inject(context, into: &request.metadata)
+        }
         let started = ContinuousClock.now
         let method = request.descriptor.path
         var code = "ok"
@@ -47,6 +68,12 @@ struct RequestContextPropagator: RPCClientInterceptor {
             let (seconds, attoseconds) = (ContinuousClock.now - started).components
             Metrics.Timer(label: "rpc_client_duration_seconds", dimensions: [("method", method)])
                 .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            if let span {
+                Spans.record(FinishedSpan(
+                    trace: span.trace, parentSpanID: span.parent, name: method, kind: .client, start: span.start, end: Spans.now,
+                    attributes: ["rpc.system": "grpc", "rpc.method": method, "rpc.grpc.status_code": code], error: code == "ok" ? nil : code
+                ))
+            }
         }
         do {
             return try await next(request)

@@ -5,6 +5,8 @@ internal import UnixSignals
 package import NIOCore
 internal import NIOPosix
 package import ShoalRPC
+internal import RequestContext
+internal import ShoalTracing
 
 #if canImport(Glibc)
 internal import Glibc
@@ -35,12 +37,39 @@ package enum ServiceRuntime {
         do {
             var command = try Command.parse()
             if let service = command as? any ServiceCommand {
-                bootstrapLogging(service: Command.configuration.commandName ?? "shoal", service.runtime.logging)
+                let name = Command.configuration.commandName ?? "shoal"
+                bootstrapLogging(service: name, service.runtime.logging)
+                if let endpoint = service.runtime.otlpEndpoint {
+                    try await withTracing(to: endpoint, service: name) { try await command.run() }
+                    return
+                }
             }
             try await command.run()
         } catch {
             Command.exit(withError: error)
         }
+    }
+
+    /// Runs `body` with spans recorded and exported to the OTLP collector at `endpoint` (batched, in the background),
+    /// then sends what is left.
+    static func withTracing(to endpoint: String, service: String, _ body: () async throws -> Void) async throws {
+        // A plain client: the exporter's own calls are not traced.
+        let exporter = OTLPExporter(client: RPCClient(targets: try addresses(endpoint)), service: service)
+        Spans.install(exporter)
+        defer { Spans.install(nil) }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await exporter.run() }
+                try await body()
+                group.cancelAll()
+            }
+        } catch {
+            await exporter.flush()
+            await exporter.close()
+            throw error
+        }
+        await exporter.flush()
+        await exporter.close()
     }
 
     /// Raises the soft limit on open files to the hard one: a router holds a connection per agent, a fleet process

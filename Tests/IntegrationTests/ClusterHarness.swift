@@ -33,6 +33,8 @@ final class ProcessCluster {
     var harpoonArguments: [String] = []
     /// Every process's `--log-level` (nil: the services' default).
     var logLevel: String?
+    /// Every process's OTLP collector, host:port (nil: no spans).
+    var otlpEndpoint: String?
 
     /// - Parameter database: a `postgres://` address for Harpoon (required for more than one Harpoon replica).
     init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1, harpoonReplicas: Int = 1, database: String? = nil) async throws {
@@ -56,7 +58,7 @@ final class ProcessCluster {
 
     func address(_ name: String) -> String { "127.0.0.1:\(ports[name] ?? 0)" }
 
-    private var logArguments: [String] { logLevel.map { ["--log-level", $0] } ?? [] }
+    private var logArguments: [String] { (logLevel.map { ["--log-level", $0] } ?? []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? []) }
 
     /// Every Harpoon replica's address, comma-separated, as its callers take them.
     var harpoonAddresses: String { harpoons.map(address).joined(separator: ",") }

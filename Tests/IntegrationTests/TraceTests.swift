@@ -1,0 +1,104 @@
+import ChildProcess
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import HarpoonAPI
+import NIOCore
+import OTLPAPI
+import Synchronization
+import Testing
+import TestSupport
+
+/// An OTLP/gRPC trace collector on Shoal's own RPC server: keeps every span exported to it, with its service's name.
+final class TraceCollector: Opentelemetry_Proto_Collector_Trace_V1_TraceService.ServiceProtocol {
+    struct Received: Sendable {
+        var service: String
+        var span: Opentelemetry_Proto_Trace_V1_Span
+    }
+
+    let received = Mutex<[Received]>([])
+
+    func export(
+        request: Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceRequest, context: ServerContext
+    ) async throws -> Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse {
+        var spans: [Received] = []
+        for resourceSpans in request.resourceSpans {
+            let service = resourceSpans.resource?.attributes.first { $0.key == "service.name" }?.value?.stringValue ?? ""
+            for scope in resourceSpans.scopeSpans { spans += scope.spans.map { Received(service: service, span: $0) } }
+        }
+        received.withLock { $0 += spans }
+        return .init()
+    }
+
+    /// The spans of the trace `traceID` (hex), in the order they started.
+    func trace(_ traceID: String) -> [Received] {
+        received.withLock { $0 }.filter { $0.span.traceId.hex == traceID }.sorted { $0.span.startTimeUnixNano < $1.span.startTimeUnixNano }
+    }
+}
+
+extension [UInt8] {
+    var hex: String { map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
+}
+
+@Suite("traces: one customer request, one trace, every service it crossed", .serialized)
+struct TraceTests {
+    @Test("POST /v2/droplets with a traceparent: the aggregator, Harpoon, the scheduler, the router and the agent each export spans of that trace, parent before child")
+    func oneTrace() async throws {
+        let collector = TraceCollector()
+        let receiver = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [collector])
+        let receiverPort = try #require(try await receiver.start().port)
+        let cluster = try await ProcessCluster(regions: ["nyc1"])
+        cluster.otlpEndpoint = "127.0.0.1:\(receiverPort)"
+        let apiPort = try freeLoopbackPort()
+        let aggregator = ChildProcess(path: built("aggregator"), arguments: [
+            "--port", String(apiPort), "--harpoon", cluster.harpoonAddresses, "--reserved-ip", "127.0.0.1:1", "--token", "trace-token=alice",
+            "--region", "nyc1=New York 1", "--otlp-endpoint", "127.0.0.1:\(receiverPort)",
+        ])
+        do {
+            try await cluster.start(agentsPerRegion: 1)
+            try aggregator.start()
+            _ = try await aggregator.waitFor("ready on")
+            let traceID = "0af7651916cd43dd8448eb211c80319c"
+            let callerSpan = "b7ad6b7169203331"
+            var request = URLRequest(url: try #require(URL(string: "http://127.0.0.1:\(apiPort)/v2/droplets")))
+            request.httpMethod = "POST"
+            request.setValue("Bearer trace-token", forHTTPHeaderField: "Authorization")
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.setValue("00-\(traceID)-\(callerSpan)-01", forHTTPHeaderField: "traceparent")
+            request.httpBody = Data(#"{"name": "traced", "region": "nyc1", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}"#.utf8)
+            let (body, response) = try await URLSession.shared.data(for: request)
+            #expect((response as? HTTPURLResponse)?.statusCode == 202, "\(String(decoding: body, as: UTF8.self))")
+            _ = try await waitUntilSettled(cluster, count: 1, timeout: .seconds(30))
+            // Every service's spans arrive (each exports in batches, every half second).
+            let services = ["aggregator", "harpoon", "scheduler", "event-router", "hypervisor"]
+            let complete = await eventually {
+                let seen = Set(collector.trace(traceID).map(\.service))
+                return services.allSatisfy(seen.contains) && collector.trace(traceID).contains { $0.span.name.hasPrefix("run ") }
+            }
+            let spans = collector.trace(traceID)
+            #expect(complete, "services in the trace: \(Set(spans.map(\.service)).sorted())")
+            // One tree: the aggregator's span is the caller's child, and every other span's parent is in the trace.
+            let ids = Set(spans.map(\.span.spanId))
+            let edge = try #require(spans.first { $0.service == "aggregator" && $0.span.kind == .server })
+            #expect(edge.span.parentSpanId.hex == callerSpan)
+            #expect(edge.span.name == "POST /v2/droplets", "\(edge.span.name)")
+            let orphans = spans.filter { $0.span.spanId != edge.span.spanId && !ids.contains($0.span.parentSpanId) }
+            #expect(orphans.isEmpty, "spans whose parent is not in the trace: \(orphans.map { "\($0.service) \($0.span.name)" })")
+            // In order: the request's work at Harpoon, then the placement, the delivery, the run.
+            func start(_ service: String, _ name: (String) -> Bool) -> UInt64? {
+                spans.first { $0.service == service && name($0.span.name) }?.span.startTimeUnixNano
+            }
+            let created = try #require(start("harpoon") { $0 == "/harpoon.v1.Harpoon/CreateDroplet" })
+            let placed = try #require(start("scheduler") { $0 == "placement" })
+            let delivered = try #require(start("event-router") { $0 == "deliver" })
+            let ran = try #require(start("hypervisor") { $0 == "run create" })
+            #expect(edge.span.startTimeUnixNano <= created && created <= placed && placed <= delivered && delivered <= ran)
+        } catch {
+            Issue.record(error)
+        }
+        aggregator.stop()
+        await cluster.stop()
+        await receiver.shutdownGracefully(timeout: .seconds(2))
+    }
+}

@@ -156,6 +156,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         var results = [Result<Harpoon_V1_Event, any Error>](repeating: .failure(RPCError(code: .internal, message: "not applied")), count: request.reports.count)
         let updates = request.reports.indices.filter { !Self.isRefusal(request.reports[$0]) }
         for (index, result) in zip(updates, await store.updateEvents(updates.map { Self.update(request.reports[$0]) })) { results[index] = result }
+        for case .success(let event) in results { HarpoonMetrics.reached(event) }
         for index in request.reports.indices where Self.isRefusal(request.reports[index]) {
             do {
                 results[index] = .success(try await placeAgain(request.reports[index]))
@@ -225,6 +226,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
             id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error, ipv4Address: update.ipv4Address, then: nil
         )
         changes.changed()
+        HarpoonMetrics.reached(event)
         if recorded(event) { await placer?.release(event) }
         return event
     }

@@ -292,9 +292,9 @@ package final class OutboxWorker: Sendable {
                 try await deliver(placed, via: router)
             } catch {
                 // The router is not reachable now: record the placement; the router step retries with backoff.
-                _ = try await store.updateEvent(
+                HarpoonMetrics.reached(try await store.updateEvent(
                     id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(entry)
-                )
+                ))
                 onChange()
                 wake()
                 return
@@ -304,9 +304,9 @@ package final class OutboxWorker: Sendable {
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)
             } else {
-                _ = try await store.updateEvent(
+                HarpoonMetrics.reached(try await store.updateEvent(
                     id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil, settling: .acknowledge(entry)
-                )
+                ))
                 onChange()
             }
         }
@@ -352,9 +352,9 @@ package final class OutboxWorker: Sendable {
         let settlement = settlementUntil(deadline)
         defer { due(at: deadline) }
         do {
-            _ = try await store.updateEvent(
+            HarpoonMetrics.reached(try await store.updateEvent(
                 id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement
-            )
+            ))
             onChange()
         } catch let error as HarpoonError where error.isOutrun {
             // The event moved on meanwhile (an agent reported it running, or finished it). Unfinished, it still needs

@@ -54,6 +54,12 @@ struct MetricsTests {
             // of a committed transaction); once everything settled the outbox is empty; connections are the pool's handles.
             #expect(sample(harpoonText, "harpoon_group_commit_writes_count", ["engine": "sqlite"]) > transactionsBefore)
             #expect(sample(harpoonText, "harpoon_group_commit_writes_sum", ["engine": "sqlite"]) >= writesBefore + 10)
+            // How long after its request each create reached each stage: all five completed (a stage overtaken by the
+            // next, as a delivery by an agent's quick outcome, is not recorded).
+            #expect(sample(harpoonText, "harpoon_event_latency_seconds_count", ["type": "create", "stage": "completed"]) >= 5)
+            #expect(sample(harpoonText, "harpoon_event_latency_seconds_sum", ["type": "create", "stage": "completed"]) > 0)
+            // Client side too: Harpoon's calls to the scheduler, by method and code.
+            #expect(sample(harpoonText, "rpc_client_requests_total", ["method": "/scheduler.v2.Scheduler/PlaceBatch", "code": "ok"]) >= 1)
             let gauges = try await eventually {
                 let text = try await scrape(ports.harpoon)
                 // Every create finished: none unfinished (the pair may never have been sampled while in flight).

@@ -148,6 +148,24 @@ bench-codec: deps ## Codec throughput vs swift-protobuf and protobuf-c on the an
 clean: ## Remove build products.
 	rm -rf .build .build-fuzz .build-anchor .build-interop Benchmarks/.build $(FUZZ_PKG)/.build $(FUZZ_PKG)/Sources/ProtoDecodeFuzz/Generated
 
+.PHONY: bench-observability
+bench-observability: deps ## The cost of metrics, logs and traces: the 1,000-agent pipeline and the API bench, each without and with, alternating.
+	swift build -c release --product scheduler
+	swift build -c release --product harpoon
+	swift build -c release --product event-router
+	swift build -c release --product hypervisor
+	swift build -c release --product pipeline-bench
+	swift build -c release
+	@for round in 1 2; do \
+	  echo "== round $$round: 1000 agents, 96 in flight, without"; .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96 | tail -4; \
+	  echo "== round $$round: 1000 agents, 96 in flight, observed (/metrics served, every creation traced, spans exported)"; \
+	  .build/release/pipeline-bench --agents 1000 --seconds $${SECONDS_1000:-10} --concurrency 96 --observability | tail -5; \
+	done
+	@for round in 1 2; do \
+	  echo "== round $$round: API, without (warnings only, no spans)"; BIN=$$(swift build -c release --show-bin-path) Benchmarks/api/run.sh | tail -4; \
+	  echo "== round $$round: API, observed (a log line per request, every request traced)"; OBSERVED=1 BIN=$$(swift build -c release --show-bin-path) Benchmarks/api/run.sh | tail -4; \
+	done
+
 .PHONY: bench-api
 bench-api: deps ## wrk against the aggregator of a running cluster: GET /v2/reserved_ips/{ip} rps and p99, assign p99 to completed.
 	@command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }; }

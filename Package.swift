@@ -194,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "pipeline-bench",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "ChildProcess", "LocalPostgres", "PostgresSupport",
+                "HarpoonAPI", "EventRouterAPI", "OTLPAPI", "ChildProcess", "LocalPostgres", "PostgresSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/PipelineBench",

@@ -10,8 +10,14 @@ ASSIGNS=${ASSIGNS:-200}
 TOKEN=bench-token
 DATA=$(mktemp -d)
 LOG=$DATA/launcher.log
+# OBSERVED=1: every request logged at the edge (info) and traced, spans exported to OTLP (a closed port here: each
+# batch is built and its export fails at once, counted as dropped); otherwise warnings only and no spans.
+OBSERVABILITY=(--log-level warning)
+if [ "${OBSERVED:-0}" = 1 ]; then OBSERVABILITY=(--log-level info --otlp-endpoint 127.0.0.1:9); fi
+# Or exactly these flags (to weigh one part: OBSERVABILITY_FLAGS="--log-level info").
+if [ -n "${OBSERVABILITY_FLAGS:-}" ]; then read -ra OBSERVABILITY <<< "$OBSERVABILITY_FLAGS"; fi
 "$BIN/shoal-local" --bin "$BIN" --data-dir "$DATA" --api-port 0 --agents-per-region 5 --event-milliseconds 0 \
-  --token "$TOKEN=bench" --requests-per-hour 1000000000 --burst-per-minute 1000000000 > "$LOG" 2>&1 &
+  --token "$TOKEN=bench" --requests-per-hour 1000000000 --burst-per-minute 1000000000 "${OBSERVABILITY[@]}" > "$LOG" 2>&1 &
 LAUNCHER=$!
 trap 'kill -TERM $LAUNCHER 2>/dev/null; wait $LAUNCHER 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 600); do grep -q "cluster ready" "$LOG" && break; kill -0 $LAUNCHER 2>/dev/null || { cat "$LOG"; exit 1; }; sleep 0.1; done

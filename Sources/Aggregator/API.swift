@@ -14,12 +14,19 @@ package struct API: Sendable {
         package var limits: RateLimiter.Limits
         /// Budgets of particular tokens.
         package var tokenLimits: [String: RateLimiter.Limits]
+        /// The share of the traces this API starts whose spans are recorded (0...1); a caller's `traceparent` decides
+        /// for its own.
+        package var traceSampleRatio: Double
 
-        package init(tokens: [String: String], catalog: Catalog, limits: RateLimiter.Limits = .init(), tokenLimits: [String: RateLimiter.Limits] = [:]) {
+        package init(
+            tokens: [String: String], catalog: Catalog, limits: RateLimiter.Limits = .init(), tokenLimits: [String: RateLimiter.Limits] = [:],
+            traceSampleRatio: Double = 1
+        ) {
             self.tokens = tokens
             self.catalog = catalog
             self.limits = limits
             self.tokenLimits = tokenLimits
+            self.traceSampleRatio = traceSampleRatio
         }
     }
 
@@ -51,7 +58,10 @@ package struct API: Sendable {
     /// The router with every endpoint behind the auth, rate-limit and error middleware.
     package func router() -> Router<APIContext> {
         let router = Router(context: APIContext.self)
-        router.add(middleware: APIMiddleware(tokens: configuration.tokens, limiter: RateLimiter(defaults: configuration.limits, overrides: configuration.tokenLimits)))
+        router.add(middleware: APIMiddleware(
+            tokens: configuration.tokens, limiter: RateLimiter(defaults: configuration.limits, overrides: configuration.tokenLimits),
+            traceSampleRatio: configuration.traceSampleRatio
+        ))
         let v2 = router.group("v2")
         v2.get("regions") { request, _ in try await self.regions(request) }
         v2.get("sizes") { request, _ in try await self.sizes(request) }

@@ -122,6 +122,8 @@ struct APIMiddleware: RouterMiddleware {
     typealias Context = APIContext
     let tokens: [String: String]
     let limiter: RateLimiter
+    /// The share of new traces whose spans are recorded (0...1).
+    let traceSampleRatio: Double
     let logger = Logger(label: "api")
 
     func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
@@ -131,7 +133,8 @@ struct APIMiddleware: RouterMiddleware {
         var serviceContext = ServiceContext.current ?? .topLevel
         serviceContext.requestID = context.requestId
         let parent = request.headers[HTTPField.Name(ShoalContext.traceParentHeader)!].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
-        let trace = ShoalContext.child(of: parent)
+        // A new trace is sampled (its spans recorded, if tracing is on) at the configured ratio; a caller's decides.
+        let trace = ShoalContext.child(of: parent, sampled: traceSampleRatio >= 1 || Double.random(in: 0..<1) < traceSampleRatio)
         serviceContext.trace = trace
         let startedWall = Spans.now
         return try await ServiceContext.withValue(serviceContext) {
@@ -150,7 +153,7 @@ struct APIMiddleware: RouterMiddleware {
                 "method": .string(method), "route": .string(route), "status": .string(status),
                 "duration_ms": .string(ServiceRuntime.milliseconds(elapsed)),
             ])
-            if Spans.isRecording {
+            if Spans.isRecording, trace.flags.contains(.sampled) {
                 Spans.record(FinishedSpan(
                     trace: trace, parentSpanID: parent?.spanID, name: "\(method) \(route)", kind: .server, start: startedWall, end: Spans.now,
                     attributes: ["http.request.method": method, "http.route": route, "http.response.status_code": status],

@@ -21,6 +21,12 @@ struct AggregatorCommand: ServiceCommand {
     @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
     @Option(help: "Requests per minute per token (the burst limit).") var burstPerMinute = 250
     @Option(help: "A token's own limits, token=perHour/perMinute; repeatable.") var tokenLimit: [String] = []
+    @Option(help: "The share of the traces this API starts (requests without a traceparent) whose spans are recorded, 0 to 1 (with --otlp-endpoint).")
+    var traceSampleRatio = 1.0
+
+    func validate() throws {
+        guard (0...1).contains(traceSampleRatio) else { throw ValidationError("--trace-sample-ratio must be between 0 and 1") }
+    }
 
     static func pairs(_ entries: [String], what: String) throws -> [(String, String)] {
         try entries.map { entry in
@@ -47,7 +53,7 @@ struct AggregatorCommand: ServiceCommand {
             reservedIPs: ServiceRuntime.serviceClient(try ServiceRuntime.addresses(reservedIP)),
             configuration: .init(
                 tokens: tokens, catalog: Catalog(regions: regions),
-                limits: .init(perHour: requestsPerHour, perMinute: burstPerMinute), tokenLimits: tokenLimits
+                limits: .init(perHour: requestsPerHour, perMinute: burstPerMinute), tokenLimits: tokenLimits, traceSampleRatio: traceSampleRatio
             )
         )
         let host = self.host

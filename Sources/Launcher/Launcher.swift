@@ -115,6 +115,7 @@ struct Launcher: AsyncParsableCommand {
     @Option(help: "Every service's log level (trace, debug, info, notice, warning, error, critical; at debug, every RPC is a line).")
     var logLevel = "info"
     @Option(help: "Every service's log lines: logfmt or json.") var logFormat = "logfmt"
+    @Option(help: "An OTLP/gRPC collector, host:port, every service exports its spans to (none: no spans).") var otlpEndpoint: String?
 
     func run() async throws {
         let bin = self.bin ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
@@ -197,7 +198,8 @@ struct Launcher: AsyncParsableCommand {
         }
         func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
             let service = Service(
-                name: name, path: "\(bin)/\(executable)", arguments: arguments + ["--log-level", logLevel, "--log-format", logFormat], ready: ready,
+                name: name, path: "\(bin)/\(executable)", arguments: arguments + ["--log-level", logLevel, "--log-format", logFormat] + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? []),
+                ready: ready,
                 logURL: logs.appendingPathComponent("\(name).log"),
                 pidURL: pids.appendingPathComponent("\(name).pid"),
                 onRestart: { service, status in say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)") }

@@ -11,6 +11,7 @@ import Foundation
 import EventRouterAPI
 import HarpoonAPI
 import LocalPostgres
+import OTLPAPI
 import PostgresSupport
 import Synchronization
 
@@ -151,6 +152,8 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "Harpoon replicas (PostgreSQL only).") var harpoonReplicas = 2
     @Option(help: "Connections each Harpoon replica opens at most (PostgreSQL only).") var databaseConnections = 8
     @Flag(help: "PostgreSQL: print the statements that took the server's time (pg_stat_statements).") var statements = false
+    @Flag(help: "Observability on, as an operator runs it: every service serves /metrics and exports spans (to a collector of the bench's own that counts them), and every creation starts a trace, as the aggregator would; result lines start with 'observed'.")
+    var observability = false
 
     func validate() throws {
         guard (1...6).contains(regions) else { throw ValidationError("--regions must be 1 to 6") }
@@ -196,8 +199,20 @@ struct PipelineBench: AsyncParsableCommand {
         func addresses(_ region: String) -> String { (routerPorts[region] ?? []).map { "127.0.0.1:\($0)" }.joined(separator: ",") }
         var children: [ChildProcess] = []
         defer { for child in children.reversed() { child.stop(grace: .seconds(3)) } }
+        // Observability: a collector that counts the spans it is sent, and the flags every process gets.
+        let collector = SpanCounter()
+        var collectorServer: RPCServer?
+        var observed: [String] = []
+        if observability {
+            let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [collector])
+            try await server.start()
+            let port = server.port ?? 0
+            collectorServer = server
+            observed = ["--metrics-port", "0", "--otlp-endpoint", "127.0.0.1:\(port)"]
+        }
+        defer { if let collectorServer { Task { await collectorServer.shutdownGracefully(timeout: .seconds(1)) } } }
         func launch(_ name: String, _ arguments: [String], ready: String) async throws -> ChildProcess {
-            let child = ChildProcess(path: "\(bin)/\(name)", arguments: arguments)
+            let child = ChildProcess(path: "\(bin)/\(name)", arguments: arguments + observed)
             children.append(child)
             try child.start()
             try await child.waitFor(ready, timeout: .seconds(120))
@@ -321,10 +336,12 @@ struct PipelineBench: AsyncParsableCommand {
                         while ContinuousClock.now < until {
                             index += 1
                             let start = ContinuousClock.now
+                            // Observed, each creation is a trace of its own, as the aggregator starts one per request.
+                            let metadata: Metadata = self.observability ? ["traceparent": Self.newTraceparent()] : [:]
                             guard let created = try? await harpoon.createDroplet(.init(
                                 customer: "customer-\(worker % 50)", name: "d-\(worker)-\(index)",
                                 region: regionNames[(worker + index) % regionNames.count], size: small, image: "ubuntu"
-                            )), let id = created.droplet?.id else { continue }
+                            ), metadata: metadata), let id = created.droplet?.id else { continue }
                             if timed { recorder.started(id, at: start) }
                             recorder.issued.withLock { $0 += 1 }
                             // Closed loop on completion: the next creation once this droplet is active, so the rate
@@ -426,7 +443,8 @@ struct PipelineBench: AsyncParsableCommand {
         } else {
             print("harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once")
         }
-        let label = self.label.isEmpty && postgres ? "postgres" : self.label
+        if observability { print("spans received by the collector: \(collector.spans.withLock { $0 })") }
+        let label = self.label.isEmpty ? (postgres ? "postgres" : observability ? "observed" : "") : self.label
         let prefix = label.isEmpty ? "" : "\(label) "
         let perAgentKiB = heartbeating > 0 ? Double(max(routerMemoryConnected, routerMemoryAfter) - routerMemoryBefore) / Double(heartbeating) : .nan
         if !explainLatencies.isEmpty {
@@ -452,5 +470,28 @@ struct PipelineBench: AsyncParsableCommand {
         }
         await client.close()
         await counter?.close()
+    }
+}
+
+/// An OTLP trace collector that counts the spans it receives and keeps none.
+final class SpanCounter: Opentelemetry_Proto_Collector_Trace_V1_TraceService.ServiceProtocol {
+    let spans = Mutex(0)
+
+    func export(
+        request: Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceRequest, context: ServerContext
+    ) async throws -> Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse {
+        let count = request.resourceSpans.reduce(0) { $0 + $1.scopeSpans.reduce(0) { $0 + $1.spans.count } }
+        spans.withLock { $0 += count }
+        return .init()
+    }
+}
+
+extension PipelineBench {
+    /// A `traceparent` of a new trace (random ids, sampled).
+    static func newTraceparent() -> String {
+        func hex(_ count: Int) -> String {
+            (0..<count).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+        }
+        return "00-\(hex(16))-\(hex(8))-01"
     }
 }

@@ -53,10 +53,12 @@ package enum ShoalContext {
         return metadata
     }
 
-    /// A new span of `parent`'s trace (a new trace if there is none), sampled as the parent is.
-    package static func child(of parent: TraceContext?) -> TraceContext {
+    /// A new span of `parent`'s trace, sampled as the parent is; with no parent, a new trace, sampled if `sampled`
+    /// (spans are recorded only for sampled traces: the edge that starts a trace decides for all of it).
+    package static func child(of parent: TraceContext?, sampled: Bool = true) -> TraceContext {
         TraceContext(
-            traceID: parent?.traceID ?? .random(), spanID: .random(), flags: parent?.flags ?? .sampled, state: parent?.state ?? TraceState()
+            traceID: parent?.traceID ?? .random(), spanID: .random(), flags: parent?.flags ?? (sampled ? .sampled : []),
+            state: parent?.state ?? TraceState()
         )
     }
 

@@ -71,7 +71,9 @@ package enum Spans {
         _ name: String, kind: FinishedSpan.Kind = .consumer, traceparent: String, start: UInt64, attributes: [String: String] = [:],
         error: String? = nil
     ) {
-        guard !traceparent.isEmpty, isRecording, let parent = try? TraceContext(traceParentHeaderValue: traceparent) else { return }
+        guard !traceparent.isEmpty, isRecording, let parent = try? TraceContext(traceParentHeaderValue: traceparent),
+              parent.flags.contains(.sampled)
+        else { return }
         record(FinishedSpan(
             trace: ShoalContext.child(of: parent), parentSpanID: parent.spanID, name: name, kind: kind, start: start, end: now,
             attributes: attributes, error: error

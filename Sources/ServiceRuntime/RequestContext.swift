@@ -14,7 +14,8 @@ struct RequestContextInterceptor: RPCServerInterceptor {
 
     func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
         let serviceContext = ShoalContext.incoming(context.metadata)
-        let parent = Spans.isRecording ? ShoalContext.parent(in: context.metadata) : nil
+        // A span only for a call in a sampled trace (the edge decided), and only when spans are recorded.
+        let parent = Spans.isRecording ? ShoalContext.parent(in: context.metadata).flatMap { $0.flags.contains(.sampled) ? $0 : nil } : nil
         try await ServiceContext.withValue(serviceContext) {
             guard logger.logLevel <= .debug || parent != nil else { return try await next(context) }
             let started = ContinuousClock.now
@@ -53,7 +54,7 @@ struct RequestContextPropagator: RPCClientInterceptor {
         // A call in a trace, with spans recorded, is a client span: the server's span is its child.
         var span: (trace: TraceContext, parent: SpanID, start: UInt64)?
         if var context = ServiceContext.current {
-            if Spans.isRecording, let parent = context.trace {
+            if Spans.isRecording, let parent = context.trace, parent.flags.contains(.sampled) {
                 let trace = ShoalContext.child(of: parent)
                 span = (trace, parent.spanID, Spans.now)
                 context.trace = trace

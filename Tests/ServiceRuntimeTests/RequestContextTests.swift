@@ -141,3 +141,49 @@ struct LogLineTests {
         #expect(ServiceRuntime.milliseconds(.microseconds(5)) == "0.005")
     }
 }
+
+/// Spans as a sink receives them (the process's spans: tests filter by their own trace ids).
+final class RecordedSpans: SpanSink {
+    let spans = Mutex<[FinishedSpan]>([])
+    func record(_ span: FinishedSpan) { spans.withLock { $0.append(span) } }
+    func of(_ trace: TraceID) -> [FinishedSpan] { spans.withLock { $0.filter { $0.trace.traceID == trace } } }
+}
+
+@Suite("spans: recorded for sampled traces, parent before child", .serialized)
+struct SpanTests {
+    @Test("a call in a sampled trace is a client span and a server span, the server's the client's child; an unsampled trace records none")
+    func sampledCalls() async throws {
+        let sink = RecordedSpans()
+        Spans.install(sink)
+        defer { Spans.install(nil) }
+        let setup = try await ContextProbe()
+        do {
+            var context = ServiceContext.topLevel
+            let sampled = ShoalContext.child(of: nil, sampled: true)
+            context.trace = sampled
+            _ = try await ServiceContext.withValue(context) { try await setup.probe.echo(.init(text: "traced")) }
+            let spans = sink.of(sampled.traceID)
+            let client = try #require(spans.first { $0.kind == .client })
+            let server = try #require(spans.first { $0.kind == .server })
+            #expect(spans.count == 2)
+            #expect(client.parentSpanID == sampled.spanID)
+            #expect(server.parentSpanID == client.trace.spanID)
+            #expect(server.name == "/rpctest.v1.Probe/Echo" && server.attributes["rpc.grpc.status_code"] == "ok")
+            #expect(client.start <= server.start && server.end <= client.end)
+            // Not sampled: the context still travels (logs), no span is recorded.
+            let unsampled = ShoalContext.child(of: nil, sampled: false)
+            context.trace = unsampled
+            _ = try await ServiceContext.withValue(context) { try await setup.probe.echo(.init(text: "not traced")) }
+            #expect(setup.last?.trace?.traceID == unsampled.traceID)
+            #expect(sink.of(unsampled.traceID).isEmpty)
+            // Work resumed later for an event records a span only in a sampled trace.
+            Spans.resumed("deliver", traceparent: unsampled.traceParentHeaderValue, start: Spans.now)
+            #expect(sink.of(unsampled.traceID).isEmpty)
+            Spans.resumed("deliver", traceparent: sampled.traceParentHeaderValue, start: Spans.now)
+            #expect(sink.of(sampled.traceID).contains { $0.name == "deliver" && $0.parentSpanID == sampled.spanID })
+        } catch {
+            Issue.record(error)
+        }
+        await setup.stop()
+    }
+}

@@ -217,7 +217,17 @@ package final class Router: Sendable {
         }
         if wasCurrent {
             let (fleets, address) = (self.fleets, self.address)
-            Task { for fleet in fleets { try? await fleet.markUnresponsive([hypervisorId], router: address) } }
+            let logger = self.logger
+            Task {
+                for fleet in fleets {
+                    do {
+                        try await fleet.markUnresponsive([hypervisorId], router: address)
+                    } catch {
+                        // The next complete report says it anyway.
+                        logger.warning("could not tell a scheduler that \(hypervisorId) left", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
         }
     }
 
@@ -340,7 +350,15 @@ package final class Router: Sendable {
                 }
             }
             if !silent.isEmpty {
-                for fleet in fleets { group.addTask { try? await fleet.markUnresponsive(silent, router: self.address) } }
+                for fleet in fleets {
+                    group.addTask {
+                        do {
+                            try await fleet.markUnresponsive(silent, router: self.address)
+                        } catch {
+                            self.logger.warning("could not tell a scheduler that \(silent.count) agents fell silent", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 package import HarpoonAPI
 internal import Synchronization
 internal import EventRouterAPI
+internal import Logging
 
 /// `harpoon.v1.Harpoon`: the event API over a ``HarpoonStore``.
 ///
@@ -289,6 +290,7 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
 /// client spreads calls over those that are up). A release goes to every replica: only the one that placed the event
 /// holds its room, and Harpoon does not keep which one that was.
 package struct SchedulerPlacer: Placer {
+    static let logger = Logger(label: "harpoon.placer")
     private let placements: CallBatcher<Scheduler_V2_PlaceRequest, Scheduler_V2_PlaceResponse>
     private let replicas: [Scheduler_V2_Scheduler.Client]
 
@@ -325,7 +327,13 @@ package struct SchedulerPlacer: Placer {
             for replica in replicas {
                 // Best effort: a replica that is down holds nothing any more, and a hold that outlives its event
                 // expires (reservation TTL) or ends when the hypervisor reports the droplet.
-                group.addTask { _ = try? await replica.release(request, options: CallOptions(timeout: .seconds(2))) }
+                group.addTask {
+                    do {
+                        _ = try await replica.release(request, options: CallOptions(timeout: .seconds(2)))
+                    } catch {
+                        Self.logger.debug("a scheduler did not take the release of event \(request.eventId)", metadata: ["error": "\(error)"])
+                    }
+                }
             }
         }
     }

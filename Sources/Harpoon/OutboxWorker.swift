@@ -1,6 +1,7 @@
 internal import Foundation
 internal import Synchronization
 package import HarpoonAPI
+internal import Logging
 
 /// What the scheduler answered for an event.
 package enum PlacementOutcome: Sendable, Hashable {
@@ -210,7 +211,15 @@ package final class OutboxWorker: Sendable {
         guard !chosen.isEmpty else { return 0 }
         // One read for the events and droplets not already in hand.
         let unknown = chosen.filter { handed[$0.id] == nil }.map(\.eventId)
-        let loaded = unknown.isEmpty ? [:] : (try? await store.eventsWithDroplets(ids: unknown)) ?? [:]
+        var loaded: [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] = [:]
+        if !unknown.isEmpty {
+            do {
+                loaded = try await store.eventsWithDroplets(ids: unknown)
+            } catch {
+                // Each entry reads its own as it is processed.
+                Self.logger.warning("could not read the events of \(unknown.count) due outbox entries at once", metadata: ["error": "\(error)"])
+            }
+        }
         for entry in chosen {
             start(entry, loaded: handed[entry.id] ?? loaded[entry.eventId].map { ($0.0, $0.1) })
         }
@@ -228,6 +237,8 @@ package final class OutboxWorker: Sendable {
         }
     }
 
+    static let logger = Logger(label: "harpoon.outbox")
+
     /// Backoff after `attempts` failures: 100 ms doubling to 10 s, with full jitter.
     static func backoff(attempts: Int) -> Double {
         let ceiling = min(10.0, 0.1 * pow(2, Double(min(attempts, 20))))
@@ -237,7 +248,11 @@ package final class OutboxWorker: Sendable {
     private func postpone(_ entry: OutboxEntry) async {
         let until = Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts)
         // Not postponed (the database refused): the entry is due as it was; look again at the same time.
-        try? await store.postpone(entry, until: until)
+        do {
+            try await store.postpone(entry, until: until)
+        } catch {
+            Self.logger.warning("could not postpone outbox entry \(entry.id) of event \(entry.eventId)", metadata: ["error": "\(error)"])
+        }
         due(at: until)
     }
 

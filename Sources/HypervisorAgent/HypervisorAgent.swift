@@ -182,12 +182,21 @@ package final class HypervisorAgent: Sendable {
         var failures = 0
         while !Task.isCancelled {
             let started = ContinuousClock.now
+            var ended: (any Error)?
             do {
                 try await session(client: client)
-            } catch {}
+            } catch {
+                ended = error
+            }
             if Task.isCancelled { break }
             // A session that lasted a while was a success: start the backoff over.
             failures = ContinuousClock.now - started > .seconds(5) ? 1 : failures + 1
+            // The first failure in a row is news; the retries after it (a fleet's worth, while a router is down) are
+            // not, unless asked for.
+            logger.log(level: failures == 1 ? .notice : .debug, "the stream to the router ended; connecting again", metadata: [
+                "hypervisor_id": .string(configuration.hypervisorId), "error": .string(ended.map { "\($0)" } ?? "the router ended it"),
+                "failures_in_a_row": .stringConvertible(failures),
+            ])
             let ceiling = min(5000, 100 << min(failures - 1, 6))
             try? await Task.sleep(for: .milliseconds(Int.random(in: ceiling / 2...ceiling)))
         }

@@ -37,7 +37,12 @@ struct HypervisorCommand: ServiceCommand {
         guard !addresses.isEmpty else { throw ValidationError("--router needs at least one host:port") }
         // The agents' RPC client metrics (calls to the routers, by code and latency).
         let metrics = try await ServiceRuntime.startMetrics(port: runtime.metricsPort, host: "127.0.0.1")
-        await withTaskGroup(of: Void.self) { group in
+        let (fleet, id, region, router) = (self.fleet, self.id, self.region, self.router)
+        let (cpus, memoryMb, diskGb, eventMilliseconds, failureRate) = (self.cpus, self.memoryMb, self.diskGb, self.eventMilliseconds, self.failureRate)
+        let (heartbeatMilliseconds, memoryReserveMb, cpuOvercommit) = (self.heartbeatMilliseconds, self.memoryReserveMb, self.cpuOvercommit)
+        let (maxDroplets, errorWindowSeconds) = (self.maxDroplets, self.errorWindowSeconds)
+        // The fleet is one worker of the service's lifecycle: SIGTERM cancels it, and every agent's stream ends.
+        let agents: @Sendable () async -> Void = { await withTaskGroup(of: Void.self) { group in
             // A fleet's heartbeats share one timer (a tenth of the interval, at most 100 ms, late at worst).
             let ticker = fleet > 1 ? Ticker(resolution: min(.milliseconds(100), .milliseconds(heartbeatMilliseconds) / 10)) : nil
             if let ticker { group.addTask { await ticker.run() } }
@@ -62,8 +67,8 @@ struct HypervisorCommand: ServiceCommand {
                 group.addTask { await agent.run(client: client) }
             }
             ServiceRuntime.announce("hypervisor: \(fleet) agent(s) in \(region) connecting to \(router)")
-        }
-        await ServiceRuntime.stopMetrics(metrics)
+        } }
+        await ServiceRuntime.run(server: nil, metrics: metrics, background: [agents], name: "hypervisor")
     }
 }
 

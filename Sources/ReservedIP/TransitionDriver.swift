@@ -1,5 +1,6 @@
 internal import Foundation
 package import HarpoonAPI
+internal import Logging
 internal import ReservedIPAPI
 internal import Synchronization
 
@@ -20,6 +21,7 @@ package final class TransitionDriver: Sendable {
     package let id = UUID().uuidString
     /// How long a claim lasts unless renewed: a replica that dies has its actions taken over after this.
     package let claimSeconds: Double
+    private let logger = Logger(label: "reserved-ip.driver")
     /// The tasks driving actions here now (one per action), and whether ``stop(drain:)`` ended driving here.
     private struct Drives {
         var tasks: [Int64: Task<Void, Never>] = [:]
@@ -147,7 +149,13 @@ package final class TransitionDriver: Sendable {
             }
             group.addTask {
                 // A failed round is not lost: the next release, or the sweep (adoptOrphans), tries again.
-                for await _ in releases { try? await self.resume() }
+                for await _ in releases {
+                    do {
+                        try await self.resume()
+                    } catch {
+                        self.logger.warning("could not take over the actions another replica gave up (the sweep tries again)", metadata: ["error": "\(error)"])
+                    }
+                }
             }
             await group.next()
             group.cancelAll()
@@ -157,7 +165,12 @@ package final class TransitionDriver: Sendable {
     /// Drives the action while holding its claim, renewed every third of its length; gives the driving up if the claim
     /// is lost (this replica stalled past it and another took over).
     private func claimed(_ actionId: Int64) async {
-        guard (try? await store.claimAction(actionId, driver: id, seconds: claimSeconds)) == true else { return }
+        do {
+            guard try await store.claimAction(actionId, driver: id, seconds: claimSeconds) else { return }  // another holds it
+        } catch {
+            logger.warning("could not claim action \(actionId) (the sweep tries again)", metadata: ["error": "\(error)"])
+            return
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await self.run(actionId)
@@ -166,14 +179,25 @@ package final class TransitionDriver: Sendable {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(Int64(self.claimSeconds * 1000 / 3)))
                     if Task.isCancelled { return }
-                    if (try? await self.store.claimAction(actionId, driver: self.id, seconds: self.claimSeconds)) == false { return }
+                    do {
+                        if try await self.store.claimAction(actionId, driver: self.id, seconds: self.claimSeconds) == false { return }
+                    } catch {
+                        // Not renewed this time: the claim holds until it lapses, and the next renewal tries again.
+                        self.logger.warning("could not renew the claim on action \(actionId)", metadata: ["error": "\(error)"])
+                    }
                 }
             }
             // Whichever ends first (the action, or the claim) ends the other.
             await group.next()
             group.cancelAll()
         }
-        if !Task.isCancelled { try? await store.releaseAction(actionId, driver: id) }
+        if !Task.isCancelled {
+            do {
+                try await store.releaseAction(actionId, driver: id)
+            } catch {
+                logger.warning("could not release the claim on action \(actionId) (it lapses)", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     private func run(_ actionId: Int64) async {
@@ -257,7 +281,12 @@ package final class TransitionDriver: Sendable {
     /// steps wake their drivers, and a destroyed droplet drops its IP.
     package func watch() async {
         var attempt = 0
-        let start = (try? await store.watchCursor()) ?? 0
+        var start: Int64 = 0
+        do {
+            start = try await store.watchCursor()
+        } catch {
+            logger.warning("could not read the saved cursor of Harpoon's event stream; following it from the start", metadata: ["error": "\(error)"])
+        }
         let position = Mutex<(cursor: Int64, saved: Int64)>((start, start))
         while !Task.isCancelled {
             do {
@@ -287,8 +316,13 @@ package final class TransitionDriver: Sendable {
                 attempt = 0
             } catch {
                 if Task.isCancelled { break }
+                logger.warning("Harpoon's event stream broke; following it again from the last cursor", metadata: ["error": "\(error)"])
             }
-            try? await store.saveWatchCursor(position.withLock { $0.cursor })
+            do {
+                try await store.saveWatchCursor(position.withLock { $0.cursor })
+            } catch {
+                logger.warning("could not save the cursor of Harpoon's event stream (it is saved again later)", metadata: ["error": "\(error)"])
+            }
             attempt += 1
             try? await Task.sleep(for: Self.backoff(attempt: attempt))
         }

@@ -132,18 +132,23 @@ package enum ServiceRuntime {
     /// is left. A worker may finish its job and end (a scheduler's recovery does); one that fails shuts the whole
     /// service down, so that its supervisor restarts it rather than leaving it half alive. The server ending ends the
     /// service too. Every task has a parent: the group's.
+    ///
+    /// With no server (a hypervisor fleet is only clients), the workers are the service: the first to end ends it.
     package static func run(
-        server: RPCServer, metrics: (any Channel)? = nil, background: [@Sendable () async -> Void] = [], name: String = "shoal"
+        server: RPCServer?, metrics: (any Channel)? = nil, background: [@Sendable () async -> Void] = [], name: String = "shoal"
     ) async {
         var logger = Logger(label: name)
         logger.logLevel = .notice
         // Shut down in reverse order: the workers first, then the server drains.
-        let services = [ServiceGroupConfiguration.ServiceConfiguration(
-            service: RPCServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup,
-            failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "rpc-server"
-        )] + background.enumerated().map { index, body in
+        let serving = server.map { server in
+            [ServiceGroupConfiguration.ServiceConfiguration(
+                service: RPCServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "rpc-server"
+            )]
+        } ?? []
+        let services = serving + background.enumerated().map { index, body in
             ServiceGroupConfiguration.ServiceConfiguration(
-                service: WorkerService(body: body), successTerminationBehavior: .ignore,
+                service: WorkerService(body: body), successTerminationBehavior: server == nil ? .gracefullyShutdownGroup : .ignore,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "worker-\(index + 1)"
             )
         }

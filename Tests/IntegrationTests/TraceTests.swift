@@ -51,9 +51,10 @@ struct TraceTests {
         let cluster = try await ProcessCluster(regions: ["nyc1"])
         cluster.otlpEndpoint = "127.0.0.1:\(receiverPort)"
         let apiPort = try freeLoopbackPort()
+        let apiMetricsPort = try freeLoopbackPort()
         let aggregator = ChildProcess(path: built("aggregator"), arguments: [
             "--port", String(apiPort), "--harpoon", cluster.harpoonAddresses, "--reserved-ip", "127.0.0.1:1", "--token", "trace-token=alice",
-            "--region", "nyc1=New York 1", "--otlp-endpoint", "127.0.0.1:\(receiverPort)",
+            "--region", "nyc1=New York 1", "--otlp-endpoint", "127.0.0.1:\(receiverPort)", "--metrics-port", String(apiMetricsPort),
         ])
         do {
             try await cluster.start(agentsPerRegion: 1)
@@ -94,6 +95,15 @@ struct TraceTests {
             let delivered = try #require(start("event-router") { $0 == "deliver" })
             let ran = try #require(start("hypervisor") { $0 == "run create" })
             #expect(edge.span.startTimeUnixNano <= created && created <= placed && placed <= delivered && delivered <= ran)
+            // The customer API's metrics, by route template, and its calls to Harpoon, client side.
+            let metrics = try await scrape(apiMetricsPort)
+            #expect(sample(metrics, "api_requests_total", ["method": "POST", "route": "/v2/droplets", "status": "202"]) == 1, "\(metrics.prefix(3000))")
+            #expect(sample(metrics, "api_request_duration_seconds_count", ["method": "POST", "route": "/v2/droplets"]) == 1)
+            #expect(sample(metrics, "rpc_client_requests_total", ["method": "/harpoon.v1.Harpoon/CreateDroplet", "code": "ok"]) == 1)
+            // The edge's log line: one per request, with its route, status and ids.
+            let edgeLine = aggregator.output.split(separator: "\n").first { $0.contains("msg=request") && $0.contains("route=/v2/droplets") }
+            #expect(edgeLine?.contains("status=202") == true && edgeLine?.contains("trace_id=\(traceID)") == true, "\(aggregator.output.suffix(2000))")
+            #expect(edgeLine?.contains("request_id=") == true)
         } catch {
             Issue.record(error)
         }

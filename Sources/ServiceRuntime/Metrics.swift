@@ -92,13 +92,17 @@ extension ServiceRuntime {
 }
 
 /// Requests, errors by gRPC code and latency for every method a server serves: `rpc_server_requests_total{method,code}`
-/// and `rpc_server_duration_seconds{method}` (a histogram; for a stream, its whole life).
+/// and `rpc_server_duration_seconds{method}` (a histogram; for a stream, its whole life); and the calls open now,
+/// long-lived streams included (an agent's, a watcher's): `rpc_server_streams_open{method}`.
 struct RPCMetricsInterceptor: RPCServerInterceptor {
     func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
         let started = ContinuousClock.now
         let method = context.descriptor.path
+        let open = Meter(label: "rpc_server_streams_open", dimensions: [("method", method)])
+        open.increment()
         var code = "ok"
         defer {
+            open.decrement()
             Counter(label: "rpc_server_requests_total", dimensions: [("method", method), ("code", code)]).increment()
             let (seconds, attoseconds) = (ContinuousClock.now - started).components
             Metrics.Timer(label: "rpc_server_duration_seconds", dimensions: [("method", method)])

@@ -50,6 +50,8 @@ struct MetricsTests {
             // The placements and deliveries those creations caused, on the services that served them.
             #expect(sample(try await scrape(ports.scheduler), "rpc_server_requests_total", ["method": "/scheduler.v2.Scheduler/PlaceBatch", "code": "ok"]) >= 1)
             #expect(sample(try await scrape(ports.router), "rpc_server_requests_total", ["method": "/eventrouter.v1.EventRouter/DeliverBatch", "code": "ok"]) >= 1)
+            // Streams open now: the router holds the two agents' streams.
+            #expect(sample(try await scrape(ports.router), "rpc_server_streams_open", ["method": "/eventrouter.v1.EventRouter/Connect"]) == 2)
             // Harpoon's own: the creations' writes went through group commit (each creation, placement and outcome a write
             // of a committed transaction); once everything settled the outbox is empty; connections are the pool's handles.
             #expect(sample(harpoonText, "harpoon_group_commit_writes_count", ["engine": "sqlite"]) > transactionsBefore)

@@ -32,6 +32,32 @@ struct APITests {
     @Test("PostgreSQL: kill -9 of a Harpoon replica and an orchestrator replica at seeded points under load loses nothing; the others serve throughout")
     func replicasKilled() async throws { try await run("ReplicaKillTests", .postgres) }
 
+    /// The orchestrator's and the customer API's metrics moved with the work the reserved-IP tests did.
+    func scrapeAfterReservedIPs(_ launcherOutput: String) async throws {
+        /// The metrics ports of the services named `service` (its replicas: `service-1`, `service-2`, ...).
+        func ports(of service: String) -> [Int] {
+            guard let line = launcherOutput.split(separator: "\n").first(where: { $0.contains("metrics (Prometheus text)") }) else { return [] }
+            return line.split(separator: ",").compactMap { entry in
+                let parts = entry.split(separator: " ")
+                guard parts.count >= 2, let name = parts.dropLast().last, name == service || name.hasPrefix("\(service)-"),
+                      let colon = parts.last?.lastIndex(of: ":") else { return nil }
+                return Int(parts.last?[colon...].dropFirst().prefix { $0.isNumber } ?? "")
+            }
+        }
+        let orchestratorPorts = ports(of: "reserved-ip")
+        try #require(!orchestratorPorts.isEmpty, "\(launcherOutput)")
+        var texts: [String] = []
+        for port in orchestratorPorts { texts.append(try await scrape(port)) }
+        let orchestrator = texts.joined(separator: "\n")
+        #expect(sample(orchestrator, "rpc_server_requests_total", ["method": "/reservedip.v1.ReservedIPs/Assign", "code": "ok"]) >= 1)
+        #expect(sample(orchestrator, "rpc_client_requests_total", ["method": "/harpoon.v1.Harpoon/CreateEvent", "code": "ok"]) >= 1)
+        #expect(orchestrator.contains("\nreserved_ip_database_connections "), "\(orchestrator.prefix(2000))")
+        let api = try await scrape(try #require(ports(of: "aggregator").first))
+        #expect(sample(api, "api_requests_total", ["method": "POST", "route": "/v2/reserved_ips/{ip}/actions", "status": "201"]) >= 1,
+                "\(api.split(separator: "\n").filter { $0.hasPrefix("api_requests_total") }.prefix(40))")
+        #expect(sample(api, "api_requests_total", ["status": "401"]) >= 1, "the auth tests' refusals are counted")
+    }
+
     func run(_ name: String, _ engine: Engine) async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.python), "no Python venv with pydo: run `make interop-deps` (make test does)")
         let data = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-api-\(UUID().uuidString)")
@@ -58,6 +84,7 @@ struct APITests {
         for line in tests.output.split(separator: "\n") where line.contains("kill test: ") { print(line) }
         #expect(status == 0, "\(name) failed:\n\(tests.output)\n--- launcher ---\n\(launcher.output)")
         #expect(tests.output.contains("\nOK"), "\(tests.output)")
+        if name == "ReservedIPTests" { try await scrapeAfterReservedIPs(launcher.output) }
         // SIGTERM stops the whole cluster: every service the launcher ran is gone once it has exited.
         let run = data.appendingPathComponent("run")
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: run.path)) ?? []).compactMap { file in

@@ -85,26 +85,18 @@ package struct ShoalLogHandler: LogHandler {
         }
     }
 
-    /// A logfmt value: bare when it is a plain word, else quoted with `"` and `\` escaped (newlines as `\n`).
+    /// A logfmt value: bare when it is a plain word, else quoted as ``quoted(_:)`` quotes it (logfmt readers take
+    /// JSON's escapes).
     static func logfmtValue(_ text: String) -> String {
         let plain = !text.isEmpty && text.unicodeScalars.allSatisfy { $0.value > 0x20 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.value != 0x7F }
-        if plain { return text }
-        var quoted = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": quoted += "\\\""
-            case "\\": quoted += "\\\\"
-            case "\n": quoted += "\\n"
-            case "\r": quoted += "\\r"
-            case "\t": quoted += "\\t"
-            default: quoted.unicodeScalars.append(scalar)
-            }
-        }
-        return quoted + "\""
+        return plain ? text : quoted(text)
     }
 
     /// A JSON string literal (RFC 8259): quotes, backslashes and control characters escaped.
-    static func jsonString(_ text: String) -> String {
+    static func jsonString(_ text: String) -> String { quoted(text) }
+
+    /// `text` in double quotes, with quotes, backslashes and control characters escaped as JSON escapes them.
+    static func quoted(_ text: String) -> String {
         var quoted = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

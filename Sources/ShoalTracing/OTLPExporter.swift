@@ -5,27 +5,22 @@ internal import Synchronization
 internal import W3CTraceContext
 
 /// Exports finished spans to an OTLP/gRPC collector (`opentelemetry.proto.collector.trace.v1.TraceService/Export`)
-/// over Shoal's own RPC client: they are queued as they end and sent in batches, every `interval` or as soon as a
-/// batch is full. The queue is bounded: past `queueLimit` spans a span is dropped and counted
-/// (`tracing_spans_dropped_total`), so a collector that is down costs memory up to that bound and nothing else. A batch
-/// that fails is dropped too (counted), not retried: traces are for looking, not for keeping.
+/// over Shoal's own RPC client: they are queued as they end and sent every `interval`, in batches of `batchSize`. The
+/// queue is bounded: past `queueLimit` spans a span is dropped and counted (`tracing_spans_dropped_total`), so a
+/// collector that is down costs memory up to that bound and nothing else. A batch that fails is dropped too
+/// (counted), not retried: traces are for looking, not for keeping.
 package final class OTLPExporter: SpanSink {
-    private struct Queue {
-        var spans: [FinishedSpan] = []
-        var waiter: CheckedContinuation<Void, Never>?
-    }
-
     private let client: RPCClient
     private let collector: Opentelemetry_Proto_Collector_Trace_V1_TraceService.Client
     private let resource: Opentelemetry_Proto_Resource_V1_Resource
-    private let queue = Mutex(Queue())
+    private let queue = Mutex<[FinishedSpan]>([])
     package let batchSize: Int
     package let queueLimit: Int
     package let interval: Duration
 
     /// - Parameters:
     ///   - service: `service.name` of every span's resource.
-    package init(client: RPCClient, service: String, batchSize: Int = 512, queueLimit: Int = 20_000, interval: Duration = .milliseconds(500)) {
+    package init(client: RPCClient, service: String, batchSize: Int = 512, queueLimit: Int = 20_000, interval: Duration = .milliseconds(250)) {
         self.client = client
         collector = .init(client)
         resource = .init(attributes: [Self.attribute("service.name", service)])
@@ -35,45 +30,19 @@ package final class OTLPExporter: SpanSink {
     }
 
     package func record(_ span: FinishedSpan) {
-        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>?? in
-            guard queue.spans.count < queueLimit else { return .none }
-            queue.spans.append(span)
-            guard queue.spans.count >= batchSize else { return .some(nil) }
-            defer { queue.waiter = nil }
-            return .some(queue.waiter)
+        let kept = queue.withLock { queue -> Bool in
+            guard queue.count < queueLimit else { return false }
+            queue.append(span)
+            return true
         }
-        switch waiter {
-        case .none: Counter(label: "tracing_spans_dropped_total", dimensions: [("reason", "queue_full")]).increment()
-        case .some(let waiter): waiter?.resume()
-        }
+        if !kept { Counter(label: "tracing_spans_dropped_total", dimensions: [("reason", "queue_full")]).increment() }
     }
 
-    /// Sends batches until cancelled. What is queued then is for ``flush()``, called outside the cancelled task (a
-    /// cancelled task's calls are cancelled too).
+    /// Sends what is queued every `interval` until cancelled. What is queued then is for ``flush()``, called outside
+    /// the cancelled task (a cancelled task's calls are cancelled too).
     package func run() async {
         while !Task.isCancelled {
-            await withTaskGroup(of: Void.self) { group in
-                // Whichever comes first: a full batch, or the interval.
-                group.addTask {
-                    await withCheckedContinuation { continuation in
-                        let ready = self.queue.withLock { queue -> Bool in
-                            if queue.spans.count >= self.batchSize { return true }
-                            queue.waiter = continuation
-                            return false
-                        }
-                        if ready { continuation.resume() }
-                    }
-                }
-                group.addTask { try? await Task.sleep(for: self.interval) }
-                await group.next()
-                // The other: a sleep ends when cancelled; a waiting continuation is resumed here.
-                group.cancelAll()
-                queue.withLock { queue in
-                    defer { queue.waiter = nil }
-                    return queue.waiter
-                }?.resume()
-            }
-            if Task.isCancelled { return }
+            do { try await Task.sleep(for: interval) } catch { return }
             await flush()
         }
     }
@@ -82,8 +51,8 @@ package final class OTLPExporter: SpanSink {
     package func flush() async {
         while true {
             let batch = queue.withLock { queue -> [FinishedSpan] in
-                let batch = Array(queue.spans.prefix(batchSize))
-                queue.spans.removeFirst(batch.count)
+                let batch = Array(queue.prefix(batchSize))
+                queue.removeFirst(batch.count)
                 return batch
             }
             guard !batch.isEmpty else { return }

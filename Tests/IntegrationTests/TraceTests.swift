@@ -71,7 +71,7 @@ struct TraceTests {
             let (body, response) = try await URLSession.shared.data(for: request)
             #expect((response as? HTTPURLResponse)?.statusCode == 202, "\(String(decoding: body, as: UTF8.self))")
             _ = try await waitUntilSettled(cluster, count: 1, timeout: .seconds(30))
-            // Every service's spans arrive (each exports in batches, every half second).
+            // Every service's spans arrive (each exports what it queued every quarter of a second).
             let services = ["aggregator", "harpoon", "scheduler", "event-router", "hypervisor"]
             let complete = await eventually {
                 let seen = Set(collector.trace(traceID).map(\.service))

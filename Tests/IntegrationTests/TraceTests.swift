@@ -43,6 +43,12 @@ extension [UInt8] {
 
 @Suite("traces: one customer request, one trace, every service it crossed", .serialized)
 struct TraceTests {
+    /// The spans whose parent is neither in `spans` nor the caller's span `root` (hex), as "service name".
+    static func orphans(_ spans: [TraceCollector.Received], root: String) -> [String] {
+        let ids = Set(spans.map(\.span.spanId))
+        return spans.filter { $0.span.parentSpanId.hex != root && !ids.contains($0.span.parentSpanId) }.map { "\($0.service) \($0.span.name)" }
+    }
+
     @Test("POST /v2/droplets with a traceparent: the aggregator, Harpoon, the scheduler, the router and the agent each export spans of that trace, parent before child")
     func oneTrace() async throws {
         let collector = TraceCollector()
@@ -52,12 +58,20 @@ struct TraceTests {
         cluster.otlpEndpoint = "127.0.0.1:\(receiverPort)"
         let apiPort = try freeLoopbackPort()
         let apiMetricsPort = try freeLoopbackPort()
+        let orchestratorPort = try freeLoopbackPort()
+        let orchestrator = ChildProcess(path: built("reserved-ip"), arguments: [
+            "--port", String(orchestratorPort), "--database", cluster.directory.appendingPathComponent("reserved-ip.sqlite").path,
+            "--harpoon", cluster.harpoonAddresses, "--pool", "nyc1=192.0.2.0/28", "--otlp-endpoint", "127.0.0.1:\(receiverPort)",
+        ])
         let aggregator = ChildProcess(path: built("aggregator"), arguments: [
-            "--port", String(apiPort), "--harpoon", cluster.harpoonAddresses, "--reserved-ip", "127.0.0.1:1", "--token", "trace-token=alice",
+            "--port", String(apiPort), "--harpoon", cluster.harpoonAddresses, "--reserved-ip", "127.0.0.1:\(orchestratorPort)",
+            "--token", "trace-token=alice",
             "--region", "nyc1=New York 1", "--otlp-endpoint", "127.0.0.1:\(receiverPort)", "--metrics-port", String(apiMetricsPort),
         ])
         do {
             try await cluster.start(agentsPerRegion: 1)
+            try orchestrator.start()
+            _ = try await orchestrator.waitFor("ready on")
             try aggregator.start()
             _ = try await aggregator.waitFor("ready on")
             let traceID = "0af7651916cd43dd8448eb211c80319c"
@@ -70,6 +84,9 @@ struct TraceTests {
             request.httpBody = Data(#"{"name": "traced", "region": "nyc1", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}"#.utf8)
             let (body, response) = try await URLSession.shared.data(for: request)
             #expect((response as? HTTPURLResponse)?.statusCode == 202, "\(String(decoding: body, as: UTF8.self))")
+            let dropletID = try #require(
+                ((try JSONSerialization.jsonObject(with: body) as? [String: Any])?["droplet"] as? [String: Any])?["id"] as? Int
+            )
             _ = try await waitUntilSettled(cluster, count: 1, timeout: .seconds(30))
             // Every service's spans arrive (each exports what it queued every quarter of a second).
             let services = ["aggregator", "harpoon", "scheduler", "event-router", "hypervisor"]
@@ -77,15 +94,15 @@ struct TraceTests {
                 let seen = Set(collector.trace(traceID).map(\.service))
                 return services.allSatisfy(seen.contains) && collector.trace(traceID).contains { $0.span.name.hasPrefix("run ") }
             }
+            #expect(complete, "services in the trace: \(Set(collector.trace(traceID).map(\.service)).sorted())")
+            // One tree: the aggregator's span is the caller's child, and every other span's parent is in the trace (each
+            // process exports on its own schedule: a child may arrive before its parent).
+            let tree = await eventually { Self.orphans(collector.trace(traceID), root: callerSpan).isEmpty }
             let spans = collector.trace(traceID)
-            #expect(complete, "services in the trace: \(Set(spans.map(\.service)).sorted())")
-            // One tree: the aggregator's span is the caller's child, and every other span's parent is in the trace.
-            let ids = Set(spans.map(\.span.spanId))
+            #expect(tree, "spans whose parent is not in the trace: \(Self.orphans(spans, root: callerSpan))")
             let edge = try #require(spans.first { $0.service == "aggregator" && $0.span.kind == .server })
             #expect(edge.span.parentSpanId.hex == callerSpan)
             #expect(edge.span.name == "POST /v2/droplets", "\(edge.span.name)")
-            let orphans = spans.filter { $0.span.spanId != edge.span.spanId && !ids.contains($0.span.parentSpanId) }
-            #expect(orphans.isEmpty, "spans whose parent is not in the trace: \(orphans.map { "\($0.service) \($0.span.name)" })")
             // In order: the request's work at Harpoon, then the placement, the delivery, the run.
             func start(_ service: String, _ name: (String) -> Bool) -> UInt64? {
                 spans.first { $0.service == service && name($0.span.name) }?.span.startTimeUnixNano
@@ -104,10 +121,27 @@ struct TraceTests {
             let edgeLine = aggregator.output.split(separator: "\n").first { $0.contains("msg=request") && $0.contains("route=/v2/droplets") }
             #expect(edgeLine?.contains("status=202") == true && edgeLine?.contains("trace_id=\(traceID)") == true, "\(aggregator.output.suffix(2000))")
             #expect(edgeLine?.contains("request_id=") == true)
+
+            // Through the orchestrator: reserving an IP to the droplet is a trace too, its driver's step included (the
+            // event it asks Harpoon for, and the agent's run of it).
+            let ipTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            request.url = URL(string: "http://127.0.0.1:\(apiPort)/v2/reserved_ips")
+            request.setValue("00-\(ipTrace)-00f067aa0ba902b7-01", forHTTPHeaderField: "traceparent")
+            request.httpBody = Data(#"{"droplet_id": \#(dropletID)}"#.utf8)
+            let (ipBody, ipResponse) = try await URLSession.shared.data(for: request)
+            #expect((ipResponse as? HTTPURLResponse)?.statusCode == 202, "\(String(decoding: ipBody, as: UTF8.self))")
+            let driven = await eventually { collector.trace(ipTrace).contains { $0.service == "hypervisor" && $0.span.name == "run assign_ip" } }
+            let ipSpans = collector.trace(ipTrace)
+            #expect(driven, "\(ipSpans.map { "\($0.service) \($0.span.name)" })")
+            #expect(ipSpans.contains { $0.service == "reserved-ip" && $0.span.name == "/reservedip.v1.ReservedIPs/Reserve" && $0.span.kind == .server })
+            #expect(ipSpans.contains { $0.service == "harpoon" && $0.span.name == "/harpoon.v1.Harpoon/CreateEvent" && $0.span.kind == .server })
+            let ipTree = await eventually { Self.orphans(collector.trace(ipTrace), root: "00f067aa0ba902b7").isEmpty }
+            #expect(ipTree, "spans whose parent is not in the trace: \(Self.orphans(collector.trace(ipTrace), root: "00f067aa0ba902b7"))")
         } catch {
             Issue.record(error)
         }
         aggregator.stop()
+        orchestrator.stop()
         await cluster.stop()
         await receiver.shutdownGracefully(timeout: .seconds(2))
     }

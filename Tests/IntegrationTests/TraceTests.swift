@@ -91,8 +91,11 @@ struct TraceTests {
             // Every service's spans arrive (each exports what it queued every quarter of a second).
             let services = ["aggregator", "harpoon", "scheduler", "event-router", "hypervisor"]
             let complete = await eventually {
-                let seen = Set(collector.trace(traceID).map(\.service))
-                return services.allSatisfy(seen.contains) && collector.trace(traceID).contains { $0.span.name.hasPrefix("run ") }
+                let spans = collector.trace(traceID)
+                let named = Set(spans.map { "\($0.service) \($0.span.name)" })
+                return services.allSatisfy(Set(spans.map(\.service)).contains)
+                    && ["aggregator POST /v2/droplets", "harpoon /harpoon.v1.Harpoon/CreateDroplet", "scheduler placement", "event-router deliver",
+                        "hypervisor run create"].allSatisfy(named.contains)
             }
             #expect(complete, "services in the trace: \(Set(collector.trace(traceID).map(\.service)).sorted())")
             // One tree: the aggregator's span is the caller's child, and every other span's parent is in the trace (each
@@ -130,11 +133,15 @@ struct TraceTests {
             request.httpBody = Data(#"{"droplet_id": \#(dropletID)}"#.utf8)
             let (ipBody, ipResponse) = try await URLSession.shared.data(for: request)
             #expect((ipResponse as? HTTPURLResponse)?.statusCode == 202, "\(String(decoding: ipBody, as: UTF8.self))")
-            let driven = await eventually { collector.trace(ipTrace).contains { $0.service == "hypervisor" && $0.span.name == "run assign_ip" } }
-            let ipSpans = collector.trace(ipTrace)
-            #expect(driven, "\(ipSpans.map { "\($0.service) \($0.span.name)" })")
-            #expect(ipSpans.contains { $0.service == "reserved-ip" && $0.span.name == "/reservedip.v1.ReservedIPs/Reserve" && $0.span.kind == .server })
-            #expect(ipSpans.contains { $0.service == "harpoon" && $0.span.name == "/harpoon.v1.Harpoon/CreateEvent" && $0.span.kind == .server })
+            // Each process exports on its own schedule: wait for all three, whatever order they arrive in.
+            let expected: [(service: String, name: String)] = [
+                ("reserved-ip", "/reservedip.v1.ReservedIPs/Reserve"), ("harpoon", "/harpoon.v1.Harpoon/CreateEvent"), ("hypervisor", "run assign_ip"),
+            ]
+            let driven = await eventually {
+                let spans = collector.trace(ipTrace)
+                return expected.allSatisfy { wanted in spans.contains { $0.service == wanted.service && $0.span.name == wanted.name } }
+            }
+            #expect(driven, "\(collector.trace(ipTrace).map { "\($0.service) \($0.span.name)" })")
             let ipTree = await eventually { Self.orphans(collector.trace(ipTrace), root: "00f067aa0ba902b7").isEmpty }
             #expect(ipTree, "spans whose parent is not in the trace: \(Self.orphans(collector.trace(ipTrace), root: "00f067aa0ba902b7"))")
         } catch {

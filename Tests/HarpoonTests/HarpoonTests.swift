@@ -544,13 +544,18 @@ struct OutboxWorkerTests {
             // The delivered write finds the event running (refused: no going back), yet the entry goes to the router.
             #expect(await eventually { fake.delivered.withLock { $0.count } >= 2 })
             #expect(try await store.event(id: event.id)?.status == .running)
-            // The worker stops first: on PostgreSQL a read of the outbox skips the rows a worker's pass holds locked.
+            // The worker stops first. On PostgreSQL a read of the outbox skips the rows a pass holds locked, and a pass
+            // already started may still hold it for a moment: the entry is looked for until a read sees it, and that
+            // read's entry is the one checked.
             task.cancel()
             await task.value
-            let kept = await eventually { ((try? await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10)) ?? []).contains { $0.eventId == event.id } }
+            var entry: OutboxEntry?
+            let kept = await eventually {
+                entry = ((try? await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10)) ?? []).first { $0.eventId == event.id }
+                return entry != nil
+            }
             #expect(kept, "the event's entry is gone")
-            let entry = try #require(try await store.dueOutbox(now: .greatestFiniteMagnitude, limit: 10).first)
-            #expect(entry.destination == .router && entry.eventId == event.id)
+            #expect(entry?.destination == .router)
         }
     }
 

@@ -79,9 +79,8 @@ package enum ShoalContext {
     /// The context of work resumed later for a request (an event's placement, delivery, run): its request id, and a
     /// new span of the trace `traceparent` names (a new trace if it names none).
     package static func resumed(requestID: String, traceparent: String) -> ServiceContext {
-        var context = ServiceContext.topLevel
-        if isAcceptable(requestID: requestID) { context.requestID = requestID }
-        context.trace = child(of: try? TraceContext(traceParentHeaderValue: traceparent))
+        var context = continuing(requestID: requestID, traceparent: traceparent)
+        context.trace = child(of: context.trace)
         return context
     }
 

@@ -141,12 +141,12 @@ struct ClientTests {
 
     @Test("a peer that is not gRPC: HTTP status maps to a gRPC code")
     func httpStatusMapping() {
-        #expect(ClientCall.code(forHTTPStatus: 400) == .internal)
-        #expect(ClientCall.code(forHTTPStatus: 401) == .unauthenticated)
-        #expect(ClientCall.code(forHTTPStatus: 403) == .permissionDenied)
-        #expect(ClientCall.code(forHTTPStatus: 404) == .unimplemented)
-        #expect(ClientCall.code(forHTTPStatus: 503) == .unavailable)
-        #expect(ClientCall.code(forHTTPStatus: 500) == .unknown)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 400) == .internal)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 401) == .unauthenticated)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 403) == .permissionDenied)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 404) == .unimplemented)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 503) == .unavailable)
+        #expect(ClientStreamStateMachine.code(forHTTPStatus: 500) == .unknown)
     }
 }
 

@@ -4,7 +4,7 @@
 /// there. Limits are checked on the prefix, before anything is buffered for the message, so a peer cannot make the
 /// receiver hold more than the limit: a declared length above `maxMessageSize` is `RESOURCE_EXHAUSTED`, as the gRPC
 /// specification requires. A malformed prefix is `INTERNAL`; the deframer stays failed after any error.
-public struct GRPCMessageDeframer {
+public struct GRPCMessageDeframer: Sendable {
     /// A message as it came off the wire.
     public struct Message: Hashable, Sendable {
         /// The message bytes (still compressed when `isCompressed`).

@@ -1,28 +1,5 @@
 internal import CZlib
 
-/// Message compression (`grpc-encoding`): identity and gzip.
-public enum MessageEncoding: String, Sendable, Hashable, CaseIterable {
-    case identity
-    case gzip
-
-    /// What Shoal accepts, as sent in `grpc-accept-encoding`.
-    static let acceptHeader = "gzip,identity"
-
-    /// Parses a `grpc-encoding` value; `nil` for an encoding Shoal does not implement.
-    init?(header: String) {
-        self.init(rawValue: header.trimmingCharacters())
-    }
-}
-
-extension String {
-    fileprivate func trimmingCharacters() -> String {
-        var view = Substring(self)
-        while view.first == " " { view.removeFirst() }
-        while view.last == " " { view.removeLast() }
-        return String(view)
-    }
-}
-
 /// gzip with zlib.
 enum Gzip {
     /// Compresses `bytes` into a gzip member.

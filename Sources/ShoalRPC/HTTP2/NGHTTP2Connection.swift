@@ -1,8 +1,9 @@
 internal import CNGHTTP2
 internal import NIOCore
+internal import RPCCore
 
 /// A header field as it crosses HTTP/2: lowercase name, value.
-typealias HTTP2Header = (name: String, value: String)
+typealias HTTP2Header = HeaderField
 
 /// HTTP/2 settings and limits for one connection.
 public struct HTTP2Configuration: Sendable, Hashable {
@@ -55,11 +56,11 @@ class HTTP2Stream {
         self.outbound = connection.allocator.buffer(capacity: 0)
     }
 
-    /// A complete header block arrived (HEADERS plus CONTINUATION).
-    func headersReceived(category: UInt32, endStream: Bool) {}
+    /// A complete header block arrived (HEADERS plus CONTINUATION); `endStream`: it ends the peer's side too.
+    func headersReceived(endStream: Bool) {}
     /// A chunk of DATA arrived.
     func dataReceived(_ bytes: UnsafeRawBufferPointer) {}
-    /// The peer ended its side of the stream.
+    /// The peer ended its side of the stream with a DATA frame.
     func endStreamReceived() {}
     /// The stream is closed (by either side); `errorCode` is the HTTP/2 error code, 0 for a clean close.
     func streamClosed(errorCode: UInt32) {}
@@ -331,6 +332,16 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         scheduleFlush()
     }
 
+    /// Sends a complete response with a body (for requests that are not gRPC): headers, then `body` as DATA with
+    /// END_STREAM.
+    func submitResponse(_ stream: HTTP2Stream, headers: [HTTP2Header], body: String) {
+        guard !stream.closed else { return }
+        submitResponse(stream, headers: headers, endStream: false)
+        var bytes = allocator.buffer(string: body)
+        appendOutbound(stream, &bytes)
+        endOutbound(stream, trailers: nil)
+    }
+
     /// Opens a client stream; returns its id, or `nil` if the session refuses (GOAWAY received, ids exhausted).
     func submitRequest(headers: [HTTP2Header], makeStream: (Int32) -> HTTP2Stream) -> HTTP2Stream? {
         guard let session, !isClosed, !goAwayReceived else { return nil }
@@ -459,9 +470,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch UInt32(header.type) {
         case NGHTTP2_HEADERS.rawValue:
-            if let stream = streams[header.stream_id] {
-                stream.headersReceived(category: frame.pointee.headers.cat.rawValue, endStream: endStream)
-                if endStream, !stream.closed { stream.endStreamReceived() }
+            if let stream = streams[header.stream_id], !stream.closed {
+                stream.headersReceived(endStream: endStream)
             }
         case NGHTTP2_DATA.rawValue:
             if endStream, let stream = streams[header.stream_id], !stream.closed { stream.endStreamReceived() }

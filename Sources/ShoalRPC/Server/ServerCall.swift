@@ -28,21 +28,17 @@ final class ServerConnectionContext {
 
 /// One gRPC call on a server: an HTTP/2 stream from request headers to status trailers.
 ///
-/// Stream events arrive on the connection's event loop; the handler runs as a task and reaches back through
-/// ``send(_:)`` and ``complete(_:)``, which hop to the event loop when they are not on it. Every property not
-/// behind `lock` is touched on the event loop only.
+/// The call's rules live in its ``ServerStreamStateMachine``; this class feeds it the stream's events (on the
+/// connection's event loop) and the handler's responses (which hop to the event loop when not on it), and carries
+/// out the actions it returns. Every property not behind `lock` is touched on the event loop only.
 final class ServerCall: HTTP2Stream, @unchecked Sendable {
     private let server: ServerConnectionContext
     let requests = InboundMessageQueue()
-    private var deframer: GRPCMessageDeframer
-    /// How responses are encoded: gzip when configured and the client accepts it.
-    private var responseEncoding = MessageEncoding.identity
+    private var machine: ServerStreamStateMachine
     private var task: Task<Void, Never>?
+    /// The machine's response encoding, copied when the handler starts: the handler's task reads it off the loop.
+    private var responseEncoding = MessageEncoding.identity
     private var deadlineTimer: Scheduled<Void>?
-    /// Response headers have been sent.
-    private var headersSent = false
-    /// The status has been sent (or the stream reset): nothing more goes out.
-    private var completed = false
     private let lock = NIOLock()
     private var responseMetadata = Metadata()
     private var trailingMetadata = Metadata()
@@ -50,7 +46,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
 
     init(id: Int32, connection: NGHTTP2Connection, server: ServerConnectionContext) {
         self.server = server
-        self.deframer = GRPCMessageDeframer(maxMessageSize: server.maxReceiveMessageSize)
+        self.machine = ServerStreamStateMachine(maxReceiveMessageSize: server.maxReceiveMessageSize, responseCompression: server.responseCompression)
         super.init(id: id, connection: connection)
         let eventLoop = connection.eventLoop
         requests.onCaughtUp = { [weak self] in
@@ -66,63 +62,46 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
 
     // MARK: Stream events (event loop)
 
-    override func headersReceived(category: UInt32, endStream: Bool) {
-        guard category == NGHTTP2_HCAT_REQUEST.rawValue else { return }  // request trailers carry nothing for us
-        var method = "", path = "", contentType = "", timeout: String?, encoding: String?, acceptEncoding = ""
-        var metadata = Metadata()
-        for (name, value) in receivedHeaders {
-            switch name {
-            case ":method": method = value
-            case ":path": path = value
-            case "content-type": contentType = value
-            case "grpc-timeout": timeout = value
-            case "grpc-encoding": encoding = value
-            case "grpc-accept-encoding": acceptEncoding = value
-            default:
-                if !Metadata.isReserved(name) { metadata.addWireHeader(name: name, value: value) }
-            }
-        }
+    override func headersReceived(endStream: Bool) {
+        let headers = receivedHeaders
         receivedHeaders = []
-        guard method == "POST" else {
-            sendHTTPError(status: 405)
+        let action: ServerStreamStateMachine.HeadersAction
+        do {
+            action = try machine.receiveHeaders(headers, endStream: endStream)
+        } catch {
+            refuseIllegal(error)
             return
         }
-        guard contentType.hasPrefix("application/grpc") else {
-            sendHTTPError(status: 415)
-            return
+        switch action {
+        case .start(let head):
+            if endStream { requests.finish(.success(())) }
+            start(head)
+        case .respond(let response, let resetAfter):
+            connection.submitResponse(self, headers: response.headerFields, body: response.body)
+            if resetAfter { resetAfterResponse() }
+        case .fail(let failure):
+            carryOut(failure)
+        case .none:
+            break
         }
-        if let encoding {
-            guard let requestEncoding = MessageEncoding(header: encoding) else {
-                fail(RPCError(code: .unimplemented, message: "message encoding '\(encoding)' is not supported"))
-                return
-            }
-            if requestEncoding == .gzip {
-                deframer = GRPCMessageDeframer(maxMessageSize: server.maxReceiveMessageSize, acceptsCompressed: true)
-            }
-        }
-        if server.responseCompression == .gzip, acceptEncoding.split(separator: ",").contains(where: { MessageEncoding(header: String($0)) == .gzip }) {
-            responseEncoding = .gzip
-        }
-        guard let method = server.router[path] else {
-            fail(RPCError(code: .unimplemented, message: "unknown method \(path)"))
+    }
+
+    private func start(_ head: ServerStreamStateMachine.RequestHead) {
+        guard let method = server.router[head.path] else {
+            let error = RPCError(code: .unimplemented, message: "unknown method \(head.path)")
+            requests.fail(error)
+            send(machine.sendStatus(error, trailingMetadata: Metadata(), responseMetadata: Metadata()))
             return
         }
         var deadline: ContinuousClock.Instant?
-        if let timeout {
-            guard let nanoseconds = GRPCTimeout.decode(timeout) else {
-                fail(RPCError(code: .internal, message: "malformed grpc-timeout '\(timeout)'"))
-                return
-            }
-            deadline = ContinuousClock.now.advanced(by: .nanoseconds(nanoseconds))
-            deadlineTimer = connection.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
-                fail(RPCError(code: .deadlineExceeded, message: "deadline exceeded"), reset: true)
+        if let timeout = head.timeout {
+            deadline = ContinuousClock.now.advanced(by: timeout)
+            deadlineTimer = connection.eventLoop.scheduleTask(in: TimeAmount(timeout)) { [self] in
+                if let failure = machine.deadlineExpired() { carryOut(failure) }
             }
         }
-        let context = ServerContext(descriptor: method.descriptor, metadata: metadata, deadline: deadline, peer: server.peer, call: self)
-        start(method, context: context)
-    }
-
-    private func start(_ method: RPCServerMethod, context: ServerContext) {
+        responseEncoding = machine.responseEncoding
+        let context = ServerContext(descriptor: method.descriptor, metadata: head.metadata, deadline: deadline, peer: server.peer, call: self)
         let interceptors = server.interceptors
         let body: @Sendable () async -> Void = { [self] in
             do {
@@ -156,28 +135,36 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     }
 
     override func dataReceived(_ bytes: UnsafeRawBufferPointer) {
-        guard !completed else { return }
-        deframer.append(bytes)
+        let requests = self.requests, limit = server.maxReceiveMessageSize
+        let action: ServerStreamStateMachine.InboundAction
         do {
-            try deframer.drain(into: requests, decompressionLimit: server.maxReceiveMessageSize)
+            action = try machine.receiveMessageBytes(bytes) { (message) throws(RPCError) in
+                requests.push(message.isCompressed ? try Gzip.decompress(message.bytes, limit: limit) : message.bytes)
+            }
         } catch {
-            fail(error, reset: true)
+            refuseIllegal(error)
+            return
         }
+        if case .fail(let failure) = action { carryOut(failure) }
     }
 
     override func endStreamReceived() {
-        guard !completed else { return }
+        let action: ServerStreamStateMachine.InboundAction
         do {
-            try deframer.finish()
-            requests.finish(.success(()))
+            action = try machine.receiveEndOfStream()
         } catch {
-            fail(error, reset: true)
+            refuseIllegal(error)
+            return
+        }
+        switch action {
+        case .none: requests.finish(.success(()))
+        case .fail(let failure): carryOut(failure)
         }
     }
 
     override func streamClosed(errorCode: UInt32) {
         deadlineTimer?.cancel()
-        completed = true
+        _ = machine.streamClosed()
         requests.fail(RPCError(code: .cancelled, message: "the client cancelled the call"))
         if task != nil {
             cancelled.withLockedValue { $0 = true }
@@ -189,50 +176,48 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         requests.withholdIfAbove(limit)
     }
 
-    // MARK: Responses
+    // MARK: Carrying out actions (event loop)
 
-    /// Ends the call with an error status now; the handler, if running, is cancelled.
-    private func fail(_ error: RPCError, reset: Bool = false) {
-        guard !completed else { return }
-        requests.fail(error)
+    /// A peer drove the stream somewhere the machine does not allow: end it with PROTOCOL_ERROR.
+    private func refuseIllegal(_ error: StreamStateError) {
+        let failure = RPCError(code: .internal, message: "\(error)")
+        requests.fail(failure)
+        _ = machine.streamClosed()
+        cancelHandler()
+        connection.reset(self, errorCode: HTTP2ErrorCode.protocolError.rawValue)
+    }
+
+    /// Ends the call with the failure's status; the handler, if running, is cancelled.
+    private func carryOut(_ failure: ServerStreamStateMachine.Failure) {
+        requests.fail(failure.error)
+        cancelHandler()
+        send(failure.status)
+        if failure.resetAfter { resetAfterResponse() }
+    }
+
+    private func cancelHandler() {
         cancelled.withLockedValue { $0 = true }
         task?.cancel()
-        sendStatus(error)
-        if reset {
-            // The client may still be sending: stop its stream once the status has gone out (nghttp2 would send a
-            // RST_STREAM submitted now ahead of the status).
-            connection.eventLoop.execute { [self] in
-                connection.reset(self, errorCode: UInt32(NGHTTP2_NO_ERROR.rawValue))
-            }
+    }
+
+    /// The client may still be sending: stop its stream once our response has gone out (nghttp2 would send a
+    /// RST_STREAM submitted now ahead of the response).
+    private func resetAfterResponse() {
+        connection.eventLoop.execute { [self] in
+            connection.reset(self, errorCode: HTTP2ErrorCode.noError.rawValue)
         }
     }
 
-    private func sendHTTPError(status: Int) {
-        completed = true
-        connection.submitResponse(self, headers: [(":status", String(status))], endStream: true)
-    }
-
-    private func responseHeaders() -> [HTTP2Header] {
-        var headers: [HTTP2Header] = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-accept-encoding", MessageEncoding.acceptHeader)]
-        if responseEncoding == .gzip { headers.append(("grpc-encoding", "gzip")) }
-        lock.withLock { responseMetadata }.forEachWireHeader { headers.append(($0, $1)) }
-        return headers
-    }
-
-    private func sendStatus(_ error: RPCError?) {
-        guard !completed else { return }
-        completed = true
-        deadlineTimer?.cancel()
-        var status: [HTTP2Header] = [("grpc-status", String(error?.code.rawValue ?? 0))]
-        if let error, !error.message.isEmpty { status.append(("grpc-message", PercentEncoding.encode(error.message))) }
-        var trailing = lock.withLock { trailingMetadata }
-        if let error { for entry in error.metadata { trailing.append(entry) } }
-        trailing.forEachWireHeader { status.append(($0, $1)) }
-        if headersSent {
-            connection.endOutbound(self, trailers: status)
-        } else {
-            headersSent = true
-            connection.submitResponse(self, headers: responseHeaders() + status, endStream: true)
+    private func send(_ status: ServerStreamStateMachine.StatusAction) {
+        switch status {
+        case .sendTrailersOnly(let fields):
+            deadlineTimer?.cancel()
+            connection.submitResponse(self, headers: fields, endStream: true)
+        case .sendTrailers(let fields):
+            deadlineTimer?.cancel()
+            connection.endOutbound(self, trailers: fields)
+        case .none:
+            break
         }
     }
 
@@ -244,7 +229,8 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     func complete(_ error: RPCError?) {
         onLoop { [self] in
             task = nil
-            sendStatus(error)
+            let (trailing, initial) = lock.withLock { (trailingMetadata, responseMetadata) }
+            send(machine.sendStatus(error, trailingMetadata: trailing, responseMetadata: initial))
         }
     }
 
@@ -264,26 +250,21 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         let frame = try MessageCoding.frame(message, encoding: responseEncoding, allocator: connection.allocator)
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let send: @Sendable () -> Void = { [self] in
-                guard !completed, !closed else {
+                let action: ServerStreamStateMachine.ResponseAction
+                do {
+                    guard !closed else { throw StreamStateError(input: "a response message", state: "closed") }
+                    action = try machine.sendMessage()
+                } catch {
                     continuation.resume(throwing: RPCError(code: .cancelled, message: "the call has ended"))
                     return
                 }
-                if !headersSent {
-                    headersSent = true
-                    connection.submitResponse(self, headers: responseHeaders(), endStream: false)
+                if action == .sendHeadersThenMessage {
+                    let metadata = lock.withLock { responseMetadata }
+                    connection.submitResponse(self, headers: machine.responseHeaders(metadata: metadata), endStream: false)
                 }
                 enqueueOutbound(frame, resuming: continuation)
             }
             onLoop(send)
-        }
-    }
-}
-
-extension Metadata {
-    mutating func append(_ entry: Entry) {
-        switch entry.value {
-        case .string(let text): add(entry.key, text)
-        case .binary(let bytes): add(entry.key, binary: bytes)
         }
     }
 }

@@ -43,9 +43,9 @@ run: deps ## Build and start the whole cluster on 127.0.0.1: SQLite under .shoal
 	exec "$$(swift build --show-bin-path)/shoal-local" $(RUN_FLAGS)
 
 .PHONY: interop-deps
-interop-deps: ## Install Python grpcio and pydo in .build-interop/venv and generate the grpcio stubs for the interop tests.
+interop-deps: ## Install Python grpcio, pydo and h2 in .build-interop/venv and generate the grpcio stubs for the interop tests.
 	@test -x $(INTEROP_PY) || python3 -m venv $(INTEROP_DIR)/venv
-	@$(INTEROP_PY) -c 'import grpc, grpc_tools, pydo' 2>/dev/null || $(INTEROP_DIR)/venv/bin/pip install -q grpcio grpcio-tools pydo
+	@$(INTEROP_PY) -c 'import grpc, grpc_tools, pydo, h2' 2>/dev/null || $(INTEROP_DIR)/venv/bin/pip install -q grpcio grpcio-tools pydo h2
 	@mkdir -p $(INTEROP_DIR)/stubs
 	@$(INTEROP_PY) -m grpc_tools.protoc -I Tests/Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs rpctest/v1/rpctest.proto
 	@$(INTEROP_PY) -m grpc_tools.protoc -I Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs \

@@ -441,6 +441,31 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Callbacks from nghttp2 (inside mem_recv / mem_send)
 
+    /// The highest stream id a client's HEADERS has used, and the odd ids it skipped below it (bounded).
+    private var highestPeerStreamID = 0
+    private var skippedPeerStreamIDs: [ClosedRange<Int>] = []
+
+    /// RFC 9113 §5.1.1: a client's new stream id must be above every id it used before. nghttp2 only ignores a
+    /// HEADERS below the highest id (it cannot tell a stale trailer for a stream it reset from a new stream), so the
+    /// server remembers the ids a client skipped — a stream that never existed — and ends the connection with
+    /// PROTOCOL_ERROR when one of them is used. A conforming client never skips, so the list stays empty; a hostile
+    /// one gets at most 32 ranges remembered, the oldest forgotten first (forgotten ids fall back to nghttp2's ignore).
+    fileprivate func onBeginFrame(_ header: nghttp2_frame_hd) -> Int32 {
+        guard role == .server, UInt32(header.type) == NGHTTP2_HEADERS.rawValue, header.stream_id > 0, header.stream_id % 2 == 1 else { return 0 }
+        let id = Int(header.stream_id)
+        if id > highestPeerStreamID {
+            let firstSkipped = highestPeerStreamID == 0 ? 1 : highestPeerStreamID + 2
+            if id > firstSkipped {
+                if skippedPeerStreamIDs.count == 32 { skippedPeerStreamIDs.removeFirst() }
+                skippedPeerStreamIDs.append(firstSkipped...(id - 2))
+            }
+            highestPeerStreamID = id
+        } else if let session, skippedPeerStreamIDs.contains(where: { $0.contains(id) && id % 2 == 1 }) {
+            nghttp2_session_terminate_session(session, UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue))
+        }
+        return 0
+    }
+
     fileprivate func onBeginHeaders(streamID: Int32, category: UInt32) -> Int32 {
         if category == NGHTTP2_HCAT_REQUEST.rawValue, role == .server {
             if goAwaySent {
@@ -597,6 +622,10 @@ private final class NGHTTP2Callbacks: @unchecked Sendable {
     private init() {
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
+        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks) { _, header, userData in
+            guard let header, let userData else { return 0 }
+            return NGHTTP2Callbacks.connection(userData).onBeginFrame(header.pointee)
+        }
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, userData in
             guard let frame, let userData else { return 0 }
             return NGHTTP2Callbacks.connection(userData).onBeginHeaders(streamID: frame.pointee.hd.stream_id, category: frame.pointee.headers.cat.rawValue)

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOConcurrencyHelpers
 import RPCTestServices
 import ShoalRPC
@@ -139,17 +140,23 @@ struct LimitTests {
     @Test("an expired deadline ends the call with DEADLINE_EXCEEDED and the handler sees cancellation")
     func deadline() async throws {
         let log = EventLog()
-        try await withServer([ProbeService(observer: log.observer)]) { _, client, _ in
+        let clock = ManualTimerClock()
+        var clientConfiguration = RPCClient.Configuration()
+        clientConfiguration.timerClock = .manual(clock)
+        try await withServer([ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(clock) }, clientConfiguration: clientConfiguration) { _, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
-            await expectRPCError(.deadlineExceeded) {
-                try await probe.echo(Request(delayMs: 10_000), options: CallOptions(timeout: .milliseconds(100)))
-            }
-            // The handler, once started, sees the cancellation and never finishes. (On a machine busy enough, the
-            // deadline can pass before the handler has read its request; the call then ends without running it.)
-            #expect(await eventually { log.cancelled("Echo") == log.started("Echo") })
+            let call = Task { try await probe.echo(Request(delayMs: 60_000), options: CallOptions(timeout: .milliseconds(100))) }
+            // Both sides' deadline timers are armed before the handler starts; no time passes until the test says.
+            #expect(await eventually { log.started("Echo") == 1 })
+            await clock.advance(by: .milliseconds(99))
+            #expect(log.cancelled("Echo") == 0, "cancelled before the deadline")
+            await clock.advance(by: .milliseconds(1))
+            await expectRPCError(.deadlineExceeded) { try await call.value }
+            // The handler sees the cancellation and never finishes.
+            #expect(await eventually { log.cancelled("Echo") == 1 })
             #expect(log.count { if case .finished("Echo") = $0 { true } else { false } } == 0)
-            // A deadline that is long enough changes nothing.
-            let response = try await probe.echo(Request(text: "ok", delayMs: 10), options: CallOptions(timeout: .seconds(10)))
+            // A deadline that does not pass changes nothing.
+            let response = try await probe.echo(Request(text: "ok"), options: CallOptions(timeout: .seconds(10)))
             #expect(response.text == "ok")
         }
     }
@@ -157,19 +164,25 @@ struct LimitTests {
     @Test("the server enforces grpc-timeout on its own")
     func serverDeadline() async throws {
         let log = EventLog()
-        // A client that sends grpc-timeout but does not enforce it: an interceptor strips nothing, the server acts.
-        try await withServer([ProbeService(observer: log.observer)]) { _, client, _ in
-            let stream = try await client.serverStreaming(
-                Rpctest_V1_Probe.Method.Expand.descriptor, request: Request(count: 1, delayMs: 10_000),
-                options: CallOptions(timeout: .milliseconds(150))
-            ) { (stream: RPCResponseStream<Response>) in
-                await expectRPCError(.deadlineExceeded) { for try await _ in stream {} }
-                return true
+        // The client sends grpc-timeout but its own clock never moves, so only the server's deadline can fire.
+        let serverClock = ManualTimerClock()
+        var clientConfiguration = RPCClient.Configuration()
+        clientConfiguration.timerClock = .manual(ManualTimerClock())
+        try await withServer([ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(serverClock) }, clientConfiguration: clientConfiguration) { _, client, _ in
+            let call = Task {
+                try await client.serverStreaming(
+                    Rpctest_V1_Probe.Method.Expand.descriptor, request: Request(count: 1, delayMs: 60_000),
+                    options: CallOptions(timeout: .milliseconds(150))
+                ) { (stream: RPCResponseStream<Response>) in
+                    await expectRPCError(.deadlineExceeded) { for try await _ in stream {} }
+                    return true
+                }
             }
-            #expect(stream)
-            // The handler, once started, sees the cancellation and never finishes. (On a machine busy enough, the
-            // deadline can pass before the handler has read its request; the call then ends without running it.)
-            #expect(await eventually { log.cancelled("Expand") == log.started("Expand") })
+            #expect(await eventually { log.started("Expand") == 1 })
+            await serverClock.advance(by: .milliseconds(150))
+            let sawDeadline = try await call.value
+            #expect(sawDeadline)
+            #expect(await eventually { log.cancelled("Expand") == 1 })
             #expect(log.count { if case .finished("Expand") = $0 { true } else { false } } == 0)
         }
     }

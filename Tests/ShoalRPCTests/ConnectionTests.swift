@@ -161,35 +161,117 @@ struct ConnectionTests {
     }
 }
 
-@Suite("keepalive and idle connections")
+/// Collects what a raw peer receives.
+final class ReceivedBytes: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    private let bytes = NIOLockedValueBox<[UInt8]>([])
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        bytes.withLockedValue { $0 += buffer.readableBytesView }
+    }
+
+    func contains(_ sequence: [UInt8]) -> Bool {
+        bytes.withLockedValue { bytes in
+            guard bytes.count >= sequence.count else { return false }
+            return (0...(bytes.count - sequence.count)).contains { Array(bytes[$0..<($0 + sequence.count)]) == sequence }
+        }
+    }
+}
+
+@Suite("keepalive and idle connections, on a manual clock")
 struct KeepaliveTests {
     @Test("a quiet connection is pinged and the client's ACKs keep it open")
     func keepalive() async throws {
-        try await withServer([ProbeService()], configure: { $0.keepaliveInterval = .milliseconds(100); $0.keepaliveTimeout = .seconds(30) }) { server, client, _ in
+        let clock = ManualTimerClock()
+        try await withServer([ProbeService()], configure: {
+            $0.keepaliveInterval = .milliseconds(100)
+            $0.keepaliveTimeout = .seconds(30)
+            $0.timerClock = .manual(clock)
+        }) { server, client, _ in
             _ = try await Rpctest_V1_Probe.Client(client).echo(Request())
-            #expect(await eventually { server.pingAcksReceived >= 3 })
+            for _ in 1...10 {
+                // An interval of quiet: the tick sends a PING (unless a late frame of the client's, such as a
+                // WINDOW_UPDATE, counted as activity). Every PING sent is acknowledged before time moves on; the ACK
+                // crosses a real socket, so its arrival is polled for (bounded), with the server's clock standing still.
+                await clock.advance(by: .milliseconds(100))
+                #expect(await eventually { server.pingAcksReceived == server.pingsSent })
+            }
+            #expect(server.pingAcksReceived >= 5)
             #expect(server.connectionCount == 1)
-            let reply1 = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "alive"))
-            #expect(reply1.text == "alive")
+            let reply = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "alive"))
+            #expect(reply.text == "alive")
+        }
+    }
+
+    @Test("a peer that never acknowledges PING is closed after the keepalive timeout, not before")
+    func keepaliveTimeout() async throws {
+        let clock = ManualTimerClock()
+        try await withServer([ProbeService()], configure: {
+            $0.keepaliveInterval = .seconds(1)
+            $0.keepaliveTimeout = .seconds(1)
+            $0.idleTimeout = nil
+            $0.timerClock = .manual(clock)
+        }) { server, _, port in
+            // A raw peer that says hello (preface, SETTINGS) and then never answers anything.
+            let received = ReceivedBytes()
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) } }
+                .connect(host: "127.0.0.1", port: port).get()
+            let hello = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
+            try await channel.writeAndFlush(channel.allocator.buffer(bytes: hello))
+            // The server ACKs our SETTINGS once it has read them: from then on nothing arrives from us, so the
+            // connection's last activity is fixed before the clock moves.
+            let settingsAck: [UInt8] = [0, 0, 0, 4, 1, 0, 0, 0, 0]
+            #expect(await eventually { received.contains(settingsAck) })
+            await clock.advance(by: .seconds(1))  // quiet for an interval: PING
+            await clock.advance(by: .seconds(1))  // unanswered for the timeout: overdue once
+            #expect(channel.isActive, "closed on the first overdue tick")
+            await clock.advance(by: .seconds(1))  // overdue twice: closed
+            #expect(await eventually { !channel.isActive })
+            #expect(await eventually { server.connectionCount == 0 })
+            try? await channel.close()
         }
     }
 
     @Test("an idle connection is closed with GOAWAY; the client reconnects for its next call")
     func idleTimeout() async throws {
-        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(300) }) { server, client, _ in
+        let clock = ManualTimerClock()
+        try await withServer([ProbeService()], configure: {
+            $0.idleTimeout = .milliseconds(300)
+            $0.keepaliveInterval = nil
+            $0.timerClock = .manual(clock)
+        }) { server, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
             _ = try await probe.echo(Request())
+            // The idle timer is armed again when the call's stream closes on the server.
+            await clock.waitForTimers(count: 1)
+            await clock.advance(by: .milliseconds(299))
+            #expect(server.connectionCount == 1, "closed before the idle timeout")
+            await clock.advance(by: .milliseconds(1))
             #expect(await eventually { server.connectionCount == 0 })
-            let reply2 = try await probe.echo(Request(text: "again"))
-            #expect(reply2.text == "again")
+            let reply = try await probe.echo(Request(text: "again"))
+            #expect(reply.text == "again")
         }
     }
 
     @Test("a connection with a call in flight is not idle")
     func busyIsNotIdle() async throws {
-        try await withServer([ProbeService()], configure: { $0.idleTimeout = .milliseconds(400) }) { server, client, _ in
-            let response = try await Rpctest_V1_Probe.Client(client).echo(Request(text: "slow", delayMs: 1200))
+        let clock = ManualTimerClock()
+        let log = EventLog()
+        try await withServer([ProbeService(observer: log.observer)], configure: {
+            $0.idleTimeout = .milliseconds(400)
+            $0.keepaliveInterval = nil
+            $0.timerClock = .manual(clock)
+        }) { server, client, _ in
+            let probe = Rpctest_V1_Probe.Client(client)
+            let call = Task { try await probe.echo(Request(text: "slow", delayMs: 200)) }
+            #expect(await eventually { log.started("Echo") == 1 })
+            await clock.advance(by: .seconds(10))  // far past the idle timeout, with the call in flight
+            #expect(server.connectionCount == 1)
+            let response = try await call.value
             #expect(response.text == "slow")
+            #expect(server.connectionCount == 1)
         }
     }
 }

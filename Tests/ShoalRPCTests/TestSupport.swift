@@ -35,6 +35,7 @@ func withServer<T>(
     configure: (inout RPCServer.Configuration) -> Void = { _ in },
     interceptors: [any RPCServerInterceptor] = [],
     clientInterceptors: [any RPCClientInterceptor] = [],
+    clientConfiguration: RPCClient.Configuration = RPCClient.Configuration(),
     _ body: (RPCServer, RPCClient, Int) async throws -> T
 ) async throws -> T {
     var configuration = RPCServer.Configuration(host: "127.0.0.1", port: 0)
@@ -42,7 +43,7 @@ func withServer<T>(
     let server = RPCServer(configuration: configuration, services: services, interceptors: interceptors)
     let address = try await server.start()
     let port = try #require(address.port)
-    let client = RPCClient(targets: [("127.0.0.1", port)], interceptors: clientInterceptors)
+    let client = RPCClient(targets: [("127.0.0.1", port)], configuration: clientConfiguration, interceptors: clientInterceptors)
     do {
         let result = try await body(server, client, port)
         await client.close()

@@ -12,7 +12,7 @@ internal import RPCCore
 final class ClientCall: HTTP2Stream, @unchecked Sendable {
     let responses = InboundMessageQueue()
     private var machine: ClientStreamStateMachine
-    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineTimer: ScheduledTimer?
     private let maxReceiveMessageSize: Int
     /// How request messages are encoded.
     let requestEncoding: MessageEncoding
@@ -53,7 +53,8 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         endRequest: Bool,
         timeout: Duration?,
         maxReceiveMessageSize: Int,
-        requestEncoding: MessageEncoding
+        requestEncoding: MessageEncoding,
+        clock: TimerClock
     ) throws(RPCError) -> ClientCall {
         let stream = connection.submitRequest(headers: headers) { id in
             ClientCall(id: id, connection: connection, maxReceiveMessageSize: maxReceiveMessageSize, requestEncoding: requestEncoding)
@@ -64,7 +65,7 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         if var message { connection.appendOutbound(call, &message) }
         if endRequest, call.machine.endRequest() { connection.endOutbound(call, trailers: nil) }
         if let timeout {
-            call.deadlineTimer = connection.eventLoop.scheduleTask(in: TimeAmount(timeout)) { [weak call] in
+            call.deadlineTimer = clock.schedule(in: TimeAmount(timeout), on: connection.eventLoop) { [weak call] in
                 guard let call else { return }
                 call.carryOut(call.machine.deadlineExpired(after: timeout))
             }

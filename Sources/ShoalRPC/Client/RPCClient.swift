@@ -109,6 +109,8 @@ public final class RPCClient: Sendable {
         public var userAgent = "shoal-rpc/0.1"
         /// Connect with TLS (ALPN `h2`, the server's certificate checked against `serverHostname` or the host).
         public var tls: TLSConfiguration?
+        /// The time call deadlines run on (tests move a manual one).
+        package var timerClock: TimerClock = .system
 
         public init() {}
     }
@@ -190,6 +192,7 @@ public final class RPCClient: Sendable {
     /// Opens a stream for one attempt of a call.
     private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool, extraHeaders: [(String, String)] = []) async throws -> ClientCall {
         let options = context.options
+        let clock = configuration.timerClock
         var attempt = 0
         while true {
             let (connection, http2) = try await reachableConnection()
@@ -198,7 +201,7 @@ public final class RPCClient: Sendable {
                 try ClientCall.start(
                     on: http2, headers: headers, message: first, endRequest: endRequest,
                     timeout: options.timeout, maxReceiveMessageSize: options.maxReceiveMessageSize,
-                    requestEncoding: options.compression
+                    requestEncoding: options.compression, clock: clock
                 )
             }
             do {

@@ -129,14 +129,18 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var isClosed = false
     private(set) var goAwaySent = false
     private(set) var goAwayReceived = false
+    /// The clock keepalive decisions read.
+    let clock: TimerClock
     /// The last time a frame arrived, for idle and keepalive decisions.
-    private(set) var lastActivity = NIODeadline.now()
+    private(set) var lastActivity: NIODeadline
 
-    init(role: Role, configuration: HTTP2Configuration, channel: any Channel) {
+    init(role: Role, configuration: HTTP2Configuration, channel: any Channel, clock: TimerClock = .system) {
         self.role = role
         self.configuration = configuration
         self.eventLoop = channel.eventLoop
         self.allocator = channel.allocator
+        self.clock = clock
+        self.lastActivity = clock.now()
     }
 
     deinit {
@@ -179,7 +183,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         guard let session, !isClosed else { return }
-        lastActivity = .now()
+        lastActivity = clock.now()
         inRead = true
         let result = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return 0 }
@@ -421,7 +425,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         guard let session else { return }
         nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
         pingsSent += 1
-        lastPingSent = .now()
+        lastPingSent = clock.now()
         scheduleFlush()
     }
 

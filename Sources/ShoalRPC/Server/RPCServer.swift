@@ -39,6 +39,8 @@ public final class RPCServer: Sendable {
         public var keepaliveInterval: TimeAmount? = .hours(2)
         /// A PING not acknowledged within this closes the connection.
         public var keepaliveTimeout: TimeAmount = .seconds(20)
+        /// The time deadlines, keepalive and idle timeouts run on (tests move a manual one).
+        package var timerClock: TimerClock = .system
 
         public init(host: String = "127.0.0.1", port: Int = 0) {
             self.host = host
@@ -121,7 +123,8 @@ public final class RPCServer: Sendable {
         }
         let context = ServerConnectionContext(
             router: router, interceptors: interceptors, maxReceiveMessageSize: configuration.maxReceiveMessageSize,
-            responseCompression: configuration.responseCompression, executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown"
+            responseCompression: configuration.responseCompression, executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown",
+            clock: configuration.timerClock
         )
         let connection = ServerConnection(context: context, configuration: configuration, channel: channel)
         let (refused, tls) = state.withLockedValue { state -> (Bool, TLSContext?) in
@@ -138,7 +141,10 @@ public final class RPCServer: Sendable {
     }
 
     /// PING ACKs received over every open connection (keepalive at work).
-    var pingAcksReceived: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pingAcksReceived } }
+    var pingAcksReceived: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pings.acked } }
+
+    /// PINGs sent over every open connection (keepalive at work).
+    var pingsSent: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pings.sent } }
 
     /// Number of open client connections.
     public var connectionCount: Int { state.withLockedValue { $0.connections.count } }
@@ -170,49 +176,58 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     private let configuration: RPCServer.Configuration
     private let channel: any Channel
     var onClose: (@Sendable () -> Void)?
-    private var idleTimer: Scheduled<Void>?
-    private var keepaliveTimer: RepeatedTask?
+    private var idleTimer: ScheduledTimer?
+    private var keepaliveTimer: ScheduledTimer?
     private var pingOverdue = false
+    private var clock: TimerClock { configuration.timerClock }
 
     init(context: ServerConnectionContext, configuration: RPCServer.Configuration, channel: any Channel) {
         self.context = context
         self.configuration = configuration
         self.channel = channel
-        self.handler = NGHTTP2Connection(role: .server, configuration: configuration.http2, channel: channel)
+        self.handler = NGHTTP2Connection(role: .server, configuration: configuration.http2, channel: channel, clock: configuration.timerClock)
         handler.delegate = self
         armIdleTimer()
-        if let interval = configuration.keepaliveInterval {
-            let timeout = configuration.keepaliveTimeout
-            let tick = min(interval, timeout)
-            keepaliveTimer = channel.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in
-                guard let self else { return }
-                let now = NIODeadline.now()
-                if self.handler.awaitingPingAck {
-                    // Overdue on two ticks in a row before closing: after a stall of this event loop, the ACK may be
-                    // waiting unread in the socket when the first overdue tick runs.
-                    if let sent = self.handler.lastPingSent, now - sent >= timeout {
-                        if self.pingOverdue { self.handler.closeNow(reason: "keepalive: no PING ACK within the timeout") }
-                        self.pingOverdue = true
+        armKeepaliveTimer()
+    }
+
+    /// Keepalive: every tick (the shorter of interval and timeout), a connection quiet for `interval` is pinged, and
+    /// one whose PING went unanswered for `timeout` is closed.
+    private func armKeepaliveTimer() {
+        guard let interval = configuration.keepaliveInterval, !handler.isClosed else { return }
+        let timeout = configuration.keepaliveTimeout
+        keepaliveTimer = clock.schedule(in: min(interval, timeout), on: channel.eventLoop) { [weak self] in
+            guard let self else { return }
+            let now = self.clock.now()
+            if self.handler.awaitingPingAck {
+                // Overdue on two ticks in a row before closing: after a stall of this event loop, the ACK may be
+                // waiting unread in the socket when the first overdue tick runs.
+                if let sent = self.handler.lastPingSent, now - sent >= timeout {
+                    if self.pingOverdue {
+                        self.handler.closeNow(reason: "keepalive: no PING ACK within the timeout")
+                        return
                     }
-                } else if now - self.handler.lastActivity >= interval {
-                    self.pingOverdue = false
-                    self.handler.sendPing()
+                    self.pingOverdue = true
                 }
+            } else if now - self.handler.lastActivity >= interval {
+                self.pingOverdue = false
+                self.handler.sendPing()
             }
+            self.armKeepaliveTimer()
         }
     }
 
     private func armIdleTimer() {
         guard let timeout = configuration.idleTimeout else { return }
         idleTimer?.cancel()
-        idleTimer = channel.eventLoop.scheduleTask(in: timeout) { [weak self] in
+        idleTimer = clock.schedule(in: timeout, on: channel.eventLoop) { [weak self] in
             guard let self, self.handler.activeStreamCount == 0 else { return }
             self.handler.sendGracefulGoAway()
         }
     }
 
     /// PING ACKs received from the client, for tests.
-    var pingAcksReceived: Int { (try? channel.eventLoop.submit { self.handler.pingAcksReceived }.wait()) ?? 0 }
+    var pings: (sent: Int, acked: Int) { (try? channel.eventLoop.submit { (self.handler.pingsSent, self.handler.pingAcksReceived) }.wait()) ?? (0, 0) }
 
     func connection(_ connection: NGHTTP2Connection, streamOpened id: Int32) -> HTTP2Stream? {
         idleTimer?.cancel()

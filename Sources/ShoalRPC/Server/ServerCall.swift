@@ -12,11 +12,13 @@ final class ServerConnectionContext {
     let responseCompression: MessageEncoding
     let executor: (any TaskExecutor)?
     let peer: String
+    let clock: TimerClock
 
     init(
         router: [String: RPCServerMethod], interceptors: [any RPCServerInterceptor], maxReceiveMessageSize: Int,
-        responseCompression: MessageEncoding, executor: (any TaskExecutor)?, peer: String
+        responseCompression: MessageEncoding, executor: (any TaskExecutor)?, peer: String, clock: TimerClock
     ) {
+        self.clock = clock
         self.router = router
         self.interceptors = interceptors
         self.maxReceiveMessageSize = maxReceiveMessageSize
@@ -38,7 +40,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     private var task: Task<Void, Never>?
     /// The machine's response encoding, copied when the handler starts: the handler's task reads it off the loop.
     private var responseEncoding = MessageEncoding.identity
-    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineTimer: ScheduledTimer?
     private let lock = NIOLock()
     private var responseMetadata = Metadata()
     private var trailingMetadata = Metadata()
@@ -96,7 +98,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         var deadline: ContinuousClock.Instant?
         if let timeout = head.timeout {
             deadline = ContinuousClock.now.advanced(by: timeout)
-            deadlineTimer = connection.eventLoop.scheduleTask(in: TimeAmount(timeout)) { [self] in
+            deadlineTimer = server.clock.schedule(in: TimeAmount(timeout), on: connection.eventLoop) { [self] in
                 if let failure = machine.deadlineExpired() { carryOut(failure) }
             }
         }

@@ -129,7 +129,7 @@ else
 endif
 
 .PHONY: bench-rpc
-bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 anchor server (ends with the min rps ratio).
+bench-rpc: deps ## gRPC echo under h2load vs the grpc-swift-2 and gRPC C++ anchor servers (ends with the min rps ratios).
 	@test -d $(SHARED)/anchors/rpc || { echo "needs ../shared/anchors/rpc beside the repository"; exit 1; }
 	@command -v h2load >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }; }
 	rm -f Benchmarks/.build/release.yaml  # a path dependency's new files are otherwise missed

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# make bench-rpc: Shoal's echo server beside the grpc-swift-2 anchor server, under the anchors' h2load load.
+# make bench-rpc: Shoal's echo server beside the grpc-swift-2 and gRPC C++ anchor servers, under the anchors' h2load load.
 #
 # usage: run.sh SHOAL_ECHO_SERVER          env: BUILD_DIR, SHARED, ROUNDS (3), DURATION (10), WARMUP (2),
-#                                               SCENARIOS ("a b c s"), CHURN (the RPCChurn binary), CHURN_CALLS
-# 1. Builds the anchor server (../shared/anchors/rpc/swift-server, grpc-swift-2, release) under BUILD_DIR.
-# 2. ROUNDS rounds; each starts every server in turn (order alternating) and drives it with the anchors' load.sh,
+#                                               SCENARIOS ("a b c s"), CHURN (the RPCChurn binary), CHURN_CALLS,
+#                                               BASELINE (an EchoServer built from an earlier commit: before/after
+#                                               in the same run), CPP (0: skip the gRPC C++ anchor)
+# 1. Builds the anchor servers under BUILD_DIR: ../shared/anchors/rpc/swift-server (grpc-swift-2, release) and
+#    ../shared/anchors/rpc/cpp-server (gRPC C++ from Debian's libgrpc++, with its build.sh; CPP=0 skips it).
+# 2. ROUNDS rounds; each starts every server in turn (order rotating) and drives it with the anchors' load.sh,
 #    recording the server's CPU time (utime+stime from /proc) over each scenario and its RSS.
 # 3. With CHURN set, 100,000 calls of mixed outcomes against a Shoal server process, its RSS every 10,000.
-# 4. Prints medians side by side and ends with `min rps ratio vs grpc-swift-2: X.XX` over scenarios a, b and c.
+# 4. Prints medians side by side and ends with `min rps ratio vs grpc-swift-2: X.XX` and
+#    `min rps ratio vs grpc-c++: X.XX` over scenarios a, b and c.
 set -euo pipefail
 SHOAL="$1"
 SHARED="${SHARED:?}"
@@ -24,8 +28,17 @@ RAW="$R/raw.tsv"
 echo "== building the grpc-swift-2 anchor server (release; the first build takes minutes)" >&2
 swift build -c release --package-path "$ANCHORS/swift-server" --scratch-path "$B/rpc-swift" 2>&1 | tail -1 >&2
 ANCHOR="$B/rpc-swift/release/EchoServer"
+servers=(shoal grpc-swift-2)
+if [ "${CPP:-1}" != 0 ]; then
+  echo "== building the gRPC C++ anchor server (Debian's libgrpc++)" >&2
+  [ -x "$B/rpc-cpp/echo_server" ] || bash "$ANCHORS/cpp-server/build.sh" "$B/rpc-cpp" >&2
+  CPP_ANCHOR="$B/rpc-cpp/echo_server"
+  servers+=(grpc-c++)
+fi
 
-declare -A PORT=([shoal]=50081 [grpc-swift-2]=50082)
+[ -n "${BASELINE:-}" ] && servers+=(shoal-before)
+
+declare -A PORT=([shoal]=50081 [grpc-swift-2]=50082 [grpc-c++]=50084 [shoal-before]=50085)
 PID=""
 stop() {
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
@@ -43,6 +56,8 @@ start() { # name
   case $1 in
     shoal) "$SHOAL" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
     grpc-swift-2) "$ANCHOR" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
+    grpc-c++) "$CPP_ANCHOR" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
+    shoal-before) "$BASELINE" "$port" 127.0.0.1 >"$R/server-$1.log" 2>&1 & ;;
   esac
   PID=$!
   for _ in $(seq 200); do
@@ -58,10 +73,10 @@ ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$PID/status"; }
 emit() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RAW"; }
 
-servers=(shoal grpc-swift-2)
 for round in $(seq "$ROUNDS"); do
-  order=("${servers[@]}")
-  [ $((round % 2)) -eq 0 ] && order=(grpc-swift-2 shoal)
+  # Each round starts with the next server, so no server always runs first (or last) on a warming machine.
+  order=()
+  for i in $(seq 0 $((${#servers[@]} - 1))); do order+=("${servers[$(((round - 1 + i) % ${#servers[@]}))]}"); done
   for name in "${order[@]}"; do
     echo "== round $round/$ROUNDS: $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     start "$name"
@@ -115,6 +130,7 @@ print(f"Medians of {rounds} round(s). Latency in ms (h2load --log-file); CPU = s
 print("| scenario | shoal req/s | grpc-swift-2 req/s | ratio | shoal p50 / p99 | grpc-swift-2 p50 / p99 | p99 ratio | shoal CPU us/req | grpc-swift-2 CPU us/req | CPU ratio |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 ratios = []
+cpp_ratios = []
 for sc in "abc":
     if not d.get(("shoal", sc + ".rps")): continue
     a, g = med("shoal", sc + ".rps"), med("grpc-swift-2", sc + ".rps")
@@ -125,6 +141,24 @@ for sc in "abc":
           f"{med('shoal', sc+'.p99_ms') / med('grpc-swift-2', sc+'.p99_ms'):.2f} | "
           f"{med('shoal', sc+'.cpu_us'):.1f} | {med('grpc-swift-2', sc+'.cpu_us'):.1f} | "
           f"{med('shoal', sc+'.cpu_us') / med('grpc-swift-2', sc+'.cpu_us'):.2f} |")
+if d.get(("grpc-c++", "a.rps")):
+    print("\n| scenario | shoal req/s | grpc-c++ req/s | ratio | shoal p50 / p99 | grpc-c++ p50 / p99 | shoal CPU us/req | grpc-c++ CPU us/req | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for sc in "abc":
+        if not d.get(("shoal", sc + ".rps")) or not d.get(("grpc-c++", sc + ".rps")): continue
+        a, c = med("shoal", sc + ".rps"), med("grpc-c++", sc + ".rps")
+        cpp_ratios.append(a / c)
+        print(f"| {names[sc]} | {a:.0f} | {c:.0f} | {a / c:.2f} | {med('shoal', sc+'.p50_ms'):.2f} / {med('shoal', sc+'.p99_ms'):.2f} | "
+              f"{med('grpc-c++', sc+'.p50_ms'):.2f} / {med('grpc-c++', sc+'.p99_ms'):.2f} | "
+              f"{med('shoal', sc+'.cpu_us'):.1f} | {med('grpc-c++', sc+'.cpu_us'):.1f} | "
+              f"{med('shoal', sc+'.cpu_us') / med('grpc-c++', sc+'.cpu_us'):.2f} |")
+if d.get(("shoal-before", "a.rps")):
+    print("\n| scenario | shoal before req/s | shoal req/s | after/before | before CPU us/req | CPU us/req |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for sc in "abc":
+        if not d.get(("shoal-before", sc + ".rps")): continue
+        b, a = med("shoal-before", sc + ".rps"), med("shoal", sc + ".rps")
+        print(f"| {names[sc]} | {b:.0f} | {a:.0f} | {a / b:.2f} | {med('shoal-before', sc+'.cpu_us'):.1f} | {med('shoal', sc+'.cpu_us'):.1f} |")
 if d.get(("shoal", "s.msgs_per_s")):
     print(f"\n| stream (s) | shoal | grpc-swift-2 |\n|---|---:|---:|")
     print(f"| msgs/s | {med('shoal', 's.msgs_per_s'):.0f} | {med('grpc-swift-2', 's.msgs_per_s'):.0f} |")
@@ -134,5 +168,7 @@ for key, label in (("rss_idle_kb", "idle"), ("rss_after_b_kb", "after b"), ("rss
     print(f"| {label} | {med('shoal', key)/1024:.1f} | {med('grpc-swift-2', key)/1024:.1f} |")
 if ratios:
     print(f"\nmin rps ratio vs grpc-swift-2: {min(ratios):.2f}")
+if cpp_ratios:
+    print(f"min rps ratio vs grpc-c++: {min(cpp_ratios):.2f}")
 PY
 echo "raw results: $R" >&2

@@ -265,7 +265,7 @@ let package = Package(
         .target(name: "LocalPostgres", dependencies: ["ChildProcess"], swiftSettings: strictSettings),
         .executableTarget(
             name: "shoal-local",
-            dependencies: ["ChildProcess", "LocalPostgres", "PostgresSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChildProcess", "RPCCore", "LocalPostgres", "PostgresSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/Launcher",
             swiftSettings: strictSettings
         ),

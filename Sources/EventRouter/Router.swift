@@ -1,4 +1,5 @@
 internal import Foundation
+internal import RPCCore
 internal import Synchronization
 package import EventRouterAPI
 internal import Logging
@@ -157,10 +158,7 @@ package final class Router: Sendable {
     /// Harpoon answers or the task is cancelled (the agent went away). `nil` when this router has no source.
     func inventory(for hypervisorId: String) async -> Eventrouter_V1_Inventory? {
         guard let inventories else { return nil }
-        var backoff = ConnectionBackoff()
-        backoff.initial = .milliseconds(100)
-        backoff.multiplier = 2
-        backoff.maximum = .seconds(2)
+        let backoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(2), jitter: .proportional(0.2))
         var failures = 0
         while !Task.isCancelled {
             do {

@@ -1,4 +1,5 @@
 internal import Foundation
+internal import RPCCore
 internal import Synchronization
 package import HarpoonAPI
 internal import Logging
@@ -239,11 +240,11 @@ package final class OutboxWorker: Sendable {
 
     static let logger = Logger(label: "harpoon.outbox")
 
-    /// Backoff after `attempts` failures: 100 ms doubling to 10 s, with full jitter.
-    static func backoff(attempts: Int) -> Double {
-        let ceiling = min(10.0, 0.1 * pow(2, Double(min(attempts, 20))))
-        return Double.random(in: ceiling / 2...ceiling)
-    }
+    /// Backoff after `attempts` failures: 200 ms doubling to 10 s, never less than half the planned wait.
+    static let redeliveryBackoff = Backoff(initial: .milliseconds(200), multiplier: 2, maximum: .seconds(10), jitter: .half)
+
+    /// The wait, in seconds, after `attempts` failures.
+    static func backoff(attempts: Int) -> Double { Backoff.seconds(redeliveryBackoff.delay(afterFailures: attempts)) }
 
     private func postpone(_ entry: OutboxEntry) async {
         let until = Date().timeIntervalSince1970 + Self.backoff(attempts: entry.attempts)

@@ -1,4 +1,5 @@
 internal import Foundation
+internal import RPCCore
 internal import Synchronization
 package import EventRouterAPI
 internal import Logging
@@ -177,6 +178,9 @@ package final class HypervisorAgent: Sendable {
         if let ticker { try await ticker.sleep(for: duration) } else { try await Task.sleep(for: duration) }
     }
 
+    /// How the agent waits before connecting again: 100 ms doubling to 5 s, at least half of that.
+    static let reconnectBackoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(5), jitter: .half)
+
     /// Connects, serves the stream, and reconnects with backoff (100 ms doubling to 5 s) until cancelled.
     package func run(client: RPCClient) async {
         var failures = 0
@@ -197,8 +201,7 @@ package final class HypervisorAgent: Sendable {
                 "hypervisor_id": .string(configuration.hypervisorId), "error": .string(ended.map { "\($0)" } ?? "the router ended it"),
                 "failures_in_a_row": .stringConvertible(failures),
             ])
-            let ceiling = min(5000, 100 << min(failures - 1, 6))
-            try? await Task.sleep(for: .milliseconds(Int.random(in: ceiling / 2...ceiling)))
+            try? await Task.sleep(for: Self.reconnectBackoff.delay(afterFailures: failures))
         }
     }
 

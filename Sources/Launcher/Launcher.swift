@@ -8,6 +8,7 @@ import ChildProcess
 import Foundation
 import LocalPostgres
 import PostgresSupport
+import RPCCore
 import Synchronization
 
 /// Set once the cluster is stopping: from then on no service is restarted (Ctrl-C in a terminal reaches the
@@ -17,6 +18,9 @@ let shuttingDown = Mutex(false)
 /// A supervised service: a child process restarted (with backoff) when it dies, its output in a log file, its pid in
 /// a pid file.
 final class Service: Sendable {
+    /// How long a service that died waits before its restart: 200 ms doubling to 5 s.
+    static let restartBackoff = Backoff(initial: .milliseconds(200), multiplier: 2, maximum: .seconds(5), jitter: .none)
+
     let name: String
     let ready: String
     /// `<data>/run/<name>.pid`: the live process, rewritten on every (re)start, for operators and tests.
@@ -57,7 +61,7 @@ final class Service: Sendable {
         }
         guard let restart else { return }
         // Back off a little more each time a service dies, up to 5 s.
-        let delay = min(5.0, 0.2 * pow(2, Double(min(restart - 1, 5))))
+        let delay = Backoff.seconds(Self.restartBackoff.delay(afterFailures: restart))
         DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
             guard !self.state.withLock({ $0.stopping }), !shuttingDown.withLock({ $0 }) else { return }
             do {

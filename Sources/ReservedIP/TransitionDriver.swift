@@ -1,4 +1,5 @@
 internal import Foundation
+internal import RPCCore
 package import HarpoonAPI
 internal import Logging
 internal import ReservedIPAPI
@@ -37,10 +38,9 @@ package final class TransitionDriver: Sendable {
     }
 
     /// Backoff before retry `attempt` of a transient failure: 50 ms doubling to 5 s, with full jitter.
-    static func backoff(attempt: Int) -> Duration {
-        let ceiling = min(5.0, 0.05 * pow(2, Double(min(attempt, 16))))
-        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
-    }
+    static let retryBackoff = Backoff(initial: .milliseconds(50), multiplier: 2, maximum: .seconds(5), jitter: .full)
+
+    static func backoff(attempt: Int) -> Duration { retryBackoff.delay(afterFailures: attempt + 1) }
 
     static func isTransient(_ error: any Error) -> Bool {
         guard let error = error as? RPCError else { return true }

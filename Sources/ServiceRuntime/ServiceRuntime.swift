@@ -100,7 +100,7 @@ package enum ServiceRuntime {
         var configuration = RPCClient.Configuration()
         configuration.backoff.initial = .milliseconds(100)
         configuration.backoff.maximum = .seconds(2)
-        configuration.backoff.connectTimeout = .seconds(5)
+        configuration.connectTimeout = .seconds(5)
         return RPCClient(targets: targets, configuration: configuration, interceptors: clientInterceptors)
     }
 

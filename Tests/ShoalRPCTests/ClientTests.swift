@@ -124,15 +124,9 @@ struct ClientTests {
         }
     }
 
-    @Test("connection backoff follows gRPC's schedule: 1 s, ×1.6, ±20 % jitter, 120 s cap")
-    func backoffSchedule() {
-        let backoff = ConnectionBackoff()
-        #expect(backoff.delay(afterFailures: 1, random: 0) == .seconds(1))
-        #expect(backoff.delay(afterFailures: 2, random: 0) == .milliseconds(1600))
-        #expect(backoff.delay(afterFailures: 3, random: 0) == .milliseconds(2560))
-        #expect(backoff.delay(afterFailures: 30, random: 0) == .seconds(120))
-        #expect(backoff.delay(afterFailures: 1, random: 1) == .milliseconds(1200))
-        #expect(backoff.delay(afterFailures: 1, random: -1) == .milliseconds(800))
+    @Test("clients wait out gRPC's connection backoff, and retries use full jitter from 100 ms")
+    func backoffDefaults() {
+        #expect(RPCClient.Configuration().backoff == .grpcConnection)
         for _ in 0..<100 {
             let delay = RetryPolicy().backoff(afterAttempt: 3)
             #expect(delay >= .zero && delay <= .milliseconds(400))

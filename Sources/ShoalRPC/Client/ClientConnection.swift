@@ -3,31 +3,6 @@ internal import NIOCore
 internal import NIOPosix
 internal import RPCCore
 
-/// gRPC's connection backoff (connection-backoff.md): 1 s initial, ×1.6 per failure, ±20 % jitter, 120 s cap.
-public struct ConnectionBackoff: Sendable, Hashable {
-    public var initial: Duration = .seconds(1)
-    public var multiplier: Double = 1.6
-    public var jitter: Double = 0.2
-    public var maximum: Duration = .seconds(120)
-    /// How long one connection attempt may take.
-    public var connectTimeout: Duration = .seconds(20)
-
-    public init() {}
-
-    /// The wait after `failures` consecutive failed attempts (1 for the first), with jitter from `random`.
-    public func delay(afterFailures failures: Int, random: Double = Double.random(in: -1...1)) -> Duration {
-        var seconds = Self.seconds(initial)
-        for _ in 1..<max(failures, 1) { seconds = min(seconds * multiplier, Self.seconds(maximum)) }
-        seconds = min(seconds, Self.seconds(maximum))
-        return .nanoseconds(Int64(max(0, seconds * (1 + jitter * random)) * 1e9))
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        let (seconds, attoseconds) = duration.components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}
-
 /// One address of a client: connects on demand, keeps one multiplexed HTTP/2 connection, and after a failure waits
 /// out the backoff before trying again (calls meanwhile fail fast with UNAVAILABLE).
 final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
@@ -35,7 +10,8 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     let port: Int
     private let group: any EventLoopGroup
     private let http2: HTTP2Configuration
-    private let backoff: ConnectionBackoff
+    private let backoff: Backoff
+    private let connectTimeout: Duration
     private let tls: Result<TLSContext, RPCError>?
     private let state = NIOLockedValueBox(State.idle(failures: 0, retryAt: nil))
 
@@ -46,7 +22,8 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         case closed
     }
 
-    init(host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: ConnectionBackoff, tls: Result<TLSContext, RPCError>?) {
+    init(host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: Backoff, connectTimeout: Duration, tls: Result<TLSContext, RPCError>?) {
+        self.connectTimeout = connectTimeout
         self.tls = tls
         self.host = host
         self.port = port
@@ -119,7 +96,7 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     }
 
     private func connect() async throws -> (NGHTTP2Connection, any Channel) {
-        let (seconds, attoseconds) = backoff.connectTimeout.components
+        let (seconds, attoseconds) = connectTimeout.components
         let timeout = TimeAmount.nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
         let http2 = self.http2
         let tls = try self.tls?.get()

@@ -8,9 +8,8 @@ public import RPCCore
 public struct RetryPolicy: Sendable, Hashable {
     /// Attempts in all, the first included.
     public var maxAttempts: Int = 3
-    public var initialBackoff: Duration = .milliseconds(100)
-    public var maximumBackoff: Duration = .seconds(5)
-    public var multiplier: Double = 2
+    /// The wait between attempts: 100 ms doubling to 5 s, full jitter.
+    public var backoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(5), jitter: .full)
     /// Codes worth another attempt.
     public var retryableCodes: Set<Int> = [RPCError.Code.unavailable.rawValue]
 
@@ -19,13 +18,8 @@ public struct RetryPolicy: Sendable, Hashable {
         self.retryableCodes = Set(retryableCodes.map(\.rawValue))
     }
 
-    /// The wait before attempt `attempt + 1`: random in [0, min(max, initial × multiplier^(attempt-1))].
-    public func backoff(afterAttempt attempt: Int) -> Duration {
-        var ceiling = ConnectionBackoff.seconds(initialBackoff)
-        for _ in 1..<max(attempt, 1) { ceiling *= multiplier }
-        ceiling = min(ceiling, ConnectionBackoff.seconds(maximumBackoff))
-        return .nanoseconds(Int64(Double.random(in: 0...ceiling) * 1e9))
-    }
+    /// The wait before attempt `attempt + 1`.
+    public func backoff(afterAttempt attempt: Int) -> Duration { backoff.delay(afterFailures: attempt) }
 }
 
 /// Per-call settings.
@@ -103,7 +97,10 @@ public struct RPCRequestWriter<Message: ProtoMessage>: Sendable {
 public final class RPCClient: Sendable {
     public struct Configuration: Sendable {
         public var http2 = HTTP2Configuration()
-        public var backoff = ConnectionBackoff()
+        /// How an address that failed to connect waits before the next attempt (gRPC's connection backoff).
+        public var backoff = Backoff.grpcConnection
+        /// How long one connection attempt may take.
+        public var connectTimeout: Duration = .seconds(20)
         /// Options for calls that pass none.
         public var defaultCallOptions = CallOptions()
         public var userAgent = "shoal-rpc/0.1"
@@ -132,7 +129,7 @@ public final class RPCClient: Sendable {
             Result { () throws(RPCError) in try TLSContext(tls, role: .client) }
         }
         self.connections = targets.map {
-            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff, tls: tls)
+            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff, connectTimeout: configuration.connectTimeout, tls: tls)
         }
     }
 

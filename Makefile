@@ -51,8 +51,19 @@ interop-deps: ## Install Python grpcio, pydo and h2 in .build-interop/venv and g
 	@$(INTEROP_PY) -m grpc_tools.protoc -I Protos --python_out=$(INTEROP_DIR)/stubs --grpc_python_out=$(INTEROP_DIR)/stubs \
 	  grpc/testing/empty.proto grpc/testing/messages.proto grpc/testing/test.proto
 
+# The Swift files swift-format owns: everything but build directories (generated files opt out in their header).
+FORMAT_FILES = $(shell find Package.swift Sources Tests Benchmarks/Package.swift Benchmarks/Sources -name '*.swift' -not -path '*/.build/*' | sort)
+
+.PHONY: format
+format: ## Format every Swift file with the committed .swift-format (swift-format ships with the toolchain).
+	@swift format format --in-place --parallel --configuration .swift-format $(FORMAT_FILES)
+
+.PHONY: lint
+lint: ## Check formatting and swift-format's lint rules; fails on any finding (make format fixes most).
+	@swift format lint --strict --parallel --configuration .swift-format $(FORMAT_FILES)
+
 .PHONY: test
-test: deps check-generated interop-deps ## Install what is missing, build, and run every test (what CI runs).
+test: deps lint check-generated interop-deps ## Install what is missing, lint, build, and run every test (what CI runs).
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	@# The multi-process cluster tests run on their own, after the rest: on 2 cores, a dozen processes beside the
 	@# in-process network tests would only measure the contention.

@@ -91,12 +91,18 @@ let package = Package(
         ),
         .target(
             name: "Scheduler",
-            dependencies: ["SchedulerAPI", "RequestContext", .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SchedulerAPI", "RequestContext", .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "scheduler",
-            dependencies: ["Scheduler", "SchedulerAPI", "HarpoonAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Scheduler", "SchedulerAPI", "HarpoonAPI", "ServiceRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/SchedulerServer",
             swiftSettings: strictSettings
         ),
@@ -110,10 +116,12 @@ let package = Package(
         .target(
             name: "Harpoon",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", "RequestContext", .product(name: "GRDB", package: "GRDB.swift"),
+                "HarpoonAPI", "EventRouterAPI", "SQLiteSupport", "PostgresSupport", "RequestContext",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
-                .product(name: "NIOCore", package: "swift-nio"), .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: strictSettings
         ),
@@ -121,7 +129,9 @@ let package = Package(
         // migrations that several replicas can run at once, change notifications.
         .target(
             name: "PostgresSupport",
-            dependencies: [.product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                .product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         // What the SQLite stores share: opening a service's database, point reads.
@@ -144,7 +154,8 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // OTLP's trace export messages and service, generated from Protos/opentelemetry.
-        .target(name: "OTLPAPI", dependencies: ["ShoalRPC"], swiftSettings: strictSettings, plugins: ["ProtoGenPlugin"]),
+        .target(
+            name: "OTLPAPI", dependencies: ["ShoalRPC"], swiftSettings: strictSettings, plugins: ["ProtoGenPlugin"]),
         // Spans exported to an OTLP collector over Shoal's own gRPC.
         .target(
             name: "ShoalTracing",
@@ -158,11 +169,14 @@ let package = Package(
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "ShoalRPC", "RequestContext", "ShoalTracing", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                "ShoalRPC", "RequestContext", "ShoalTracing", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
                 .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
@@ -172,7 +186,8 @@ let package = Package(
         .executableTarget(
             name: "harpoon",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Harpoon", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", "ServiceRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/HarpoonServer",
@@ -180,13 +195,19 @@ let package = Package(
         ),
         .executableTarget(
             name: "event-router",
-            dependencies: ["EventRouter", "EventRouterAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "EventRouter", "EventRouterAPI", "ServiceRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/EventRouterServer",
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "hypervisor",
-            dependencies: ["HypervisorAgent", "EventRouterAPI", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "HypervisorAgent", "EventRouterAPI", "ServiceRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/HypervisorServer",
             swiftSettings: strictSettings
         ),
@@ -208,11 +229,13 @@ let package = Package(
             plugins: ["ProtoGenPlugin"]
         ),
         .target(
-            name: "EventRouter", dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
+            name: "EventRouter",
+            dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .target(
-            name: "HypervisorAgent", dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
+            name: "HypervisorAgent",
+            dependencies: ["EventRouterAPI", "RequestContext", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // The reserved-IP orchestrator: the API (generated only), the service library, the executable.
@@ -225,14 +248,18 @@ let package = Package(
         .target(
             name: "ReservedIP",
             dependencies: [
-                "ReservedIPAPI", "HarpoonAPI", "SQLiteSupport", "PostgresSupport", .product(name: "GRDB", package: "GRDB.swift"),
+                "ReservedIPAPI", "HarpoonAPI", "SQLiteSupport", "PostgresSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "reserved-ip",
-            dependencies: ["ReservedIP", "SQLiteSupport", "PostgresSupport", "ServiceRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ReservedIP", "SQLiteSupport", "PostgresSupport", "ServiceRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/ReservedIPServer",
             swiftSettings: strictSettings
         ),
@@ -241,7 +268,8 @@ let package = Package(
             name: "Aggregator",
             dependencies: [
                 "ReservedIPAPI", "HarpoonAPI", "ServiceRuntime", "RequestContext",
-                .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
                 .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
@@ -265,7 +293,10 @@ let package = Package(
         .target(name: "LocalPostgres", dependencies: ["ChildProcess"], swiftSettings: strictSettings),
         .executableTarget(
             name: "shoal-local",
-            dependencies: ["ChildProcess", "RPCCore", "LocalPostgres", "PostgresSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ChildProcess", "RPCCore", "LocalPostgres", "PostgresSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/Launcher",
             swiftSettings: strictSettings
         ),
@@ -306,11 +337,15 @@ let package = Package(
         ),
         .testTarget(
             name: "ProtoRuntimeTests",
-            dependencies: ["ProtoRuntime", "ProtoWellKnownTypes", "ConformanceMessages", "CProtobufCReference", "TestSupport"],
+            dependencies: [
+                "ProtoRuntime", "ProtoWellKnownTypes", "ConformanceMessages", "CProtobufCReference", "TestSupport",
+            ],
             swiftSettings: strictSettings
         ),
         // What the test targets share: waiting on conditions, seeded randomness.
-        .target(name: "TestSupport", dependencies: ["LocalPostgres", "PostgresSupport"], path: "Tests/TestSupport", swiftSettings: strictSettings),
+        .target(
+            name: "TestSupport", dependencies: ["LocalPostgres", "PostgresSupport"], path: "Tests/TestSupport",
+            swiftSettings: strictSettings),
         .testTarget(
             name: "RPCCoreTests",
             dependencies: ["RPCCore"],
@@ -345,14 +380,18 @@ let package = Package(
         ),
         .testTarget(
             name: "SchedulerTests",
-            dependencies: ["Scheduler", "SchedulerAPI", "TestSupport", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "Scheduler", "SchedulerAPI", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "HarpoonTests",
             dependencies: [
-                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport", "SQLiteSupport", "PostgresSupport", "LocalPostgres",
-                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "GRDB", package: "GRDB.swift"),
+                "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent", "TestSupport",
+                "SQLiteSupport", "PostgresSupport", "LocalPostgres",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: strictSettings
@@ -361,14 +400,16 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "HarpoonAPI", "EventRouterAPI", "OTLPAPI", "TestSupport", "ChildProcess", "LocalPostgres", "PostgresSupport",
+                "HarpoonAPI", "EventRouterAPI", "OTLPAPI", "TestSupport", "ChildProcess", "LocalPostgres",
+                "PostgresSupport",
             ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "ReservedIPTests",
             dependencies: [
-                "ReservedIP", "ReservedIPAPI", "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI", "HypervisorAgent",
+                "ReservedIP", "ReservedIPAPI", "Harpoon", "HarpoonAPI", "Scheduler", "EventRouter", "EventRouterAPI",
+                "HypervisorAgent",
                 "Aggregator", "TestSupport", "PostgresSupport", "LocalPostgres",
             ],
             swiftSettings: strictSettings

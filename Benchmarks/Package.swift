@@ -7,7 +7,7 @@ let package = Package(
     name: "ShoalBenchmarks",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(name: "Shoal", path: ".."),
+        .package(name: "Shoal", path: "..")
     ],
     targets: [
         // Decode/encode throughput on the codec anchor corpus; same protocol and output lines as the anchors'

@@ -19,7 +19,8 @@ package struct API: Sendable {
         package var traceSampleRatio: Double
 
         package init(
-            tokens: [String: String], catalog: Catalog, limits: RateLimiter.Limits = .init(), tokenLimits: [String: RateLimiter.Limits] = [:],
+            tokens: [String: String], catalog: Catalog, limits: RateLimiter.Limits = .init(),
+            tokenLimits: [String: RateLimiter.Limits] = [:],
             traceSampleRatio: Double = 1
         ) {
             self.tokens = tokens
@@ -39,7 +40,8 @@ package struct API: Sendable {
     /// Droplet actions customers can request, and the event types shown as droplet actions.
     static let dropletActionTypes: Set<String> = ["power_on", "power_off", "reboot", "shutdown", "power_cycle"]
     static let documentedUnsupported: Set<String> = [
-        "enable_ipv6", "enable_backups", "disable_backups", "password_reset", "resize", "rebuild", "rename", "snapshot", "restore",
+        "enable_ipv6", "enable_backups", "disable_backups", "password_reset", "resize", "rebuild", "rename", "snapshot",
+        "restore",
         "change_kernel", "enable_private_networking", "change_backup_policy",
     ]
     static let shownDropletEventTypes = ["create", "destroy"] + dropletActionTypes.sorted()
@@ -58,10 +60,12 @@ package struct API: Sendable {
     /// The router with every endpoint behind the auth, rate-limit and error middleware.
     package func router() -> Router<APIContext> {
         let router = Router(context: APIContext.self)
-        router.add(middleware: APIMiddleware(
-            tokens: configuration.tokens, limiter: RateLimiter(defaults: configuration.limits, overrides: configuration.tokenLimits),
-            traceSampleRatio: configuration.traceSampleRatio
-        ))
+        router.add(
+            middleware: APIMiddleware(
+                tokens: configuration.tokens,
+                limiter: RateLimiter(defaults: configuration.limits, overrides: configuration.tokenLimits),
+                traceSampleRatio: configuration.traceSampleRatio
+            ))
         let v2 = router.group("v2")
         v2.get("regions") { request, _ in try await self.regions(request) }
         v2.get("sizes") { request, _ in try await self.sizes(request) }
@@ -79,9 +83,15 @@ package struct API: Sendable {
             v2.post(RouterPath(path)) { request, context in try await self.createIP(request, context, legacy: legacy) }
             v2.get(RouterPath("\(path)/:ip")) { _, context in try await self.getIP(context, legacy: legacy) }
             v2.delete(RouterPath("\(path)/:ip")) { _, context in try await self.deleteIP(context) }
-            v2.get(RouterPath("\(path)/:ip/actions")) { request, context in try await self.listIPActions(request, context, legacy: legacy) }
-            v2.post(RouterPath("\(path)/:ip/actions")) { request, context in try await self.postIPAction(request, context, legacy: legacy) }
-            v2.get(RouterPath("\(path)/:ip/actions/:action")) { _, context in try await self.getIPAction(context, legacy: legacy) }
+            v2.get(RouterPath("\(path)/:ip/actions")) { request, context in
+                try await self.listIPActions(request, context, legacy: legacy)
+            }
+            v2.post(RouterPath("\(path)/:ip/actions")) { request, context in
+                try await self.postIPAction(request, context, legacy: legacy)
+            }
+            v2.get(RouterPath("\(path)/:ip/actions/:action")) { _, context in
+                try await self.getIPAction(context, legacy: legacy)
+            }
         }
         return router
     }
@@ -108,7 +118,9 @@ package struct API: Sendable {
     }
 
     static func integer(_ context: APIContext, _ name: String) throws -> Int64 {
-        guard let text = context.parameters.get(name), let value = Int64(text), value > 0 else { throw APIError.notFound }
+        guard let text = context.parameters.get(name), let value = Int64(text), value > 0 else {
+            throw APIError.notFound
+        }
         return value
     }
 
@@ -133,7 +145,9 @@ package struct API: Sendable {
     /// `links` and `meta` of a collection, with absolute URLs on the host the client called.
     static func collection(_ key: String, _ items: [JSON], total: Int, paging: Paging, request: Request) -> JSON {
         let last = max(1, (total + paging.perPage - 1) / paging.perPage)
-        let path = request.uri.path.hasSuffix("/") && request.uri.path.count > 1 ? String(request.uri.path.dropLast()) : request.uri.path
+        let path =
+            request.uri.path.hasSuffix("/") && request.uri.path.count > 1
+            ? String(request.uri.path.dropLast()) : request.uri.path
         func url(_ page: Int) -> JSON { .string(href(request, "\(path)?page=\(page)&per_page=\(paging.perPage)")) }
         var pages: [(String, JSON)] = []
         if paging.page > 1 {
@@ -145,7 +159,8 @@ package struct API: Sendable {
             pages.append(("last", url(last)))
         }
         return .object([
-            (key, .array(items)), ("links", pages.isEmpty ? .object([]) : .object([("pages", .object(pages))])), ("meta", .object([("total", .int(Int64(total)))])),
+            (key, .array(items)), ("links", pages.isEmpty ? .object([]) : .object([("pages", .object(pages))])),
+            ("meta", .object([("total", .int(Int64(total)))])),
         ])
     }
 
@@ -184,17 +199,22 @@ package struct API: Sendable {
         let many = body["names"].map { !$0.isNull } ?? false
         if many {
             guard names.isEmpty else { throw APIError.unprocessable("give name or names, not both") }
-            guard case .array(let list)? = body["names"], !list.isEmpty, list.count <= 10, list.allSatisfy({ $0.string != nil }) else {
+            guard case .array(let list)? = body["names"], !list.isEmpty, list.count <= 10,
+                list.allSatisfy({ $0.string != nil })
+            else {
                 throw APIError.unprocessable("names must be a list of 1 to 10 names")
             }
             names = list.compactMap(\.string)
         }
         guard !names.isEmpty else { throw APIError.unprocessable("name is required") }
         for name in names where !Self.validName(name) {
-            throw APIError.unprocessable("name '\(name)' is invalid: only letters, digits, '.' and '-', up to 255 characters")
+            throw APIError.unprocessable(
+                "name '\(name)' is invalid: only letters, digits, '.' and '-', up to 255 characters")
         }
         guard let sizeSlug = body["size"]?.string else { throw APIError.unprocessable("size is required") }
-        guard let size = configuration.catalog.size(sizeSlug) else { throw APIError.unprocessable("size '\(sizeSlug)' is not available") }
+        guard let size = configuration.catalog.size(sizeSlug) else {
+            throw APIError.unprocessable("size '\(sizeSlug)' is not available")
+        }
         let image: String
         switch body["image"] {
         case .string(let slug)? where !slug.isEmpty: image = slug
@@ -213,14 +233,19 @@ package struct API: Sendable {
         for (index, name) in names.enumerated() {
             let created = try await harpoon.createDroplet(
                 Harpoon_V1_CreateDropletRequest(
-                    idempotencyKey: "\(context.requestId)/\(index)", customer: context.customer, name: name, region: region,
+                    idempotencyKey: "\(context.requestId)/\(index)", customer: context.customer, name: name,
+                    region: region,
                     size: size.schedulerSize, image: image
                 ),
                 options: Self.call
             )
             droplets.append(render.droplet(created.droplet ?? Harpoon_V1_Droplet()))
             let actionId = ActionID.public(eventId: created.event?.id ?? 0)
-            actions.append(.object([("id", .int(actionId)), ("rel", .string("create")), ("href", .string(Self.href(request, "/v2/actions/\(actionId)")))]))
+            actions.append(
+                .object([
+                    ("id", .int(actionId)), ("rel", .string("create")),
+                    ("href", .string(Self.href(request, "/v2/actions/\(actionId)"))),
+                ]))
         }
         let links = JSON.object([("actions", .array(actions))])
         if many { return Self.json(.object([("droplets", .array(droplets)), ("links", links)]), status: .accepted) }
@@ -245,11 +270,15 @@ package struct API: Sendable {
         }
         let page = try await harpoon.listDroplets(
             Harpoon_V1_ListDropletsRequest(
-                customer: context.customer, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset), name: query.get("name") ?? ""
+                customer: context.customer, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset),
+                name: query.get("name") ?? ""
             ),
             options: Self.call
         )
-        return Self.json(Self.collection("droplets", page.droplets.map(render.droplet), total: Int(page.total), paging: paging, request: request))
+        return Self.json(
+            Self.collection(
+                "droplets", page.droplets.map(render.droplet), total: Int(page.total), paging: paging, request: request)
+        )
     }
 
     func droplet(_ id: Int64, customer: String) async throws -> Harpoon_V1_Droplet {
@@ -263,7 +292,8 @@ package struct API: Sendable {
 
     func deleteDroplet(_ context: APIContext) async throws -> Response {
         _ = try await harpoon.deleteDroplet(
-            Harpoon_V1_DeleteDropletRequest(idempotencyKey: context.requestId, id: try Self.integer(context, "id"), customer: context.customer),
+            Harpoon_V1_DeleteDropletRequest(
+                idempotencyKey: context.requestId, id: try Self.integer(context, "id"), customer: context.customer),
             options: Self.call
         )
         return Self.noContent()
@@ -276,11 +306,14 @@ package struct API: Sendable {
         guard let type = body["type"]?.string else { throw APIError.unprocessable("type is required") }
         guard Self.dropletActionTypes.contains(type) else {
             throw APIError.unprocessable(
-                Self.documentedUnsupported.contains(type) ? "the action type \(type) is not supported here" : "'\(type)' is not a valid action type"
+                Self.documentedUnsupported.contains(type)
+                    ? "the action type \(type) is not supported here" : "'\(type)' is not a valid action type"
             )
         }
         let event = try await harpoon.createEvent(
-            Harpoon_V1_CreateEventRequest(idempotencyKey: context.requestId, type: type, dropletId: id, customer: context.customer, exclusive: true),
+            Harpoon_V1_CreateEventRequest(
+                idempotencyKey: context.requestId, type: type, dropletId: id, customer: context.customer,
+                exclusive: true),
             options: Self.call
         )
         return Self.json(.object([("action", render.action(event))]), status: .created)
@@ -292,17 +325,21 @@ package struct API: Sendable {
         _ = try await droplet(id, customer: context.customer)
         let page = try await harpoon.listEvents(
             Harpoon_V1_ListEventsRequest(
-                dropletId: id, customer: context.customer, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset), types: Self.shownDropletEventTypes
+                dropletId: id, customer: context.customer, pageSize: UInt32(paging.perPage),
+                offset: UInt32(paging.offset), types: Self.shownDropletEventTypes
             ),
             options: Self.call
         )
-        return Self.json(Self.collection("actions", page.events.map(render.action), total: Int(page.total), paging: paging, request: request))
+        return Self.json(
+            Self.collection(
+                "actions", page.events.map(render.action), total: Int(page.total), paging: paging, request: request))
     }
 
     /// A droplet action (a Harpoon event of a shown type) of the customer's, or 404.
     func dropletEvent(publicId: Int64, customer: String) async throws -> Harpoon_V1_Event {
         guard case .harpoon(let eventId)? = ActionID.source(publicId) else { throw APIError.notFound }
-        let event = try await harpoon.getEvent(Harpoon_V1_GetEventRequest(id: eventId, customer: customer), options: Self.call)
+        let event = try await harpoon.getEvent(
+            Harpoon_V1_GetEventRequest(id: eventId, customer: customer), options: Self.call)
         guard Self.shownDropletEventTypes.contains(event.type) else { throw APIError.notFound }
         return event
     }
@@ -320,9 +357,13 @@ package struct API: Sendable {
         let publicId = try Self.integer(context, "action")
         switch ActionID.source(publicId) {
         case .harpoon?:
-            return Self.json(.object([("action", render.action(try await dropletEvent(publicId: publicId, customer: context.customer)))]))
+            return Self.json(
+                .object([
+                    ("action", render.action(try await dropletEvent(publicId: publicId, customer: context.customer)))
+                ]))
         case .reservedIP(let id)?:
-            let action = try await reservedIPs.getAction(Reservedip_V1_GetActionRequest(customer: context.customer, id: id), options: Self.call)
+            let action = try await reservedIPs.getAction(
+                Reservedip_V1_GetActionRequest(customer: context.customer, id: id), options: Self.call)
             return Self.json(.object([("action", render.action(action, legacy: false))]))
         case nil:
             throw APIError.notFound
@@ -338,17 +379,27 @@ package struct API: Sendable {
         async let ipActionsTask = collectIPActions(customer: context.customer, count: wanted)
         let (events, eventTotal) = try await eventsTask
         let (ipActions, ipTotal) = try await ipActionsTask
-        var merged: [(Double, Int64, JSON)] = events.map { ($0.createdAt?.secondsSince1970 ?? 0, ActionID.public(eventId: $0.id), render.action($0)) }
-        merged += ipActions.map { ($0.startedAt?.secondsSince1970 ?? 0, ActionID.public(reservedIPActionId: $0.id), render.action($0, legacy: false)) }
+        var merged: [(Double, Int64, JSON)] = events.map {
+            ($0.createdAt?.secondsSince1970 ?? 0, ActionID.public(eventId: $0.id), render.action($0))
+        }
+        merged += ipActions.map {
+            (
+                $0.startedAt?.secondsSince1970 ?? 0, ActionID.public(reservedIPActionId: $0.id),
+                render.action($0, legacy: false)
+            )
+        }
         merged.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
         let page = merged.dropFirst(paging.offset).prefix(paging.perPage).map(\.2)
-        return Self.json(Self.collection("actions", Array(page), total: eventTotal + ipTotal, paging: paging, request: request))
+        return Self.json(
+            Self.collection("actions", Array(page), total: eventTotal + ipTotal, paging: paging, request: request))
     }
 
     func collectEvents(customer: String, count: Int) async throws -> ([Harpoon_V1_Event], Int) {
         try await Self.collect(count: count) { offset in
             let page = try await harpoon.listEvents(
-                Harpoon_V1_ListEventsRequest(customer: customer, pageSize: 200, offset: offset, types: Self.shownDropletEventTypes), options: Self.call
+                Harpoon_V1_ListEventsRequest(
+                    customer: customer, pageSize: 200, offset: offset, types: Self.shownDropletEventTypes),
+                options: Self.call
             )
             return (page.events, Int(page.total))
         }
@@ -356,13 +407,16 @@ package struct API: Sendable {
 
     func collectIPActions(customer: String, count: Int) async throws -> ([Reservedip_V1_Action], Int) {
         try await Self.collect(count: count) { offset in
-            let page = try await reservedIPs.listActions(Reservedip_V1_ListActionsRequest(customer: customer, pageSize: 200, offset: offset), options: Self.call)
+            let page = try await reservedIPs.listActions(
+                Reservedip_V1_ListActionsRequest(customer: customer, pageSize: 200, offset: offset), options: Self.call)
             return (page.actions, Int(page.total))
         }
     }
 
     /// The first `count` items of a paginated source (fewer if it has fewer), and its total.
-    static func collect<Item>(count: Int, page: (_ offset: UInt32) async throws -> ([Item], Int)) async throws -> ([Item], Int) {
+    static func collect<Item>(
+        count: Int, page: (_ offset: UInt32) async throws -> ([Item], Int)
+    ) async throws -> ([Item], Int) {
         var items: [Item] = []
         var total = 0
         repeat {
@@ -381,7 +435,9 @@ package struct API: Sendable {
     }
 
     static func ipParameter(_ context: APIContext) throws -> String {
-        guard let ip = context.parameters.get("ip"), ip.split(separator: ".").count == 4, ip.allSatisfy({ $0.isNumber || $0 == "." }) else {
+        guard let ip = context.parameters.get("ip"), ip.split(separator: ".").count == 4,
+            ip.allSatisfy({ $0.isNumber || $0 == "." })
+        else {
             throw APIError.notFound
         }
         return ip
@@ -393,11 +449,13 @@ package struct API: Sendable {
     /// `fetchedAhead` is a droplet asked for before the IP's answer came (see ``getIP(_:legacy:)``): used if it is the
     /// IP's droplet and its answer says something (the droplet, or that it is gone); otherwise it is fetched now.
     func renderIP(
-        _ ip: Reservedip_V1_ReservedIP, customer: String, fetchedAhead: (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? = nil
+        _ ip: Reservedip_V1_ReservedIP, customer: String,
+        fetchedAhead: (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? = nil
     ) async throws -> JSON {
         guard ip.dropletId != 0 else { return render.reservedIP(ip, droplet: nil) }
         var ahead = fetchedAhead?.id == ip.dropletId ? fetchedAhead?.result : nil
-        if case .failure(let error)? = ahead, (error as? RPCError)?.code != .notFound { ahead = nil }  // Harpoon failed: ask again
+        // Harpoon failed: ask again
+        if case .failure(let error)? = ahead, (error as? RPCError)?.code != .notFound { ahead = nil }
         do {
             let fetched = if let ahead { try ahead.get() } else { try await droplet(ip.dropletId, customer: customer) }
             return render.reservedIP(ip, droplet: fetched)
@@ -410,7 +468,9 @@ package struct API: Sendable {
     func listIPs(_ request: Request, _ context: APIContext, legacy: Bool) async throws -> Response {
         let paging = try Paging(request)
         let page = try await reservedIPs.list(
-            Reservedip_V1_ListRequest(customer: context.customer, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset)), options: Self.call
+            Reservedip_V1_ListRequest(
+                customer: context.customer, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset)),
+            options: Self.call
         )
         // The page's droplets come from Harpoon in parallel.
         let rendered = try await withThrowingTaskGroup(of: (Int, JSON).self) { group in
@@ -421,11 +481,15 @@ package struct API: Sendable {
             for try await (index, item) in group { items[index] = item }
             return items
         }
-        return Self.json(Self.collection(Self.keys(legacy: legacy).many, rendered, total: Int(page.total), paging: paging, request: request))
+        return Self.json(
+            Self.collection(
+                Self.keys(legacy: legacy).many, rendered, total: Int(page.total), paging: paging, request: request))
     }
 
     /// The droplet `id`, or why not; `nil` for no id.
-    private func fetchAhead(_ id: Int64?, customer: String) async -> (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? {
+    private func fetchAhead(
+        _ id: Int64?, customer: String
+    ) async -> (id: Int64, result: Result<Harpoon_V1_Droplet, any Error>)? {
         guard let id else { return nil }
         do {
             return (id, .success(try await droplet(id, customer: customer)))
@@ -440,7 +504,8 @@ package struct API: Sendable {
         let address = try Self.ipParameter(context)
         let customer = context.customer
         async let early = fetchAhead(guesses.guess(ip: address, customer: customer), customer: customer)
-        let ip = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: customer, ip: address), options: Self.call)
+        let ip = try await reservedIPs.get(
+            Reservedip_V1_GetRequest(customer: customer, ip: address), options: Self.call)
         guesses.record(ip: address, customer: customer, dropletId: ip.dropletId)
         let rendered = try await renderIP(ip, customer: customer, fetchedAhead: await early)
         return Self.json(.object([(Self.keys(legacy: legacy).one, rendered)]))
@@ -462,11 +527,15 @@ package struct API: Sendable {
             }
             reserve.region = slug
             if let project = body["project_id"], !project.isNull {
-                guard let project = project.string, UUID(uuidString: project) != nil else { throw APIError.unprocessable("project_id must be a UUID") }
+                guard let project = project.string, UUID(uuidString: project) != nil else {
+                    throw APIError.unprocessable("project_id must be a UUID")
+                }
                 reserve.projectId = project.lowercased()
             }
         case (nil, let droplet?):
-            guard let id = droplet.int, id > 0 else { throw APIError.unprocessable("droplet_id must be a droplet's id") }
+            guard let id = droplet.int, id > 0 else {
+                throw APIError.unprocessable("droplet_id must be a droplet's id")
+            }
             reserve.dropletId = id
         }
         if reserve.projectId.isEmpty { reserve.projectId = Self.defaultProject(context.customer) }
@@ -476,11 +545,29 @@ package struct API: Sendable {
         if let action = reserved.action {
             let actionId = ActionID.public(reservedIPActionId: action.id)
             links = [
-                ("droplets", .array([.object([("id", .int(action.dropletId)), ("rel", .string("droplet")), ("href", .string(Self.href(request, "/v2/droplets/\(action.dropletId)")))])])),
-                ("actions", .array([.object([("id", .int(actionId)), ("rel", .string("assign_ip")), ("href", .string(Self.href(request, "/v2/actions/\(actionId)")))])])),
+                (
+                    "droplets",
+                    .array([
+                        .object([
+                            ("id", .int(action.dropletId)), ("rel", .string("droplet")),
+                            ("href", .string(Self.href(request, "/v2/droplets/\(action.dropletId)"))),
+                        ])
+                    ])
+                ),
+                (
+                    "actions",
+                    .array([
+                        .object([
+                            ("id", .int(actionId)), ("rel", .string("assign_ip")),
+                            ("href", .string(Self.href(request, "/v2/actions/\(actionId)"))),
+                        ])
+                    ])
+                ),
             ]
         }
-        return Self.json(.object([(Self.keys(legacy: legacy).one, render.reservedIP(ip, droplet: nil)), ("links", .object(links))]), status: .accepted)
+        return Self.json(
+            .object([(Self.keys(legacy: legacy).one, render.reservedIP(ip, droplet: nil)), ("links", .object(links))]),
+            status: .accepted)
     }
 
     /// The customer's default project: a stable UUID derived from the customer's name.
@@ -498,7 +585,8 @@ package struct API: Sendable {
 
     func deleteIP(_ context: APIContext) async throws -> Response {
         _ = try await reservedIPs.release(
-            Reservedip_V1_ReleaseRequest(idempotencyKey: context.requestId, customer: context.customer, ip: try Self.ipParameter(context)),
+            Reservedip_V1_ReleaseRequest(
+                idempotencyKey: context.requestId, customer: context.customer, ip: try Self.ipParameter(context)),
             options: Self.call
         )
         return Self.noContent()
@@ -507,20 +595,28 @@ package struct API: Sendable {
     func postIPAction(_ request: Request, _ context: APIContext, legacy: Bool) async throws -> Response {
         let ip = try Self.ipParameter(context)
         let body = try await Self.body(request)
-        _ = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: context.customer, ip: ip), options: Self.call)  // 404 first
+        // 404 first
+        _ = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: context.customer, ip: ip), options: Self.call)
         let action: Reservedip_V1_Action
         switch body["type"]?.string {
         case "assign":
-            guard let dropletId = body["droplet_id"]?.int, dropletId > 0 else { throw APIError.unprocessable("droplet_id is required to assign") }
+            guard let dropletId = body["droplet_id"]?.int, dropletId > 0 else {
+                throw APIError.unprocessable("droplet_id is required to assign")
+            }
             action = try await reservedIPs.assign(
-                Reservedip_V1_AssignRequest(idempotencyKey: context.requestId, customer: context.customer, ip: ip, dropletId: dropletId), options: Self.call
+                Reservedip_V1_AssignRequest(
+                    idempotencyKey: context.requestId, customer: context.customer, ip: ip, dropletId: dropletId),
+                options: Self.call
             )
         case "unassign":
             action = try await reservedIPs.unassign(
-                Reservedip_V1_UnassignRequest(idempotencyKey: context.requestId, customer: context.customer, ip: ip), options: Self.call
+                Reservedip_V1_UnassignRequest(idempotencyKey: context.requestId, customer: context.customer, ip: ip),
+                options: Self.call
             )
         case let other:
-            throw APIError.unprocessable(other.map { "'\($0)' is not a valid action type: assign or unassign" } ?? "type is required: assign or unassign")
+            throw APIError.unprocessable(
+                other.map { "'\($0)' is not a valid action type: assign or unassign" }
+                    ?? "type is required: assign or unassign")
         }
         return Self.json(.object([("action", render.action(action, legacy: legacy))]), status: .created)
     }
@@ -530,16 +626,23 @@ package struct API: Sendable {
         let paging = try Paging(request)
         _ = try await reservedIPs.get(Reservedip_V1_GetRequest(customer: context.customer, ip: ip), options: Self.call)
         let page = try await reservedIPs.listActions(
-            Reservedip_V1_ListActionsRequest(customer: context.customer, ip: ip, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset)),
+            Reservedip_V1_ListActionsRequest(
+                customer: context.customer, ip: ip, pageSize: UInt32(paging.perPage), offset: UInt32(paging.offset)),
             options: Self.call
         )
-        return Self.json(Self.collection("actions", page.actions.map { render.action($0, legacy: legacy) }, total: Int(page.total), paging: paging, request: request))
+        return Self.json(
+            Self.collection(
+                "actions", page.actions.map { render.action($0, legacy: legacy) }, total: Int(page.total),
+                paging: paging, request: request))
     }
 
     func getIPAction(_ context: APIContext, legacy: Bool) async throws -> Response {
         let ip = try Self.ipParameter(context)
-        guard case .reservedIP(let id)? = ActionID.source(try Self.integer(context, "action")) else { throw APIError.notFound }
-        let action = try await reservedIPs.getAction(Reservedip_V1_GetActionRequest(customer: context.customer, id: id, ip: ip), options: Self.call)
+        guard case .reservedIP(let id)? = ActionID.source(try Self.integer(context, "action")) else {
+            throw APIError.notFound
+        }
+        let action = try await reservedIPs.getAction(
+            Reservedip_V1_GetActionRequest(customer: context.customer, id: id, ip: ip), options: Self.call)
         return Self.json(.object([("action", render.action(action, legacy: legacy))]))
     }
 }

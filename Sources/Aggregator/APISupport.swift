@@ -1,14 +1,14 @@
 internal import Foundation
 package import HTTPTypes
 package import Hummingbird
-internal import ShoalRPC
-internal import NIOCore
-internal import Synchronization
 internal import Logging
 internal import Metrics
+internal import NIOCore
+internal import RequestContext
 internal import ServiceContextModule
 internal import ServiceRuntime
-internal import RequestContext
+internal import ShoalRPC
+internal import Synchronization
 internal import W3CTraceContext
 
 /// An error answered in DigitalOcean's error body: `{"id": ..., "message": ..., "request_id": ...}`.
@@ -18,10 +18,13 @@ package struct APIError: Error, Sendable {
     package var message: String
     package var headers: HTTPFields = [:]
 
-    static let notFound = APIError(status: .notFound, id: "not_found", message: "The resource you requested could not be found.")
-    static let unauthorized = APIError(status: .unauthorized, id: "unauthorized", message: "Unable to authenticate you.")
+    static let notFound = APIError(
+        status: .notFound, id: "not_found", message: "The resource you requested could not be found.")
+    static let unauthorized = APIError(
+        status: .unauthorized, id: "unauthorized", message: "Unable to authenticate you.")
     static let badBody = APIError(status: .badRequest, id: "bad_request", message: "error parsing request body")
-    static let serverError = APIError(status: .internalServerError, id: "server_error", message: "Server was unable to give you a response.")
+    static let serverError = APIError(
+        status: .internalServerError, id: "server_error", message: "Server was unable to give you a response.")
 
     static func unprocessable(_ message: String) -> APIError {
         APIError(status: .unprocessableContent, id: "unprocessable_entity", message: message)
@@ -32,7 +35,9 @@ package struct APIError: Error, Sendable {
         if let error = error as? APIError { return error }
         if let error = error as? HTTPError {
             // The router's own answers: no such route (404), a body too large, ...
-            return error.status == .notFound ? .notFound : APIError(status: error.status, id: "bad_request", message: error.body ?? error.status.reasonPhrase)
+            return error.status == .notFound
+                ? .notFound
+                : APIError(status: error.status, id: "bad_request", message: error.body ?? error.status.reasonPhrase)
         }
         guard let error = error as? RPCError else { return .serverError }
         switch error.code {
@@ -88,8 +93,14 @@ package final class RateLimiter: Sendable {
         let limits = overrides[token] ?? defaults
         let (budget, retryAfter) = budgets.withLock { budgets -> (Budget, Int?) in
             var budget = budgets[token] ?? Budget(hourStart: now, hourCount: 0, minuteStart: now, minuteCount: 0)
-            if now - budget.hourStart >= 3600 { budget.hourStart = now; budget.hourCount = 0 }
-            if now - budget.minuteStart >= 60 { budget.minuteStart = now; budget.minuteCount = 0 }
+            if now - budget.hourStart >= 3600 {
+                budget.hourStart = now
+                budget.hourCount = 0
+            }
+            if now - budget.minuteStart >= 60 {
+                budget.minuteStart = now
+                budget.minuteCount = 0
+            }
             var retryAfter: Int?
             if budget.hourCount >= limits.perHour {
                 retryAfter = max(1, Int((budget.hourStart + 3600 - now).rounded(.up)))
@@ -126,15 +137,20 @@ struct APIMiddleware: RouterMiddleware {
     let traceSampleRatio: Double
     let logger = Logger(label: "api")
 
-    func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
+    ) async throws -> Response {
         let started = ContinuousClock.now
         var context = context
         context.requestId = RequestID.next()
         var serviceContext = ServiceContext.current ?? .topLevel
         serviceContext.requestID = context.requestId
-        let parent = request.headers[HTTPField.Name(ShoalContext.traceParentHeader)!].flatMap { try? TraceContext(traceParentHeaderValue: $0) }
+        let parent = request.headers[HTTPField.Name(ShoalContext.traceParentHeader)!].flatMap {
+            try? TraceContext(traceParentHeaderValue: $0)
+        }
         // A new trace is sampled (its spans recorded, if tracing is on) at the configured ratio; a caller's decides.
-        let trace = ShoalContext.child(of: parent, sampled: traceSampleRatio >= 1 || Double.random(in: 0..<1) < traceSampleRatio)
+        let trace = ShoalContext.child(
+            of: parent, sampled: traceSampleRatio >= 1 || Double.random(in: 0..<1) < traceSampleRatio)
         serviceContext.trace = trace
         let startedWall = Spans.now
         return try await ServiceContext.withValue(serviceContext) {
@@ -145,26 +161,36 @@ struct APIMiddleware: RouterMiddleware {
             let method = request.method.rawValue
             let status = String(response.status.code)
             let elapsed = ContinuousClock.now - started
-            Counter(label: "api_requests_total", dimensions: [("method", method), ("route", route), ("status", status)]).increment()
+            Counter(
+                label: "api_requests_total", dimensions: [("method", method), ("route", route), ("status", status)]
+            ).increment()
             let (seconds, attoseconds) = elapsed.components
             Metrics.Timer(label: "api_request_duration_seconds", dimensions: [("method", method), ("route", route)])
                 .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-            logger.info("request", metadata: [
-                "method": .string(method), "route": .string(route), "status": .string(status),
-                "duration_ms": .string(ServiceRuntime.milliseconds(elapsed)),
-            ])
+            logger.info(
+                "request",
+                metadata: [
+                    "method": .string(method), "route": .string(route), "status": .string(status),
+                    "duration_ms": .string(ServiceRuntime.milliseconds(elapsed)),
+                ])
             if Spans.isRecording, trace.flags.contains(.sampled) {
-                Spans.record(FinishedSpan(
-                    trace: trace, parentSpanID: parent?.spanID, name: "\(method) \(route)", kind: .server, start: startedWall, end: Spans.now,
-                    attributes: ["http.request.method": method, "http.route": route, "http.response.status_code": status],
-                    error: response.status.code >= 500 ? status : nil
-                ))
+                Spans.record(
+                    FinishedSpan(
+                        trace: trace, parentSpanID: parent?.spanID, name: "\(method) \(route)", kind: .server,
+                        start: startedWall, end: Spans.now,
+                        attributes: [
+                            "http.request.method": method, "http.route": route, "http.response.status_code": status,
+                        ],
+                        error: response.status.code >= 500 ? status : nil
+                    ))
             }
             return response
         }
     }
 
-    private func respond(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+    private func respond(
+        _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
+    ) async throws -> Response {
         var context = context
         var extra = HTTPFields()
         extra[HTTPField.Name("x-request-id")!] = context.requestId
@@ -186,7 +212,12 @@ struct APIMiddleware: RouterMiddleware {
             let answer = APIError.from(error)
             if answer.status.code >= 500 {
                 // The customer sees a request id; the operator sees what went wrong under it (the line carries the id).
-                logger.error("request failed", metadata: ["method": .string(request.method.rawValue), "path": .string(request.uri.path), "error": .string("\(error)")])
+                logger.error(
+                    "request failed",
+                    metadata: [
+                        "method": .string(request.method.rawValue), "path": .string(request.uri.path),
+                        "error": .string("\(error)"),
+                    ])
             }
             response = Self.errorResponse(answer, requestId: context.requestId)
         }
@@ -197,7 +228,9 @@ struct APIMiddleware: RouterMiddleware {
 
     static func errorResponse(_ error: APIError, requestId: String) -> Response {
         var response = API.json(
-            .object([("id", .string(error.id)), ("message", .string(error.message)), ("request_id", .string(requestId))]), status: error.status
+            .object([
+                ("id", .string(error.id)), ("message", .string(error.message)), ("request_id", .string(requestId)),
+            ]), status: error.status
         )
         response.headers.append(contentsOf: error.headers)
         return response

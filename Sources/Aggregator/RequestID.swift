@@ -6,12 +6,15 @@ internal import Synchronization
 /// every request (a system call, 3% of a `GET` under load). The ids double as idempotency keys of mutations, so they
 /// must not repeat: 122 random bits from a 256-bit state seeded by the system make that as unlikely as with `UUID()`.
 enum RequestID {
-    private static let state = Mutex<(UInt64, UInt64, UInt64, UInt64)>({
-        var system = SystemRandomNumberGenerator()
-        var seed = (system.next() as UInt64, system.next() as UInt64, system.next() as UInt64, system.next() as UInt64)
-        if seed == (0, 0, 0, 0) { seed.0 = 1 }  // the one state xoshiro cannot leave
-        return seed
-    }())
+    private static let state = Mutex<(UInt64, UInt64, UInt64, UInt64)>(
+        {
+            var system = SystemRandomNumberGenerator()
+            var seed = (
+                system.next() as UInt64, system.next() as UInt64, system.next() as UInt64, system.next() as UInt64
+            )
+            if seed == (0, 0, 0, 0) { seed.0 = 1 }  // the one state xoshiro cannot leave
+            return seed
+        }())
 
     /// xoshiro256** (Blackman and Vigna).
     private static func next64(_ s: inout (UInt64, UInt64, UInt64, UInt64)) -> UInt64 {
@@ -37,7 +40,9 @@ enum RequestID {
         for (index, word) in [versioned, varianted].enumerated() {
             for nibble in stride(from: 60, through: 0, by: -4) {
                 let position = index * 16 + (60 - nibble) / 4
-                if position == 8 || position == 12 || position == 16 || position == 20 { bytes.append(UInt8(ascii: "-")) }
+                if position == 8 || position == 12 || position == 16 || position == 20 {
+                    bytes.append(UInt8(ascii: "-"))
+                }
                 bytes.append(hex[Int((word >> UInt64(nibble)) & 0xF)])
             }
         }

@@ -37,7 +37,9 @@ package final class ChildProcess: Sendable {
         }
         let logHandle: FileHandle?
         if let log = logURL {
-            if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
+            if !FileManager.default.fileExists(atPath: log.path) {
+                _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            }
             logHandle = try FileHandle(forWritingTo: log)
             _ = try logHandle?.seekToEnd()
         } else {
@@ -82,11 +84,13 @@ package final class ChildProcess: Sendable {
             if state.withLock({ $0.process.map { !$0.isRunning } ?? false }) {
                 try await Task.sleep(for: .milliseconds(50))  // let the last output arrive
                 if let line = output.split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
-                throw ChildProcessError(message: "\(path) exited before printing '\(text)'; its output ends:\n\(output.suffix(2000))")
+                throw ChildProcessError(
+                    message: "\(path) exited before printing '\(text)'; its output ends:\n\(output.suffix(2000))")
             }
             try await Task.sleep(for: .milliseconds(10))
         }
-        throw ChildProcessError(message: "\(path) did not print '\(text)' within \(timeout); its output ends:\n\(output.suffix(2000))")
+        throw ChildProcessError(
+            message: "\(path) did not print '\(text)' within \(timeout); its output ends:\n\(output.suffix(2000))")
     }
 
     /// Waits for it to exit by itself (SIGKILL after `timeout`); returns its exit status.
@@ -135,7 +139,8 @@ package struct ChildProcessError: Error, CustomStringConvertible {
 /// moment before the service binds it. Below the range only another listener can take it. Falls back to the kernel's
 /// choice when nothing below is free.
 package func freeLoopbackPort() throws -> Int {
-    let firstEphemeral = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+    let firstEphemeral =
+        (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
         .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
     if firstEphemeral > 12_000 {
         for _ in 0..<64 {
@@ -158,7 +163,9 @@ private func bindLoopback(port: Int) throws -> Int? {
     address.sin_port = UInt16(port).bigEndian
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
     }
     return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
 }

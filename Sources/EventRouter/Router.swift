@@ -1,10 +1,10 @@
-internal import Foundation
-internal import RPCCore
-internal import Synchronization
 package import EventRouterAPI
+internal import Foundation
 internal import Logging
+internal import RPCCore
 internal import RequestContext
 internal import ServiceContextModule
+internal import Synchronization
 
 /// Where event outcomes go: Harpoon's ReportEventStatus in production.
 package protocol ResultSink: Sendable {
@@ -89,8 +89,10 @@ package final class Router: Sendable {
     package let runningReportDelay: Duration
 
     package init(
-        region: String, results: any ResultSink, fleet: any FleetSink, replicas: [any FleetSink] = [], inventories: (any InventorySource)? = nil,
-        heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50), address: String = "",
+        region: String, results: any ResultSink, fleet: any FleetSink, replicas: [any FleetSink] = [],
+        inventories: (any InventorySource)? = nil,
+        heartbeatTimeout: Duration = .seconds(5), runningReportDelay: Duration = .milliseconds(50),
+        address: String = "",
         abandonAfter: Duration = .seconds(60)
     ) {
         self.abandonAfter = abandonAfter
@@ -115,20 +117,25 @@ package final class Router: Sendable {
     var heartbeatsReceived: Int { state.withLock { $0.heartbeatsReceived } }
     func isUnresponsive(_ hypervisorId: String) -> Bool { state.withLock { $0.unresponsive.contains(hypervisorId) } }
     /// Connected agents silent past the heartbeat timeout.
-    package var silentAgents: Int { state.withLock { state in state.sessions.keys.filter { state.unresponsive.contains($0) }.count } }
+    package var silentAgents: Int {
+        state.withLock { state in state.sessions.keys.filter { state.unresponsive.contains($0) }.count }
+    }
     /// Push latencies the agents reported so far.
     package var pushLatency: PushLatency { state.withLock { $0.push } }
 
     /// An event as the router sends it: stamped with the router's wall clock, for the agent's push latency.
     static func message(_ event: Harpoon_V1_Event) -> Eventrouter_V1_RouterMessage {
-        Eventrouter_V1_RouterMessage(kind: .event(event), routerUnixMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
+        Eventrouter_V1_RouterMessage(
+            kind: .event(event), routerUnixMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
     }
 
     /// Keeps `event` for its hypervisor and sends it now if the agent is connected; returns whether it is.
     /// `onlyIfConnected`: keeps it only if the agent is connected here.
     package func deliver(_ event: Harpoon_V1_Event, onlyIfConnected: Bool = false) throws(RPCError) -> Bool {
         guard event.region == region else {
-            throw RPCError(code: .failedPrecondition, message: "event \(event.id) is for region \(event.region); this router serves \(region)")
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "event \(event.id) is for region \(event.region); this router serves \(region)")
         }
         guard !event.hypervisorId.isEmpty else {
             throw RPCError(code: .invalidArgument, message: "event \(event.id) has no hypervisor")
@@ -144,12 +151,18 @@ package final class Router: Sendable {
         }
         Spans.resumed(
             "deliver", traceparent: event.traceparent, start: Spans.now,
-            attributes: ["event.id": String(event.id), "hypervisor.id": event.hypervisorId, "agent.connected": String(session != nil)]
+            attributes: [
+                "event.id": String(event.id), "hypervisor.id": event.hypervisorId,
+                "agent.connected": String(session != nil),
+            ]
         )
-        logger.debug("event", resuming: event.requestId, traceparent: event.traceparent, metadata: [
-            "event_id": .stringConvertible(event.id), "type": .string(event.type), "hypervisor_id": .string(event.hypervisorId),
-            "agent_connected": .stringConvertible(session != nil),
-        ])
+        logger.debug(
+            "event", resuming: event.requestId, traceparent: event.traceparent,
+            metadata: [
+                "event_id": .stringConvertible(event.id), "type": .string(event.type),
+                "hypervisor_id": .string(event.hypervisorId),
+                "agent_connected": .stringConvertible(session != nil),
+            ])
         session?.outgoing.yield(Self.message(event))
         return session != nil
     }
@@ -158,7 +171,8 @@ package final class Router: Sendable {
     /// Harpoon answers or the task is cancelled (the agent went away). `nil` when this router has no source.
     func inventory(for hypervisorId: String) async -> Eventrouter_V1_Inventory? {
         guard let inventories else { return nil }
-        let backoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(2), jitter: .proportional(0.2))
+        let backoff = Backoff(
+            initial: .milliseconds(100), multiplier: 2, maximum: .seconds(2), jitter: .proportional(0.2))
         var failures = 0
         while !Task.isCancelled {
             do {
@@ -222,7 +236,8 @@ package final class Router: Sendable {
                         try await fleet.markUnresponsive([hypervisorId], router: address)
                     } catch {
                         // The next complete report says it anyway.
-                        logger.warning("could not tell a scheduler that \(hypervisorId) left", metadata: ["error": "\(error)"])
+                        logger.warning(
+                            "could not tell a scheduler that \(hypervisorId) left", metadata: ["error": "\(error)"])
                     }
                 }
             }
@@ -313,7 +328,8 @@ package final class Router: Sendable {
     /// whose next report must be complete), and marks silent agents unresponsive.
     package func flush() async {
         let now = ContinuousClock.now
-        let (changed, everything, complete, silent) = state.withLock { state -> ([Scheduler_V2_HypervisorState], [Scheduler_V2_HypervisorState], [Bool], [String]) in
+        let (changed, everything, complete, silent) = state.withLock {
+            state -> ([Scheduler_V2_HypervisorState], [Scheduler_V2_HypervisorState], [Bool], [String]) in
             let complete = state.needsComplete
             let everything = complete.contains(true) ? Array(state.latest.values) : []
             let changed = Array(state.dirty.values)
@@ -353,7 +369,9 @@ package final class Router: Sendable {
                         do {
                             try await fleet.markUnresponsive(silent, router: self.address)
                         } catch {
-                            self.logger.warning("could not tell a scheduler that \(silent.count) agents fell silent", metadata: ["error": "\(error)"])
+                            self.logger.warning(
+                                "could not tell a scheduler that \(silent.count) agents fell silent",
+                                metadata: ["error": "\(error)"])
                         }
                     }
                 }
@@ -385,11 +403,15 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
     ) async throws {
         var iterator = requests.makeAsyncIterator()
         // The hello first, then the rest of the stream in the reading task below.
-        guard let first = try await iterator.next(), case .hello(let hello)? = first.kind, !hello.hypervisorId.isEmpty else {
-            throw RPCError(code: .failedPrecondition, message: "an agent's first message must be a hello with its hypervisor id")
+        guard let first = try await iterator.next(), case .hello(let hello)? = first.kind, !hello.hypervisorId.isEmpty
+        else {
+            throw RPCError(
+                code: .failedPrecondition, message: "an agent's first message must be a hello with its hypervisor id")
         }
         guard hello.region == router.region else {
-            throw RPCError(code: .invalidArgument, message: "hypervisor \(hello.hypervisorId) is in \(hello.region); this router serves \(router.region)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "hypervisor \(hello.hypervisorId) is in \(hello.region); this router serves \(router.region)")
         }
         // An agent that has just started learns what it hosts before it gets any event.
         let inventory = hello.wantsInventory ? await router.inventory(for: hello.hypervisorId) : nil
@@ -422,25 +444,35 @@ package struct EventRouterService: Eventrouter_V1_EventRouter.ServiceProtocol {
         }
     }
 
-    package func deliver(request: Eventrouter_V1_DeliverRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverResponse {
+    package func deliver(
+        request: Eventrouter_V1_DeliverRequest, context: ServerContext
+    ) async throws -> Eventrouter_V1_DeliverResponse {
         guard let event = request.event else { throw RPCError(code: .invalidArgument, message: "no event") }
-        return Eventrouter_V1_DeliverResponse(agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
+        return Eventrouter_V1_DeliverResponse(
+            agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
     }
 
-    package func deliverBatch(request: Eventrouter_V1_DeliverBatchRequest, context: ServerContext) async throws -> Eventrouter_V1_DeliverBatchResponse {
-        Eventrouter_V1_DeliverBatchResponse(outcomes: request.events.map { event in
-            do {
-                return Eventrouter_V1_DeliverOutcome(agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
-            } catch {
-                let (code, message) = RPCError.batchedStatus(of: error)
-                return Eventrouter_V1_DeliverOutcome(errorCode: code, errorMessage: message)
-            }
-        })
+    package func deliverBatch(
+        request: Eventrouter_V1_DeliverBatchRequest, context: ServerContext
+    ) async throws -> Eventrouter_V1_DeliverBatchResponse {
+        Eventrouter_V1_DeliverBatchResponse(
+            outcomes: request.events.map { event in
+                do {
+                    return Eventrouter_V1_DeliverOutcome(
+                        agentConnected: try router.deliver(event, onlyIfConnected: request.onlyIfConnected))
+                } catch {
+                    let (code, message) = RPCError.batchedStatus(of: error)
+                    return Eventrouter_V1_DeliverOutcome(errorCode: code, errorMessage: message)
+                }
+            })
     }
 
-    package func stats(request: Eventrouter_V1_RouterStatsRequest, context: ServerContext) async throws -> Eventrouter_V1_RouterStatsResponse {
+    package func stats(
+        request: Eventrouter_V1_RouterStatsRequest, context: ServerContext
+    ) async throws -> Eventrouter_V1_RouterStatsResponse {
         Eventrouter_V1_RouterStatsResponse(
-            connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents), pushHistogram: router.pushLatency.counts,
+            connectedAgents: UInt32(router.connectedAgents), pendingEvents: UInt32(router.pendingEvents),
+            pushHistogram: router.pushLatency.counts,
             silentAgents: UInt32(router.silentAgents)
         )
     }
@@ -460,7 +492,8 @@ package struct HarpoonResultSink: ResultSink {
         let harpoon = Harpoon_V1_Harpoon.Client(client)
         reports = CallBatcher(
             call: { batch in
-                try await harpoon.reportEventStatuses(.init(reports: batch), options: CallOptions(timeout: .seconds(5))).outcomes
+                try await harpoon.reportEventStatuses(.init(reports: batch), options: CallOptions(timeout: .seconds(5)))
+                    .outcomes
             },
             status: { ($0.errorCode, $0.errorMessage) },
             value: { $0.event ?? Harpoon_V1_Event() }
@@ -468,10 +501,12 @@ package struct HarpoonResultSink: ResultSink {
     }
 
     package func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
-        _ = try await reports.submit(Harpoon_V1_ReportEventStatusRequest(
-            eventId: progress.eventId, status: progress.status, error: progress.error, ipv4Address: progress.ipv4Address,
-            hypervisorId: hypervisorId, refused: progress.refused
-        ))
+        _ = try await reports.submit(
+            Harpoon_V1_ReportEventStatusRequest(
+                eventId: progress.eventId, status: progress.status, error: progress.error,
+                ipv4Address: progress.ipv4Address,
+                hypervisorId: hypervisorId, refused: progress.refused
+            ))
     }
 }
 
@@ -484,12 +519,17 @@ package struct HarpoonInventorySource: InventorySource {
         let harpoon = Harpoon_V1_Harpoon.Client(client)
         inventories = CallBatcher(maxBatch: 1000, maxInFlight: 1) { ids in
             do {
-                let hosted = try await harpoon.listHosted(.init(hypervisorIds: ids), options: CallOptions(timeout: .seconds(10))).hypervisors
+                let hosted = try await harpoon.listHosted(
+                    .init(hypervisorIds: ids), options: CallOptions(timeout: .seconds(10))
+                ).hypervisors
                 return ids.indices.map { index in
                     guard index < hosted.count, hosted[index].hypervisorId == ids[index] else {
-                        return .failure(RPCError(code: .internal, message: "Harpoon's ListHosted answered out of order"))
+                        return .failure(
+                            RPCError(code: .internal, message: "Harpoon's ListHosted answered out of order"))
                     }
-                    return .success(Eventrouter_V1_Inventory(droplets: hosted[index].droplets, maintenance: hosted[index].maintenance))
+                    return .success(
+                        Eventrouter_V1_Inventory(
+                            droplets: hosted[index].droplets, maintenance: hosted[index].maintenance))
                 }
             } catch {
                 return ids.map { _ in .failure(error) }
@@ -510,13 +550,15 @@ package struct SchedulerFleetSink: FleetSink {
 
     package func report(_ states: [Scheduler_V2_HypervisorState], region: String, complete: Bool) async throws -> Bool {
         try await scheduler.reportFleet(
-            Scheduler_V2_ReportFleetRequest(hypervisors: states, region: region, complete: complete), options: CallOptions(timeout: .seconds(5))
+            Scheduler_V2_ReportFleetRequest(hypervisors: states, region: region, complete: complete),
+            options: CallOptions(timeout: .seconds(5))
         ).needsComplete
     }
 
     package func markUnresponsive(_ hypervisorIds: [String], router: String) async throws {
         _ = try await scheduler.markUnresponsive(
-            Scheduler_V2_MarkUnresponsiveRequest(hypervisorIds: hypervisorIds, router: router), options: CallOptions(timeout: .seconds(5))
+            Scheduler_V2_MarkUnresponsiveRequest(hypervisorIds: hypervisorIds, router: router),
+            options: CallOptions(timeout: .seconds(5))
         )
     }
 }

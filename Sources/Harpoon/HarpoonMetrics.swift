@@ -36,8 +36,11 @@ package enum HarpoonMetrics {
     static func reached(_ event: Harpoon_V1_Event) {
         guard let created = event.createdAt, let updated = event.updatedAt else { return }
         let nanoseconds = (updated.seconds - created.seconds) * 1_000_000_000 + Int64(updated.nanos - created.nanos)
-        Timer(label: "harpoon_event_latency_seconds", dimensions: [("type", event.type), ("stage", statusName(event.status))])
-            .recordNanoseconds(max(0, nanoseconds))
+        Timer(
+            label: "harpoon_event_latency_seconds",
+            dimensions: [("type", event.type), ("stage", statusName(event.status))]
+        )
+        .recordNanoseconds(max(0, nanoseconds))
     }
 
     /// A group-commit transaction committed with `writes` writes in it.
@@ -62,7 +65,8 @@ package enum HarpoonMetrics {
                 return seen
             }
             for pair in pairs {
-                Gauge(label: "harpoon_events_unfinished", dimensions: [("type", pair[0]), ("status", pair[1])]).record(counts[pair] ?? 0)
+                Gauge(label: "harpoon_events_unfinished", dimensions: [("type", pair[0]), ("status", pair[1])]).record(
+                    counts[pair] ?? 0)
             }
             return nil
         } catch {

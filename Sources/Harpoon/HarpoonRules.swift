@@ -134,9 +134,12 @@ package enum HarpoonRules {
     }
 
     /// The droplet status an event's new status implies, if any.
-    package static func dropletStatus(eventType: String, eventStatus: Harpoon_V1_Event.Status) -> Harpoon_V1_Droplet.Status? {
+    package static func dropletStatus(
+        eventType: String, eventStatus: Harpoon_V1_Event.Status
+    ) -> Harpoon_V1_Droplet.Status? {
         switch (eventType, eventStatus) {
-        case ("create", .completed), ("power_on", .completed), ("reboot", .completed), ("power_cycle", .completed): .active
+        case ("create", .completed), ("power_on", .completed), ("reboot", .completed), ("power_cycle", .completed):
+            .active
         case ("create", .errored): .errored
         case ("destroy", .completed): .deleted
         case ("power_off", .completed), ("shutdown", .completed): .off
@@ -152,7 +155,8 @@ package enum HarpoonRules {
     ///     was still there; `nil` when it settles none.
     ///   - then: the outbox step that follows, if any.
     package static func update(
-        _ current: Harpoon_V1_Event, to status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        _ current: Harpoon_V1_Event, to status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?,
+        ipv4Address: String?,
         then destination: OutboxDestination?, settledEntryExisted: Bool?, now: Double
     ) throws(HarpoonError) -> EventDecision {
         try checkTransition(from: current.status, to: status, eventId: current.id)
@@ -173,11 +177,13 @@ package enum HarpoonRules {
             by: actor(of: status, from: current.status).rawValue
         )
         var write = EventWrite(
-            event: event, transition: transition, clearsOutbox: isTerminal(status), enqueue: destination.map { NewOutboxEntry(destination: $0) }
+            event: event, transition: transition, clearsOutbox: isTerminal(status),
+            enqueue: destination.map { NewOutboxEntry(destination: $0) }
         )
         if let dropletStatus = dropletStatus(eventType: current.type, eventStatus: status) {
             write.droplet = DropletChange(
-                dropletId: current.dropletId, status: dropletStatus, hypervisorId: hypervisorId, ipv4Address: ipv4Address,
+                dropletId: current.dropletId, status: dropletStatus, hypervisorId: hypervisorId,
+                ipv4Address: ipv4Address,
                 error: status == .errored ? error : nil
             )
         } else if let hypervisorId, current.type == "create" {
@@ -198,13 +204,16 @@ package enum HarpoonRules {
     package static func placeAgain(
         _ current: Harpoon_V1_Event, refusedBy hypervisorId: String, reason: String, maxRefusals: Int, now: Double
     ) throws(HarpoonError) -> EventDecision {
-        guard current.type == "create", !isTerminal(current.status), current.status != .pending, current.hypervisorId == hypervisorId else {
+        guard current.type == "create", !isTerminal(current.status), current.status != .pending,
+            current.hypervisorId == hypervisorId
+        else {
             return .unchanged(current)
         }
         let refusals = Int(current.refusals)
         if refusals + 1 >= maxRefusals {
             return try update(
-                current, to: .errored, hypervisorId: nil, error: "\(reason) (refused \(refusals + 1) times)", ipv4Address: nil,
+                current, to: .errored, hypervisorId: nil, error: "\(reason) (refused \(refusals + 1) times)",
+                ipv4Address: nil,
                 then: nil, settledEntryExisted: nil, now: now
             )
         }
@@ -214,12 +223,15 @@ package enum HarpoonRules {
         event.error = reason
         event.refusals += 1
         event.updatedAt = timestamp(now)
-        return .write(EventWrite(
-            event: event,
-            transition: EventTransition(status: .pending, hypervisorId: hypervisorId, reason: reason, at: now, by: Actor.hypervisor.rawValue),
-            droplet: DropletChange(dropletId: current.dropletId, hypervisorId: ""), clearsOutbox: true,
-            enqueue: NewOutboxEntry(destination: .scheduler, notBefore: now + placeAgainDelay)
-        ))
+        return .write(
+            EventWrite(
+                event: event,
+                transition: EventTransition(
+                    status: .pending, hypervisorId: hypervisorId, reason: reason, at: now, by: Actor.hypervisor.rawValue
+                ),
+                droplet: DropletChange(dropletId: current.dropletId, hypervisorId: ""), clearsOutbox: true,
+                enqueue: NewOutboxEntry(destination: .scheduler, notBefore: now + placeAgainDelay)
+            ))
     }
 
     // MARK: History
@@ -250,7 +262,8 @@ package enum HarpoonRules {
 
     /// The first step of a new event's history.
     package static func created(_ event: Harpoon_V1_Event, now: Double) -> EventTransition {
-        EventTransition(status: event.status, hypervisorId: event.hypervisorId, reason: "", at: now, by: Actor.request.rawValue)
+        EventTransition(
+            status: event.status, hypervisorId: event.hypervisorId, reason: "", at: now, by: Actor.request.rawValue)
     }
 
     // MARK: Creating
@@ -261,7 +274,9 @@ package enum HarpoonRules {
         key: String, answered: (droplet: Harpoon_V1_Droplet?, event: Harpoon_V1_Event?)?
     ) throws(HarpoonError) -> CreateDecision<DropletAndEvent> {
         guard let answered else { return .insert }
-        guard let droplet = answered.droplet, let event = answered.event, event.type == "create", event.dropletId == droplet.id else {
+        guard let droplet = answered.droplet, let event = answered.event, event.type == "create",
+            event.dropletId == droplet.id
+        else {
             throw .keyReused(key)
         }
         return .existing(DropletAndEvent(droplet: droplet, event: event))
@@ -269,16 +284,20 @@ package enum HarpoonRules {
 
     /// The rows of a new droplet and its create event (their ids, and the event's cursor, are the store's to give).
     /// The create event carries the size, so that the agent knows what it creates.
-    package static func newDroplet(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none, now: Double) -> DropletAndEvent {
+    package static func newDroplet(
+        _ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none, now: Double
+    ) -> DropletAndEvent {
         let size = request.size ?? Scheduler_V2_Size()
         let created = timestamp(now)
         return DropletAndEvent(
             droplet: Harpoon_V1_Droplet(
-                customer: request.customer, name: request.name, region: request.region, size: size, image: request.image,
+                customer: request.customer, name: request.name, region: request.region, size: size,
+                image: request.image,
                 status: .new, createdAt: created
             ),
             event: Harpoon_V1_Event(
-                type: "create", customer: request.customer, region: request.region, status: .pending, payload: size.serializedBytes(),
+                type: "create", customer: request.customer, region: request.region, status: .pending,
+                payload: size.serializedBytes(),
                 createdAt: created, updatedAt: created, requestId: origin.requestID, traceparent: origin.traceparent
             )
         )
@@ -297,12 +316,15 @@ package enum HarpoonRules {
     /// The row of a new event (its id and cursor are the store's to give) and where it goes first: an event without a
     /// hypervisor needs a placement, one addressed to a hypervisor goes to its router.
     package static func newEvent(
-        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin = .none, now: Double
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin = .none,
+        now: Double
     ) -> (event: Harpoon_V1_Event, destination: OutboxDestination) {
         let created = timestamp(now)
         let event = Harpoon_V1_Event(
-            type: request.type, dropletId: request.dropletId, customer: request.customer, region: region, hypervisorId: hypervisorId,
-            status: .pending, payload: request.payload, createdAt: created, updatedAt: created, requestId: origin.requestID,
+            type: request.type, dropletId: request.dropletId, customer: request.customer, region: region,
+            hypervisorId: hypervisorId,
+            status: .pending, payload: request.payload, createdAt: created, updatedAt: created,
+            requestId: origin.requestID,
             traceparent: origin.traceparent
         )
         return (event, hypervisorId.isEmpty ? .scheduler : .router)

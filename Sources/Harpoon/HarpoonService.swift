@@ -1,7 +1,7 @@
-package import HarpoonAPI
-internal import Synchronization
 internal import EventRouterAPI
+package import HarpoonAPI
 internal import Logging
+internal import Synchronization
 
 /// `harpoon.v1.Harpoon`: the event API over a ``HarpoonStore``.
 ///
@@ -30,7 +30,9 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
 
     private static func afterID(_ token: String) throws -> Int64 {
         if token.isEmpty { return 0 }
-        guard let id = Int64(token), id >= 0 else { throw RPCError(code: .invalidArgument, message: "invalid page token '\(token)'") }
+        guard let id = Int64(token), id >= 0 else {
+            throw RPCError(code: .invalidArgument, message: "invalid page token '\(token)'")
+        }
         return id
     }
 
@@ -38,13 +40,16 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     /// does not exist as far as the caller is concerned.
     private func ownedDroplet(_ id: Int64, customer: String) async throws -> Harpoon_V1_Droplet {
         guard let droplet = try await store.droplet(id: id), customer.isEmpty || droplet.customer == customer,
-              droplet.status != .deleted else {
+            droplet.status != .deleted
+        else {
             throw RPCError(code: .notFound, message: "droplet \(id) not found")
         }
         return droplet
     }
 
-    package func createDroplet(request: Harpoon_V1_CreateDropletRequest, context: ServerContext) async throws -> Harpoon_V1_CreateDropletResponse {
+    package func createDroplet(
+        request: Harpoon_V1_CreateDropletRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_CreateDropletResponse {
         guard !request.customer.isEmpty else { throw RPCError(code: .invalidArgument, message: "customer is required") }
         guard !request.name.isEmpty else { throw RPCError(code: .invalidArgument, message: "name is required") }
         guard !request.region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required") }
@@ -58,33 +63,47 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return Harpoon_V1_CreateDropletResponse(droplet: created.droplet, event: created.event)
     }
 
-    package func getDroplet(request: Harpoon_V1_GetDropletRequest, context: ServerContext) async throws -> Harpoon_V1_Droplet {
+    package func getDroplet(
+        request: Harpoon_V1_GetDropletRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_Droplet {
         try await ownedDroplet(request.id, customer: request.customer)
     }
 
-    package func listDroplets(request: Harpoon_V1_ListDropletsRequest, context: ServerContext) async throws -> Harpoon_V1_ListDropletsResponse {
+    package func listDroplets(
+        request: Harpoon_V1_ListDropletsRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ListDropletsResponse {
         guard !request.customer.isEmpty else { throw RPCError(code: .invalidArgument, message: "customer is required") }
         let page = try await store.droplets(
-            customer: request.customer, region: request.region.isEmpty ? nil : request.region, name: request.name.isEmpty ? nil : request.name,
-            limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken), offset: Int(request.offset)
+            customer: request.customer, region: request.region.isEmpty ? nil : request.region,
+            name: request.name.isEmpty ? nil : request.name,
+            limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken),
+            offset: Int(request.offset)
         )
-        return Harpoon_V1_ListDropletsResponse(droplets: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
+        return Harpoon_V1_ListDropletsResponse(
+            droplets: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "",
+            total: UInt32(clamping: page.total))
     }
 
-    package func deleteDroplet(request: Harpoon_V1_DeleteDropletRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+    package func deleteDroplet(
+        request: Harpoon_V1_DeleteDropletRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_Event {
         let droplet = try await ownedDroplet(request.id, customer: request.customer)
         guard !droplet.hypervisorId.isEmpty else {
             throw RPCError(code: .failedPrecondition, message: "droplet \(droplet.id) is not placed yet")
         }
         let event = try await store.createEvent(
-            Harpoon_V1_CreateEventRequest(idempotencyKey: request.idempotencyKey, type: "destroy", dropletId: droplet.id, customer: droplet.customer),
+            Harpoon_V1_CreateEventRequest(
+                idempotencyKey: request.idempotencyKey, type: "destroy", dropletId: droplet.id,
+                customer: droplet.customer),
             region: droplet.region, hypervisorId: droplet.hypervisorId, origin: .current
         )
         mutated()
         return event
     }
 
-    package func createEvent(request: Harpoon_V1_CreateEventRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
+    package func createEvent(
+        request: Harpoon_V1_CreateEventRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_Event {
         guard !request.type.isEmpty else { throw RPCError(code: .invalidArgument, message: "type is required") }
         var region = request.region
         var hypervisorId = request.hypervisorId
@@ -93,40 +112,57 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
             region = droplet.region
             if hypervisorId.isEmpty { hypervisorId = droplet.hypervisorId }
         }
-        guard !region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required for an event without a droplet") }
+        guard !region.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "region is required for an event without a droplet")
+        }
         let event = try await store.createEvent(request, region: region, hypervisorId: hypervisorId, origin: .current)
         mutated()
         return event
     }
 
-    package func getEvent(request: Harpoon_V1_GetEventRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
-        guard let event = try await store.event(id: request.id), request.customer.isEmpty || event.customer == request.customer else {
+    package func getEvent(request: Harpoon_V1_GetEventRequest, context: ServerContext) async throws -> Harpoon_V1_Event
+    {
+        guard let event = try await store.event(id: request.id),
+            request.customer.isEmpty || event.customer == request.customer
+        else {
             throw RPCError(code: .notFound, message: "event \(request.id) not found")
         }
         return event
     }
 
-    package func getEventHistory(request: Harpoon_V1_GetEventHistoryRequest, context: ServerContext) async throws -> Harpoon_V1_EventHistory {
-        guard let event = try await store.event(id: request.id), request.customer.isEmpty || event.customer == request.customer else {
+    package func getEventHistory(
+        request: Harpoon_V1_GetEventHistoryRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_EventHistory {
+        guard let event = try await store.event(id: request.id),
+            request.customer.isEmpty || event.customer == request.customer
+        else {
             throw RPCError(code: .notFound, message: "event \(request.id) not found")
         }
         let transitions = try await store.history(eventId: event.id).map { step in
             Harpoon_V1_EventTransition(
-                status: step.status, hypervisorId: step.hypervisorId, reason: step.reason, at: HarpoonRules.timestamp(step.at), by: step.by
+                status: step.status, hypervisorId: step.hypervisorId, reason: step.reason,
+                at: HarpoonRules.timestamp(step.at), by: step.by
             )
         }
         return Harpoon_V1_EventHistory(eventId: event.id, transitions: transitions)
     }
 
-    package func listEvents(request: Harpoon_V1_ListEventsRequest, context: ServerContext) async throws -> Harpoon_V1_ListEventsResponse {
+    package func listEvents(
+        request: Harpoon_V1_ListEventsRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ListEventsResponse {
         let filter = EventFilter(
-            dropletId: request.dropletId == 0 ? nil : request.dropletId, customer: request.customer.isEmpty ? nil : request.customer,
-            type: request.type.isEmpty ? nil : request.type, status: request.onlyStatus ? request.status : nil, types: request.types
+            dropletId: request.dropletId == 0 ? nil : request.dropletId,
+            customer: request.customer.isEmpty ? nil : request.customer,
+            type: request.type.isEmpty ? nil : request.type, status: request.onlyStatus ? request.status : nil,
+            types: request.types
         )
         let page = try await store.events(
-            filter, limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken), offset: Int(request.offset)
+            filter, limit: Self.pageSize(request.pageSize), afterID: try Self.afterID(request.pageToken),
+            offset: Int(request.offset)
         )
-        return Harpoon_V1_ListEventsResponse(events: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "", total: UInt32(clamping: page.total))
+        return Harpoon_V1_ListEventsResponse(
+            events: page.items, nextPageToken: page.nextAfterID.map(String.init) ?? "",
+            total: UInt32(clamping: page.total))
     }
 
     package func watchEvents(
@@ -145,7 +181,9 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         }
     }
 
-    package func reportEventStatus(request: Harpoon_V1_ReportEventStatusRequest, context: ServerContext) async throws -> Harpoon_V1_ReportEventStatusResponse {
+    package func reportEventStatus(
+        request: Harpoon_V1_ReportEventStatusRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ReportEventStatusResponse {
         Harpoon_V1_ReportEventStatusResponse(event: try await apply(request))
     }
 
@@ -154,9 +192,11 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
     ) async throws -> Harpoon_V1_ReportEventStatusesResponse {
         // A refusal sends its create back to be placed; every other report is an update, all at once: their writes
         // meet in the store's next transaction. Each answers for itself.
-        var results = [Result<Harpoon_V1_Event, any Error>](repeating: .failure(RPCError(code: .internal, message: "not applied")), count: request.reports.count)
+        var results = [Result<Harpoon_V1_Event, any Error>](
+            repeating: .failure(RPCError(code: .internal, message: "not applied")), count: request.reports.count)
         let updates = request.reports.indices.filter { !Self.isRefusal(request.reports[$0]) }
-        for (index, result) in zip(updates, await store.updateEvents(updates.map { Self.update(request.reports[$0]) })) { results[index] = result }
+        for (index, result) in zip(updates, await store.updateEvents(updates.map { Self.update(request.reports[$0]) }))
+        { results[index] = result }
         for case .success(let event) in results { HarpoonMetrics.reached(event) }
         for index in request.reports.indices where Self.isRefusal(request.reports[index]) {
             do {
@@ -189,8 +229,10 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
 
     private static func update(_ report: Harpoon_V1_ReportEventStatusRequest) -> EventUpdate {
         EventUpdate(
-            id: report.eventId, status: report.status, hypervisorId: report.hypervisorId.isEmpty ? nil : report.hypervisorId,
-            error: report.error.isEmpty ? nil : report.error, ipv4Address: report.ipv4Address.isEmpty ? nil : report.ipv4Address
+            id: report.eventId, status: report.status,
+            hypervisorId: report.hypervisorId.isEmpty ? nil : report.hypervisorId,
+            error: report.error.isEmpty ? nil : report.error,
+            ipv4Address: report.ipv4Address.isEmpty ? nil : report.ipv4Address
         )
     }
 
@@ -224,7 +266,8 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         if Self.isRefusal(request) { return try await placeAgain(request) }
         let update = Self.update(request)
         let event = try await store.updateEvent(
-            id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error, ipv4Address: update.ipv4Address, then: nil
+            id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
+            ipv4Address: update.ipv4Address, then: nil
         )
         changes.changed()
         HarpoonMetrics.reached(event)
@@ -241,7 +284,9 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return event.status == .errored && event.type == "create"
     }
 
-    package func listPlacements(request: Harpoon_V1_ListPlacementsRequest, context: ServerContext) async throws -> Harpoon_V1_ListPlacementsResponse {
+    package func listPlacements(
+        request: Harpoon_V1_ListPlacementsRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ListPlacementsResponse {
         let limit = request.pageSize == 0 ? 500 : min(Int(request.pageSize), 5000)
         let after = try Self.afterID(request.pageToken)
         // Placements being delivered are not in the table yet. Taken before the table is read, none is missed: one
@@ -255,32 +300,49 @@ package struct HarpoonService: Harpoon_V1_Harpoon.ServiceProtocol {
         return response
     }
 
-    package func listHosted(request: Harpoon_V1_ListHostedRequest, context: ServerContext) async throws -> Harpoon_V1_ListHostedResponse {
+    package func listHosted(
+        request: Harpoon_V1_ListHostedRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_ListHostedResponse {
         guard !request.hypervisorIds.isEmpty, !request.hypervisorIds.contains(where: \.isEmpty) else {
             throw RPCError(code: .invalidArgument, message: "hypervisor_ids are required, none empty")
         }
-        guard request.hypervisorIds.count <= 1000 else { throw RPCError(code: .invalidArgument, message: "at most 1,000 hypervisor_ids at once") }
+        guard request.hypervisorIds.count <= 1000 else {
+            throw RPCError(code: .invalidArgument, message: "at most 1,000 hypervisor_ids at once")
+        }
         let hosted = try await store.hosted(hypervisorIds: request.hypervisorIds)
-        return Harpoon_V1_ListHostedResponse(hypervisors: request.hypervisorIds.map { id in
-            Harpoon_V1_Hosted(hypervisorId: id, droplets: hosted[id]?.droplets ?? [], maintenance: hosted[id]?.maintenance ?? "")
-        })
+        return Harpoon_V1_ListHostedResponse(
+            hypervisors: request.hypervisorIds.map { id in
+                Harpoon_V1_Hosted(
+                    hypervisorId: id, droplets: hosted[id]?.droplets ?? [], maintenance: hosted[id]?.maintenance ?? "")
+            })
     }
 
-    package func setMaintenance(request: Harpoon_V1_SetMaintenanceRequest, context: ServerContext) async throws -> Harpoon_V1_Event {
-        guard !request.hypervisorId.isEmpty else { throw RPCError(code: .invalidArgument, message: "hypervisor_id is required") }
+    package func setMaintenance(
+        request: Harpoon_V1_SetMaintenanceRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_Event {
+        guard !request.hypervisorId.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "hypervisor_id is required")
+        }
         guard !request.region.isEmpty else { throw RPCError(code: .invalidArgument, message: "region is required") }
-        guard request.reason.utf8.count <= 1024 else { throw RPCError(code: .invalidArgument, message: "reason is longer than 1024 bytes") }
+        guard request.reason.utf8.count <= 1024 else {
+            throw RPCError(code: .invalidArgument, message: "reason is longer than 1024 bytes")
+        }
         // An event like any other: durable, delivered to the hypervisor's agent through its router, kept in history.
         let event = try await store.createEvent(
-            Harpoon_V1_CreateEventRequest(idempotencyKey: request.idempotencyKey, type: "maintenance", payload: Array(request.reason.utf8)),
+            Harpoon_V1_CreateEventRequest(
+                idempotencyKey: request.idempotencyKey, type: "maintenance", payload: Array(request.reason.utf8)),
             region: request.region, hypervisorId: request.hypervisorId
         )
         mutated()
         return event
     }
 
-    package func stats(request: Harpoon_V1_StatsRequest, context: ServerContext) async throws -> Harpoon_V1_StatsResponse {
-        Harpoon_V1_StatsResponse(databaseConnections: UInt32(clamping: try await store.databaseConnections()), outboxPending: UInt64(try await store.outboxCount()))
+    package func stats(
+        request: Harpoon_V1_StatsRequest, context: ServerContext
+    ) async throws -> Harpoon_V1_StatsResponse {
+        Harpoon_V1_StatsResponse(
+            databaseConnections: UInt32(clamping: try await store.databaseConnections()),
+            outboxPending: UInt64(try await store.outboxCount()))
     }
 }
 
@@ -303,7 +365,9 @@ package struct SchedulerPlacer: Placer {
         // Retried: placing an event again gives the same hypervisor (on the same replica).
         placements = CallBatcher(
             call: { batch in
-                try await scheduler.placeBatch(.init(requests: batch), options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())).outcomes
+                try await scheduler.placeBatch(
+                    .init(requests: batch), options: CallOptions(timeout: .seconds(5), retry: RetryPolicy())
+                ).outcomes
             },
             status: { ($0.errorCode, $0.errorMessage) },
             value: { $0.response ?? Scheduler_V2_PlaceResponse() }
@@ -313,11 +377,14 @@ package struct SchedulerPlacer: Placer {
     package func place(_ event: Harpoon_V1_Event, size: Scheduler_V2_Size) async throws -> PlacementOutcome {
         let response = try await placements.submit(
             Scheduler_V2_PlaceRequest(
-                eventId: String(event.id), size: size, region: event.region, customer: event.customer, dropletId: event.dropletId,
+                eventId: String(event.id), size: size, region: event.region, customer: event.customer,
+                dropletId: event.dropletId,
                 requestId: event.requestId, traceparent: event.traceparent
             )
         )
-        if !response.hypervisorId.isEmpty { return .placed(hypervisorId: response.hypervisorId, router: response.router) }
+        if !response.hypervisorId.isEmpty {
+            return .placed(hypervisorId: response.hypervisorId, router: response.router)
+        }
         return .unplaceable(reason: response.reason, retryable: response.retryable)
     }
 
@@ -331,7 +398,9 @@ package struct SchedulerPlacer: Placer {
                     do {
                         _ = try await replica.release(request, options: CallOptions(timeout: .seconds(2)))
                     } catch {
-                        Self.logger.debug("a scheduler did not take the release of event \(request.eventId)", metadata: ["error": "\(error)"])
+                        Self.logger.debug(
+                            "a scheduler did not take the release of event \(request.eventId)",
+                            metadata: ["error": "\(error)"])
                     }
                 }
             }
@@ -375,14 +444,17 @@ package final class RouterDelivery: EventDelivery {
                     CallBatcher(
                         call: { batch in
                             try await client.deliverBatch(
-                                .init(events: batch, onlyIfConnected: onlyIfConnected), options: CallOptions(timeout: timeout)
+                                .init(events: batch, onlyIfConnected: onlyIfConnected),
+                                options: CallOptions(timeout: timeout)
                             ).outcomes
                         },
                         status: { ($0.errorCode, $0.errorMessage) },
                         value: { $0.agentConnected }
                     )
                 }
-                return Target(address: router.address, keep: batcher(onlyIfConnected: false), probe: batcher(onlyIfConnected: true))
+                return Target(
+                    address: router.address, keep: batcher(onlyIfConnected: false),
+                    probe: batcher(onlyIfConnected: true))
             }
         }
     }
@@ -443,7 +515,8 @@ package final class RouterDelivery: EventDelivery {
                 failure = error
             }
         }
-        throw failure ?? RPCError(code: .unavailable, message: "no event router of \(event.region) took event \(event.id)")
+        throw failure
+            ?? RPCError(code: .unavailable, message: "no event router of \(event.region) took event \(event.id)")
     }
 
     /// An index in 0..<count from `id`, the same in every process (FNV-1a; `hashValue` is seeded per process).
@@ -468,9 +541,12 @@ extension HarpoonError: RPCStatusConvertible {
         case .backwards(let id, let status, let next):
             RPCError(code: .failedPrecondition, message: "event \(id) is \(status); it cannot go back to \(next)")
         case .stale(let id, let status):
-            RPCError(code: .failedPrecondition, message: "event \(id) was sent back to be placed again; \(status) is stale")
-        case .keyReused(let key): RPCError(code: .alreadyExists, message: "idempotency key '\(key)' was used for another request")
-        case .dropletBusy(let id): RPCError(code: .failedPrecondition, message: "droplet \(id) already has a pending event")
+            RPCError(
+                code: .failedPrecondition, message: "event \(id) was sent back to be placed again; \(status) is stale")
+        case .keyReused(let key):
+            RPCError(code: .alreadyExists, message: "idempotency key '\(key)' was used for another request")
+        case .dropletBusy(let id):
+            RPCError(code: .failedPrecondition, message: "droplet \(id) already has a pending event")
         case .corrupt(let what): RPCError(code: .internal, message: what)
         }
     }

@@ -66,7 +66,9 @@ extension Harpoon_V1_Event {
 
 extension HarpoonStore {
     /// Droplet + create event + outbox entry, atomically; the droplet and its event.
-    package func createDroplet(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
+    package func createDroplet(
+        _ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin = .none
+    ) async throws -> (Harpoon_V1_Droplet, Harpoon_V1_Event) {
         let created = try await createDropletQueued(request, origin: origin)
         return (created.droplet, created.event)
     }
@@ -77,7 +79,9 @@ extension HarpoonStore {
     }
 
     /// ``createEvent(_:region:hypervisorId:origin:)`` with no request known.
-    package func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String) async throws -> Harpoon_V1_Event {
+    package func createEvent(
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String
+    ) async throws -> Harpoon_V1_Event {
         try await createEvent(request, region: region, hypervisorId: hypervisorId, origin: .none)
     }
 
@@ -86,7 +90,9 @@ extension HarpoonStore {
         id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
         then destination: OutboxDestination?
     ) async throws -> Harpoon_V1_Event {
-        try await updateEvent(id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: nil)
+        try await updateEvent(
+            id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address,
+            then: destination, settling: nil)
     }
 }
 
@@ -98,7 +104,10 @@ package struct EventUpdate: Sendable, Hashable {
     package var error: String?
     package var ipv4Address: String?
 
-    package init(id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String? = nil, error: String? = nil, ipv4Address: String? = nil) {
+    package init(
+        id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String? = nil, error: String? = nil,
+        ipv4Address: String? = nil
+    ) {
         self.id = id
         self.status = status
         self.hypervisorId = hypervisorId
@@ -114,16 +123,22 @@ extension HarpoonStore {
             for (index, update) in updates.enumerated() {
                 group.addTask {
                     do {
-                        return (index, .success(try await updateEvent(
-                            id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
-                            ipv4Address: update.ipv4Address, then: nil
-                        )))
+                        return (
+                            index,
+                            .success(
+                                try await updateEvent(
+                                    id: update.id, status: update.status, hypervisorId: update.hypervisorId,
+                                    error: update.error,
+                                    ipv4Address: update.ipv4Address, then: nil
+                                ))
+                        )
                     } catch {
                         return (index, .failure(error))
                     }
                 }
             }
-            var results = [Result<Harpoon_V1_Event, any Error>](repeating: .failure(RPCError(code: .internal, message: "not run")), count: updates.count)
+            var results = [Result<Harpoon_V1_Event, any Error>](
+                repeating: .failure(RPCError(code: .internal, message: "not run")), count: updates.count)
             for await (index, result) in group { results[index] = result }
             return results
         }
@@ -139,7 +154,10 @@ package struct EventFilter: Sendable, Hashable {
     /// Any of these types; empty for all.
     package var types: [String]
 
-    package init(dropletId: Int64? = nil, customer: String? = nil, type: String? = nil, status: Harpoon_V1_Event.Status? = nil, types: [String] = []) {
+    package init(
+        dropletId: Int64? = nil, customer: String? = nil, type: String? = nil, status: Harpoon_V1_Event.Status? = nil,
+        types: [String] = []
+    ) {
         self.dropletId = dropletId
         self.customer = customer
         self.type = type
@@ -163,11 +181,17 @@ package struct Page<Item: Sendable>: Sendable {
 package protocol HarpoonStore: Sendable {
     /// Droplet + create event + outbox entry (to the scheduler), atomically; the entry comes back too, so that the
     /// outbox worker can start on it without reading it back.
-    func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin) async throws -> CreatedDroplet
+    func createDropletQueued(
+        _ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin
+    ) async throws -> CreatedDroplet
     func droplet(id: Int64) async throws -> Harpoon_V1_Droplet?
-    func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet>
+    func droplets(
+        customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int
+    ) async throws -> Page<Harpoon_V1_Droplet>
     /// An event (and its outbox entry: to the scheduler if it needs a placement, else to its region's router).
-    func createEvent(_ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin) async throws -> Harpoon_V1_Event
+    func createEvent(
+        _ request: Harpoon_V1_CreateEventRequest, region: String, hypervisorId: String, origin: EventOrigin
+    ) async throws -> Harpoon_V1_Event
     func event(id: Int64) async throws -> Harpoon_V1_Event?
     /// Events and their droplets by event id, in one read (for a batch of outbox entries).
     func eventsWithDroplets(ids: [Int64]) async throws -> [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)]
@@ -178,7 +202,9 @@ package protocol HarpoonStore: Sendable {
     /// A hypervisor refused a create placed on it for lack of room (placements of two schedulers met there): the event
     /// goes back to `pending` with a new placement entry, unless it has been refused `maxRefusals` times, when it is
     /// errored with `reason`. A refusal from a hypervisor the event is no longer on changes nothing.
-    func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event
+    func placeAgain(
+        eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int
+    ) async throws -> Harpoon_V1_Event
     /// For each hypervisor: its droplets that are active or off, and the reason of its latest maintenance event (empty:
     /// none).
     func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)]

@@ -1,8 +1,8 @@
 internal import Foundation
-internal import RPCCore
-internal import Synchronization
 package import HarpoonAPI
 internal import Logging
+internal import RPCCore
+internal import Synchronization
 
 /// What the scheduler answered for an event.
 package enum PlacementOutcome: Sendable, Hashable {
@@ -79,7 +79,8 @@ package final class OutboxWorker: Sendable {
 
     package init(
         store: any HarpoonStore, placer: any Placer, delivery: any EventDelivery, maxPlacementAttempts: Int = 30,
-        concurrency: Int = 256, redeliveryInterval: Duration = .seconds(10), outcomeGrace: Duration = .milliseconds(200),
+        concurrency: Int = 256, redeliveryInterval: Duration = .seconds(10),
+        outcomeGrace: Duration = .milliseconds(200),
         onChange: @escaping @Sendable () -> Void = {}
     ) {
         let (seconds, attoseconds) = redeliveryInterval.components
@@ -218,7 +219,9 @@ package final class OutboxWorker: Sendable {
                 loaded = try await store.eventsWithDroplets(ids: unknown)
             } catch {
                 // Each entry reads its own as it is processed.
-                Self.logger.warning("could not read the events of \(unknown.count) due outbox entries at once", metadata: ["error": "\(error)"])
+                Self.logger.warning(
+                    "could not read the events of \(unknown.count) due outbox entries at once",
+                    metadata: ["error": "\(error)"])
             }
         }
         for entry in chosen {
@@ -241,7 +244,8 @@ package final class OutboxWorker: Sendable {
     static let logger = Logger(label: "harpoon.outbox")
 
     /// Backoff after `attempts` failures: 200 ms doubling to 10 s, never less than half the planned wait.
-    static let redeliveryBackoff = Backoff(initial: .milliseconds(200), multiplier: 2, maximum: .seconds(10), jitter: .half)
+    static let redeliveryBackoff = Backoff(
+        initial: .milliseconds(200), multiplier: 2, maximum: .seconds(10), jitter: .half)
 
     /// The wait, in seconds, after `attempts` failures.
     static func backoff(attempts: Int) -> Double { Backoff.seconds(redeliveryBackoff.delay(afterFailures: attempts)) }
@@ -252,7 +256,9 @@ package final class OutboxWorker: Sendable {
         do {
             try await store.postpone(entry, until: until)
         } catch {
-            Self.logger.warning("could not postpone outbox entry \(entry.id) of event \(entry.eventId)", metadata: ["error": "\(error)"])
+            Self.logger.warning(
+                "could not postpone outbox entry \(entry.id) of event \(entry.eventId)", metadata: ["error": "\(error)"]
+            )
         }
         due(at: until)
     }
@@ -283,7 +289,9 @@ package final class OutboxWorker: Sendable {
             return
         }
         guard let droplet else {
-            _ = try await store.updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "the event's droplet does not exist", ipv4Address: nil, then: nil)
+            _ = try await store.updateEvent(
+                id: event.id, status: .errored, hypervisorId: nil, error: "the event's droplet does not exist",
+                ipv4Address: nil, then: nil)
             try await store.acknowledge(entry)
             onChange()
             return
@@ -299,7 +307,8 @@ package final class OutboxWorker: Sendable {
             placed.status = .placed
             placed.hypervisorId = hypervisorId
             let placement = Harpoon_V1_Placement(
-                eventId: event.id, dropletId: event.dropletId, customer: event.customer, region: event.region, hypervisorId: hypervisorId,
+                eventId: event.id, dropletId: event.dropletId, customer: event.customer, region: event.region,
+                hypervisorId: hypervisorId,
                 size: droplet.size
             )
             state.withLock { $0.unrecordedPlacements[event.id] = placement }
@@ -308,9 +317,11 @@ package final class OutboxWorker: Sendable {
                 try await deliver(placed, via: router)
             } catch {
                 // The router is not reachable now: record the placement; the router step retries with backoff.
-                HarpoonMetrics.reached(try await store.updateEvent(
-                    id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: .router, settling: .acknowledge(entry)
-                ))
+                HarpoonMetrics.reached(
+                    try await store.updateEvent(
+                        id: event.id, status: .placed, hypervisorId: hypervisorId, error: nil, ipv4Address: nil,
+                        then: .router, settling: .acknowledge(entry)
+                    ))
                 onChange()
                 wake()
                 return
@@ -320,9 +331,11 @@ package final class OutboxWorker: Sendable {
             if retryable, entry.attempts + 1 < maxPlacementAttempts {
                 await postpone(entry)
             } else {
-                HarpoonMetrics.reached(try await store.updateEvent(
-                    id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil, settling: .acknowledge(entry)
-                ))
+                HarpoonMetrics.reached(
+                    try await store.updateEvent(
+                        id: event.id, status: .errored, hypervisorId: nil, error: reason, ipv4Address: nil, then: nil,
+                        settling: .acknowledge(entry)
+                    ))
                 onChange()
             }
         }
@@ -361,16 +374,19 @@ package final class OutboxWorker: Sendable {
     /// redelivery deadline — unless the outcome is recorded within the grace period, which makes that write moot
     /// (the outcome removes the entry).
     private func recordDelivery(
-        _ eventId: Int64, hypervisorId: String?, settling settlementUntil: (_ redeliveryDeadline: Double) -> OutboxSettlement
+        _ eventId: Int64, hypervisorId: String?,
+        settling settlementUntil: (_ redeliveryDeadline: Double) -> OutboxSettlement
     ) async throws {
         if await outcomes.wait(for: eventId) { return }
         let deadline = redeliveryDeadline  // counted from now, after the wait
         let settlement = settlementUntil(deadline)
         defer { due(at: deadline) }
         do {
-            HarpoonMetrics.reached(try await store.updateEvent(
-                id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil, then: nil, settling: settlement
-            ))
+            HarpoonMetrics.reached(
+                try await store.updateEvent(
+                    id: eventId, status: .delivered, hypervisorId: hypervisorId, error: nil, ipv4Address: nil,
+                    then: nil, settling: settlement
+                ))
             onChange()
         } catch let error as HarpoonError where error.isOutrun {
             // The event moved on meanwhile (an agent reported it running, or finished it). Unfinished, it still needs

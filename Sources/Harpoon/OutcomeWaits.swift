@@ -95,7 +95,8 @@ package final class OutcomeWaits: Sendable {
     /// Ends the waits whose time is up, oldest first, until none is left.
     private func expire() async {
         while true {
-            let (due, next) = state.withLock { state -> ([CheckedContinuation<Bool, Never>], ContinuousClock.Instant?) in
+            let (due, next) = state.withLock {
+                state -> ([CheckedContinuation<Bool, Never>], ContinuousClock.Instant?) in
                 let now = ContinuousClock.now
                 var due: [CheckedContinuation<Bool, Never>] = []
                 var passed = 0

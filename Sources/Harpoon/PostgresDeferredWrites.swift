@@ -1,8 +1,8 @@
+internal import HarpoonAPI
 internal import Logging
 internal import NIOCore
 internal import PostgresNIO
 internal import Synchronization
-internal import HarpoonAPI
 
 /// The writes of one ``PostgresWriter`` transaction that wait to run together: every droplet creation in one
 /// statement and every event change in another, instead of one statement (and one round trip, parse and plan) each.
@@ -177,23 +177,26 @@ extension PostgresHarpoonStore {
             let settlements = writes.settlements
             var binds = PostgresBindings()
             binds.append(settlements.map(\.entry.id))
-            binds.append(settlements.map { settlement -> Int32 in
-                switch settlement {
-                case .acknowledge: 0
-                case .reschedule: 1
-                case .handOver: 2
-                }
-            })
-            binds.append(settlements.map { settlement -> String in
-                if case .handOver(_, let destination, _) = settlement { return destination.rawValue }
-                return ""
-            })
-            binds.append(settlements.map { settlement -> Double in
-                switch settlement {
-                case .acknowledge: 0
-                case .reschedule(_, let until), .handOver(_, _, let until): until
-                }
-            })
+            binds.append(
+                settlements.map { settlement -> Int32 in
+                    switch settlement {
+                    case .acknowledge: 0
+                    case .reschedule: 1
+                    case .handOver: 2
+                    }
+                })
+            binds.append(
+                settlements.map { settlement -> String in
+                    if case .handOver(_, let destination, _) = settlement { return destination.rawValue }
+                    return ""
+                })
+            binds.append(
+                settlements.map { settlement -> Double in
+                    switch settlement {
+                    case .acknowledge: 0
+                    case .reschedule(_, let until), .handOver(_, _, let until): until
+                    }
+                })
             for try await _ in try await connection.execute(Prepared<Settle, Void>(binds), logger: logger) {}
         }
         if !writes.creations.isEmpty {
@@ -220,7 +223,9 @@ extension PostgresHarpoonStore {
             let statement = Prepared<Create, (Int64, Int64, Int64, Int64, Int64?)>(bindings: binds) {
                 try $0.decode((Int64, Int64, Int64, Int64, Int64?).self)
             }
-            for try await (slot, dropletId, eventId, entryId, cursor) in try await connection.execute(statement, logger: logger) {
+            for try await (slot, dropletId, eventId, entryId, cursor) in try await connection.execute(
+                statement, logger: logger)
+            {
                 flushed.created[Int(slot)] = CreatedIds(dropletId: dropletId, eventId: eventId, entryId: entryId)
                 flushed.changed.append(eventId)
                 if let cursor { flushed.cursors[eventId] = cursor }

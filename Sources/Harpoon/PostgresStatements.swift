@@ -1,6 +1,6 @@
 internal import Foundation
-internal import PostgresNIO
 internal import HarpoonAPI
+internal import PostgresNIO
 
 /// The text of a statement that runs often: prepared (parsed) once per connection, then only bound, planned for its
 /// values (the pools ask for custom plans, see ``PostgresPool``) and run.
@@ -29,7 +29,9 @@ extension PostgresHarpoonStore {
     static let eventColumns =
         "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals, request_id, traceparent"
 
-    typealias EventRow = (Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32, String, String)
+    typealias EventRow = (
+        Int64, String, Int64, String, String, String, Int32, Data, String, Double, Double, Int64?, Int32, String, String
+    )
 
     static func event(_ row: EventRow) -> Harpoon_V1_Event {
         Harpoon_V1_Event(
@@ -45,7 +47,8 @@ extension PostgresHarpoonStore {
         _ connection: PostgresConnection, _ logger: Logger, _ text: Text.Type, _ binds: PostgresBindings
     ) async throws -> [Harpoon_V1_Event] {
         var events: [Harpoon_V1_Event] = []
-        let statement = Prepared<Text, Harpoon_V1_Event>(bindings: binds) { row in event(try row.decode(EventRow.self)) }
+        let statement = Prepared<Text, Harpoon_V1_Event>(bindings: binds) { row in event(try row.decode(EventRow.self))
+        }
         for try await event in try await connection.execute(statement, logger: logger) { events.append(event) }
         return events
     }
@@ -67,7 +70,8 @@ extension PostgresHarpoonStore {
 
     /// A customer's events changed after a cursor, in cursor order.
     enum CustomerChangesAfter: StatementText {
-        static let sql = "SELECT \(eventColumns) FROM events WHERE cursor > $1 AND customer = $2 ORDER BY cursor LIMIT $3"
+        static let sql =
+            "SELECT \(eventColumns) FROM events WHERE cursor > $1 AND customer = $2 ORDER BY cursor LIMIT $3"
     }
 
     /// Events by id (any order).

@@ -1,8 +1,8 @@
+internal import HarpoonAPI
 internal import Logging
 internal import PostgresNIO
 internal import PostgresSupport
 internal import Synchronization
-internal import HarpoonAPI
 
 /// What a committed transaction handed out: the change cursors of the events it changed (given as it was about to
 /// commit, after its writes ran) and the ids of the rows its deferred creations inserted, by slot.
@@ -188,10 +188,14 @@ final class PostgresWriter: Sendable {
 
     /// Reads and locks (`FOR UPDATE`) the events with these ids (in this order), then the outbox entries with those
     /// ids; returns the events and the entries that are there, with their events.
-    typealias Locker = @Sendable (PostgresConnection, Logger, [Int64], [Int64]) async throws -> (events: [Harpoon_V1_Event], entries: [Int64: Int64])
+    typealias Locker =
+        @Sendable (PostgresConnection, Logger, [Int64], [Int64]) async throws -> (
+            events: [Harpoon_V1_Event], entries: [Int64: Int64]
+        )
     /// Runs deferred writes in the open transaction; returns the events they changed and the ids of the rows they
     /// created, by slot.
-    typealias Flusher = @Sendable (PostgresConnection, Logger, DeferredWrites, _ stampingCursors: Bool) async throws -> Flushed
+    typealias Flusher =
+        @Sendable (PostgresConnection, Logger, DeferredWrites, _ stampingCursors: Bool) async throws -> Flushed
 
     private let pool: PostgresPool
     private let lock: Locker
@@ -222,7 +226,10 @@ final class PostgresWriter: Sendable {
     /// The advisory lock key that orders change cursors (any constant shared by every replica).
     static let cursorLock: Int64 = 0x5348_4F41_4C43_5552  // "SHOALCUR"
 
-    init(pool: PostgresPool, notifyChannel: String, notifyPayload: String, lock: @escaping Locker, flush: @escaping Flusher) {
+    init(
+        pool: PostgresPool, notifyChannel: String, notifyPayload: String, lock: @escaping Locker,
+        flush: @escaping Flusher
+    ) {
         self.pool = pool
         self.lock = lock
         self.flush = flush
@@ -235,7 +242,8 @@ final class PostgresWriter: Sendable {
     ///     order, so that transactions of several replicas never wait for each other in a cycle.
     ///   - entries: the outbox entries it settles, locked the same way, after the events.
     func write<T: CommitResolved>(
-        locking: [Int64] = [], entries: [Int64] = [], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T
+        locking: [Int64] = [], entries: [Int64] = [],
+        _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T
     ) async throws -> T.Resolved {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T.Resolved, any Error>) in
             enqueue([Self.job(locking, entries, body) { continuation.resume(with: $0) }])
@@ -247,9 +255,13 @@ final class PostgresWriter: Sendable {
         _ bodies: [(locking: [Int64], body: @Sendable (PostgresWriteContext) async throws -> T)]
     ) async -> [Result<T.Resolved, any Error>] {
         guard !bodies.isEmpty else { return [] }
-        return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<T.Resolved, any Error>], Never>) in
+        return await withCheckedContinuation {
+            (continuation: CheckedContinuation<[Result<T.Resolved, any Error>], Never>) in
             let results = GatheredResults(count: bodies.count, continuation)
-            enqueue(bodies.enumerated().map { index, write in Self.job(write.locking, [], write.body) { results.answer(index, $0) } })
+            enqueue(
+                bodies.enumerated().map { index, write in
+                    Self.job(write.locking, [], write.body) { results.answer(index, $0) }
+                })
         }
     }
 
@@ -257,14 +269,19 @@ final class PostgresWriter: Sendable {
         _ locks: [Int64], _ entries: [Int64], _ body: @escaping @Sendable (PostgresWriteContext) async throws -> T,
         answer: @escaping @Sendable (Result<T.Resolved, any Error>) -> Void
     ) -> Job {
-        Job(locks: locks, entries: entries, run: { context in
-            do {
-                let value = try await body(context)
-                return ({ committed in answer(committed.flatMap { outcome in Result { try value.resolved(outcome) } }) }, nil)
-            } catch {
-                return ({ _ in answer(.failure(error)) }, error)
-            }
-        }, fail: { answer(.failure($0)) })
+        Job(
+            locks: locks, entries: entries,
+            run: { context in
+                do {
+                    let value = try await body(context)
+                    return (
+                        { committed in answer(committed.flatMap { outcome in Result { try value.resolved(outcome) } })
+                        }, nil
+                    )
+                } catch {
+                    return ({ _ in answer(.failure(error)) }, error)
+                }
+            }, fail: { answer(.failure($0)) })
     }
 
     /// Writes waiting for the next transaction.
@@ -313,7 +330,9 @@ final class PostgresWriter: Sendable {
     /// Runs `batch` in one transaction and commits it; `nil` if a write failed in a way that spoils the transaction
     /// (possible only when not `isolated`: then it is rolled back). A transaction that fails answers every caller with
     /// its error before throwing it.
-    private func runTogether(_ batch: [Job], isolated: Bool) async throws -> (answers: [Answer], outcome: CommitOutcome)? {
+    private func runTogether(
+        _ batch: [Job], isolated: Bool
+    ) async throws -> (answers: [Answer], outcome: CommitOutcome)? {
         var answers: [Answer] = []
         answers.reserveCapacity(batch.count)
         do {
@@ -334,7 +353,10 @@ final class PostgresWriter: Sendable {
                     }
                     for job in batch {
                         let context = PostgresWriteContext(transaction: transaction)
-                        let mark = isolated ? (changed: transaction.changed.count, locked: transaction.locked.state) : (0, LockedRows.State())
+                        let mark =
+                            isolated
+                            ? (changed: transaction.changed.count, locked: transaction.locked.state)
+                            : (0, LockedRows.State())
                         if isolated { try await connection.query("SAVEPOINT write", logger: logger) }
                         var (answer, failure) = await job.run(context)
                         if isolated, failure == nil {
@@ -365,9 +387,11 @@ final class PostgresWriter: Sendable {
                         binds.append(Self.cursorLock)
                         binds.append(notifyChannel)
                         binds.append(notifyPayload)
-                        for try await _ in try await connection.execute(Prepared<LockCursors, Void>(binds), logger: logger) {}
+                        for try await _ in try await connection.execute(
+                            Prepared<LockCursors, Void>(binds), logger: logger)
+                        {}
                     }
-                    do { try await transaction.flush(stampingCursors: true) } catch where !isolated {
+                    do { try await transaction.flush(stampingCursors: true) } catch  where !isolated {
                         // A deferred write the server refused: run the batch again, each write alone.
                         try await connection.query("ROLLBACK", logger: logger)
                         return nil
@@ -381,8 +405,12 @@ final class PostgresWriter: Sendable {
                         binds.append(notifyChannel)
                         binds.append(notifyPayload)
                         binds.append(Array(unstamped))
-                        let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds) { try $0.decode((Int64, Int64).self) }
-                        for try await (id, cursor) in try await connection.execute(statement, logger: logger) { outcome.cursors[id] = cursor }
+                        let statement = Prepared<StampCursors, (Int64, Int64)>(bindings: binds) {
+                            try $0.decode((Int64, Int64).self)
+                        }
+                        for try await (id, cursor) in try await connection.execute(statement, logger: logger) {
+                            outcome.cursors[id] = cursor
+                        }
                     }
                     try await connection.query("COMMIT", logger: logger)
                     return (answers, outcome)

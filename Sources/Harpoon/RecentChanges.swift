@@ -1,5 +1,5 @@
-internal import Synchronization
 internal import HarpoonAPI
+internal import Synchronization
 
 /// The latest event changes, as committed, in cursor order: a WatchEvents stream that keeps up reads them here
 /// instead of querying the table after every commit.

@@ -1,8 +1,8 @@
 internal import Foundation
 internal import GRDB
+package import HarpoonAPI
 package import SQLiteSupport
 internal import Synchronization
-package import HarpoonAPI
 
 /// The events database in one SQLite file, in WAL mode, through a small pool: one writer and a few readers.
 ///
@@ -16,16 +16,20 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private let clock: any WallClock
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    package init(path: String, readers: Int = 4, durability: SQLiteDurability = .full, clock: any WallClock = SystemClock()) throws {
+    package init(
+        path: String, readers: Int = 4, durability: SQLiteDurability = .full, clock: any WallClock = SystemClock()
+    ) throws {
         self.clock = clock
         database = try SQLiteDatabase(path: path, readers: readers, migrator: Self.migrator, durability: durability)
         pool = database.pool
-        let last = try pool.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) FROM events") ?? 0 }
+        let last = try pool.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(cursor), 0) FROM events") ?? 0
+        }
         lastCursor = Mutex(last)
         let recent = RecentChanges(floor: last)
         self.recent = recent
         writer = WriteCoalescer(
-            pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) }, savepoint: { recent.savepoint(rolledBack: $0) }
+            pool: pool, transactionEnded: { recent.transactionEnded(committed: $0) },
+            savepoint: { recent.savepoint(rolledBack: $0) }
         )
     }
 
@@ -37,52 +41,53 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE droplets (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    customer TEXT NOT NULL,
-                    name TEXT NOT NULL,
-                    region TEXT NOT NULL,
-                    size BLOB NOT NULL,
-                    image TEXT NOT NULL,
-                    status INTEGER NOT NULL,
-                    hypervisor_id TEXT NOT NULL DEFAULT '',
-                    ipv4_address TEXT NOT NULL DEFAULT '',
-                    error TEXT NOT NULL DEFAULT '',
-                    created_at REAL NOT NULL
-                );
-                CREATE INDEX droplets_by_customer ON droplets(customer, region, id);
-                CREATE TABLE events (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    type TEXT NOT NULL,
-                    droplet_id INTEGER NOT NULL,
-                    customer TEXT NOT NULL,
-                    region TEXT NOT NULL,
-                    hypervisor_id TEXT NOT NULL DEFAULT '',
-                    status INTEGER NOT NULL,
-                    payload BLOB NOT NULL,
-                    error TEXT NOT NULL DEFAULT '',
-                    created_at REAL NOT NULL,
-                    updated_at REAL NOT NULL,
-                    cursor INTEGER NOT NULL
-                );
-                CREATE INDEX events_by_droplet ON events(droplet_id, id);
-                CREATE INDEX events_by_customer ON events(customer, id);
-                CREATE UNIQUE INDEX events_by_cursor ON events(cursor);
-                CREATE TABLE outbox (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    event_id INTEGER NOT NULL,
-                    destination TEXT NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    not_before REAL NOT NULL DEFAULT 0
-                );
-                CREATE INDEX outbox_by_time ON outbox(not_before, id);
-                CREATE TABLE idempotency (
-                    key TEXT PRIMARY KEY,
-                    droplet_id INTEGER NOT NULL,
-                    event_id INTEGER NOT NULL
-                );
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE droplets (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        customer TEXT NOT NULL,
+                        name TEXT NOT NULL,
+                        region TEXT NOT NULL,
+                        size BLOB NOT NULL,
+                        image TEXT NOT NULL,
+                        status INTEGER NOT NULL,
+                        hypervisor_id TEXT NOT NULL DEFAULT '',
+                        ipv4_address TEXT NOT NULL DEFAULT '',
+                        error TEXT NOT NULL DEFAULT '',
+                        created_at REAL NOT NULL
+                    );
+                    CREATE INDEX droplets_by_customer ON droplets(customer, region, id);
+                    CREATE TABLE events (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        type TEXT NOT NULL,
+                        droplet_id INTEGER NOT NULL,
+                        customer TEXT NOT NULL,
+                        region TEXT NOT NULL,
+                        hypervisor_id TEXT NOT NULL DEFAULT '',
+                        status INTEGER NOT NULL,
+                        payload BLOB NOT NULL,
+                        error TEXT NOT NULL DEFAULT '',
+                        created_at REAL NOT NULL,
+                        updated_at REAL NOT NULL,
+                        cursor INTEGER NOT NULL
+                    );
+                    CREATE INDEX events_by_droplet ON events(droplet_id, id);
+                    CREATE INDEX events_by_customer ON events(customer, id);
+                    CREATE UNIQUE INDEX events_by_cursor ON events(cursor);
+                    CREATE TABLE outbox (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        event_id INTEGER NOT NULL,
+                        destination TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        not_before REAL NOT NULL DEFAULT 0
+                    );
+                    CREATE INDEX outbox_by_time ON outbox(not_before, id);
+                    CREATE TABLE idempotency (
+                        key TEXT PRIMARY KEY,
+                        droplet_id INTEGER NOT NULL,
+                        event_id INTEGER NOT NULL
+                    );
+                    """)
         }
         migrator.registerMigration("v2: outbox by event") { db in
             // A terminal event deletes its outbox entries by event id.
@@ -90,30 +95,33 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
         migrator.registerMigration("v3: placements in flight") { db in
             // A scheduler that starts lists the creates placed and not finished: a few rows among all events ever.
-            try db.execute(sql: "CREATE INDEX events_placed_creates ON events(id) WHERE type = 'create' AND status IN (1, 2, 3)")
+            try db.execute(
+                sql: "CREATE INDEX events_placed_creates ON events(id) WHERE type = 'create' AND status IN (1, 2, 3)")
         }
         migrator.registerMigration("v4: maintenance by hypervisor") { db in
             // An agent that starts learns its latest maintenance. (Its droplets are found by a scan, batched: an index
             // on the droplets' hypervisor would cost every creation a write, to serve the rare agent that starts.)
-            try db.execute(sql: "CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance'")
+            try db.execute(
+                sql: "CREATE INDEX events_maintenance ON events(hypervisor_id, id) WHERE type = 'maintenance'")
         }
         migrator.registerMigration("v5: refusals") { db in
             // How often hypervisors refused a create for lack of room (each time it is placed again, a few times at most).
             try db.execute(sql: "ALTER TABLE events ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")
         }
         migrator.registerMigration("v6: event history") { db in
-            try db.execute(sql: """
-                CREATE TABLE event_history (
-                    id INTEGER PRIMARY KEY,
-                    event_id INTEGER NOT NULL,
-                    status INTEGER NOT NULL,
-                    hypervisor_id TEXT NOT NULL,
-                    reason TEXT NOT NULL,
-                    at REAL NOT NULL,
-                    actor TEXT NOT NULL
-                );
-                CREATE INDEX event_history_by_event ON event_history (event_id, id);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE event_history (
+                        id INTEGER PRIMARY KEY,
+                        event_id INTEGER NOT NULL,
+                        status INTEGER NOT NULL,
+                        hypervisor_id TEXT NOT NULL,
+                        reason TEXT NOT NULL,
+                        at REAL NOT NULL,
+                        actor TEXT NOT NULL
+                    );
+                    CREATE INDEX event_history_by_event ON event_history (event_id, id);
+                    """)
         }
         migrator.registerMigration("v7: unfinished events") { db in
             // Only events in flight are in it: it stays small however many have finished.
@@ -128,7 +136,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     // MARK: Rows
 
-    private static let dropletColumns = "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
+    private static let dropletColumns =
+        "id, customer, name, region, size, image, status, hypervisor_id, ipv4_address, error, created_at"
     private static let eventColumns =
         "id, type, droplet_id, customer, region, hypervisor_id, status, payload, error, created_at, updated_at, cursor, refusals, request_id, traceparent"
 
@@ -151,7 +160,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return Harpoon_V1_Event(
             id: row[0], type: row[1], dropletId: row[2], customer: row[3], region: row[4],
             hypervisorId: row[5], status: Harpoon_V1_Event.Status(rawValue: row[6]), payload: [UInt8](payload),
-            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11], refusals: row[12],
+            error: row[8], createdAt: timestamp(row[9]), updatedAt: timestamp(row[10]), cursor: row[11],
+            refusals: row[12],
             requestId: row[13], traceparent: row[14]
         )
     }
@@ -172,7 +182,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     // Rows are decoded straight from the statement, each column read once by position (a copied `Row` would box
     // every value first; GRDB's lookups by name compare names case-insensitively on every access).
     // A row is the statement's current row: the cursor (which resets the statement when it goes) must outlive it.
-    private static func rows<T>(_ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T) throws -> [T] {
+    private static func rows<T>(
+        _ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T
+    ) throws -> [T] {
         let cursor = try Row.fetchCursor(statement, arguments: arguments)
         return try withExtendedLifetime(cursor) {
             var result: [T] = []
@@ -181,7 +193,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    private static func firstRow<T>(_ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T) throws -> T? {
+    private static func firstRow<T>(
+        _ statement: Statement, _ arguments: StatementArguments, _ decode: (Row) throws -> T
+    ) throws -> T? {
         let cursor = try Row.fetchCursor(statement, arguments: arguments)
         return try withExtendedLifetime(cursor) { try cursor.next().map(decode) }
     }
@@ -203,7 +217,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             sql: """
                 INSERT INTO events (type, droplet_id, customer, region, hypervisor_id, status, payload, created_at, updated_at, cursor, request_id, traceparent)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """).execute(
+                """
+        ).execute(
             binding: {
                 $0.bind(1, template.type)
                 $0.bind(2, template.dropletId)
@@ -233,7 +248,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     /// Adds a step to an event's history.
     private static func record(_ step: EventTransition, of eventId: Int64, _ db: Database) throws {
         try db.cachedStatement(
-            sql: "INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor) VALUES (?, ?, ?, ?, ?, ?)"
+            sql:
+                "INSERT INTO event_history (event_id, status, hypervisor_id, reason, at, actor) VALUES (?, ?, ?, ?, ?, ?)"
         ).execute(binding: {
             $0.bind(1, eventId)
             $0.bind(2, Int64(step.status.rawValue))
@@ -249,7 +265,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         let cursor = nextCursor()
         let event = write.event
         try db.cachedStatement(
-            sql: "UPDATE events SET status = ?, hypervisor_id = ?, error = ?, refusals = ?, updated_at = ?, cursor = ? WHERE id = ?").execute(
+            sql:
+                "UPDATE events SET status = ?, hypervisor_id = ?, error = ?, refusals = ?, updated_at = ?, cursor = ? WHERE id = ?"
+        ).execute(
             binding: {
                 $0.bind(1, Int64(event.status.rawValue))
                 $0.bind(2, event.hypervisorId)
@@ -274,7 +292,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
                 sql: """
                     UPDATE droplets SET status = COALESCE(?, status), hypervisor_id = COALESCE(?, hypervisor_id),
                     ipv4_address = COALESCE(?, ipv4_address), error = COALESCE(?, error) WHERE id = ?
-                    """).execute(
+                    """
+            ).execute(
                 binding: {
                     $0.bind(1, status)
                     $0.bind(2, droplet.hypervisorId)
@@ -295,12 +314,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         _ db: Database, table: String, columns: String, condition: String, arguments: StatementArguments,
         limit: Int, afterID: Int64, offset: Int, decode: (Row) throws -> Item
     ) throws -> Page<Item> where Item: Identified {
-        let total = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM \(table) WHERE \(condition)"), arguments: arguments) ?? 0
+        let total =
+            try Int.fetchOne(
+                db.cachedStatement(sql: "SELECT COUNT(*) FROM \(table) WHERE \(condition)"), arguments: arguments) ?? 0
         var pageArguments = arguments
         _ = pageArguments.append(contentsOf: [afterID, limit + 1, max(0, offset)])
         // One row past the page says whether another page follows.
         let rows = try Self.rows(
-            db.cachedStatement(sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ? OFFSET ?"),
+            db.cachedStatement(
+                sql: "SELECT \(columns) FROM \(table) WHERE \(condition) AND id > ? ORDER BY id LIMIT ? OFFSET ?"),
             pageArguments, decode
         )
         let items = Array(rows.prefix(limit))
@@ -309,20 +331,31 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     // MARK: Droplets
 
-    package func createDropletQueued(_ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin) async throws -> CreatedDroplet {
+    package func createDropletQueued(
+        _ request: Harpoon_V1_CreateDropletRequest, origin: EventOrigin
+    ) async throws -> CreatedDroplet {
         try await writer.write { db in
             var answered: (droplet: Harpoon_V1_Droplet?, event: Harpoon_V1_Event?)?
             if !request.idempotencyKey.isEmpty,
-               let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]) {
-                answered = (try Self.fetchDroplet(db, id: row["droplet_id"]), try Self.fetchEvent(db, id: row["event_id"]))
+                let row = try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT droplet_id, event_id FROM idempotency WHERE key = ?"),
+                    arguments: [request.idempotencyKey])
+            {
+                answered = (
+                    try Self.fetchDroplet(db, id: row["droplet_id"]), try Self.fetchEvent(db, id: row["event_id"])
+                )
             }
-            if case .existing(let found) = try HarpoonRules.createDroplet(key: request.idempotencyKey, answered: answered) {
+            if case .existing(let found) = try HarpoonRules.createDroplet(
+                key: request.idempotencyKey, answered: answered)
+            {
                 return CreatedDroplet(droplet: found.droplet, event: found.event, entry: nil)
             }
             let now = self.clock.now()
             var rows = HarpoonRules.newDroplet(request, origin: origin, now: now)
             try db.cachedStatement(
-                sql: "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").execute {
+                sql:
+                    "INSERT INTO droplets (customer, name, region, size, image, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ).execute {
                 $0.bind(1, rows.droplet.customer)
                 $0.bind(2, rows.droplet.name)
                 $0.bind(3, rows.droplet.region)
@@ -336,7 +369,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             let (event, entryId) = try self.insertEvent(db, rows.event, now: now, destination: .scheduler)
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
-                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)"
+                ).execute(
                     arguments: [request.idempotencyKey, rows.droplet.id, event.id]
                 )
             }
@@ -351,7 +385,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try database.readNow { db in try Self.fetchDroplet(db, id: id) }
     }
 
-    package func droplets(customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Droplet> {
+    package func droplets(
+        customer: String, region: String?, name: String?, limit: Int, afterID: Int64, offset: Int
+    ) async throws -> Page<Harpoon_V1_Droplet> {
         try await pool.read { db in
             var condition = "customer = ? AND status != ?"
             var arguments: StatementArguments = [customer, Harpoon_V1_Droplet.Status.deleted.rawValue]
@@ -378,23 +414,36 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await writer.write { db in
             var answered: Harpoon_V1_Event?
             if !request.idempotencyKey.isEmpty,
-               let eventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT event_id FROM idempotency WHERE key = ?"), arguments: [request.idempotencyKey]) {
+                let eventId = try Int64.fetchOne(
+                    db.cachedStatement(sql: "SELECT event_id FROM idempotency WHERE key = ?"),
+                    arguments: [request.idempotencyKey])
+            {
                 answered = try Self.fetchEvent(db, id: eventId)
             }
             var busy = false
             if answered == nil, request.exclusive, request.dropletId != 0 {
-                busy = try Bool.fetchOne(
-                    db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = ? AND status NOT IN (?, ?))"),
-                    arguments: [request.dropletId, Harpoon_V1_Event.Status.completed.rawValue, Harpoon_V1_Event.Status.errored.rawValue]
-                ) == true
+                busy =
+                    try Bool.fetchOne(
+                        db.cachedStatement(
+                            sql: "SELECT EXISTS (SELECT 1 FROM events WHERE droplet_id = ? AND status NOT IN (?, ?))"),
+                        arguments: [
+                            request.dropletId, Harpoon_V1_Event.Status.completed.rawValue,
+                            Harpoon_V1_Event.Status.errored.rawValue,
+                        ]
+                    ) == true
             }
-            if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy) { return event }
+            if case .existing(let event) = try HarpoonRules.createEvent(request, answered: answered, dropletBusy: busy)
+            {
+                return event
+            }
             let now = self.clock.now()
-            let (template, destination) = HarpoonRules.newEvent(request, region: region, hypervisorId: hypervisorId, origin: origin, now: now)
+            let (template, destination) = HarpoonRules.newEvent(
+                request, region: region, hypervisorId: hypervisorId, origin: origin, now: now)
             let (event, _) = try self.insertEvent(db, template, now: now, destination: destination)
             if !request.idempotencyKey.isEmpty {
                 try db.cachedStatement(
-                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)").execute(
+                    sql: "INSERT INTO idempotency (key, droplet_id, event_id) VALUES (?, ?, ?)"
+                ).execute(
                     arguments: [request.idempotencyKey, request.dropletId, event.id]
                 )
             }
@@ -424,13 +473,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         guard !ids.isEmpty else { return [:] }
         return try await pool.read { db in
             let events = try Self.rows(
-                Self.inStatement(db, "SELECT \(Self.eventColumns) FROM events WHERE id IN", count: ids.count), Self.inArguments(ids), Self.event
+                Self.inStatement(db, "SELECT \(Self.eventColumns) FROM events WHERE id IN", count: ids.count),
+                Self.inArguments(ids), Self.event
             )
             let dropletIds = Array(Set(events.map(\.dropletId)))
             var droplets: [Int64: Harpoon_V1_Droplet] = [:]
             if !dropletIds.isEmpty {
-                let statement = try Self.inStatement(db, "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN", count: dropletIds.count)
-                for droplet in try Self.rows(statement, Self.inArguments(dropletIds), Self.droplet) { droplets[droplet.id] = droplet }
+                let statement = try Self.inStatement(
+                    db, "SELECT \(Self.dropletColumns) FROM droplets WHERE id IN", count: dropletIds.count)
+                for droplet in try Self.rows(statement, Self.inArguments(dropletIds), Self.droplet) {
+                    droplets[droplet.id] = droplet
+                }
             }
             var result: [Int64: (Harpoon_V1_Event, Harpoon_V1_Droplet?)] = [:]
             for event in events { result[event.id] = (event, droplets[event.dropletId]) }
@@ -438,16 +491,31 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func events(_ filter: EventFilter, limit: Int, afterID: Int64, offset: Int) async throws -> Page<Harpoon_V1_Event> {
+    package func events(
+        _ filter: EventFilter, limit: Int, afterID: Int64, offset: Int
+    ) async throws -> Page<Harpoon_V1_Event> {
         try await pool.read { db in
             var conditions: [String] = []
             var arguments = StatementArguments()
-            if let dropletId = filter.dropletId { conditions.append("droplet_id = ?"); _ = arguments.append(contentsOf: [dropletId]) }
-            if let customer = filter.customer { conditions.append("customer = ?"); _ = arguments.append(contentsOf: [customer]) }
-            if let type = filter.type { conditions.append("type = ?"); _ = arguments.append(contentsOf: [type]) }
-            if let status = filter.status { conditions.append("status = ?"); _ = arguments.append(contentsOf: [status.rawValue]) }
+            if let dropletId = filter.dropletId {
+                conditions.append("droplet_id = ?")
+                _ = arguments.append(contentsOf: [dropletId])
+            }
+            if let customer = filter.customer {
+                conditions.append("customer = ?")
+                _ = arguments.append(contentsOf: [customer])
+            }
+            if let type = filter.type {
+                conditions.append("type = ?")
+                _ = arguments.append(contentsOf: [type])
+            }
+            if let status = filter.status {
+                conditions.append("status = ?")
+                _ = arguments.append(contentsOf: [status.rawValue])
+            }
             if !filter.types.isEmpty {
-                conditions.append("type IN (\(Array(repeating: "?", count: filter.types.count).joined(separator: ",")))")
+                conditions.append(
+                    "type IN (\(Array(repeating: "?", count: filter.types.count).joined(separator: ",")))")
                 _ = arguments.append(contentsOf: StatementArguments(filter.types))
             }
             let condition = conditions.isEmpty ? "1" : conditions.joined(separator: " AND ")
@@ -458,7 +526,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func hosted(hypervisorIds: [String]) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] {
+    package func hosted(
+        hypervisorIds: [String]
+    ) async throws -> [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] {
         guard !hypervisorIds.isEmpty else { return [:] }
         return try await pool.read { db in
             var hosted: [String: (droplets: [Harpoon_V1_Droplet], maintenance: String)] = [:]
@@ -467,14 +537,20 @@ package final class SQLiteHarpoonStore: HarpoonStore {
             let marks = Array(repeating: "?", count: hypervisorIds.count).joined(separator: ", ")
             // One pass over the droplets for the whole batch.
             for droplet in try Self.rows(
-                db.makeStatement(sql: "SELECT \(Self.dropletColumns) FROM droplets WHERE status IN (1, 2) AND hypervisor_id IN (\(marks)) ORDER BY id"),
+                db.makeStatement(
+                    sql:
+                        "SELECT \(Self.dropletColumns) FROM droplets WHERE status IN (1, 2) AND hypervisor_id IN (\(marks)) ORDER BY id"
+                ),
                 arguments, Self.droplet
             ) {
                 hosted[droplet.hypervisorId]?.droplets.append(droplet)
             }
             // The latest maintenance event of each (the partial index's own condition); later rows win.
             for (id, payload) in try Self.rows(
-                db.makeStatement(sql: "SELECT hypervisor_id, payload FROM events WHERE type = 'maintenance' AND hypervisor_id IN (\(marks)) ORDER BY id"),
+                db.makeStatement(
+                    sql:
+                        "SELECT hypervisor_id, payload FROM events WHERE type = 'maintenance' AND hypervisor_id IN (\(marks)) ORDER BY id"
+                ),
                 arguments, { row -> (String, Data) in (row[0], row[1]) }
             ) {
                 hosted[id]?.maintenance = String(decoding: payload, as: UTF8.self)
@@ -483,11 +559,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         }
     }
 
-    package func placeAgain(eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int) async throws -> Harpoon_V1_Event {
+    package func placeAgain(
+        eventId: Int64, refusedBy hypervisorId: String, reason: String, maxRefusals: Int
+    ) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
             guard let current = try Self.fetchEvent(db, id: eventId) else { throw HarpoonError.eventNotFound(eventId) }
             let now = self.clock.now()
-            switch try HarpoonRules.placeAgain(current, refusedBy: hypervisorId, reason: reason, maxRefusals: maxRefusals, now: now) {
+            switch try HarpoonRules.placeAgain(
+                current, refusedBy: hypervisorId, reason: reason, maxRefusals: maxRefusals, now: now)
+            {
             case .unchanged(let event): return event
             case .write(let write): return try self.apply(write, db, now: now)
             }
@@ -498,12 +578,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         try await pool.read { db in
             // The condition is the partial index's own (placed, delivered, running), so the index answers it.
             try Self.rows(
-                db.cachedStatement(sql: """
-                    SELECT events.id, events.droplet_id, events.customer, events.region, events.hypervisor_id, droplets.size
-                    FROM events JOIN droplets ON droplets.id = events.droplet_id
-                    WHERE events.type = 'create' AND events.status IN (1, 2, 3) AND events.id > ?
-                    ORDER BY events.id LIMIT ?
-                    """),
+                db.cachedStatement(
+                    sql: """
+                        SELECT events.id, events.droplet_id, events.customer, events.region, events.hypervisor_id, droplets.size
+                        FROM events JOIN droplets ON droplets.id = events.droplet_id
+                        WHERE events.type = 'create' AND events.status IN (1, 2, 3) AND events.id > ?
+                        ORDER BY events.id LIMIT ?
+                        """),
                 [afterID, limit]
             ) { row in
                 let size: Data = row[5]
@@ -521,24 +602,28 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     ) async throws -> Harpoon_V1_Event {
         try await writer.write { db in
             try self.update(
-                db, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address, then: destination, settling: settlement
+                db, id: id, status: status, hypervisorId: hypervisorId, error: error, ipv4Address: ipv4Address,
+                then: destination, settling: settlement
             )
         }
     }
 
     package func updateEvents(_ updates: [EventUpdate]) async -> [Result<Harpoon_V1_Event, any Error>] {
-        await writer.writeEach(updates.map { update in
-            { db in
-                try self.update(
-                    db, id: update.id, status: update.status, hypervisorId: update.hypervisorId, error: update.error,
-                    ipv4Address: update.ipv4Address, then: nil, settling: nil
-                )
-            }
-        })
+        await writer.writeEach(
+            updates.map { update in
+                { db in
+                    try self.update(
+                        db, id: update.id, status: update.status, hypervisorId: update.hypervisorId,
+                        error: update.error,
+                        ipv4Address: update.ipv4Address, then: nil, settling: nil
+                    )
+                }
+            })
     }
 
     private func update(
-        _ db: Database, id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?, ipv4Address: String?,
+        _ db: Database, id: Int64, status: Harpoon_V1_Event.Status, hypervisorId: String?, error: String?,
+        ipv4Address: String?,
         then destination: OutboxDestination?, settling settlement: OutboxSettlement?
     ) throws -> Harpoon_V1_Event {
         guard let current = try Self.fetchEvent(db, id: id) else { throw HarpoonError.eventNotFound(id) }
@@ -558,12 +643,17 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         return try await pool.read { db in
             if let customer {
                 return try Self.rows(
-                    db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?"),
+                    db.cachedStatement(
+                        sql:
+                            "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? AND customer = ? ORDER BY cursor LIMIT ?"
+                    ),
                     [cursor, customer, limit], Self.event
                 )
             }
             return try Self.rows(
-                db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?"), [cursor, limit], Self.event
+                db.cachedStatement(
+                    sql: "SELECT \(Self.eventColumns) FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?"),
+                [cursor, limit], Self.event
             )
         }
     }
@@ -579,7 +669,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func dueOutbox(now: Double, limit: Int) async throws -> [OutboxEntry] {
         try await pool.read { db in
             try Self.rows(
-                db.cachedStatement(sql: "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?"),
+                db.cachedStatement(
+                    sql:
+                        "SELECT id, event_id, destination, attempts, not_before FROM outbox WHERE not_before <= ? ORDER BY id LIMIT ?"
+                ),
                 [now, limit], Self.outboxEntry
             ).compactMap { $0 }
         }
@@ -587,7 +680,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func nextOutboxTime(after now: Double) async throws -> Double? {
         try await pool.read { db in
-            try Double.fetchOne(db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox WHERE not_before > ?"), arguments: [now])
+            try Double.fetchOne(
+                db.cachedStatement(sql: "SELECT MIN(not_before) FROM outbox WHERE not_before > ?"), arguments: [now])
         }
     }
 
@@ -598,7 +692,9 @@ package final class SQLiteHarpoonStore: HarpoonStore {
         case .acknowledge(let entry):
             try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [entry.id])
         case .reschedule(let entry, let until):
-            try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
+            try db.cachedStatement(sql: "UPDATE outbox SET not_before = ? WHERE id = ?").execute(arguments: [
+                until, entry.id,
+            ])
         case .handOver(let entry, let destination, let until):
             try db.cachedStatement(sql: "UPDATE outbox SET destination = ?, not_before = ?, attempts = 0 WHERE id = ?")
                 .execute(arguments: [destination.rawValue, until, entry.id])
@@ -616,7 +712,8 @@ package final class SQLiteHarpoonStore: HarpoonStore {
 
     package func postpone(_ entry: OutboxEntry, until: Double) async throws {
         try await writer.write { db in
-            try db.cachedStatement(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?").execute(arguments: [until, entry.id])
+            try db.cachedStatement(sql: "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?")
+                .execute(arguments: [until, entry.id])
         }
     }
 
@@ -631,8 +728,13 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func unfinishedEvents() async throws -> [UnfinishedEvents] {
         try await pool.read { db in
             try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT type, status, COUNT(*) FROM events WHERE status IN (0, 1, 2, 3) GROUP BY type, status ORDER BY type, status")
-            ).map { row in UnfinishedEvents(type: row[0], status: Harpoon_V1_Event.Status(rawValue: row[1]), count: row[2]) }
+                db.cachedStatement(
+                    sql:
+                        "SELECT type, status, COUNT(*) FROM events WHERE status IN (0, 1, 2, 3) GROUP BY type, status ORDER BY type, status"
+                )
+            ).map { row in
+                UnfinishedEvents(type: row[0], status: Harpoon_V1_Event.Status(rawValue: row[1]), count: row[2])
+            }
         }
     }
 
@@ -641,7 +743,10 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func outboxSummary() async throws -> (entries: Int, oldestCreatedAt: Double?) {
         try await pool.read { db in
             let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT COUNT(*), MIN(events.created_at) FROM outbox JOIN events ON events.id = outbox.event_id")
+                db.cachedStatement(
+                    sql:
+                        "SELECT COUNT(*), MIN(events.created_at) FROM outbox JOIN events ON events.id = outbox.event_id"
+                )
             )
             return (row?[0] ?? 0, row?[1])
         }
@@ -650,11 +755,15 @@ package final class SQLiteHarpoonStore: HarpoonStore {
     package func history(eventId: Int64) async throws -> [EventTransition] {
         try await pool.read { db in
             try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT status, hypervisor_id, reason, at, actor FROM event_history WHERE event_id = ? ORDER BY id"),
+                db.cachedStatement(
+                    sql:
+                        "SELECT status, hypervisor_id, reason, at, actor FROM event_history WHERE event_id = ? ORDER BY id"
+                ),
                 arguments: [eventId]
             ).map { row in
                 EventTransition(
-                    status: Harpoon_V1_Event.Status(rawValue: row[0]), hypervisorId: row[1], reason: row[2], at: row[3], by: row[4]
+                    status: Harpoon_V1_Event.Status(rawValue: row[0]), hypervisorId: row[1], reason: row[2], at: row[3],
+                    by: row[4]
                 )
             }
         }

@@ -16,7 +16,10 @@ final class WriteCoalescer: Sendable {
     private struct Job: Sendable {
         /// Runs the write inside the open transaction (in a savepoint of its own if `isolated`), and returns how to
         /// answer the caller once the transaction ends, and whether the write failed.
-        let run: @Sendable (_ db: Database, _ isolated: Bool) -> (answer: @Sendable (Result<Void, any Error>) -> Void, failed: Bool)
+        let run:
+            @Sendable (_ db: Database, _ isolated: Bool) -> (
+                answer: @Sendable (Result<Void, any Error>) -> Void, failed: Bool
+            )
         /// Answers a caller whose write never ran (the transaction failed first).
         let fail: @Sendable (any Error) -> Void
     }
@@ -61,14 +64,15 @@ final class WriteCoalescer: Sendable {
         _ body: @escaping @Sendable (Database) throws -> T, answer: @escaping @Sendable (Result<T, any Error>) -> Void
     ) -> Job {
         let savepoint = savepoint
-        return Job(run: { db, isolated in
-            do {
-                let value = isolated ? try Self.inSavepoint(db, savepoint) { try body(db) } : try body(db)
-                return ({ committed in answer(committed.map { value }) }, false)
-            } catch {
-                return ({ _ in answer(.failure(error)) }, true)
-            }
-        }, fail: { error in answer(.failure(error)) })
+        return Job(
+            run: { db, isolated in
+                do {
+                    let value = isolated ? try Self.inSavepoint(db, savepoint) { try body(db) } : try body(db)
+                    return ({ committed in answer(committed.map { value }) }, false)
+                } catch {
+                    return ({ _ in answer(.failure(error)) }, true)
+                }
+            }, fail: { error in answer(.failure(error)) })
     }
 
     private func enqueue(_ batch: [Job]) {
@@ -83,7 +87,9 @@ final class WriteCoalescer: Sendable {
 
     /// Runs `body` in a savepoint of the open transaction: its writes are kept if it returns and rolled back if it
     /// throws. The statements are prepared once per connection (GRDB's `inSavepoint` parses them on every call).
-    private static func inSavepoint<T>(_ db: Database, _ told: @Sendable (_ rolledBack: Bool) -> Void, _ body: () throws -> T) throws -> T {
+    private static func inSavepoint<T>(
+        _ db: Database, _ told: @Sendable (_ rolledBack: Bool) -> Void, _ body: () throws -> T
+    ) throws -> T {
         try db.cachedStatement(sql: "SAVEPOINT write").execute()
         told(false)
         do {
@@ -148,7 +154,9 @@ final class WriteCoalescer: Sendable {
             if batch.isEmpty { return }
             // A write that failed half-way makes the batch run again, each write in a savepoint, so it rolls back
             // alone. A transaction that fails has answered its callers itself.
-            guard let answers = try? runTogether(batch, isolated: false) ?? runTogether(batch, isolated: true) else { continue }
+            guard let answers = try? runTogether(batch, isolated: false) ?? runTogether(batch, isolated: true) else {
+                continue
+            }
             HarpoonMetrics.committed(writes: answers.count, engine: "sqlite")
             for answer in answers { answer(.success(())) }
         }

@@ -1,9 +1,9 @@
-internal import Foundation
-internal import RPCCore
-internal import Synchronization
 package import EventRouterAPI
+internal import Foundation
 internal import Logging
+internal import RPCCore
 internal import RequestContext
+internal import Synchronization
 
 /// A simulated hypervisor's settings.
 package struct AgentConfiguration: Sendable, Hashable {
@@ -108,10 +108,11 @@ package final class HypervisorAgent: Sendable {
     package init(_ configuration: AgentConfiguration, ticker: Ticker? = nil) {
         self.configuration = configuration
         self.ticker = ticker
-        state = Mutex(State(
-            outcomes: RememberedOutcomes(capacity: configuration.rememberedOutcomes),
-            recentErrors: RecentErrors(window: configuration.errorWindow)
-        ))
+        state = Mutex(
+            State(
+                outcomes: RememberedOutcomes(capacity: configuration.rememberedOutcomes),
+                recentErrors: RecentErrors(window: configuration.errorWindow)
+            ))
     }
 
     /// Droplets this agent hosts.
@@ -158,11 +159,15 @@ package final class HypervisorAgent: Sendable {
         let vcpus = UInt64(used.usedVcpus) + UInt64(size.vcpus)
         let vcpuLimit = Double(configuration.cpus) * configuration.cpuOvercommit
         if size.vcpus > configuration.cpus || Double(vcpus) > vcpuLimit {
-            return "vcpus: \(used.usedVcpus) of \(Int(vcpuLimit)) in use (\(configuration.cpus) CPUs, overcommit \(configuration.cpuOvercommit)); \(size.slug) needs \(size.vcpus)"
+            return
+                "vcpus: \(used.usedVcpus) of \(Int(vcpuLimit)) in use (\(configuration.cpus) CPUs, overcommit \(configuration.cpuOvercommit)); \(size.slug) needs \(size.vcpus)"
         }
-        let memoryLimit = configuration.memoryMB > configuration.memoryReserveMB ? configuration.memoryMB - configuration.memoryReserveMB : 0
+        let memoryLimit =
+            configuration.memoryMB > configuration.memoryReserveMB
+            ? configuration.memoryMB - configuration.memoryReserveMB : 0
         if used.usedMemoryMb + size.memoryMb > memoryLimit {
-            return "memory: \(used.usedMemoryMb) of \(memoryLimit) MB in use (\(configuration.memoryReserveMB) MB kept for the hypervisor); \(size.slug) needs \(size.memoryMb) MB"
+            return
+                "memory: \(used.usedMemoryMb) of \(memoryLimit) MB in use (\(configuration.memoryReserveMB) MB kept for the hypervisor); \(size.slug) needs \(size.memoryMb) MB"
         }
         if used.usedDiskGb + size.diskGb > configuration.diskGB {
             return "disk: \(used.usedDiskGb) of \(configuration.diskGB) GB in use; \(size.slug) needs \(size.diskGb) GB"
@@ -179,7 +184,8 @@ package final class HypervisorAgent: Sendable {
     }
 
     /// How the agent waits before connecting again: 100 ms doubling to 5 s, at least half of that.
-    static let reconnectBackoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(5), jitter: .half)
+    static let reconnectBackoff = Backoff(
+        initial: .milliseconds(100), multiplier: 2, maximum: .seconds(5), jitter: .half)
 
     /// Connects, serves the stream, and reconnects with backoff (100 ms doubling to 5 s) until cancelled.
     package func run(client: RPCClient) async {
@@ -197,10 +203,13 @@ package final class HypervisorAgent: Sendable {
             failures = ContinuousClock.now - started > .seconds(5) ? 1 : failures + 1
             // The first failure in a row is news; the retries after it (a fleet's worth, while a router is down) are
             // not, unless asked for.
-            logger.log(level: failures == 1 ? .notice : .debug, "the stream to the router ended; connecting again", metadata: [
-                "hypervisor_id": .string(configuration.hypervisorId), "error": .string(ended.map { "\($0)" } ?? "the router ended it"),
-                "failures_in_a_row": .stringConvertible(failures),
-            ])
+            logger.log(
+                level: failures == 1 ? .notice : .debug, "the stream to the router ended; connecting again",
+                metadata: [
+                    "hypervisor_id": .string(configuration.hypervisorId),
+                    "error": .string(ended.map { "\($0)" } ?? "the router ended it"),
+                    "failures_in_a_row": .stringConvertible(failures),
+                ])
             try? await Task.sleep(for: Self.reconnectBackoff.delay(afterFailures: failures))
         }
     }
@@ -217,7 +226,8 @@ package final class HypervisorAgent: Sendable {
         }
         let wantsInventory = state.withLock { !$0.inventoryTaken }
         let hello = Eventrouter_V1_AgentHello(
-            hypervisorId: configuration.hypervisorId, region: configuration.region, state: currentState(), wantsInventory: wantsInventory
+            hypervisorId: configuration.hypervisorId, region: configuration.region, state: currentState(),
+            wantsInventory: wantsInventory
         )
         let interval = configuration.heartbeatInterval
         try await Eventrouter_V1_EventRouter.Client(client).connect { writer in
@@ -237,7 +247,8 @@ package final class HypervisorAgent: Sendable {
                         let changed = current != last
                         if changed { last = current }
                         self.state.withLock { $0.heartbeats += 1 }
-                        continuation.yield(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: changed ? current : nil))))
+                        continuation.yield(
+                            Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: changed ? current : nil))))
                     }
                 }
                 group.addTask {
@@ -249,7 +260,8 @@ package final class HypervisorAgent: Sendable {
         } handler: { stream in
             for try await message in stream {
                 switch message.kind {
-                case .event(let event)?: self.receive(event, pushMicros: Self.pushMicros(since: message.routerUnixMicros))
+                case .event(let event)?:
+                    self.receive(event, pushMicros: Self.pushMicros(since: message.routerUnixMicros))
                 case .inventory(let inventory)?: self.adopt(inventory)
                 case nil: break
                 }
@@ -265,8 +277,11 @@ package final class HypervisorAgent: Sendable {
             guard !state.inventoryTaken else { return false }
             state.inventoryTaken = true
             for droplet in inventory.droplets where state.droplets[droplet.id] == nil {
-                state.droplets[droplet.id] = Hosted(size: droplet.size ?? Scheduler_V2_Size(), customer: droplet.customer, address: droplet.ipv4Address)
-                if let host = droplet.ipv4Address.split(separator: ".").last.flatMap({ UInt8($0) }) { state.hostsInUse.insert(host) }
+                state.droplets[droplet.id] = Hosted(
+                    size: droplet.size ?? Scheduler_V2_Size(), customer: droplet.customer, address: droplet.ipv4Address)
+                if let host = droplet.ipv4Address.split(separator: ".").last.flatMap({ UInt8($0) }) {
+                    state.hostsInUse.insert(host)
+                }
             }
             if state.maintenance.isEmpty { state.maintenance = inventory.maintenance }
             return true
@@ -288,17 +303,24 @@ package final class HypervisorAgent: Sendable {
 
     /// Runs an event, or answers it again; `pushMicros` (its time from the router) rides on the first report.
     private func receive(_ event: Harpoon_V1_Event, pushMicros: UInt64 = 0) {
-        logger.debug("event", resuming: event.requestId, traceparent: event.traceparent, metadata: [
-            "event_id": .stringConvertible(event.id), "type": .string(event.type), "droplet_id": .stringConvertible(event.dropletId),
-            "hypervisor_id": .string(configuration.hypervisorId),
-        ])
-        enum Action { case resend(Eventrouter_V1_EventProgress), ignore, run }
+        logger.debug(
+            "event", resuming: event.requestId, traceparent: event.traceparent,
+            metadata: [
+                "event_id": .stringConvertible(event.id), "type": .string(event.type),
+                "droplet_id": .stringConvertible(event.dropletId),
+                "hypervisor_id": .string(configuration.hypervisorId),
+            ])
+        enum Action {
+            case resend(Eventrouter_V1_EventProgress)
+            case ignore, run
+        }
         let action = state.withLock { state -> Action in
             if let outcome = state.outcomes[event.id] { return .resend(outcome) }
             if state.running[event.id] != nil { return .ignore }
             // A create whose outcome is no longer remembered, for a droplet already here: it ran; say so again.
             if event.type == "create", let hosted = state.droplets[event.dropletId] {
-                let outcome = Eventrouter_V1_EventProgress(eventId: event.id, status: .completed, ipv4Address: hosted.address)
+                let outcome = Eventrouter_V1_EventProgress(
+                    eventId: event.id, status: .completed, ipv4Address: hosted.address)
                 state.outcomes.remember(outcome)
                 return .resend(outcome)
             }
@@ -319,11 +341,13 @@ package final class HypervisorAgent: Sendable {
                 if let shortfall = Self.shortfall(of: size, beside: state.usage(), configuration: configuration) {
                     // Refused, not failed: the hypervisor is healthy, so its recent errors do not count it. Not
                     // remembered either: the event may come back, placed here again once there is room.
-                    return .resend(Eventrouter_V1_EventProgress(
-                        eventId: event.id, status: .errored,
-                        error: "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(shortfall)",
-                        refused: true
-                    ))
+                    return .resend(
+                        Eventrouter_V1_EventProgress(
+                            eventId: event.id, status: .errored,
+                            error:
+                                "hypervisor \(configuration.hypervisorId) refuses droplet \(event.dropletId): not enough \(shortfall)",
+                            refused: true
+                        ))
                 }
             }
             state.running[event.id] = running
@@ -344,10 +368,14 @@ package final class HypervisorAgent: Sendable {
             outcome.pushMicros = pushMicros
             send(Eventrouter_V1_AgentMessage(kind: .progress(outcome)))
             // A drain or its end changes what the scheduler may do at once.
-            if event.type == "maintenance" { send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState())))) }
+            if event.type == "maintenance" {
+                send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
+            }
         case .run:
             send(Eventrouter_V1_AgentMessage(kind: .ack(.init(eventId: event.id))))
-            send(Eventrouter_V1_AgentMessage(kind: .progress(.init(eventId: event.id, status: .running, pushMicros: pushMicros))))
+            send(
+                Eventrouter_V1_AgentMessage(
+                    kind: .progress(.init(eventId: event.id, status: .running, pushMicros: pushMicros))))
             // The new operation, and the room its droplet takes, reach the scheduler now, not at the next heartbeat.
             send(Eventrouter_V1_AgentMessage(kind: .heartbeat(.init(state: currentState()))))
             let started = Spans.now
@@ -365,7 +393,10 @@ package final class HypervisorAgent: Sendable {
     private static func recordRun(_ event: Harpoon_V1_Event, _ outcome: Eventrouter_V1_EventProgress, started: UInt64) {
         Spans.resumed(
             "run \(event.type)", kind: .internal, traceparent: event.traceparent, start: started,
-            attributes: ["event.id": String(event.id), "droplet.id": String(event.dropletId), "hypervisor.id": event.hypervisorId],
+            attributes: [
+                "event.id": String(event.id), "droplet.id": String(event.dropletId),
+                "hypervisor.id": event.hypervisorId,
+            ],
             error: outcome.status == .errored ? outcome.error : nil
         )
     }
@@ -389,12 +420,14 @@ package final class HypervisorAgent: Sendable {
                     for _ in 0..<253 where state.hostsInUse.contains(host) { host = host == 254 ? 2 : host + 1 }
                     state.nextHost = host == 254 ? 2 : host + 1
                     state.hostsInUse.insert(host)
-                    let address = "10.\(configuration.region.utf8.reduce(0) { ($0 &+ Int($1)) % 250 }).\(configuration.subnet).\(host)"
+                    let address =
+                        "10.\(configuration.region.utf8.reduce(0) { ($0 &+ Int($1)) % 250 }).\(configuration.subnet).\(host)"
                     state.droplets[event.dropletId] = Hosted(size: size, customer: event.customer, address: address)
                     outcome.ipv4Address = address
                 case "destroy":
                     if let gone = state.droplets.removeValue(forKey: event.dropletId),
-                       let host = gone.address.split(separator: ".").last.flatMap({ UInt8($0) }) {
+                        let host = gone.address.split(separator: ".").last.flatMap({ UInt8($0) })
+                    {
                         state.hostsInUse.remove(host)
                     }
                 case "maintenance":
@@ -408,4 +441,3 @@ package final class HypervisorAgent: Sendable {
         }
     }
 }
-

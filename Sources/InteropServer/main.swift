@@ -6,7 +6,7 @@ import InteropService
 import ShoalRPC
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Writes a line straight to a file descriptor (unbuffered, so a parent process sees it at once).
@@ -16,7 +16,9 @@ func writeLine(_ text: String, to descriptor: Int32) {
 }
 
 func usage(_ message: String) -> Never {
-    writeLine("interop-server: \(message)\nusage: interop-server --port N [--host H] [--use_tls true --tls_cert PEM --tls_key PEM]", to: 2)
+    writeLine(
+        "interop-server: \(message)\nusage: interop-server --port N [--host H] [--use_tls true --tls_cert PEM --tls_key PEM]",
+        to: 2)
     exit(2)
 }
 
@@ -33,10 +35,14 @@ while let argument = arguments.popFirst() {
         usage("--\(flag) needs a value")
     }
 }
-guard let portText = options["port"], let port = Int(portText), (0...65535).contains(port) else { usage("--port N is required") }
+guard let portText = options["port"], let port = Int(portText), (0...65535).contains(port) else {
+    usage("--port N is required")
+}
 var configuration = RPCServer.Configuration(host: options["host"] ?? "127.0.0.1", port: port)
 if options["use_tls"] == "true" {
-    guard let cert = options["tls_cert"], let key = options["tls_key"] else { usage("--use_tls true needs --tls_cert and --tls_key") }
+    guard let cert = options["tls_cert"], let key = options["tls_key"] else {
+        usage("--use_tls true needs --tls_cert and --tls_key")
+    }
     configuration.tls = .server(certificateChain: cert, privateKey: key)
 }
 configuration.responseCompression = .gzip

@@ -35,13 +35,17 @@ public struct InteropTestService: Grpc_Testing_TestService.ServiceProtocol {
         return Grpc_Testing_Empty()
     }
 
-    public func unaryCall(request: Grpc_Testing_SimpleRequest, context: ServerContext) async throws -> Grpc_Testing_SimpleResponse {
+    public func unaryCall(
+        request: Grpc_Testing_SimpleRequest, context: ServerContext
+    ) async throws -> Grpc_Testing_SimpleResponse {
         Self.echoMetadata(context)
         try Self.check(request.responseStatus)
         return Grpc_Testing_SimpleResponse(payload: try Self.payload(size: request.responseSize))
     }
 
-    public func cacheableUnaryCall(request: Grpc_Testing_SimpleRequest, context: ServerContext) async throws -> Grpc_Testing_SimpleResponse {
+    public func cacheableUnaryCall(
+        request: Grpc_Testing_SimpleRequest, context: ServerContext
+    ) async throws -> Grpc_Testing_SimpleResponse {
         try await unaryCall(request: request, context: context)
     }
 
@@ -51,7 +55,8 @@ public struct InteropTestService: Grpc_Testing_TestService.ServiceProtocol {
     ) async throws {
         for parameters in request.responseParameters {
             if parameters.intervalUs > 0 { try await Task.sleep(for: .microseconds(Int(parameters.intervalUs))) }
-            try await response.write(Grpc_Testing_StreamingOutputCallResponse(payload: try payload(size: parameters.size)))
+            try await response.write(
+                Grpc_Testing_StreamingOutputCallResponse(payload: try payload(size: parameters.size)))
         }
     }
 
@@ -101,7 +106,11 @@ public struct InteropTestService: Grpc_Testing_TestService.ServiceProtocol {
         }
     }
 
-    public func unimplementedCall(request: Grpc_Testing_Empty, context: ServerContext) async throws -> Grpc_Testing_Empty {
-        throw RPCError(code: .unimplemented, message: "grpc.testing.TestService/UnimplementedCall is not implemented, as the interop tests expect")
+    public func unimplementedCall(
+        request: Grpc_Testing_Empty, context: ServerContext
+    ) async throws -> Grpc_Testing_Empty {
+        throw RPCError(
+            code: .unimplemented,
+            message: "grpc.testing.TestService/UnimplementedCall is not implemented, as the interop tests expect")
     }
 }

@@ -3,8 +3,8 @@
 // every service is ready, prints how to use the API, restarts a service that dies, and stops everything on Ctrl-C or
 // SIGTERM. The API integration tests start the cluster through it too.
 import ArgumentParser
-import Dispatch
 import ChildProcess
+import Dispatch
 import Foundation
 import LocalPostgres
 import PostgresSupport
@@ -100,10 +100,17 @@ struct Launcher: AsyncParsableCommand {
     )
 
     @Option(help: "Where the databases and logs go.") var dataDir = ".shoal"
-    @Option(help: "Harpoon's store: sqlite (a file, one replica) or postgres (a local PostgreSQL server under the data directory, started and stopped with the cluster).")
+    @Option(
+        help:
+            "Harpoon's store: sqlite (a file, one replica) or postgres (a local PostgreSQL server under the data directory, started and stopped with the cluster)."
+    )
     var store = "sqlite"
-    @Option(help: "Harpoon replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).") var harpoonReplicas: Int?
-    @Option(help: "Reserved-IP orchestrator replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).")
+    @Option(help: "Harpoon replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL).")
+    var harpoonReplicas: Int?
+    @Option(
+        help:
+            "Reserved-IP orchestrator replicas (more than one needs --store postgres; default: 1 on SQLite, 2 on PostgreSQL)."
+    )
     var reservedIPReplicas: Int?
     @Option(help: "Port of the customer API (0: any free port).") var apiPort = 8080
     @Option(help: "Directory of the Shoal executables (default: this one's).") var bin: String?
@@ -112,17 +119,24 @@ struct Launcher: AsyncParsableCommand {
     ]
     @Option(help: "Simulated hypervisors per region.") var agentsPerRegion = 5
     @Option(help: "How long a simulated hypervisor takes to run an event, in milliseconds.") var eventMilliseconds = 300
-    @Option(help: "The demo customer's token, token=customer (more from SHOAL_API_TOKENS=tokenA=alice,tokenB=bob).") var token = "shoal-demo-token=demo"
+    @Option(help: "The demo customer's token, token=customer (more from SHOAL_API_TOKENS=tokenA=alice,tokenB=bob).")
+    var token = "shoal-demo-token=demo"
     @Option(help: "Requests per hour per token.") var requestsPerHour = 5000
     @Option(help: "Requests per minute per token (the burst limit).") var burstPerMinute = 250
     @Option(help: "A token's own limits, token=perHour/perMinute; repeatable.") var tokenLimit: [String] = []
-    @Option(help: "Every service's log level (trace, debug, info, notice, warning, error, critical; at debug, every RPC is a line).")
+    @Option(
+        help:
+            "Every service's log level (trace, debug, info, notice, warning, error, critical; at debug, every RPC is a line)."
+    )
     var logLevel = "info"
     @Option(help: "Every service's log lines: logfmt or json.") var logFormat = "logfmt"
-    @Option(help: "An OTLP/gRPC collector, host:port, every service exports its spans to (none: no spans).") var otlpEndpoint: String?
+    @Option(help: "An OTLP/gRPC collector, host:port, every service exports its spans to (none: no spans).")
+    var otlpEndpoint: String?
 
     func run() async throws {
-        let bin = self.bin ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let bin =
+            self.bin
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
         for name in ["scheduler", "harpoon", "event-router", "hypervisor", "reserved-ip", "aggregator"]
         where !FileManager.default.isExecutableFile(atPath: "\(bin)/\(name)") {
             throw ValidationError("\(bin)/\(name) is missing: build every product first (swift build)")
@@ -140,7 +154,9 @@ struct Launcher: AsyncParsableCommand {
         }
         guard !regions.isEmpty else { throw ValidationError("give at least one --region") }
 
-        guard store == "sqlite" || store == "postgres" else { throw ValidationError("--store is sqlite or postgres, not '\(store)'") }
+        guard store == "sqlite" || store == "postgres" else {
+            throw ValidationError("--store is sqlite or postgres, not '\(store)'")
+        }
         let replicas = harpoonReplicas ?? (store == "postgres" ? 2 : 1)
         let orchestrators = reservedIPReplicas ?? (store == "postgres" ? 2 : 1)
         guard replicas >= 1, orchestrators >= 1, store == "postgres" || (replicas == 1 && orchestrators == 1) else {
@@ -170,7 +186,8 @@ struct Launcher: AsyncParsableCommand {
         var reservedIPDatabase = data.appendingPathComponent("reserved-ip.sqlite").path
         var leases: (harpoon: [String], reservedIP: [String]) = ([], [])
         if store == "postgres" {
-            let server = try await LocalPostgres.start(in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
+            let server = try await LocalPostgres.start(
+                in: data.appendingPathComponent("postgres", isDirectory: true), durable: true)
             postgres = server
             do {
                 let address = try PostgresAddress(url: server.url())
@@ -202,11 +219,15 @@ struct Launcher: AsyncParsableCommand {
         }
         func launch(_ name: String, _ executable: String, _ arguments: [String], ready: String) async throws {
             let service = Service(
-                name: name, path: "\(bin)/\(executable)", arguments: arguments + ["--log-level", logLevel, "--log-format", logFormat] + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? []),
+                name: name, path: "\(bin)/\(executable)",
+                arguments: arguments + ["--log-level", logLevel, "--log-format", logFormat]
+                    + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? []),
                 ready: ready,
                 logURL: logs.appendingPathComponent("\(name).log"),
                 pidURL: pids.appendingPathComponent("\(name).pid"),
-                onRestart: { service, status in say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)") }
+                onRestart: { service, status in
+                    say("restarted \(service.name) (it exited with status \(status)): pid \(service.pid)")
+                }
             )
             services.append(service)
             try service.start()
@@ -214,64 +235,81 @@ struct Launcher: AsyncParsableCommand {
             say("service \(name) pid \(service.pid): \(line)")
         }
         do {
-            try await launch("scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoons] + metrics("scheduler"), ready: "ready on")
+            try await launch(
+                "scheduler", "scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoons] + metrics("scheduler"),
+                ready: "ready on")
             for (index, port) in harpoonPorts.enumerated() {
                 let name = replicas == 1 ? "harpoon" : "harpoon-\(index + 1)"
-                try await launch(name, "harpoon", [
-                    "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", local(schedulerPort),
-                ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] } + leases.harpoon + metrics(name), ready: "ready on")
+                try await launch(
+                    name, "harpoon",
+                    [
+                        "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", local(schedulerPort),
+                    ] + regions.flatMap { ["--router", "\($0.slug)=\(local(routerPorts[$0.slug] ?? 0))"] }
+                        + leases.harpoon + metrics(name), ready: "ready on")
             }
             for region in regions {
-                try await launch("event-router-\(region.slug)", "event-router", [
-                    "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", harpoons,
-                    "--scheduler", local(schedulerPort),
-                ] + metrics("event-router-\(region.slug)"), ready: "ready on")
+                try await launch(
+                    "event-router-\(region.slug)", "event-router",
+                    [
+                        "--region", region.slug, "--port", "\(routerPorts[region.slug] ?? 0)", "--harpoon", harpoons,
+                        "--scheduler", local(schedulerPort),
+                    ] + metrics("event-router-\(region.slug)"), ready: "ready on")
             }
             for (index, port) in reservedIPPorts.enumerated() {
                 let name = orchestrators == 1 ? "reserved-ip" : "reserved-ip-\(index + 1)"
-                try await launch(name, "reserved-ip", [
-                    "--port", "\(port)", "--database", reservedIPDatabase, "--harpoon", harpoons,
-                ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + leases.reservedIP + metrics(name), ready: "ready on")
+                try await launch(
+                    name, "reserved-ip",
+                    [
+                        "--port", "\(port)", "--database", reservedIPDatabase, "--harpoon", harpoons,
+                    ] + regions.flatMap { ["--pool", "\($0.slug)=\($0.pool)"] } + leases.reservedIP + metrics(name),
+                    ready: "ready on")
             }
             for region in regions {
-                try await launch("hypervisors-\(region.slug)", "hypervisor", [
-                    "--region", region.slug, "--router", local(routerPorts[region.slug] ?? 0), "--id", "\(region.slug)-hv",
-                    "--fleet", "\(agentsPerRegion)", "--event-milliseconds", "\(eventMilliseconds)",
-                    "--cpus", "32", "--memory-mb", "131072", "--disk-gb", "4000",
-                ], ready: "agent(s)")
+                try await launch(
+                    "hypervisors-\(region.slug)", "hypervisor",
+                    [
+                        "--region", region.slug, "--router", local(routerPorts[region.slug] ?? 0), "--id",
+                        "\(region.slug)-hv",
+                        "--fleet", "\(agentsPerRegion)", "--event-milliseconds", "\(eventMilliseconds)",
+                        "--cpus", "32", "--memory-mb", "131072", "--disk-gb", "4000",
+                    ], ready: "agent(s)")
             }
-            try await launch("aggregator", "aggregator", [
-                "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", reservedIPs, "--token", token,
-                "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
-            ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] } + tokenLimit.flatMap { ["--token-limit", $0] } + metrics("aggregator"),
-            ready: "ready on")
+            try await launch(
+                "aggregator", "aggregator",
+                [
+                    "--port", "\(apiPort)", "--harpoon", harpoons, "--reserved-ip", reservedIPs, "--token", token,
+                    "--requests-per-hour", "\(requestsPerHour)", "--burst-per-minute", "\(burstPerMinute)",
+                ] + regions.flatMap { ["--region", "\($0.slug)=\($0.name)"] }
+                    + tokenLimit.flatMap { ["--token-limit", $0] } + metrics("aggregator"),
+                ready: "ready on")
         } catch {
             stopAll()
             throw error
         }
         let demoToken = token.split(separator: "=").first.map(String.init) ?? token
         let api = "http://127.0.0.1:\(apiPort)"
-        say("""
+        say(
+            """
 
-        Shoal is running on \(store == "postgres" ? "PostgreSQL (\(replicas) Harpoon and \(orchestrators) orchestrator replicas)" : "SQLite"): \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
-        API: \(api)
-        token: \(demoToken)
+            Shoal is running on \(store == "postgres" ? "PostgreSQL (\(replicas) Harpoon and \(orchestrators) orchestrator replicas)" : "SQLite"): \(regions.count) regions (\(regions.map(\.slug).joined(separator: ", "))), \(agentsPerRegion * regions.count) simulated hypervisors; data and logs in \(data.path)
+            API: \(api)
+            token: \(demoToken)
 
-          export TOKEN=\(demoToken)
-          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/regions
-          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
-               -d '{"name":"web-1","region":"\(regions[0].slug)","size":"s-1vcpu-1gb","image":"ubuntu-24-04-x64"}' \(api)/v2/droplets
-          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/droplets
-          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d '{"region":"\(regions[0].slug)"}' \(api)/v2/reserved_ips
-          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
-               -d '{"type":"assign","droplet_id":DROPLET_ID}' \(api)/v2/reserved_ips/IP/actions
-          curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/actions
+              export TOKEN=\(demoToken)
+              curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/regions
+              curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+                   -d '{"name":"web-1","region":"\(regions[0].slug)","size":"s-1vcpu-1gb","image":"ubuntu-24-04-x64"}' \(api)/v2/droplets
+              curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/droplets
+              curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d '{"region":"\(regions[0].slug)"}' \(api)/v2/reserved_ips
+              curl -s -X POST -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+                   -d '{"type":"assign","droplet_id":DROPLET_ID}' \(api)/v2/reserved_ips/IP/actions
+              curl -s -H "Authorization: Bearer $TOKEN" \(api)/v2/actions
 
-        metrics (Prometheus text): \(metricsPorts.map { "\($0.name) http://127.0.0.1:\($0.port)/metrics" }.joined(separator: ", "))
+            metrics (Prometheus text): \(metricsPorts.map { "\($0.name) http://127.0.0.1:\($0.port)/metrics" }.joined(separator: ", "))
 
-        Ctrl-C stops everything.
-        cluster ready
-        """)
+            Ctrl-C stops everything.
+            cluster ready
+            """)
         var iterator = signals.stream.makeAsyncIterator()
         _ = await iterator.next()
         say("stopping")

@@ -1,7 +1,8 @@
-package import Foundation
 internal import ChildProcess
+package import Foundation
+
 #if canImport(Glibc)
-internal import Glibc
+    internal import Glibc
 #endif
 
 /// A PostgreSQL server on 127.0.0.1 run by Shoal itself: a cluster (initdb) in a directory of ours, on a free loopback
@@ -30,7 +31,8 @@ package final class LocalPostgres: Sendable {
 
         package var description: String {
             switch self {
-            case .binariesMissing: "PostgreSQL's initdb and postgres were not found (install Debian's postgresql, or set SHOAL_PG_BIN)"
+            case .binariesMissing:
+                "PostgreSQL's initdb and postgres were not found (install Debian's postgresql, or set SHOAL_PG_BIN)"
             case .command(let command, let status, let output): "\(command) exited with \(status): \(output)"
             case .notReady(let log): "PostgreSQL did not become ready: \(log)"
             }
@@ -45,7 +47,9 @@ package final class LocalPostgres: Sendable {
         let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
         candidates += versions.compactMap(Int.init).sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
         return candidates.map { URL(fileURLWithPath: $0) }.first { directory in
-            ["initdb", "postgres"].allSatisfy { FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent($0).path) }
+            ["initdb", "postgres"].allSatisfy {
+                FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent($0).path)
+            }
         }?.resolvingSymlinksInPath()
     }
 
@@ -56,27 +60,35 @@ package final class LocalPostgres: Sendable {
         in kept: URL? = nil, durable: Bool = false, settings: [String] = [], timeout: Duration = .seconds(60)
     ) async throws -> LocalPostgres {
         guard let bin = binaries else { throw Failure.binariesMissing }
-        let directory = kept ?? FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
+        let directory =
+            kept ?? FileManager.default.temporaryDirectory.appendingPathComponent("shoal-pg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let data = directory.appendingPathComponent("data")
         let exists = FileManager.default.fileExists(atPath: data.appendingPathComponent("PG_VERSION").path)
         let asRoot = getuid() == 0
         if asRoot {
             // The cluster's owner: nobody (its directory must be its own, mode 0700, which initdb sets).
-            try FileManager.default.setAttributes([.ownerAccountID: 65534, .groupOwnerAccountID: 65534], ofItemAtPath: directory.path)
+            try FileManager.default.setAttributes(
+                [.ownerAccountID: 65534, .groupOwnerAccountID: 65534], ofItemAtPath: directory.path)
         }
         func command(_ program: String, _ arguments: [String]) -> (URL, [String]) {
             let path = bin.appendingPathComponent(program).path
             if asRoot {
-                return (URL(fileURLWithPath: "/usr/bin/setpriv"), ["--reuid=65534", "--regid=65534", "--clear-groups", path] + arguments)
+                return (
+                    URL(fileURLWithPath: "/usr/bin/setpriv"),
+                    ["--reuid=65534", "--regid=65534", "--clear-groups", path] + arguments
+                )
             }
             return (URL(fileURLWithPath: path), arguments)
         }
         do {
             if !exists {
-                let (initdb, initArguments) = command("initdb", [
-                    "-D", data.path, "-U", user, "--auth-local=trust", "--auth-host=trust", "-E", "UTF8", "--locale=C",
-                ] + (durable ? [] : ["--no-sync"]))
+                let (initdb, initArguments) = command(
+                    "initdb",
+                    [
+                        "-D", data.path, "-U", user, "--auth-local=trust", "--auth-host=trust", "-E", "UTF8",
+                        "--locale=C",
+                    ] + (durable ? [] : ["--no-sync"]))
                 try await run(initdb, initArguments)
             }
             var lastError: (any Error)?
@@ -84,12 +96,16 @@ package final class LocalPostgres: Sendable {
                 // A free port, found by binding to it; another process could take it before the server does, so a
                 // start that fails is tried again on another.
                 let port = try freeLoopbackPort()
-                let (postgres, arguments) = command("postgres", [
-                    "-D", data.path, "-p", "\(port)", "-k", directory.path, "-c", "listen_addresses=127.0.0.1",
-                    "-c", "max_connections=300", "-c", "shared_buffers=64MB",
-                ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"]) + settings.flatMap { ["-c", $0] })
+                let (postgres, arguments) = command(
+                    "postgres",
+                    [
+                        "-D", data.path, "-p", "\(port)", "-k", directory.path, "-c", "listen_addresses=127.0.0.1",
+                        "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+                    ] + (durable ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off"])
+                        + settings.flatMap { ["-c", $0] })
                 let process = ChildProcess(
-                    path: postgres.path, arguments: arguments, log: directory.appendingPathComponent("server.log"), outputLimit: 65_536
+                    path: postgres.path, arguments: arguments, log: directory.appendingPathComponent("server.log"),
+                    outputLimit: 65_536
                 )
                 try process.start()
                 do {
@@ -115,7 +131,9 @@ package final class LocalPostgres: Sendable {
     }
 
     /// `postgres://shoal@127.0.0.1:<port>/<database>`
-    package func url(database: String = "postgres") -> String { "postgres://\(Self.user)@127.0.0.1:\(port)/\(database)" }
+    package func url(database: String = "postgres") -> String {
+        "postgres://\(Self.user)@127.0.0.1:\(port)/\(database)"
+    }
 
     /// Fast shutdown (SIGINT): clients are disconnected and the server exits at once.
     private func stopProcess() {
@@ -140,7 +158,8 @@ package final class LocalPostgres: Sendable {
         try process.start()
         let status = await process.wait(timeout: .seconds(300))
         guard status == 0 else {
-            throw Failure.command(([executable.path] + arguments).joined(separator: " "), status: status, output: process.output)
+            throw Failure.command(
+                ([executable.path] + arguments).joined(separator: " "), status: status, output: process.output)
         }
     }
 }

@@ -7,8 +7,8 @@
 // usage: pipeline-bench [--agents N] [--regions R] [--routers-per-region K] [--fleet-processes P] [--label L] ...
 import ArgumentParser
 import ChildProcess
-import Foundation
 import EventRouterAPI
+import Foundation
 import HarpoonAPI
 import LocalPostgres
 import OTLPAPI
@@ -106,7 +106,9 @@ func residentKiB(pid: Int32) -> Int {
 /// CPU time process `pid` has used, seconds (user and system, from /proc; 0 if unreadable). `0`: this process.
 func cpuSeconds(pid: Int32) -> Double {
     let path = pid == 0 ? "/proc/self/stat" : "/proc/\(pid)/stat"
-    guard let stat = try? String(contentsOfFile: path, encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+    guard let stat = try? String(contentsOfFile: path, encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+        return 0
+    }
     // After the command name: state is field 3; utime and stime are fields 14 and 15, in clock ticks.
     let fields = stat[stat.index(after: close)...].split(separator: " ")
     guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
@@ -118,18 +120,22 @@ func cpuSeconds(pid: Int32) -> Double {
 /// The server process and its children (PostgreSQL runs a process per connection and its background workers).
 func postgresPids(under pid: Int32) -> [Int32] {
     let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return [pid] + all.compactMap(Int32.init).filter { child in
-        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
-        // Fields after the command: state, then the parent's pid.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 && Int32(fields[1]) == pid
-    }
+    return [pid]
+        + all.compactMap(Int32.init).filter { child in
+            guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return false }
+            // Fields after the command: state, then the parent's pid.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == pid
+        }
 }
 
 func handlesOpen(pid: Int32, on file: String) -> Int {
     let directory = "/proc/\(pid)/fd"
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return 0 }
-    return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == file }.count
+    return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == file }
+        .count
 }
 
 @main
@@ -137,22 +143,35 @@ struct PipelineBench: AsyncParsableCommand {
     @Option(help: "Agents in all, split evenly over the regions.") var agents = 1000
     @Option(help: "Regions (up to 6).") var regions = 2
     @Option(help: "Event routers per region; each region's agents spread over them.") var routersPerRegion = 1
-    @Option(help: "Hypervisor fleet processes (at least one per region); a region's agents split over its share.") var fleetProcesses = 0
+    @Option(help: "Hypervisor fleet processes (at least one per region); a region's agents split over its share.")
+    var fleetProcesses = 0
     @Option(help: "Milliseconds between an idle agent's heartbeats.") var heartbeatMilliseconds = 1000
     @Option(help: "Prefix of the result lines (e.g. fleet15k); none by default.") var label = ""
     @Option(help: "Seconds of load after warm-up.") var seconds = 10
-    @Option(help: "Creations in flight: each worker creates a droplet, waits until it is active, creates the next.") var concurrency = 256
+    @Option(help: "Creations in flight: each worker creates a droplet, waits until it is active, creates the next.")
+    var concurrency = 256
     @Option(help: "Directory of the built executables.") var bin = ".build/release"
-    @Option(help: "First of the ports to use (one per service, in a row; below the ephemeral range, so that no outgoing connection holds one).") var basePort = 22000
+    @Option(
+        help:
+            "First of the ports to use (one per service, in a row; below the ephemeral range, so that no outgoing connection holds one)."
+    ) var basePort = 22000
     @Option(help: "Milliseconds of load before the measured window.") var warmupMilliseconds = 2000
     @Option(help: "Explain calls timed after the run (0: none).") var explainSamples = 0
-    @Option(help: "Harpoon's --sqlite-synchronous (full or normal), for an A/B of durability's cost.") var sqliteSynchronous = "full"
-    @Flag(help: "Harpoon on PostgreSQL: a server of the bench's own (durable: fsync, synchronous_commit on), several replicas; result lines start with 'postgres'.")
+    @Option(help: "Harpoon's --sqlite-synchronous (full or normal), for an A/B of durability's cost.")
+    var sqliteSynchronous = "full"
+    @Flag(
+        help:
+            "Harpoon on PostgreSQL: a server of the bench's own (durable: fsync, synchronous_commit on), several replicas; result lines start with 'postgres'."
+    )
     var postgres = false
     @Option(help: "Harpoon replicas (PostgreSQL only).") var harpoonReplicas = 2
     @Option(help: "Connections each Harpoon replica opens at most (PostgreSQL only).") var databaseConnections = 8
-    @Flag(help: "PostgreSQL: print the statements that took the server's time (pg_stat_statements).") var statements = false
-    @Flag(help: "Observability on, as an operator runs it: every service serves /metrics and exports spans (to a collector of the bench's own that counts them), and every creation starts a trace, as the aggregator would; result lines start with 'observed'.")
+    @Flag(help: "PostgreSQL: print the statements that took the server's time (pg_stat_statements).") var statements =
+        false
+    @Flag(
+        help:
+            "Observability on, as an operator runs it: every service serves /metrics and exports spans (to a collector of the bench's own that counts them), and every creation starts a trace, as the aggregator would; result lines start with 'observed'."
+    )
     var observability = false
 
     func validate() throws {
@@ -165,7 +184,8 @@ struct PipelineBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pipeline-bench-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "pipeline-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let database = directory.appendingPathComponent("harpoon.sqlite").path
@@ -185,7 +205,9 @@ struct PipelineBench: AsyncParsableCommand {
         var harpoonDatabase = database
         if postgres {
             let started = try await LocalPostgres.start(
-                durable: true, settings: statements ? ["shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"] : []
+                durable: true,
+                settings: statements
+                    ? ["shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"] : []
             )
             server = started
             let address = try await PostgresPool.createDatabase("bench", on: PostgresAddress(url: started.url()))
@@ -196,7 +218,9 @@ struct PipelineBench: AsyncParsableCommand {
         defer {
             server?.stop()
         }
-        func addresses(_ region: String) -> String { (routerPorts[region] ?? []).map { "127.0.0.1:\($0)" }.joined(separator: ",") }
+        func addresses(_ region: String) -> String {
+            (routerPorts[region] ?? []).map { "127.0.0.1:\($0)" }.joined(separator: ",")
+        }
         var children: [ChildProcess] = []
         defer { for child in children.reversed() { child.stop(grace: .seconds(3)) } }
         // Observability: a collector that counts the spans it is sent, and the flags every process gets.
@@ -218,24 +242,32 @@ struct PipelineBench: AsyncParsableCommand {
             try await child.waitFor(ready, timeout: .seconds(120))
             return child
         }
-        _ = try await launch("scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoonAddresses], ready: "ready on")
+        _ = try await launch(
+            "scheduler", ["--port", "\(schedulerPort)", "--harpoon", harpoonAddresses], ready: "ready on")
         var routers: [ChildProcess] = []
         for region in regionNames {
             for port in routerPorts[region] ?? [] {
-                routers.append(try await launch("event-router", [
-                    "--region", region, "--port", "\(port)", "--harpoon", harpoonAddresses,
-                    "--scheduler", "127.0.0.1:\(schedulerPort)", "--flush-milliseconds", "200",
-                    "--heartbeat-timeout-seconds", "\(max(5, 5 * heartbeatMilliseconds / 1000))",
-                ], ready: "ready on"))
+                routers.append(
+                    try await launch(
+                        "event-router",
+                        [
+                            "--region", region, "--port", "\(port)", "--harpoon", harpoonAddresses,
+                            "--scheduler", "127.0.0.1:\(schedulerPort)", "--flush-milliseconds", "200",
+                            "--heartbeat-timeout-seconds", "\(max(5, 5 * heartbeatMilliseconds / 1000))",
+                        ], ready: "ready on"))
             }
         }
         let schedulerProcess = children[0]
         var harpoonProcesses: [ChildProcess] = []
         for port in harpoonPorts {
-            harpoonProcesses.append(try await launch("harpoon", [
-                "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", "127.0.0.1:\(schedulerPort)", "--sqlite-synchronous", sqliteSynchronous,
-                "--database-connections", "\(databaseConnections)",
-            ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on"))
+            harpoonProcesses.append(
+                try await launch(
+                    "harpoon",
+                    [
+                        "--port", "\(port)", "--database", harpoonDatabase, "--scheduler", "127.0.0.1:\(schedulerPort)",
+                        "--sqlite-synchronous", sqliteSynchronous,
+                        "--database-connections", "\(databaseConnections)",
+                    ] + regionNames.flatMap { ["--router", "\($0)=\(addresses($0))"] }, ready: "ready on"))
         }
         let harpoonProcess = harpoonProcesses[0]
         let routerMemoryBefore = routers.map { residentKiB(pid: $0.pid) }.reduce(0, +)
@@ -247,20 +279,29 @@ struct PipelineBench: AsyncParsableCommand {
         for region in regionNames {
             for part in 0..<processesPerRegion {
                 let count = perRegion / processesPerRegion + (part < perRegion % processesPerRegion ? 1 : 0)
-                fleet.append(try await launch("hypervisor", [
-                    "--region", region, "--router", addresses(region), "--id", processesPerRegion == 1 ? "\(region)-hv" : "\(region)-p\(part)-hv",
-                    "--fleet", "\(count)", "--event-milliseconds", "0", "--heartbeat-milliseconds", "\(heartbeatMilliseconds)",
-                    "--cpus", "64", "--memory-mb", "1048576", "--disk-gb", "100000",
-                ], ready: "agent(s)"))
+                fleet.append(
+                    try await launch(
+                        "hypervisor",
+                        [
+                            "--region", region, "--router", addresses(region), "--id",
+                            processesPerRegion == 1 ? "\(region)-hv" : "\(region)-p\(part)-hv",
+                            "--fleet", "\(count)", "--event-milliseconds", "0", "--heartbeat-milliseconds",
+                            "\(heartbeatMilliseconds)",
+                            "--cpus", "64", "--memory-mb", "1048576", "--disk-gb", "100000",
+                        ], ready: "agent(s)"))
             }
         }
         // Wait for every agent to be connected (up to 5 minutes).
         let routerClients = regionNames.flatMap { region in
-            (routerPorts[region] ?? []).map { Eventrouter_V1_EventRouter.Client(RPCClient(targets: [("127.0.0.1", $0)])) }
+            (routerPorts[region] ?? []).map {
+                Eventrouter_V1_EventRouter.Client(RPCClient(targets: [("127.0.0.1", $0)]))
+            }
         }
         func routerStats() async -> [Eventrouter_V1_RouterStatsResponse] {
             var all: [Eventrouter_V1_RouterStatsResponse] = []
-            for router in routerClients { all.append((try? await router.stats(.init(), options: CallOptions(timeout: .seconds(10)))) ?? .init()) }
+            for router in routerClients {
+                all.append((try? await router.stats(.init(), options: CallOptions(timeout: .seconds(10)))) ?? .init())
+            }
             return all
         }
         var connected = 0
@@ -301,7 +342,9 @@ struct PipelineBench: AsyncParsableCommand {
                         }
                     }
                 } catch {
-                    if !Task.isCancelled { print("watch broke (\(error)); resuming from cursor \(cursor.withLock { $0 })") }
+                    if !Task.isCancelled {
+                        print("watch broke (\(error)); resuming from cursor \(cursor.withLock { $0 })")
+                    }
                 }
             }
         }
@@ -338,10 +381,14 @@ struct PipelineBench: AsyncParsableCommand {
                             let start = ContinuousClock.now
                             // Observed, each creation is a trace of its own, as the aggregator starts one per request.
                             let metadata: Metadata = self.observability ? ["traceparent": Self.newTraceparent()] : [:]
-                            guard let created = try? await harpoon.createDroplet(.init(
-                                customer: "customer-\(worker % 50)", name: "d-\(worker)-\(index)",
-                                region: regionNames[(worker + index) % regionNames.count], size: small, image: "ubuntu"
-                            ), metadata: metadata), let id = created.droplet?.id else { continue }
+                            guard
+                                let created = try? await harpoon.createDroplet(
+                                    .init(
+                                        customer: "customer-\(worker % 50)", name: "d-\(worker)-\(index)",
+                                        region: regionNames[(worker + index) % regionNames.count], size: small,
+                                        image: "ubuntu"
+                                    ), metadata: metadata), let id = created.droplet?.id
+                            else { continue }
                             if timed { recorder.started(id, at: start) }
                             recorder.issued.withLock { $0 += 1 }
                             // Closed loop on completion: the next creation once this droplet is active, so the rate
@@ -352,13 +399,15 @@ struct PipelineBench: AsyncParsableCommand {
                 }
             }
         }
-        print("warming up (\(warmupMilliseconds) ms, not measured) with \(agents) agents, \(concurrency) calls in flight")
+        print(
+            "warming up (\(warmupMilliseconds) ms, not measured) with \(agents) agents, \(concurrency) calls in flight")
         await load(for: .milliseconds(warmupMilliseconds), timed: false)
         let issuedBefore = recorder.issued.withLock { $0 }
         let pushBefore = await routerStats().map(\.pushHistogram)
         // Where the CPU goes in the measured window, process by process.
         let groups: [(String, [Int32])] = [
-            ("harpoon", harpoonProcesses.map(\.pid)), ("scheduler", [schedulerProcess.pid]), ("routers", routers.map(\.pid)),
+            ("harpoon", harpoonProcesses.map(\.pid)), ("scheduler", [schedulerProcess.pid]),
+            ("routers", routers.map(\.pid)),
             ("fleet", fleet.map(\.pid)), ("postgres", server.map { postgresPids(under: $0.pid) } ?? []), ("bench", [0]),
         ]
         func cpu() -> [Double] { groups.map { $0.1.map(cpuSeconds).reduce(0, +) } }
@@ -382,7 +431,9 @@ struct PipelineBench: AsyncParsableCommand {
         for dropletId in recorder.notCompleted.prefix(5) {
             let events = try? await harpoon.listEvents(.init(dropletId: dropletId, pageSize: 10))
             for event in events?.events ?? [] {
-                print("not completed: droplet \(dropletId) event \(event.id) \(event.type) \(event.status) hypervisor '\(event.hypervisorId)' \(event.error)")
+                print(
+                    "not completed: droplet \(dropletId) event \(event.id) \(event.type) \(event.status) hypervisor '\(event.hypervisorId)' \(event.error)"
+                )
             }
         }
         let after = await routerStats()
@@ -390,8 +441,12 @@ struct PipelineBench: AsyncParsableCommand {
         var push = [UInt64](repeating: 0, count: 0)
         for (index, stats) in after.enumerated() {
             let before = index < pushBefore.count ? pushBefore[index] : []
-            if push.count < stats.pushHistogram.count { push += [UInt64](repeating: 0, count: stats.pushHistogram.count - push.count) }
-            for (bucket, count) in stats.pushHistogram.enumerated() { push[bucket] += count - (bucket < before.count ? min(before[bucket], count) : 0) }
+            if push.count < stats.pushHistogram.count {
+                push += [UInt64](repeating: 0, count: stats.pushHistogram.count - push.count)
+            }
+            for (bucket, count) in stats.pushHistogram.enumerated() {
+                push[bucket] += count - (bucket < before.count ? min(before[bucket], count) : 0)
+            }
         }
         let heartbeating = after.map { Int($0.connectedAgents) - Int($0.silentAgents) }.reduce(0, +)
         let totalSeconds = Double(loadTime.components.seconds) + Double(loadTime.components.attoseconds) / 1e18
@@ -424,31 +479,49 @@ struct PipelineBench: AsyncParsableCommand {
             for sample in 0..<explainSamples {
                 let start = ContinuousClock.now
                 let report = try await scheduler.explain(
-                    .init(size: small, region: regionNames[sample % regionNames.count], customer: "customer-1"), options: CallOptions(timeout: .seconds(10))
+                    .init(size: small, region: regionNames[sample % regionNames.count], customer: "customer-1"),
+                    options: CallOptions(timeout: .seconds(10))
                 )
                 let took = ContinuousClock.now - start
-                explainLatencies.append(Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15)
+                explainLatencies.append(
+                    Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15)
                 hypervisorsSeen = max(hypervisorsSeen, report.ranking.count + report.skipped.count)
             }
             explainLatencies.sort()
-            print("explain: \(explainSamples) calls, each reporting on up to \(hypervisorsSeen) hypervisors of a region")
+            print(
+                "explain: \(explainSamples) calls, each reporting on up to \(hypervisorsSeen) hypervisors of a region")
             await schedulerClient.close()
         }
-        print("requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.notCompleted.count); errored: \(recorder.errored.withLock { $0 })")
+        print(
+            "requested: \(requested) droplets in \(String(format: "%.1f", totalSeconds)) s; completed within 30 s after: \(measured.count); not completed: \(recorder.notCompleted.count); errored: \(recorder.errored.withLock { $0 })"
+        )
         if recorder.errored.withLock({ $0 }) > 0 { print("first error: \(recorder.firstError.withLock { $0 })") }
-        print("router memory: \(routerMemoryBefore) KiB before the agents, \(routerMemoryConnected) KiB with them connected, \(routerMemoryAfter) KiB after the load (\(routers.count) routers)")
-        print("cpu seconds in the measured window: " + zip(groups, cpuUsed).map { "\($0.0) \(String(format: "%.1f", $1))" }.joined(separator: ", "))
+        print(
+            "router memory: \(routerMemoryBefore) KiB before the agents, \(routerMemoryConnected) KiB with them connected, \(routerMemoryAfter) KiB after the load (\(routers.count) routers)"
+        )
+        print(
+            "cpu seconds in the measured window: "
+                + zip(groups, cpuUsed).map { "\($0.0) \(String(format: "%.1f", $1))" }.joined(separator: ", "))
         if postgres {
-            print("harpoon: \(replicas) replicas of at most \(databaseConnections) connections each; at most \(dbHandles) connections to the database at once (pg_stat_activity)")
+            print(
+                "harpoon: \(replicas) replicas of at most \(databaseConnections) connections each; at most \(dbHandles) connections to the database at once (pg_stat_activity)"
+            )
         } else {
-            print("harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once")
+            print(
+                "harpoon: \(stats.databaseConnections) connections in its pool; at most \(dbHandles) handles open on the database file at once"
+            )
         }
         if observability { print("spans received by the collector: \(collector.spans.withLock { $0 })") }
         let label = self.label.isEmpty ? (postgres ? "postgres" : observability ? "observed" : "") : self.label
         let prefix = label.isEmpty ? "" : "\(label) "
-        let perAgentKiB = heartbeating > 0 ? Double(max(routerMemoryConnected, routerMemoryAfter) - routerMemoryBefore) / Double(heartbeating) : .nan
+        let perAgentKiB =
+            heartbeating > 0
+            ? Double(max(routerMemoryConnected, routerMemoryAfter) - routerMemoryBefore) / Double(heartbeating) : .nan
         if !explainLatencies.isEmpty {
-            print(String(format: "\(prefix)explain p99 ms: %.1f", explainLatencies[min(explainLatencies.count - 1, Int(Double(explainLatencies.count) * 0.99))]))
+            print(
+                String(
+                    format: "\(prefix)explain p99 ms: %.1f",
+                    explainLatencies[min(explainLatencies.count - 1, Int(Double(explainLatencies.count) * 0.99))]))
         }
         if !label.isEmpty { print("\(prefix)agents connected: \(heartbeating)") }
         // The sustained rate: creations that completed during the measured window.
@@ -460,11 +533,13 @@ struct PipelineBench: AsyncParsableCommand {
         print("\(prefix)db connections: \(dbHandles)")
         if statements, let counter {
             print("statements by the server's time (calls, total ms, mean ms):")
-            for line in try await counter.lines("""
+            for line in try await counter.lines(
+                """
                 SELECT calls::text || ' | ' || round(total_exec_time::numeric, 0)::text || ' | ' || round(mean_exec_time::numeric, 3)::text || ' | '
                     || left(regexp_replace(query, '\\s+', ' ', 'g'), 150)
                 FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25
-                """) {
+                """)
+            {
                 print("  \(line)")
             }
         }
@@ -490,7 +565,8 @@ extension PipelineBench {
     /// A `traceparent` of a new trace (random ids, sampled).
     static func newTraceparent() -> String {
         func hex(_ count: Int) -> String {
-            (0..<count).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+            (0..<count).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }
+                .joined()
         }
         return "00-\(hex(16))-\(hex(8))-01"
     }

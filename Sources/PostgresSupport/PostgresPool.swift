@@ -21,14 +21,17 @@ package struct PostgresAddress: Sendable, Hashable, CustomStringConvertible {
         case url(String)
         package var description: String {
             switch self {
-            case .url(let text): "'\(text)' is not a PostgreSQL address: postgres://user[:password]@host[:port]/database"
+            case .url(let text):
+                "'\(text)' is not a PostgreSQL address: postgres://user[:password]@host[:port]/database"
             }
         }
     }
 
     package init(url text: String) throws(Invalid) {
-        guard Self.isPostgres(text), let components = URLComponents(string: text), let host = components.host, !host.isEmpty,
-              let user = components.user, !user.isEmpty else {
+        guard Self.isPostgres(text), let components = URLComponents(string: text), let host = components.host,
+            !host.isEmpty,
+            let user = components.user, !user.isEmpty
+        else {
             throw .url(text)
         }
         let database = String(components.path.drop { $0 == "/" })
@@ -63,14 +66,17 @@ package final class PostgresPool: Sendable {
 
     package init(_ address: PostgresAddress, maximumConnections: Int = 8, applicationName: String) {
         var configuration = PostgresClient.Configuration(
-            host: address.host, port: address.port, username: address.user, password: address.password, database: address.database, tls: .disable
+            host: address.host, port: address.port, username: address.user, password: address.password,
+            database: address.database, tls: .disable
         )
         configuration.options.maximumConnections = maximumConnections
         configuration.options.minimumConnections = 0
         // Prepared statements are planned for the values of each run: they take arrays of ids whose sizes vary
         // from 1 to hundreds, and a generic plan (PostgreSQL's choice after five runs) guesses them badly, turning
         // index lookups into scans. Preparing still saves the parse and analysis.
-        configuration.options.additionalStartupParameters = [("application_name", applicationName), ("plan_cache_mode", "force_custom_plan")]
+        configuration.options.additionalStartupParameters = [
+            ("application_name", applicationName), ("plan_cache_mode", "force_custom_plan"),
+        ]
         var logger = Logger(label: "shoal.postgres")
         logger.logLevel = .warning
         self.logger = logger
@@ -139,15 +145,18 @@ package final class PostgresPool: Sendable {
     package func migrate(schema: String, _ migrations: [(version: String, statements: [String])]) async throws {
         try await transaction { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(hashtext('shoal_migrations'))", logger: logger)
-            try await connection.query("""
+            try await connection.query(
+                """
                 CREATE TABLE IF NOT EXISTS shoal_migrations (
                     schema TEXT NOT NULL, version TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                     PRIMARY KEY (schema, version)
                 )
                 """, logger: logger)
             var applied = Set<String>()
-            for try await version in try await connection.query("SELECT version FROM shoal_migrations WHERE schema = \(schema)", logger: logger)
-                .decode(String.self) {
+            for try await version in try await connection.query(
+                "SELECT version FROM shoal_migrations WHERE schema = \(schema)", logger: logger
+            )
+            .decode(String.self) {
                 applied.insert(version)
             }
             for migration in migrations where !applied.contains(migration.version) {
@@ -155,7 +164,8 @@ package final class PostgresPool: Sendable {
                     try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
                 try await connection.query(
-                    "INSERT INTO shoal_migrations (schema, version) VALUES (\(schema), \(migration.version))", logger: logger
+                    "INSERT INTO shoal_migrations (schema, version) VALUES (\(schema), \(migration.version))",
+                    logger: logger
                 )
             }
         }
@@ -166,11 +176,14 @@ package final class PostgresPool: Sendable {
     package func requireDurableCommits() async throws {
         let setting = try await client.withConnection { connection -> String in
             var value = ""
-            for try await text in try await connection.query("SHOW synchronous_commit", logger: logger).decode(String.self) { value = text }
+            for try await text in try await connection.query("SHOW synchronous_commit", logger: logger).decode(
+                String.self)
+            { value = text }
             return value
         }
         guard setting != "off" else {
-            throw PostgresPoolError.notDurable("synchronous_commit is off on \(address): acknowledged writes could be lost in a crash")
+            throw PostgresPoolError.notDurable(
+                "synchronous_commit is off on \(address): acknowledged writes could be lost in a crash")
         }
     }
 
@@ -185,7 +198,9 @@ package final class PostgresPool: Sendable {
     package func lines(_ sql: String) async throws -> [String] {
         try await client.withConnection { connection in
             var lines: [String] = []
-            for try await line in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).decode(String.self) { lines.append(line) }
+            for try await line in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).decode(
+                String.self)
+            { lines.append(line) }
             return lines
         }
     }
@@ -213,12 +228,15 @@ package final class PostgresPool: Sendable {
         do {
             let exists = try await admin.client.withConnection { connection -> Bool in
                 var found = false
-                for try await _ in try await connection.query("SELECT 1 FROM pg_database WHERE datname = \(name)", logger: admin.logger) { found = true }
+                for try await _ in try await connection.query(
+                    "SELECT 1 FROM pg_database WHERE datname = \(name)", logger: admin.logger)
+                { found = true }
                 return found
             }
             if !exists {
                 try await admin.client.withConnection { connection in
-                    _ = try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: admin.logger)
+                    _ = try await connection.query(
+                        PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: admin.logger)
                 }
             }
         } catch {
@@ -248,7 +266,9 @@ package final class PostgresPool: Sendable {
                 }
             } catch {
                 if Task.isCancelled { return }
-                logger.warning("listening on \(channel) failed; listening again", metadata: ["error": "\(String(reflecting: error))"])
+                logger.warning(
+                    "listening on \(channel) failed; listening again",
+                    metadata: ["error": "\(String(reflecting: error))"])
                 changed(nil)
             }
             try? await Task.sleep(for: pause)

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import ProtoGenCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// `protogen`: generates Swift from .proto files. The build plugin runs it; it also works by hand.
 ///
@@ -95,7 +96,9 @@ struct ProtoGen {
         mkdir(output, 0o755)
         for file in files {
             let path = output + "/" + file.name
-            guard writeFile(file.contents, to: path) else { fail("cannot write \(path): \(String(cString: strerror(errno)))") }
+            guard writeFile(file.contents, to: path) else {
+                fail("cannot write \(path): \(String(cString: strerror(errno)))")
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 
 /// The scalar types of proto3.
 public enum ScalarType: String, Hashable, Sendable, CaseIterable {
-    case double, float, int64, uint64, int32, fixed64, fixed32, bool, string, bytes, uint32, sfixed32, sfixed64, sint32, sint64
+    case double, float, int64, uint64, int32, fixed64, fixed32, bool, string, bytes, uint32, sfixed32, sfixed64, sint32,
+        sint64
 
     /// Whether the type may be a `map` key (any integral or string type).
     var isValidMapKey: Bool {

@@ -24,7 +24,8 @@ public struct TypeDeclarationEmitter: SwiftEmitter {
 
     func emitEnum(_ enumeration: EnumIR, context: GenerationContext, into writer: inout CodeWriter) {
         let access = context.access
-        let name = context.swiftName(enumeration.fullName).split(separator: ".").last.map(String.init) ?? enumeration.name
+        let name =
+            context.swiftName(enumeration.fullName).split(separator: ".").last.map(String.init) ?? enumeration.name
         let caseNames = SwiftNaming.enumCaseNames(enumName: enumeration.name, values: enumeration.values.map(\.name))
         var primary: [(EnumValueIR, String)] = []
         var aliases: [(String, String)] = []
@@ -51,20 +52,26 @@ public struct TypeDeclarationEmitter: SwiftEmitter {
             w.line()
             w.block("\(access)init(rawValue: Int32)") { w in
                 w.switchBlock("rawValue") { w in
-                    for (value, caseName) in primary { w.line("case \(value.number): self = .\(SwiftNaming.escaped(caseName))") }
+                    for (value, caseName) in primary {
+                        w.line("case \(value.number): self = .\(SwiftNaming.escaped(caseName))")
+                    }
                     w.line("default: self = .unrecognized(rawValue)")
                 }
             }
             w.line()
             w.block("\(access)var rawValue: Int32") { w in
                 w.switchBlock("self") { w in
-                    for (value, caseName) in primary { w.line("case .\(SwiftNaming.escaped(caseName)): \(value.number)") }
+                    for (value, caseName) in primary {
+                        w.line("case .\(SwiftNaming.escaped(caseName)): \(value.number)")
+                    }
                     w.line("case .unrecognized(let value): value")
                 }
             }
             w.line()
             w.line("/// Every value the schema names.")
-            w.line("\(access)static let allCases: [Self] = [\(primary.map { ".\(SwiftNaming.escaped($0.1))" }.joined(separator: ", "))]")
+            w.line(
+                "\(access)static let allCases: [Self] = [\(primary.map { ".\(SwiftNaming.escaped($0.1))" }.joined(separator: ", "))]"
+            )
             for (alias, target) in aliases {
                 w.line()
                 w.line("/// An alias of `.\(target)`.")
@@ -109,12 +116,15 @@ public struct TypeDeclarationEmitter: SwiftEmitter {
             for (index, oneof) in message.oneofs.enumerated() {
                 let members = fields.filter { $0.ir.oneofIndex == index }
                 let indirect = members.contains { member in
-                    if case .message(let target) = member.ir.type { return context.needsBox(owner: message.fullName, target: target) }
+                    if case .message(let target) = member.ir.type {
+                        return context.needsBox(owner: message.fullName, target: target)
+                    }
                     return false
                 }
                 w.line()
                 w.line("/// The fields of oneof `\(oneof.name)`, at most one of which is set.")
-                w.block("\(access)\(indirect ? "indirect " : "")enum \(Self.oneofType(oneof)): Sendable, Hashable") { w in
+                w.block("\(access)\(indirect ? "indirect " : "")enum \(Self.oneofType(oneof)): Sendable, Hashable") {
+                    w in
                     for member in members {
                         w.lines(SwiftNaming.docComment(member.ir.comment))
                         w.line("case \(member.property)(\(member.valueType(member.ir.type)))")
@@ -123,10 +133,13 @@ public struct TypeDeclarationEmitter: SwiftEmitter {
                 for member in members {
                     let empty = member.isMessage ? ".init()" : member.scalarDefault
                     w.line()
-                    w.line("/// `\(member.ir.name)` if it is the member of `\(oneof.name)` that is set, else its default.")
+                    w.line(
+                        "/// `\(member.ir.name)` if it is the member of `\(oneof.name)` that is set, else its default.")
                     w.block("\(access)var \(member.property): \(member.valueType(member.ir.type))") { w in
                         w.block("get") { w in
-                            w.line("if case .\(member.property)(let value)? = \(Self.oneofProperty(oneof)) { return value }")
+                            w.line(
+                                "if case .\(member.property)(let value)? = \(Self.oneofProperty(oneof)) { return value }"
+                            )
                             w.line("return \(empty)")
                         }
                         w.line("set { \(Self.oneofProperty(oneof)) = .\(member.property)(newValue) }")

@@ -23,7 +23,9 @@ public struct GenerationContext: Sendable {
         /// Also emit a server protocol and a client for each service (code that imports `ShoalRPC`).
         public var rpc: Bool
 
-        public init(visibility: GeneratedVisibility = .public, moduleMappings: [String: String] = [:], rpc: Bool = false) {
+        public init(
+            visibility: GeneratedVisibility = .public, moduleMappings: [String: String] = [:], rpc: Bool = false
+        ) {
             self.visibility = visibility
             self.moduleMappings = moduleMappings
             self.rpc = rpc
@@ -48,7 +50,9 @@ public struct GenerationContext: Sendable {
         for file in files.values {
             let prefix = SwiftNaming.packagePrefix(file.package)
             for message in file.messages { index(message, swiftName: prefix + SwiftNaming.typeName(message.name)) }
-            for enumeration in file.enums { swiftNames[enumeration.fullName] = prefix + SwiftNaming.typeName(enumeration.name) }
+            for enumeration in file.enums {
+                swiftNames[enumeration.fullName] = prefix + SwiftNaming.typeName(enumeration.name)
+            }
         }
     }
 
@@ -56,7 +60,9 @@ public struct GenerationContext: Sendable {
         swiftNames[message.fullName] = swiftName
         messages[message.fullName] = message
         for nested in message.messages { index(nested, swiftName: swiftName + "." + SwiftNaming.typeName(nested.name)) }
-        for nested in message.enums { swiftNames[nested.fullName] = swiftName + "." + SwiftNaming.typeName(nested.name) }
+        for nested in message.enums {
+            swiftNames[nested.fullName] = swiftName + "." + SwiftNaming.typeName(nested.name)
+        }
     }
 
     var access: String { options.visibility.keyword }

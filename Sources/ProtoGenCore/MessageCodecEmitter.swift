@@ -40,8 +40,12 @@ public struct MessageCodecEmitter: SwiftEmitter {
         }
     }
 
-    private func emitDecode(_ message: MessageIR, _ fields: [SwiftField], context: GenerationContext, into w: inout CodeWriter) {
-        w.block("\(context.access)mutating func decodeMessage(from reader: inout WireReader) throws(ProtoDecodingError)") { w in
+    private func emitDecode(
+        _ message: MessageIR, _ fields: [SwiftField], context: GenerationContext, into w: inout CodeWriter
+    ) {
+        w.block(
+            "\(context.access)mutating func decodeMessage(from reader: inout WireReader) throws(ProtoDecodingError)"
+        ) { w in
             w.line("var tag: UInt32 = 0")
             w.block("do throws(ProtoDecodingError)") { w in
                 w.block("while true") { w in
@@ -79,7 +83,9 @@ public struct MessageCodecEmitter: SwiftEmitter {
         switch field.ir.label {
         case .repeated:
             if case .map(let key, let value) = field.ir.type {
-                w.line("case \(field.tag): try reader.readMapEntry(\(SwiftField.scalarCodec(key)).self, \(field.codec(value)).self, into: &\(target))")
+                w.line(
+                    "case \(field.tag): try reader.readMapEntry(\(SwiftField.scalarCodec(key)).self, \(field.codec(value)).self, into: &\(target))"
+                )
             } else if field.isMessage {
                 w.line("case \(field.tag): try reader.readMessage(appendingTo: &\(target))")
             } else if isPackable(field) {
@@ -132,13 +138,17 @@ public struct MessageCodecEmitter: SwiftEmitter {
         let tagSize = field.tagSize
         if let index = field.ir.oneofIndex {
             let oneof = "self." + TypeDeclarationEmitter.oneofProperty(message.oneofs[index])
-            w.line("if case .\(field.property)(let value)? = \(oneof) { size &+= \(tagSize) &+ \(field.codec).encodedSize(of: value) }")
+            w.line(
+                "if case .\(field.property)(let value)? = \(oneof) { size &+= \(tagSize) &+ \(field.codec).encodedSize(of: value) }"
+            )
             return
         }
         switch field.ir.label {
         case .repeated:
             if case .map(let key, let valueType) = field.ir.type {
-                w.line("size &+= WireFormat.mapFieldSize(\(SwiftField.scalarCodec(key)).self, \(field.codec(valueType)).self, \(value), tagSize: \(tagSize))")
+                w.line(
+                    "size &+= WireFormat.mapFieldSize(\(SwiftField.scalarCodec(key)).self, \(field.codec(valueType)).self, \(value), tagSize: \(tagSize))"
+                )
             } else if field.ir.isPacked {
                 w.line("size &+= WireFormat.packedFieldSize(\(field.codec).self, \(value), tagSize: \(tagSize))")
             } else {
@@ -150,7 +160,9 @@ public struct MessageCodecEmitter: SwiftEmitter {
             if field.isMessage {
                 w.line("if let value = \(value) { size &+= \(tagSize) &+ \(field.codec).encodedSize(of: value) }")
             } else {
-                w.line("if \(field.isNonDefault(value)) { size &+= \(tagSize) &+ \(field.codec).encodedSize(of: \(value)) }")
+                w.line(
+                    "if \(field.isNonDefault(value)) { size &+= \(tagSize) &+ \(field.codec).encodedSize(of: \(value)) }"
+                )
             }
         }
     }
@@ -169,7 +181,9 @@ public struct MessageCodecEmitter: SwiftEmitter {
         switch field.ir.label {
         case .repeated:
             if case .map(let key, let valueType) = field.ir.type {
-                w.line("writer.writeMap(\(SwiftField.scalarCodec(key)).self, \(field.codec(valueType)).self, \(value), tag: \(field.tag))")
+                w.line(
+                    "writer.writeMap(\(SwiftField.scalarCodec(key)).self, \(field.codec(valueType)).self, \(value), tag: \(field.tag))"
+                )
             } else if field.ir.isPacked {
                 w.line("writer.writePacked(\(field.codec).self, \(value), tag: \(field.packedTag))")
             } else {
@@ -208,8 +222,11 @@ public struct ServiceDescriptorEmitter: SwiftEmitter {
             writer.lines(SwiftNaming.docComment(service.comment))
             writer.block("\(access)enum \(context.swiftServiceName(service, in: file))") { w in
                 w.line("/// The service's name and methods.")
-                let methodList = service.methods.map { "Method.\(SwiftNaming.escaped($0.name)).descriptor" }.joined(separator: ", ")
-                w.line("\(access)static let descriptor = ProtoServiceDescriptor(fullName: \"\(service.fullName)\", methods: [\(methodList)])")
+                let methodList = service.methods.map { "Method.\(SwiftNaming.escaped($0.name)).descriptor" }.joined(
+                    separator: ", ")
+                w.line(
+                    "\(access)static let descriptor = ProtoServiceDescriptor(fullName: \"\(service.fullName)\", methods: [\(methodList)])"
+                )
                 w.line()
                 w.line("/// One namespace per RPC method.")
                 w.block("\(access)enum Method") { w in
@@ -219,12 +236,13 @@ public struct ServiceDescriptorEmitter: SwiftEmitter {
                         w.block("\(access)enum \(SwiftNaming.escaped(method.name))") { w in
                             w.line("\(access)typealias Input = \(context.swiftName(method.inputType))")
                             w.line("\(access)typealias Output = \(context.swiftName(method.outputType))")
-                            let kind = switch (method.clientStreaming, method.serverStreaming) {
-                            case (false, false): "unary"
-                            case (true, false): "clientStreaming"
-                            case (false, true): "serverStreaming"
-                            case (true, true): "bidirectionalStreaming"
-                            }
+                            let kind =
+                                switch (method.clientStreaming, method.serverStreaming) {
+                                case (false, false): "unary"
+                                case (true, false): "clientStreaming"
+                                case (false, true): "serverStreaming"
+                                case (true, true): "bidirectionalStreaming"
+                                }
                             w.line("\(access)static let descriptor = ProtoMethodDescriptor(")
                             w.line("    service: \"\(service.fullName)\", method: \"\(method.name)\", kind: .\(kind),")
                             w.line("    inputType: \"\(method.inputType)\", outputType: \"\(method.outputType)\"")

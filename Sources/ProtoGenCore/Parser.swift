@@ -45,7 +45,10 @@ struct Parser {
     }
 
     private mutating func consume(_ symbol: String) -> Bool {
-        if isSymbol(symbol) { _ = next(); return true }
+        if isSymbol(symbol) {
+            _ = next()
+            return true
+        }
         return false
     }
 
@@ -106,7 +109,13 @@ struct Parser {
                 try expect(";")
             case "import":
                 var kind = ImportAST.Kind.normal
-                if isKeyword("public") { _ = next(); kind = .isPublic } else if isKeyword("weak") { _ = next(); kind = .weak }
+                if isKeyword("public") {
+                    _ = next()
+                    kind = .isPublic
+                } else if isKeyword("weak") {
+                    _ = next()
+                    kind = .weak
+                }
                 let location = current.location
                 let importPath = try stringLiteral("an import path")
                 file.imports.append(ImportAST(path: importPath, kind: kind, location: location))
@@ -115,7 +124,10 @@ struct Parser {
             case "message": file.messages.append(try parseMessage(keyword))
             case "enum": file.enums.append(try parseEnum(keyword))
             case "service": file.services.append(try parseService(keyword))
-            case "extend": throw fail("'extend' is not supported: Shoal's generator handles proto3 without extensions", at: keyword.location)
+            case "extend":
+                throw fail(
+                    "'extend' is not supported: Shoal's generator handles proto3 without extensions",
+                    at: keyword.location)
             default: throw fail("expected a declaration, found '\(keyword.text)'", at: keyword.location)
             }
         }
@@ -262,8 +274,12 @@ struct Parser {
         let first = current
         var label = LabelAST.none
         switch current.kind == .identifier ? current.text : "" {
-        case "repeated": _ = next(); label = .repeated
-        case "optional": _ = next(); label = .optional
+        case "repeated":
+            _ = next()
+            label = .repeated
+        case "optional":
+            _ = next()
+            label = .optional
         case "required": throw fail("required fields are not allowed in proto3")
         case "group": throw fail("groups are not allowed in proto3")
         default: break
@@ -271,15 +287,21 @@ struct Parser {
         let typeLocation = current.location
         let type: TypeRefAST
         if isKeyword("map") && tokens[index + 1].kind == .symbol && tokens[index + 1].text == "<" {
-            guard label == .none else { throw fail("map fields cannot be '\(label == .repeated ? "repeated" : "optional")'", at: first.location) }
+            guard label == .none else {
+                throw fail("map fields cannot be '\(label == .repeated ? "repeated" : "optional")'", at: first.location)
+            }
             _ = next()
             try expect("<")
             let keyToken = try identifier("a map key type")
             guard let key = ScalarType(rawValue: keyToken.text) else {
-                throw fail("invalid map key type '\(keyToken.text)': keys must be integral or string types", at: keyToken.location)
+                throw fail(
+                    "invalid map key type '\(keyToken.text)': keys must be integral or string types",
+                    at: keyToken.location)
             }
             guard key.isValidMapKey else {
-                throw fail("invalid map key type '\(key.rawValue)': keys must be integral or string types", at: keyToken.location)
+                throw fail(
+                    "invalid map key type '\(key.rawValue)': keys must be integral or string types",
+                    at: keyToken.location)
             }
             try expect(",")
             let value = try parseTypeName()
@@ -321,7 +343,12 @@ struct Parser {
                 var high = low
                 if isKeyword("to") {
                     _ = next()
-                    if isKeyword("max") { _ = next(); high = max } else { high = try integer("a range end") }
+                    if isKeyword("max") {
+                        _ = next()
+                        high = max
+                    } else {
+                        high = try integer("a range end")
+                    }
                 }
                 guard low <= high else { throw fail("reserved range \(low) to \(high) is empty", at: location) }
                 reserved.ranges.append((low...high, location))
@@ -354,7 +381,10 @@ struct Parser {
                 }
                 _ = try parseFieldOptions()
                 try expect(";")
-                result.values.append(EnumValueAST(name: valueName.text, number: number, location: valueName.location, comment: valueName.leadingComment))
+                result.values.append(
+                    EnumValueAST(
+                        name: valueName.text, number: number, location: valueName.location,
+                        comment: valueName.leadingComment))
             }
         }
         return result
@@ -375,13 +405,23 @@ struct Parser {
             case "rpc":
                 let methodName = try identifier("a method name")
                 try expect("(")
-                let clientStreaming = isKeyword("stream") && tokens[index + 1].kind == .identifier ? { _ = next(); return true }() : false
+                let clientStreaming =
+                    isKeyword("stream") && tokens[index + 1].kind == .identifier
+                    ? {
+                        _ = next()
+                        return true
+                    }() : false
                 let (input, inputLocation) = try fullIdentifier("a request type")
                 try expect(")")
                 guard isKeyword("returns") else { throw fail("expected 'returns', found \(describe(current))") }
                 _ = next()
                 try expect("(")
-                let serverStreaming = isKeyword("stream") && tokens[index + 1].kind == .identifier ? { _ = next(); return true }() : false
+                let serverStreaming =
+                    isKeyword("stream") && tokens[index + 1].kind == .identifier
+                    ? {
+                        _ = next()
+                        return true
+                    }() : false
                 let (output, outputLocation) = try fullIdentifier("a response type")
                 try expect(")")
                 if consume("{") {
@@ -395,11 +435,13 @@ struct Parser {
                 } else {
                     try expect(";")
                 }
-                service.methods.append(MethodAST(
-                    name: methodName.text, inputType: input, inputLocation: inputLocation, clientStreaming: clientStreaming,
-                    outputType: output, outputLocation: outputLocation, serverStreaming: serverStreaming,
-                    location: methodName.location, comment: start.leadingComment
-                ))
+                service.methods.append(
+                    MethodAST(
+                        name: methodName.text, inputType: input, inputLocation: inputLocation,
+                        clientStreaming: clientStreaming,
+                        outputType: output, outputLocation: outputLocation, serverStreaming: serverStreaming,
+                        location: methodName.location, comment: start.leadingComment
+                    ))
             default: throw fail("expected 'rpc' or 'option', found '\(start.text)'", at: start.location)
             }
         }

@@ -49,7 +49,9 @@ public struct Resolver {
     private mutating func load(_ path: String, from importer: ImportAST?, stack: [String]) throws(ProtoGenError) {
         if stack.contains(path) {
             let location = importer?.location ?? SourceLocation(file: path, line: 1, column: 1)
-            throw ProtoGenError([Diagnostic("import cycle: \((stack + [path]).joined(separator: " -> "))", at: location)])
+            throw ProtoGenError([
+                Diagnostic("import cycle: \((stack + [path]).joined(separator: " -> "))", at: location)
+            ])
         }
         if asts[path] != nil { return }
         guard let source = provider.source(for: path) else {
@@ -100,7 +102,9 @@ public struct Resolver {
         for service in file.services {
             let name = Self.qualify(package, service.name)
             define(name, .service, file: file.path, at: service.location)
-            for method in service.methods { define(name + "." + method.name, .method, file: file.path, at: method.location) }
+            for method in service.methods {
+                define(name + "." + method.name, .method, file: file.path, at: method.location)
+            }
         }
     }
 
@@ -116,7 +120,9 @@ public struct Resolver {
     private mutating func register(_ enumeration: EnumAST, scope: String, file: String) {
         let name = Self.qualify(scope, enumeration.name)
         define(name, .enumeration, file: file, at: enumeration.location)
-        for value in enumeration.values { define(Self.qualify(scope, value.name), .enumValue, file: file, at: value.location) }
+        for value in enumeration.values {
+            define(Self.qualify(scope, value.name), .enumValue, file: file, at: value.location)
+        }
     }
 
     static func qualify(_ scope: String, _ name: String) -> String { scope.isEmpty ? name : scope + "." + name }
@@ -213,14 +219,21 @@ public struct Resolver {
         for service in file.services {
             var methods: [MethodIR] = []
             for method in service.methods {
-                let input = resolveMessageType(method.inputType, scope: package, visible: visible, at: method.inputLocation)
-                let output = resolveMessageType(method.outputType, scope: package, visible: visible, at: method.outputLocation)
-                methods.append(MethodIR(
-                    name: method.name, inputType: input, outputType: output,
-                    clientStreaming: method.clientStreaming, serverStreaming: method.serverStreaming, comment: method.comment
-                ))
+                let input = resolveMessageType(
+                    method.inputType, scope: package, visible: visible, at: method.inputLocation)
+                let output = resolveMessageType(
+                    method.outputType, scope: package, visible: visible, at: method.outputLocation)
+                methods.append(
+                    MethodIR(
+                        name: method.name, inputType: input, outputType: output,
+                        clientStreaming: method.clientStreaming, serverStreaming: method.serverStreaming,
+                        comment: method.comment
+                    ))
             }
-            services.append(ServiceIR(name: service.name, fullName: Self.qualify(package, service.name), methods: methods, comment: service.comment))
+            services.append(
+                ServiceIR(
+                    name: service.name, fullName: Self.qualify(package, service.name), methods: methods,
+                    comment: service.comment))
         }
         return FileIR(
             path: file.path, package: package,
@@ -230,7 +243,9 @@ public struct Resolver {
         )
     }
 
-    private mutating func resolveMessageType(_ name: String, scope: String, visible: Set<String>, at location: SourceLocation) -> String {
+    private mutating func resolveMessageType(
+        _ name: String, scope: String, visible: Set<String>, at location: SourceLocation
+    ) -> String {
         guard let (full, kind) = resolveType(name, scope: scope, visible: visible, at: location) else { return name }
         if kind != .message {
             diagnostics.append(Diagnostic("'\(name)' is not a message type", at: location))
@@ -238,7 +253,9 @@ public struct Resolver {
         return full
     }
 
-    private mutating func resolveFieldType(_ type: TypeRefAST, scope: String, visible: Set<String>, at location: SourceLocation) -> FieldTypeIR {
+    private mutating func resolveFieldType(
+        _ type: TypeRefAST, scope: String, visible: Set<String>, at location: SourceLocation
+    ) -> FieldTypeIR {
         switch type {
         case .scalar(let scalar): return .scalar(scalar)
         case .map(let key, let value):
@@ -254,7 +271,10 @@ public struct Resolver {
     private mutating func checkReserved(_ reserved: ReservedAST, owner: String) {
         let sorted = reserved.ranges.sorted { $0.0.lowerBound < $1.0.lowerBound }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.0.overlaps(b.0) {
-            diagnostics.append(Diagnostic("reserved range \(b.0.lowerBound) to \(b.0.upperBound) overlaps another reserved range in '\(owner)'", at: b.1))
+            diagnostics.append(
+                Diagnostic(
+                    "reserved range \(b.0.lowerBound) to \(b.0.upperBound) overlaps another reserved range in '\(owner)'",
+                    at: b.1))
         }
     }
 
@@ -267,18 +287,30 @@ public struct Resolver {
         for field in message.fields {
             let type = resolveFieldType(field.type, scope: fullName, visible: visible, at: field.typeLocation)
             if field.number < 1 || field.number > 536_870_911 {
-                diagnostics.append(Diagnostic("field number \(field.number) of '\(field.name)' is out of range: field numbers are 1 to 536870911", at: field.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "field number \(field.number) of '\(field.name)' is out of range: field numbers are 1 to 536870911",
+                        at: field.location))
             } else if (19_000...19_999).contains(field.number) {
-                diagnostics.append(Diagnostic("field number \(field.number) of '\(field.name)' is reserved for the protobuf implementation (19000 to 19999)", at: field.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "field number \(field.number) of '\(field.name)' is reserved for the protobuf implementation (19000 to 19999)",
+                        at: field.location))
             }
             if let other = numbers[field.number] {
-                diagnostics.append(Diagnostic("field number \(field.number) has already been used in '\(message.name)' by field '\(other)'", at: field.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "field number \(field.number) has already been used in '\(message.name)' by field '\(other)'",
+                        at: field.location))
             } else {
                 numbers[field.number] = field.name
             }
             if let (range, _) = message.reserved.ranges.first(where: { $0.0.contains(field.number) }) {
                 let text = range.count == 1 ? "\(range.lowerBound)" : "\(range.lowerBound) to \(range.upperBound)"
-                diagnostics.append(Diagnostic("field '\(field.name)' uses reserved number \(field.number) (reserved \(text))", at: field.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "field '\(field.name)' uses reserved number \(field.number) (reserved \(text))",
+                        at: field.location))
             }
             if message.reserved.names.contains(where: { $0.0 == field.name }) {
                 diagnostics.append(Diagnostic("field name '\(field.name)' is reserved", at: field.location))
@@ -287,21 +319,26 @@ public struct Resolver {
             if let option = field.options.first(where: { $0.name == "json_name" }) { jsonName = option.value }
             let defaultJSON = Self.jsonName(field.name).lowercased()
             if let other = jsonNames[defaultJSON], other != field.name {
-                diagnostics.append(Diagnostic("the JSON name of field '\(field.name)' conflicts with field '\(other)'", at: field.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "the JSON name of field '\(field.name)' conflicts with field '\(other)'", at: field.location))
             } else {
                 jsonNames[defaultJSON] = field.name
             }
-            var label: FieldLabel = switch field.label {
-            case .none: .singular
-            case .optional: .optional
-            case .repeated: .repeated
-            }
+            var label: FieldLabel =
+                switch field.label {
+                case .none: .singular
+                case .optional: .optional
+                case .repeated: .repeated
+                }
             var isPacked = false
             if label == .repeated, case .scalar(let scalar) = type { isPacked = scalar.isPackable }
             if label == .repeated, case .enumeration = type { isPacked = true }
             if let option = field.options.first(where: { $0.name == "packed" }) {
                 if !isPacked && option.value == "true" {
-                    diagnostics.append(Diagnostic("[packed = true] can only be specified for repeated primitive fields", at: option.location))
+                    diagnostics.append(
+                        Diagnostic(
+                            "[packed = true] can only be specified for repeated primitive fields", at: option.location))
                 }
                 if option.value == "false" { isPacked = false }
             }
@@ -310,16 +347,21 @@ public struct Resolver {
                 label = .repeated
                 isPacked = false
             }
-            fields.append(FieldIR(
-                name: field.name, number: field.number, label: label, type: type, oneofIndex: field.oneofIndex,
-                isPacked: isPacked, jsonName: jsonName, isDeprecated: deprecated, comment: field.comment
-            ))
+            fields.append(
+                FieldIR(
+                    name: field.name, number: field.number, label: label, type: type, oneofIndex: field.oneofIndex,
+                    isPacked: isPacked, jsonName: jsonName, isDeprecated: deprecated, comment: field.comment
+                ))
         }
-        for (index, oneof) in message.oneofs.enumerated() where !message.fields.contains(where: { $0.oneofIndex == index }) {
+        for (index, oneof) in message.oneofs.enumerated()
+        where !message.fields.contains(where: { $0.oneofIndex == index }) {
             diagnostics.append(Diagnostic("oneof '\(oneof.name)' must have at least one field", at: oneof.location))
         }
         if message.options.contains(where: { $0.name == "map_entry" }) {
-            diagnostics.append(Diagnostic("map_entry should not be set explicitly; use map<KeyType, ValueType> instead", at: message.location))
+            diagnostics.append(
+                Diagnostic(
+                    "map_entry should not be set explicitly; use map<KeyType, ValueType> instead", at: message.location)
+            )
         }
         return MessageIR(
             name: message.name, fullName: fullName, fields: fields,
@@ -336,19 +378,27 @@ public struct Resolver {
         let allowAlias = enumeration.options.contains { $0.name == "allow_alias" && $0.value == "true" }
         checkReserved(enumeration.reserved, owner: enumeration.name)
         if enumeration.values.isEmpty {
-            diagnostics.append(Diagnostic("enum '\(enumeration.name)' must contain at least one value", at: enumeration.location))
+            diagnostics.append(
+                Diagnostic("enum '\(enumeration.name)' must contain at least one value", at: enumeration.location))
         } else if enumeration.values[0].number != 0 {
-            diagnostics.append(Diagnostic("the first value of enum '\(enumeration.name)' must be zero in proto3", at: enumeration.values[0].location))
+            diagnostics.append(
+                Diagnostic(
+                    "the first value of enum '\(enumeration.name)' must be zero in proto3",
+                    at: enumeration.values[0].location))
         }
         var seen: [Int: String] = [:]
         for value in enumeration.values {
             if let other = seen[value.number], !allowAlias {
-                diagnostics.append(Diagnostic("'\(value.name)' uses the same number as '\(other)'; to allow this, set 'option allow_alias = true;'", at: value.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "'\(value.name)' uses the same number as '\(other)'; to allow this, set 'option allow_alias = true;'",
+                        at: value.location))
             } else if seen[value.number] == nil {
                 seen[value.number] = value.name
             }
             if enumeration.reserved.ranges.contains(where: { $0.0.contains(value.number) }) {
-                diagnostics.append(Diagnostic("enum value '\(value.name)' uses reserved number \(value.number)", at: value.location))
+                diagnostics.append(
+                    Diagnostic("enum value '\(value.name)' uses reserved number \(value.number)", at: value.location))
             }
             if enumeration.reserved.names.contains(where: { $0.0 == value.name }) {
                 diagnostics.append(Diagnostic("enum value name '\(value.name)' is reserved", at: value.location))
@@ -356,12 +406,17 @@ public struct Resolver {
         }
         if allowAlias && seen.count == enumeration.values.count {
             if let option = enumeration.options.first(where: { $0.name == "allow_alias" }) {
-                diagnostics.append(Diagnostic("'allow_alias' is set on enum '\(enumeration.name)' but no two values share a number", at: option.location))
+                diagnostics.append(
+                    Diagnostic(
+                        "'allow_alias' is set on enum '\(enumeration.name)' but no two values share a number",
+                        at: option.location))
             }
         }
         return EnumIR(
             name: enumeration.name, fullName: Self.qualify(scope, enumeration.name),
-            values: enumeration.values.map { EnumValueIR(name: $0.name, number: Int32(truncatingIfNeeded: $0.number), comment: $0.comment) },
+            values: enumeration.values.map {
+                EnumValueIR(name: $0.name, number: Int32(truncatingIfNeeded: $0.number), comment: $0.comment)
+            },
             allowAlias: allowAlias,
             reservedRanges: enumeration.reserved.ranges.map(\.0),
             reservedNames: enumeration.reserved.names.map(\.0),

@@ -16,7 +16,8 @@ public struct ServiceRPCEmitter: SwiftEmitter {
                     for (index, method) in methods.enumerated() {
                         if index > 0 { w.line() }
                         w.lines(SwiftNaming.docComment(method.ir.comment))
-                        w.line("func \(method.swiftName)(\(method.serverParameters)) async throws\(method.serverResult)")
+                        w.line(
+                            "func \(method.swiftName)(\(method.serverParameters)) async throws\(method.serverResult)")
                     }
                 }
                 w.line()
@@ -53,20 +54,32 @@ public struct ServiceRPCEmitter: SwiftEmitter {
         let requests = "requests: @escaping @Sendable (RPCRequestWriter<\(method.input)>) async throws -> Void"
         switch (method.ir.clientStreaming, method.ir.serverStreaming) {
         case (false, false):
-            w.block("\(access)func \(method.swiftName)(_ request: \(method.input), \(common)) async throws -> \(method.output)") { w in
+            w.block(
+                "\(access)func \(method.swiftName)(_ request: \(method.input), \(common)) async throws -> \(method.output)"
+            ) { w in
                 w.line("try await client.unary(\(descriptor), request: request, metadata: metadata, options: options)")
             }
         case (false, true):
-            w.block("\(access)func \(method.swiftName)<Result: Sendable>(_ request: \(method.input), \(common), \(handler)) async throws -> Result") { w in
-                w.line("try await client.serverStreaming(\(descriptor), request: request, metadata: metadata, options: options, handler: handler)")
+            w.block(
+                "\(access)func \(method.swiftName)<Result: Sendable>(_ request: \(method.input), \(common), \(handler)) async throws -> Result"
+            ) { w in
+                w.line(
+                    "try await client.serverStreaming(\(descriptor), request: request, metadata: metadata, options: options, handler: handler)"
+                )
             }
         case (true, false):
             w.block("\(access)func \(method.swiftName)(\(common), \(requests)) async throws -> \(method.output)") { w in
-                w.line("try await client.clientStreaming(\(descriptor), metadata: metadata, options: options, requests: requests)")
+                w.line(
+                    "try await client.clientStreaming(\(descriptor), metadata: metadata, options: options, requests: requests)"
+                )
             }
         case (true, true):
-            w.block("\(access)func \(method.swiftName)<Result: Sendable>(\(common), \(requests), \(handler)) async throws -> Result") { w in
-                w.line("try await client.bidirectionalStreaming(\(descriptor), metadata: metadata, options: options, requests: requests, handler: handler)")
+            w.block(
+                "\(access)func \(method.swiftName)<Result: Sendable>(\(common), \(requests), \(handler)) async throws -> Result"
+            ) { w in
+                w.line(
+                    "try await client.bidirectionalStreaming(\(descriptor), metadata: metadata, options: options, requests: requests, handler: handler)"
+                )
             }
         }
     }
@@ -91,7 +104,8 @@ public struct ServiceRPCEmitter: SwiftEmitter {
             case (false, false): "request: \(input), context: ServerContext"
             case (false, true): "request: \(input), response: RPCResponseWriter<\(output)>, context: ServerContext"
             case (true, false): "requests: RPCRequestStream<\(input)>, context: ServerContext"
-            case (true, true): "requests: RPCRequestStream<\(input)>, response: RPCResponseWriter<\(output)>, context: ServerContext"
+            case (true, true):
+                "requests: RPCRequestStream<\(input)>, response: RPCResponseWriter<\(output)>, context: ServerContext"
             }
         }
 
@@ -101,9 +115,12 @@ public struct ServiceRPCEmitter: SwiftEmitter {
             let descriptor = "\(namespace).Method.\(SwiftNaming.escaped(ir.name)).descriptor"
             return switch (ir.clientStreaming, ir.serverStreaming) {
             case (false, false): ".unary(\(descriptor)) { try await self.\(swiftName)(request: $0, context: $1) }"
-            case (false, true): ".serverStreaming(\(descriptor)) { try await self.\(swiftName)(request: $0, response: $1, context: $2) }"
-            case (true, false): ".clientStreaming(\(descriptor)) { try await self.\(swiftName)(requests: $0, context: $1) }"
-            case (true, true): ".bidirectionalStreaming(\(descriptor)) { try await self.\(swiftName)(requests: $0, response: $1, context: $2) }"
+            case (false, true):
+                ".serverStreaming(\(descriptor)) { try await self.\(swiftName)(request: $0, response: $1, context: $2) }"
+            case (true, false):
+                ".clientStreaming(\(descriptor)) { try await self.\(swiftName)(requests: $0, context: $1) }"
+            case (true, true):
+                ".bidirectionalStreaming(\(descriptor)) { try await self.\(swiftName)(requests: $0, response: $1, context: $2) }"
             }
         }
     }

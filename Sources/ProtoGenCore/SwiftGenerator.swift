@@ -29,7 +29,9 @@ public struct SwiftGenerator: Sendable {
 
     /// Message types, their codecs and service descriptors; with `options.rpc`, RPC servers and clients too.
     public static func defaultEmitters(_ options: GenerationContext.Options) -> [any SwiftEmitter] {
-        var emitters: [any SwiftEmitter] = [TypeDeclarationEmitter(), MessageCodecEmitter(), ServiceDescriptorEmitter()]
+        var emitters: [any SwiftEmitter] = [
+            TypeDeclarationEmitter(), MessageCodecEmitter(), ServiceDescriptorEmitter(),
+        ]
         if options.rpc { emitters.append(ServiceRPCEmitter()) }
         return emitters
     }
@@ -51,7 +53,8 @@ public struct SwiftGenerator: Sendable {
         let generated = Set(paths)
         return paths.compactMap { path in
             guard let file = files[path] else { return nil }
-            return GeneratedFile(name: Self.outputName(for: path), contents: render(file, generated: generated, context: context))
+            return GeneratedFile(
+                name: Self.outputName(for: path), contents: render(file, generated: generated, context: context))
         }
     }
 
@@ -65,7 +68,9 @@ public struct SwiftGenerator: Sendable {
         let importKeyword = options.visibility == .internal ? "import" : "public import"
         var modules: Set<String> = []
         for dependency in transitiveDependencies(of: file, files: context.files) where !generated.contains(dependency) {
-            if let module = options.moduleMappings[dependency] ?? GenerationContext.Options.wellKnownTypeModules[dependency] {
+            if let module = options.moduleMappings[dependency]
+                ?? GenerationContext.Options.wellKnownTypeModules[dependency]
+            {
                 modules.insert(module)
             }
         }

@@ -31,7 +31,8 @@ enum SwiftNaming {
     static func lowerCamel(_ name: String) -> String {
         let parts = name.split(separator: "_")
         guard let first = parts.first else { return name }
-        let head = first.allSatisfy { !$0.isLowercase } ? first.lowercased() : first.prefix(1).lowercased() + first.dropFirst()
+        let head =
+            first.allSatisfy { !$0.isLowercase } ? first.lowercased() : first.prefix(1).lowercased() + first.dropFirst()
         return head + parts.dropFirst().map { part in part.prefix(1).uppercased() + part.dropFirst() }.joined()
     }
 
@@ -83,7 +84,10 @@ enum SwiftNaming {
         var index = value.startIndex
         while matched < prefix.endIndex, index < value.endIndex {
             let c = value[index]
-            if c == "_" { index = value.index(after: index); continue }
+            if c == "_" {
+                index = value.index(after: index)
+                continue
+            }
             guard c.uppercased() == String(prefix[matched]) else { return value }
             matched = prefix.index(after: matched)
             index = value.index(after: index)

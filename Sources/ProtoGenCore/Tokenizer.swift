@@ -97,10 +97,14 @@ struct Tokenizer {
         while let c = peek() {
             if c == UInt8(ascii: " ") || c == UInt8(ascii: "\t") || c == UInt8(ascii: "\r") || c == UInt8(ascii: "\n") {
                 // A blank line detaches the comment above from the next declaration.
-                if c == UInt8(ascii: "\n"), lastCommentLine >= 0, line > lastCommentLine { comment = []; lastCommentLine = -1 }
+                if c == UInt8(ascii: "\n"), lastCommentLine >= 0, line > lastCommentLine {
+                    comment = []
+                    lastCommentLine = -1
+                }
                 advance()
             } else if c == UInt8(ascii: "/"), peek(1) == UInt8(ascii: "/") {
-                advance(); advance()
+                advance()
+                advance()
                 let begin = index
                 while let d = peek(), d != UInt8(ascii: "\n") { advance() }
                 var body = text(begin, index)
@@ -112,18 +116,25 @@ struct Tokenizer {
                 if peek() == UInt8(ascii: "\n") { advance() }
             } else if c == UInt8(ascii: "/"), peek(1) == UInt8(ascii: "*") {
                 let start = location
-                advance(); advance()
+                advance()
+                advance()
                 let begin = index
                 while true {
-                    guard let d = peek() else { throw ProtoGenError([Diagnostic("unterminated block comment", at: start)]) }
+                    guard let d = peek() else {
+                        throw ProtoGenError([Diagnostic("unterminated block comment", at: start)])
+                    }
                     if d == UInt8(ascii: "*"), peek(1) == UInt8(ascii: "/") { break }
                     advance()
                 }
                 let body = text(begin, index)
-                advance(); advance()
+                advance()
+                advance()
                 comment = body.split(separator: "\n", omittingEmptySubsequences: false).map { line in
                     var s = line.drop { $0 == " " || $0 == "\t" }
-                    if s.hasPrefix("*") { s = s.dropFirst(); if s.hasPrefix(" ") { s = s.dropFirst() } }
+                    if s.hasPrefix("*") {
+                        s = s.dropFirst()
+                        if s.hasPrefix(" ") { s = s.dropFirst() }
+                    }
                     return String(s)
                 }
                 while comment.first?.isEmpty == true { comment.removeFirst() }
@@ -140,7 +151,8 @@ struct Tokenizer {
         let begin = index
         var isFloat = false
         if peek() == UInt8(ascii: "0"), let x = peek(1), x == UInt8(ascii: "x") || x == UInt8(ascii: "X") {
-            advance(); advance()
+            advance()
+            advance()
             while let d = peek(), Self.isIdentPart(d) { advance() }
             return Token(kind: .integer, text: text(begin, index), location: start)
         }
@@ -173,7 +185,10 @@ struct Tokenizer {
             }
             advance()
             if c == quote { break }
-            if c != UInt8(ascii: "\\") { value.append(c); continue }
+            if c != UInt8(ascii: "\\") {
+                value.append(c)
+                continue
+            }
             guard let e = peek() else { throw ProtoGenError([Diagnostic("unterminated string literal", at: start)]) }
             advance()
             switch e {
@@ -187,13 +202,21 @@ struct Tokenizer {
             case UInt8(ascii: "x"), UInt8(ascii: "X"):
                 var v: UInt8 = 0
                 var n = 0
-                while n < 2, let h = peek(), let digit = Self.hexValue(h) { v = v &* 16 &+ digit; advance(); n += 1 }
+                while n < 2, let h = peek(), let digit = Self.hexValue(h) {
+                    v = v &* 16 &+ digit
+                    advance()
+                    n += 1
+                }
                 guard n > 0 else { throw ProtoGenError([Diagnostic("invalid \\x escape", at: start)]) }
                 value.append(v)
             case UInt8(ascii: "0")...UInt8(ascii: "7"):
                 var v = Int(e - 0x30)
                 var n = 1
-                while n < 3, let o = peek(), o >= 0x30, o <= 0x37 { v = v * 8 + Int(o - 0x30); advance(); n += 1 }
+                while n < 3, let o = peek(), o >= 0x30, o <= 0x37 {
+                    v = v * 8 + Int(o - 0x30)
+                    advance()
+                    n += 1
+                }
                 value.append(UInt8(truncatingIfNeeded: v))
             default: value.append(e)
             }

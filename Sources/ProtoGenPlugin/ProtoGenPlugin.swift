@@ -29,7 +29,10 @@ struct ProtoGenPlugin: BuildToolPlugin {
         guard let target = target as? SourceModuleTarget else { return [] }
         let configURL = target.directoryURL.appending(path: "protogen.json")
         guard let data = FileManager.default.contents(atPath: configURL.path) else {
-            throw PluginError(description: "target '\(target.name)' uses ProtoGenPlugin but has no protogen.json; add one listing its .proto files: {\"files\": [\"pkg/v1/file.proto\"]}")
+            throw PluginError(
+                description:
+                    "target '\(target.name)' uses ProtoGenPlugin but has no protogen.json; add one listing its .proto files: {\"files\": [\"pkg/v1/file.proto\"]}"
+            )
         }
         let config: Configuration
         do {
@@ -39,7 +42,8 @@ struct ProtoGenPlugin: BuildToolPlugin {
         }
         let root = context.package.directoryURL
         let protoPaths = (config.protoPaths ?? ["Protos"]).map { root.appending(path: $0).standardizedFileURL }
-        for file in config.files where !protoPaths.contains(where: { FileManager.default.fileExists(atPath: $0.appending(path: file).path) }) {
+        for file in config.files
+        where !protoPaths.contains(where: { FileManager.default.fileExists(atPath: $0.appending(path: file).path) }) {
             throw PluginError(description: "\(configURL.path): '\(file)' is not under any of \(protoPaths.map(\.path))")
         }
         var inputs: [URL] = [configURL]

@@ -32,7 +32,8 @@ extension ProtoMessage {
     ///   - options: depth and size limits for untrusted input.
     /// - Throws: ``ProtoDecodingError`` naming what was wrong and in which field.
     @inlinable
-    public init(serializedBytes bytes: [UInt8], options: DecodingOptions = DecodingOptions()) throws(ProtoDecodingError) {
+    public init(serializedBytes bytes: [UInt8], options: DecodingOptions = DecodingOptions()) throws(ProtoDecodingError)
+    {
         self.init()
         try merge(serializedBytes: bytes, options: options)
     }
@@ -45,7 +46,9 @@ extension ProtoMessage {
     ) throws(ProtoDecodingError) {
         self.init()
         let result = bytes.withContiguousStorageIfAvailable { buffer in
-            Result { () throws(ProtoDecodingError) in try merge(rawBuffer: UnsafeRawBufferPointer(buffer), options: options) }
+            Result { () throws(ProtoDecodingError) in
+                try merge(rawBuffer: UnsafeRawBufferPointer(buffer), options: options)
+            }
         }
         if let result {
             try result.get()
@@ -57,7 +60,9 @@ extension ProtoMessage {
     /// Decodes `bytes` and merges the fields into `self`: scalars are replaced, repeated fields appended, embedded
     /// messages merged, as the protobuf specification defines.
     @inlinable
-    public mutating func merge(serializedBytes bytes: [UInt8], options: DecodingOptions = DecodingOptions()) throws(ProtoDecodingError) {
+    public mutating func merge(
+        serializedBytes bytes: [UInt8], options: DecodingOptions = DecodingOptions()
+    ) throws(ProtoDecodingError) {
         let result = bytes.withUnsafeBytes { buffer in
             Result { () throws(ProtoDecodingError) in try merge(rawBuffer: buffer, options: options) }
         }
@@ -66,7 +71,9 @@ extension ProtoMessage {
 
     /// Decodes the bytes in `buffer` and merges the fields into `self`.
     @inlinable
-    public mutating func merge(rawBuffer buffer: UnsafeRawBufferPointer, options: DecodingOptions = DecodingOptions()) throws(ProtoDecodingError) {
+    public mutating func merge(
+        rawBuffer buffer: UnsafeRawBufferPointer, options: DecodingOptions = DecodingOptions()
+    ) throws(ProtoDecodingError) {
         guard buffer.count <= options.maxSize else {
             throw ProtoDecodingError(.sizeLimitExceeded, offset: 0)
         }

@@ -30,11 +30,13 @@ enum UTF8Validation {
                 offset += 8
             }
         } else if count >= 4 {
-            accumulated = UInt64(p.loadUnaligned(as: UInt32.self) | p.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self))
+            accumulated = UInt64(
+                p.loadUnaligned(as: UInt32.self) | p.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self))
         } else if count > 0 {
             // 1 to 3 bytes: the first, the middle and the last (some of them the same byte).
-            accumulated = UInt64(p.load(as: UInt8.self) | p.load(fromByteOffset: count >> 1, as: UInt8.self)
-                | p.load(fromByteOffset: count - 1, as: UInt8.self))
+            accumulated = UInt64(
+                p.load(as: UInt8.self) | p.load(fromByteOffset: count >> 1, as: UInt8.self)
+                    | p.load(fromByteOffset: count - 1, as: UInt8.self))
         } else {
             return true
         }

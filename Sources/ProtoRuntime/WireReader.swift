@@ -1,9 +1,9 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Reads protobuf wire data from contiguous memory without copying.
@@ -256,25 +256,26 @@ public struct WireReader {
     ) throws(ProtoDecodingError) {
         let length = try readLength()
         #if _endian(little)
-        // Fixed-width runs are the in-memory layout already: one copy, no per-element work.
-        if F.wireType == .fixed32 || F.wireType == .fixed64 {
-            let width = F.wireType == .fixed32 ? 4 : 8
-            if MemoryLayout<F.Value>.size == width && MemoryLayout<F.Value>.stride == width {
-                let count = length / width
-                guard count * width == length else {
-                    position += count * width  // the error points at the partial element
-                    throw error(.truncated)
+            // Fixed-width runs are the in-memory layout already: one copy, no per-element work.
+            if F.wireType == .fixed32 || F.wireType == .fixed64 {
+                let width = F.wireType == .fixed32 ? 4 : 8
+                if MemoryLayout<F.Value>.size == width && MemoryLayout<F.Value>.stride == width {
+                    let count = length / width
+                    guard count * width == length else {
+                        position += count * width  // the error points at the partial element
+                        throw error(.truncated)
+                    }
+                    // Grow once, then one copy straight from the input into the array's new tail.
+                    field.append(contentsOf: UnalignedRun<F.Value>(start: position, count: count))
+                    position += length
+                    return
                 }
-                // Grow once, then one copy straight from the input into the array's new tail.
-                field.append(contentsOf: UnalignedRun<F.Value>(start: position, count: count))
-                position += length
-                return
             }
-        }
         #endif
         let savedEnd = end
         end = position + length
-        field.reserveCapacity(field.count + F.elementCountUpperBound(in: UnsafeRawBufferPointer(start: position, count: length)))
+        field.reserveCapacity(
+            field.count + F.elementCountUpperBound(in: UnsafeRawBufferPointer(start: position, count: length)))
         while position < end {
             field.append(try F.read(from: &self))
         }
@@ -337,7 +338,8 @@ public struct WireReader {
     /// Whether two short byte ranges (a tag: 1 to 5 bytes) are equal, without calling `memcmp`.
     @inlinable @inline(__always)
     static func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
-        for i in 0..<count where a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self) {
+        for i in 0..<count where a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self)
+        {
             return false
         }
         return true
@@ -426,7 +428,8 @@ struct UnalignedRun<Element>: Sequence, IteratorProtocol {
     func _copyContents(initializing buffer: UnsafeMutableBufferPointer<Element>) -> (UnalignedRun, Int) {
         let copied = Swift.min(count, buffer.count)
         if copied > 0, let destination = buffer.baseAddress {
-            UnsafeMutableRawPointer(destination).copyMemory(from: start, byteCount: copied * MemoryLayout<Element>.stride)
+            UnsafeMutableRawPointer(destination).copyMemory(
+                from: start, byteCount: copied * MemoryLayout<Element>.stride)
         }
         return (UnalignedRun(start: start + copied * MemoryLayout<Element>.stride, count: count - copied), copied)
     }

@@ -37,7 +37,8 @@ public struct Backoff: Sendable, Hashable {
     }
 
     /// gRPC's connection backoff (connection-backoff.md): 1 s, ×1.6 per failure, ±20 %, at most 120 s.
-    public static let grpcConnection = Backoff(initial: .seconds(1), multiplier: 1.6, maximum: .seconds(120), jitter: .proportional(0.2))
+    public static let grpcConnection = Backoff(
+        initial: .seconds(1), multiplier: 1.6, maximum: .seconds(120), jitter: .proportional(0.2))
 
     /// The wait after `failures` consecutive failures (1 for the first; 0 counts as 1), before jitter.
     public func ceiling(afterFailures failures: Int) -> Duration {
@@ -56,12 +57,13 @@ public struct Backoff: Sendable, Hashable {
     public func delay(afterFailures failures: Int, unit: Double = Double.random(in: 0...1)) -> Duration {
         let ceiling = Self.seconds(ceiling(afterFailures: failures))
         let unit = min(max(unit, 0), 1)
-        let seconds: Double = switch jitter {
-        case .none: ceiling
-        case .full: ceiling * unit
-        case .half: ceiling * (0.5 + 0.5 * unit)
-        case .proportional(let fraction): ceiling * (1 + fraction * (2 * unit - 1))
-        }
+        let seconds: Double =
+            switch jitter {
+            case .none: ceiling
+            case .full: ceiling * unit
+            case .half: ceiling * (0.5 + 0.5 * unit)
+            case .proportional(let fraction): ceiling * (1 + fraction * (2 * unit - 1))
+            }
         return Self.duration(max(seconds, 0))
     }
 

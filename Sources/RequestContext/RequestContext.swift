@@ -96,11 +96,14 @@ package enum ShoalContext {
     /// Adds `context`'s request id and trace to the metadata of a call it makes.
     package static func inject(_ context: ServiceContext, into metadata: inout Metadata) {
         if let id = context.requestID, metadata[requestIDHeader] == nil { metadata.add(requestIDHeader, id) }
-        if let trace = context.trace, metadata[traceParentHeader] == nil { metadata.add(traceParentHeader, trace.traceParentHeaderValue) }
+        if let trace = context.trace, metadata[traceParentHeader] == nil {
+            metadata.add(traceParentHeader, trace.traceParentHeaderValue)
+        }
     }
 
     static func isAcceptable(requestID: String) -> Bool {
-        !requestID.isEmpty && requestID.utf8.count <= maximumRequestIDLength && requestID.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+        !requestID.isEmpty && requestID.utf8.count <= maximumRequestIDLength
+            && requestID.utf8.allSatisfy { (0x21...0x7E).contains($0) }
     }
 }
 

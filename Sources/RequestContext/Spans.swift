@@ -2,14 +2,15 @@ internal import Synchronization
 package import W3CTraceContext
 
 #if canImport(Glibc)
-internal import Glibc
+    internal import Glibc
 #endif
 
 /// A span of work that has ended, as a service records it: its own trace context (trace id, span id), its parent's
 /// span id, what it was, and when (wall clock, nanoseconds since 1970).
 package struct FinishedSpan: Sendable {
     package enum Kind: Int, Sendable {
-        case `internal` = 1, server, client, producer, consumer
+        case `internal` = 1
+        case server, client, producer, consumer
     }
 
     package var trace: TraceContext
@@ -68,15 +69,18 @@ package enum Spans {
     /// Records a span of work resumed later for a request (an event's placement, delivery or run), a child of the
     /// span `traceparent` names; nothing when `traceparent` names none or no sink is installed.
     package static func resumed(
-        _ name: String, kind: FinishedSpan.Kind = .consumer, traceparent: String, start: UInt64, attributes: [String: String] = [:],
+        _ name: String, kind: FinishedSpan.Kind = .consumer, traceparent: String, start: UInt64,
+        attributes: [String: String] = [:],
         error: String? = nil
     ) {
         guard !traceparent.isEmpty, isRecording, let parent = try? TraceContext(traceParentHeaderValue: traceparent),
-              parent.flags.contains(.sampled)
+            parent.flags.contains(.sampled)
         else { return }
-        record(FinishedSpan(
-            trace: ShoalContext.child(of: parent), parentSpanID: parent.spanID, name: name, kind: kind, start: start, end: now,
-            attributes: attributes, error: error
-        ))
+        record(
+            FinishedSpan(
+                trace: ShoalContext.child(of: parent), parentSpanID: parent.spanID, name: name, kind: kind,
+                start: start, end: now,
+                attributes: attributes, error: error
+            ))
     }
 }

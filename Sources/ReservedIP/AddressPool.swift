@@ -6,7 +6,9 @@ package struct AddressBlock: Sendable, Hashable, CustomStringConvertible {
     /// Parses `a.b.c.d/n`; the address is masked to its network.
     package init?(_ text: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let length = Int(parts[1]), (8...30).contains(length), let address = IPv4.parse(String(parts[0])) else {
+        guard parts.count == 2, let length = Int(parts[1]), (8...30).contains(length),
+            let address = IPv4.parse(String(parts[0]))
+        else {
             return nil
         }
         let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << UInt32(32 - length)
@@ -32,7 +34,8 @@ package enum IPv4 {
         var value: UInt32 = 0
         for part in parts {
             guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), part.allSatisfy(\.isNumber),
-                  part == "0" || !part.hasPrefix("0"), let octet = UInt32(part), octet <= 255 else { return nil }
+                part == "0" || !part.hasPrefix("0"), let octet = UInt32(part), octet <= 255
+            else { return nil }
             value = value << 8 | octet
         }
         return value

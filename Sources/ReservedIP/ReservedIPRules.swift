@@ -60,7 +60,9 @@ package struct StepEnd: Sendable, Hashable {
 /// step does. No database, no RPC: the store reads the facts in its transaction, asks, and writes what is decided.
 package enum ReservedIPRules {
     /// Reserving an address to a droplet, which then gets an assign action.
-    package static func reserveToDroplet(dropletId: Int64, dropletBusy: Bool, ipOnDroplet: String?) throws(ReservedIPError) -> NewAction {
+    package static func reserveToDroplet(
+        dropletId: Int64, dropletBusy: Bool, ipOnDroplet: String?
+    ) throws(ReservedIPError) -> NewAction {
         if dropletBusy { throw .dropletBusy }
         if let other = ipOnDroplet { throw .dropletHasIP(dropletId: dropletId, ip: other) }
         return NewAction(type: "assign_ip", dropletId: dropletId)
@@ -70,7 +72,8 @@ package enum ReservedIPRules {
     /// `dropletBusy` / `fromDropletBusy`: whether the target, and the droplet the IP is on, have an action in flight;
     /// `ipOnDroplet`: another IP the target already has.
     package static func assign(
-        _ ip: Reservedip_V1_ReservedIP?, address: String, to dropletId: Int64, dropletBusy: Bool, fromDropletBusy: Bool, ipOnDroplet: String?
+        _ ip: Reservedip_V1_ReservedIP?, address: String, to dropletId: Int64, dropletBusy: Bool, fromDropletBusy: Bool,
+        ipOnDroplet: String?
     ) throws(ReservedIPError) -> NewAction {
         guard let ip else { throw .notFound("reserved IP \(address)") }
         if ip.locked { throw .ipBusy }
@@ -81,7 +84,9 @@ package enum ReservedIPRules {
     }
 
     /// Unassigning `ip` from its droplet (`dropletBusy`: whether that droplet has an action in flight).
-    package static func unassign(_ ip: Reservedip_V1_ReservedIP?, address: String, dropletBusy: Bool) throws(ReservedIPError) -> NewAction {
+    package static func unassign(
+        _ ip: Reservedip_V1_ReservedIP?, address: String, dropletBusy: Bool
+    ) throws(ReservedIPError) -> NewAction {
         guard let ip else { throw .notFound("reserved IP \(address)") }
         if ip.locked { throw .ipBusy }
         guard ip.dropletId != 0 else { throw .notAssigned }
@@ -90,7 +95,9 @@ package enum ReservedIPRules {
     }
 
     /// Releasing `ip` from the customer's account: refused while an action is in flight.
-    package static func release(_ ip: Reservedip_V1_ReservedIP?, address: String) throws(ReservedIPError) -> ReleaseDecision {
+    package static func release(
+        _ ip: Reservedip_V1_ReservedIP?, address: String
+    ) throws(ReservedIPError) -> ReleaseDecision {
         guard let ip else { throw .notFound("reserved IP \(address)") }
         if ip.locked { throw .ipBusy }
         guard ip.dropletId != 0 else { return .returnToPool }
@@ -99,9 +106,13 @@ package enum ReservedIPRules {
 
     /// The address to reserve next in `region`: the next free one after the last handed out, so that a released
     /// address is not at once someone else's.
-    package static func allocate(in region: String, pools: AddressPools, after last: UInt32?, used: Set<UInt32>) throws(ReservedIPError) -> UInt32 {
+    package static func allocate(
+        in region: String, pools: AddressPools, after last: UInt32?, used: Set<UInt32>
+    ) throws(ReservedIPError) -> UInt32 {
         guard pools.blocks[region] != nil else { throw .noPool(region: region) }
-        guard let number = pools.nextFree(in: region, after: last, excluding: used) else { throw .poolExhausted(region: region) }
+        guard let number = pools.nextFree(in: region, after: last, excluding: used) else {
+            throw .poolExhausted(region: region)
+        }
         return number
     }
 
@@ -112,9 +123,12 @@ package enum ReservedIPRules {
         guard state.action.status == .inProgress, state.phase == phase, let step = state.currentStep else { return nil }
         guard completed else { return StepEnd(next: .errored(error), deletesReleasedIP: false) }
         let ipDropletId: Int64 = step.type == "assign_ip" ? step.dropletId : 0
-        if phase + 1 < state.steps.count { return StepEnd(ipDropletId: ipDropletId, next: .step(phase + 1), deletesReleasedIP: false) }
+        if phase + 1 < state.steps.count {
+            return StepEnd(ipDropletId: ipDropletId, next: .step(phase + 1), deletesReleasedIP: false)
+        }
         return StepEnd(
-            ipDropletId: ipDropletId, next: .completed(billing: state.action.type == "assign_ip" ? "assign" : "unassign"),
+            ipDropletId: ipDropletId,
+            next: .completed(billing: state.action.type == "assign_ip" ? "assign" : "unassign"),
             deletesReleasedIP: state.releasing
         )
     }

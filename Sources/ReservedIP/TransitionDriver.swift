@@ -1,7 +1,7 @@
 internal import Foundation
-internal import RPCCore
 package import HarpoonAPI
 internal import Logging
+internal import RPCCore
 internal import ReservedIPAPI
 internal import Synchronization
 
@@ -30,7 +30,9 @@ package final class TransitionDriver: Sendable {
     }
     private let drives = Mutex(Drives())
 
-    package init(store: any ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60), claimSeconds: Double = 30) {
+    package init(
+        store: any ReservedIPStore, harpoon: RPCClient, busyPatience: Duration = .seconds(60), claimSeconds: Double = 30
+    ) {
         self.store = store
         self.harpoon = Harpoon_V1_Harpoon.Client(harpoon)
         self.busyPatience = busyPatience
@@ -44,7 +46,8 @@ package final class TransitionDriver: Sendable {
 
     static func isTransient(_ error: any Error) -> Bool {
         guard let error = error as? RPCError else { return true }
-        return [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted, .internal, .unknown, .cancelled].contains(error.code)
+        return [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted, .internal, .unknown, .cancelled]
+            .contains(error.code)
     }
 
     // MARK: Steps
@@ -52,7 +55,9 @@ package final class TransitionDriver: Sendable {
     /// Creates the Harpoon event of the action's current step, unless it exists. With `refuseIfBusy`, a droplet with
     /// another event in flight throws FAILED_PRECONDITION at once (the caller is answering a request); otherwise the
     /// step waits its turn. Transient failures are retried with backoff until `deadline`, then rethrown.
-    func createEvent(for state: ActionState, refuseIfBusy: Bool, deadline: ContinuousClock.Instant? = nil) async throws -> ActionState {
+    func createEvent(
+        for state: ActionState, refuseIfBusy: Bool, deadline: ContinuousClock.Instant? = nil
+    ) async throws -> ActionState {
         guard state.eventId == 0, let step = state.currentStep else { return state }
         var attempt = 0
         let busySince = ContinuousClock.now
@@ -60,7 +65,8 @@ package final class TransitionDriver: Sendable {
             do {
                 let event = try await harpoon.createEvent(
                     Harpoon_V1_CreateEventRequest(
-                        idempotencyKey: state.eventKey, type: step.type, dropletId: step.dropletId, customer: state.action.customer,
+                        idempotencyKey: state.eventKey, type: step.type, dropletId: step.dropletId,
+                        customer: state.action.customer,
                         payload: Array(state.action.ip.utf8), exclusive: true
                     ),
                     options: CallOptions(timeout: .seconds(5))
@@ -70,7 +76,9 @@ package final class TransitionDriver: Sendable {
                 next.eventId = event.id
                 return next
             } catch let error as RPCError where error.code == .failedPrecondition {
-                if refuseIfBusy { throw RPCError(code: .failedPrecondition, message: "Droplet already has a pending event.") }
+                if refuseIfBusy {
+                    throw RPCError(code: .failedPrecondition, message: "Droplet already has a pending event.")
+                }
                 if ContinuousClock.now - busySince > busyPatience { throw error }
             } catch let error as RPCError where error.code == .notFound {
                 throw error
@@ -153,7 +161,9 @@ package final class TransitionDriver: Sendable {
                     do {
                         try await self.resume()
                     } catch {
-                        self.logger.warning("could not take over the actions another replica gave up (the sweep tries again)", metadata: ["error": "\(error)"])
+                        self.logger.warning(
+                            "could not take over the actions another replica gave up (the sweep tries again)",
+                            metadata: ["error": "\(error)"])
                     }
                 }
             }
@@ -166,9 +176,11 @@ package final class TransitionDriver: Sendable {
     /// is lost (this replica stalled past it and another took over).
     private func claimed(_ actionId: Int64) async {
         do {
-            guard try await store.claimAction(actionId, driver: id, seconds: claimSeconds) else { return }  // another holds it
+            // another holds it
+            guard try await store.claimAction(actionId, driver: id, seconds: claimSeconds) else { return }
         } catch {
-            logger.warning("could not claim action \(actionId) (the sweep tries again)", metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not claim action \(actionId) (the sweep tries again)", metadata: ["error": "\(error)"])
             return
         }
         await withTaskGroup(of: Void.self) { group in
@@ -180,10 +192,15 @@ package final class TransitionDriver: Sendable {
                     try? await Task.sleep(for: .milliseconds(Int64(self.claimSeconds * 1000 / 3)))
                     if Task.isCancelled { return }
                     do {
-                        if try await self.store.claimAction(actionId, driver: self.id, seconds: self.claimSeconds) == false { return }
+                        if try await self.store.claimAction(actionId, driver: self.id, seconds: self.claimSeconds)
+                            == false
+                        {
+                            return
+                        }
                     } catch {
                         // Not renewed this time: the claim holds until it lapses, and the next renewal tries again.
-                        self.logger.warning("could not renew the claim on action \(actionId)", metadata: ["error": "\(error)"])
+                        self.logger.warning(
+                            "could not renew the claim on action \(actionId)", metadata: ["error": "\(error)"])
                     }
                 }
             }
@@ -195,7 +212,8 @@ package final class TransitionDriver: Sendable {
             do {
                 try await store.releaseAction(actionId, driver: id)
             } catch {
-                logger.warning("could not release the claim on action \(actionId) (it lapses)", metadata: ["error": "\(error)"])
+                logger.warning(
+                    "could not release the claim on action \(actionId) (it lapses)", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -204,20 +222,27 @@ package final class TransitionDriver: Sendable {
         var attempt = 0
         while !Task.isCancelled {
             do {
-                guard var state = try await store.actionState(id: actionId), state.action.status == .inProgress, state.currentStep != nil else { return }
+                guard var state = try await store.actionState(id: actionId), state.action.status == .inProgress,
+                    state.currentStep != nil
+                else { return }
                 do {
                     state = try await createEvent(for: state, refuseIfBusy: false)
                 } catch let error as RPCError where error.code == .notFound {
                     // The droplet is gone: nothing to unassign from; nothing to assign to.
                     let leaving = state.currentStep?.type == "unassign_ip"
-                    try await store.finishStep(actionId: actionId, phase: state.phase, completed: leaving, error: leaving ? "" : "the droplet no longer exists")
+                    try await store.finishStep(
+                        actionId: actionId, phase: state.phase, completed: leaving,
+                        error: leaving ? "" : "the droplet no longer exists")
                     continue
                 } catch let error as RPCError where error.code == .failedPrecondition {
-                    try await store.finishStep(actionId: actionId, phase: state.phase, completed: false, error: "the droplet stayed busy with another event")
+                    try await store.finishStep(
+                        actionId: actionId, phase: state.phase, completed: false,
+                        error: "the droplet stayed busy with another event")
                     continue
                 }
                 guard let event = await terminal(eventId: state.eventId) else { return }  // cancelled
-                try await store.finishStep(actionId: actionId, phase: state.phase, completed: event.status == .completed, error: event.error)
+                try await store.finishStep(
+                    actionId: actionId, phase: state.phase, completed: event.status == .completed, error: event.error)
                 attempt = 0
             } catch {
                 // The store or Harpoon failed for now: try again.
@@ -238,7 +263,8 @@ package final class TransitionDriver: Sendable {
             var attempt = 0
             while !Task.isCancelled {
                 do {
-                    let event = try await harpoon.getEvent(Harpoon_V1_GetEventRequest(id: eventId), options: CallOptions(timeout: .seconds(5)))
+                    let event = try await harpoon.getEvent(
+                        Harpoon_V1_GetEventRequest(id: eventId), options: CallOptions(timeout: .seconds(5)))
                     if event.status == .completed || event.status == .errored { self.deliver(event) }
                     return
                 } catch {
@@ -285,7 +311,9 @@ package final class TransitionDriver: Sendable {
         do {
             start = try await store.watchCursor()
         } catch {
-            logger.warning("could not read the saved cursor of Harpoon's event stream; following it from the start", metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not read the saved cursor of Harpoon's event stream; following it from the start",
+                metadata: ["error": "\(error)"])
         }
         let position = Mutex<(cursor: Int64, saved: Int64)>((start, start))
         while !Task.isCancelled {
@@ -316,12 +344,16 @@ package final class TransitionDriver: Sendable {
                 attempt = 0
             } catch {
                 if Task.isCancelled { break }
-                logger.warning("Harpoon's event stream broke; following it again from the last cursor", metadata: ["error": "\(error)"])
+                logger.warning(
+                    "Harpoon's event stream broke; following it again from the last cursor",
+                    metadata: ["error": "\(error)"])
             }
             do {
                 try await store.saveWatchCursor(position.withLock { $0.cursor })
             } catch {
-                logger.warning("could not save the cursor of Harpoon's event stream (it is saved again later)", metadata: ["error": "\(error)"])
+                logger.warning(
+                    "could not save the cursor of Harpoon's event stream (it is saved again later)",
+                    metadata: ["error": "\(error)"])
             }
             attempt += 1
             try? await Task.sleep(for: Self.backoff(attempt: attempt))

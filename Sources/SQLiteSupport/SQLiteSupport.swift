@@ -104,7 +104,9 @@ package struct Bindings: ~Copyable {
         var value = value
         let code = value.withUTF8 { bytes -> CInt in
             // A zero-length text still needs a non-null pointer to be text, not NULL.
-            guard let base = bytes.baseAddress else { return sqlite3_bind_text(statement, index, "", 0, Self.transient) }
+            guard let base = bytes.baseAddress else {
+                return sqlite3_bind_text(statement, index, "", 0, Self.transient)
+            }
             return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) {
                 sqlite3_bind_text(statement, index, $0, CInt(bytes.count), Self.transient)
             }
@@ -140,7 +142,8 @@ extension Statement {
         var bindings = Bindings(statement: sqliteStatement)
         bind(&bindings)
         guard bindings.failure == SQLITE_OK else {
-            throw DatabaseError(resultCode: ResultCode(rawValue: bindings.failure), message: "binding a parameter failed", sql: sql)
+            throw DatabaseError(
+                resultCode: ResultCode(rawValue: bindings.failure), message: "binding a parameter failed", sql: sql)
         }
         try execute()
     }

@@ -1,5 +1,5 @@
-internal import Synchronization
 package import SchedulerAPI
+internal import Synchronization
 
 /// A placement whose event has not finished: capacity a scheduler that starts must hold before it places anything.
 package struct HeldPlacement: Sendable, Hashable {
@@ -10,7 +10,10 @@ package struct HeldPlacement: Sendable, Hashable {
     package var dropletId: Int64
     package var size: Scheduler_V2_Size
 
-    package init(eventId: String, hypervisorId: String, region: String, customer: String, dropletId: Int64, size: Scheduler_V2_Size) {
+    package init(
+        eventId: String, hypervisorId: String, region: String, customer: String, dropletId: Int64,
+        size: Scheduler_V2_Size
+    ) {
         self.eventId = eventId
         self.hypervisorId = hypervisorId
         self.region = region
@@ -120,7 +123,9 @@ package final class Fleet: Sendable {
         var ordersStale = false
 
         /// The customers a hypervisor hosts or holds room for.
-        private static func customers(of entry: Entry) -> Set<String> { entry.customers.union(entry.held.customers.keys) }
+        private static func customers(of entry: Entry) -> Set<String> {
+            entry.customers.union(entry.held.customers.keys)
+        }
 
         private mutating func mark(_ position: Int, from old: Set<String>, to new: Set<String>) {
             for customer in old.subtracting(new) { mark(position, customer, false) }
@@ -128,7 +133,11 @@ package final class Fleet: Sendable {
         }
 
         private mutating func mark(_ position: Int, _ customer: String, _ hosts: Bool) {
-            if hosts { hosting[customer, default: []].set(position, true) } else { hosting[customer]?.set(position, false) }
+            if hosts {
+                hosting[customer, default: []].set(position, true)
+            } else {
+                hosting[customer]?.set(position, false)
+            }
         }
 
         /// Adds or replaces a hypervisor's entry.
@@ -175,7 +184,8 @@ package final class Fleet: Sendable {
             slots[position] = Slot(entries[position], index: position, order: slots[position].order, policy: policy)
             // Only a customer whose holds here began or ended can change its bit, unless the hypervisor hosts it anyway.
             let heldAfter = Set(entries[position].held.customers.keys)
-            for customer in heldBefore.symmetricDifference(heldAfter) where !entries[position].customers.contains(customer) {
+            for customer in heldBefore.symmetricDifference(heldAfter)
+            where !entries[position].customers.contains(customer) {
                 mark(position, customer, heldAfter.contains(customer))
             }
         }
@@ -223,7 +233,9 @@ package final class Fleet: Sendable {
         var count: Int { regionOf.count }
 
         func hypervisor(_ id: String) -> Scheduler_V2_HypervisorState? {
-            guard let region = regionOf[id].flatMap({ regions[$0] }), let position = region.index[id] else { return nil }
+            guard let region = regionOf[id].flatMap({ regions[$0] }), let position = region.index[id] else {
+                return nil
+            }
             return region.entries[position].state
         }
 
@@ -271,13 +283,17 @@ package final class Fleet: Sendable {
         mutating func hold(_ key: String, _ reservation: Reservation, policy: PlacementPolicy) {
             drop(key, policy: policy)
             reservations[key] = reservation
-            updateHeld(reservation.hypervisorId, policy: policy) { $0.add(reservation.size, customer: reservation.customer) }
+            updateHeld(reservation.hypervisorId, policy: policy) {
+                $0.add(reservation.size, customer: reservation.customer)
+            }
             nextExpiry = min(nextExpiry ?? reservation.expires, reservation.expires)
         }
 
         mutating func drop(_ key: String, policy: PlacementPolicy) {
             guard let reservation = reservations.removeValue(forKey: key) else { return }
-            updateHeld(reservation.hypervisorId, policy: policy) { $0.remove(reservation.size, customer: reservation.customer) }
+            updateHeld(reservation.hypervisorId, policy: policy) {
+                $0.remove(reservation.size, customer: reservation.customer)
+            }
         }
 
         mutating func expire(now: ContinuousClock.Instant, policy: PlacementPolicy) {
@@ -296,7 +312,8 @@ package final class Fleet: Sendable {
     private let now: @Sendable () -> ContinuousClock.Instant
 
     package init(
-        policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300), startup: FleetStartup = .empty,
+        policy: PlacementPolicy = PlacementPolicy(), reservationTTL: Duration = .seconds(300),
+        startup: FleetStartup = .empty,
         now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
     ) {
         self.now = now
@@ -327,7 +344,8 @@ package final class Fleet: Sendable {
             // A droplet the hypervisor now reports is in its usage: its reservation has done its job.
             if !hosted.isEmpty {
                 let done = state.reservations.compactMap { key, reservation in
-                    reservation.dropletId != 0 && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true ? key : nil
+                    reservation.dropletId != 0
+                        && hosted[reservation.hypervisorId]?.contains(reservation.dropletId) == true ? key : nil
                 }
                 for key in done { state.drop(key, policy: policy) }
             }
@@ -346,12 +364,20 @@ package final class Fleet: Sendable {
         state.withLock { state in
             let now = self.now()
             for placement in placements where !placement.eventId.isEmpty && !placement.hypervisorId.isEmpty {
-                guard state.reservations[placement.eventId] == nil, !state.releasedWhileLoading.contains(placement.eventId) else { continue }
-                if placement.dropletId != 0, state.hypervisor(placement.hypervisorId)?.dropletIds.contains(placement.dropletId) == true { continue }
-                state.hold(placement.eventId, Reservation(
-                    hypervisorId: placement.hypervisorId, size: placement.size, customer: placement.customer,
-                    dropletId: placement.dropletId, expires: now.advanced(by: reservationTTL)
-                ), policy: policy)
+                guard state.reservations[placement.eventId] == nil,
+                    !state.releasedWhileLoading.contains(placement.eventId)
+                else { continue }
+                if placement.dropletId != 0,
+                    state.hypervisor(placement.hypervisorId)?.dropletIds.contains(placement.dropletId) == true
+                {
+                    continue
+                }
+                state.hold(
+                    placement.eventId,
+                    Reservation(
+                        hypervisorId: placement.hypervisorId, size: placement.size, customer: placement.customer,
+                        dropletId: placement.dropletId, expires: now.advanced(by: reservationTTL)
+                    ), policy: policy)
             }
             state.inFlightLoaded = true
             state.releasedWhileLoading = []
@@ -387,9 +413,13 @@ package final class Fleet: Sendable {
             for (region, hypervisors) in state.regions.sorted(by: { $0.key < $1.key }) {
                 var byState: [String: Int] = ["ready": 0, "maintenance": 0, "unresponsive": 0]
                 for slot in hypervisors.slots {
-                    byState[slot.unresponsive ? "unresponsive" : slot.inMaintenance ? "maintenance" : "ready", default: 0] += 1
+                    byState[
+                        slot.unresponsive ? "unresponsive" : slot.inMaintenance ? "maintenance" : "ready", default: 0] +=
+                        1
                 }
-                for (name, count) in byState.sorted(by: { $0.key < $1.key }) { counts.append(HypervisorCount(region: region, state: name, count: count)) }
+                for (name, count) in byState.sorted(by: { $0.key < $1.key }) {
+                    counts.append(HypervisorCount(region: region, state: name, count: count))
+                }
             }
             return counts
         }
@@ -408,7 +438,8 @@ package final class Fleet: Sendable {
             state.expire(now: now(), policy: policy)
             return (state.regions[request.region]?.entries ?? [], state.notReady(request.region, startup: startup))
         }
-        var report = PlacementRules.report(candidates: entries.lazy.map { ($0.state, $0.held) }, request: request, policy: policy)
+        var report = PlacementRules.report(
+            candidates: entries.lazy.map { ($0.state, $0.held) }, request: request, policy: policy)
         if let starting {
             report.hypervisorId = ""
             report.reason = starting
@@ -435,15 +466,21 @@ package final class Fleet: Sendable {
             let best = Self.best(in: &state, for: request, policy: policy)
             guard let best else {
                 // Nothing fits: the full report says why, hypervisor by hypervisor.
-                return PlacementRules.report(hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
+                return PlacementRules.report(
+                    hypervisors: state.allHypervisors, held: state.held, request: request, policy: policy)
             }
             let key = request.eventId.isEmpty ? "anonymous-\(state.reservations.count)-\(now)" : request.eventId
-            state.hold(key, Reservation(
-                hypervisorId: best.id, size: request.size ?? Scheduler_V2_Size(),
-                customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
-            ), policy: policy)
+            state.hold(
+                key,
+                Reservation(
+                    hypervisorId: best.id, size: request.size ?? Scheduler_V2_Size(),
+                    customer: request.customer, dropletId: request.dropletId, expires: now.advanced(by: reservationTTL)
+                ), policy: policy)
             return Scheduler_V2_PlaceResponse(
-                hypervisorId: best.id, ranking: [Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)],
+                hypervisorId: best.id,
+                ranking: [
+                    Scheduler_V2_Candidate(hypervisorId: best.id, score: best.score, hostsCustomer: best.hostsCustomer)
+                ],
                 router: best.router
             )
         }
@@ -482,7 +519,8 @@ package final class Fleet: Sendable {
                 return false
             }
             if completed, reservation.dropletId != 0,
-               state.hypervisor(reservation.hypervisorId)?.dropletIds.contains(reservation.dropletId) != true {
+                state.hypervisor(reservation.hypervisorId)?.dropletIds.contains(reservation.dropletId) != true
+            {
                 return true
             }
             state.drop(eventId, policy: policy)

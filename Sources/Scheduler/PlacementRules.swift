@@ -79,14 +79,16 @@ package enum SkipReason: Sendable, Hashable {
     package var text: String {
         switch self {
         case .cpus(let have, let need): "has \(have) CPUs; the size needs \(need)"
-        case .memory(let have, let need, let floor): "has \(have) MB of memory; the size needs \(need) MB above a \(floor) MB floor"
+        case .memory(let have, let need, let floor):
+            "has \(have) MB of memory; the size needs \(need) MB above a \(floor) MB floor"
         case .disk(let have, let need): "has \(have) GB of disk; the size needs \(need) GB"
         case .errors(let count, let max): "has \(count) recent errors (more than \(max))"
         case .maintenance(let what): "is in maintenance: \(what)"
         case .unresponsive: "is unresponsive"
         case .busy(let operation): "is busy with \(operation)"
         case .droplets(let count, let max): "hosts \(count) droplets (at most \(max))"
-        case .overcommit(let vcpus, let cpus, let limit): "would run \(vcpus) vCPUs on \(cpus) CPUs (overcommit at most \(limit))"
+        case .overcommit(let vcpus, let cpus, let limit):
+            "would run \(vcpus) vCPUs on \(cpus) CPUs (overcommit at most \(limit))"
         case .memoryFree(let free, let need): "has \(free) MB of memory free above the floor; the size needs \(need) MB"
         case .diskFree(let free, let need): "has \(free) GB of disk free; the size needs \(need) GB"
         }
@@ -111,9 +113,13 @@ package enum PlacementRules {
         policy: PlacementPolicy
     ) -> Verdict {
         let hosts = hypervisor.customers.contains(customer)
-        switch assess(hypervisor, held: held.totals, size: size, hostsCustomer: hosts || held.customers[customer, default: 0] > 0, policy: policy) {
+        switch assess(
+            hypervisor, held: held.totals, size: size, hostsCustomer: hosts || held.customers[customer, default: 0] > 0,
+            policy: policy)
+        {
         case .candidate(let score, let hostsCustomer):
-            return .candidate(Scheduler_V2_Candidate(hypervisorId: hypervisor.id, score: score, hostsCustomer: hostsCustomer))
+            return .candidate(
+                Scheduler_V2_Candidate(hypervisorId: hypervisor.id, score: score, hostsCustomer: hostsCustomer))
         case .skip(let reason, let transient):
             return .skip(Scheduler_V2_Skip(hypervisorId: hypervisor.id, reason: reason.text, transient: transient))
         }
@@ -134,14 +140,16 @@ package enum PlacementRules {
             return .skip(.cpus(have: hypervisor.cpus, need: size.vcpus), transient: false)
         }
         if hypervisor.memoryMb < size.memoryMb + policy.memoryFloorMB {
-            return .skip(.memory(have: hypervisor.memoryMb, need: size.memoryMb, floor: policy.memoryFloorMB), transient: false)
+            return .skip(
+                .memory(have: hypervisor.memoryMb, need: size.memoryMb, floor: policy.memoryFloorMB), transient: false)
         }
         if hypervisor.diskGb < size.diskGb {
             return .skip(.disk(have: hypervisor.diskGb, need: size.diskGb), transient: false)
         }
         // Health and state.
         if hypervisor.recentErrors > policy.maxRecentErrors {
-            return .skip(.errors(Int32(clamping: hypervisor.recentErrors), max: policy.maxRecentErrors), transient: true)
+            return .skip(
+                .errors(Int32(clamping: hypervisor.recentErrors), max: policy.maxRecentErrors), transient: true)
         }
         if hypervisor.inMaintenance {
             return .skip(.maintenance(hypervisor.maintenance), transient: true)
@@ -157,17 +165,24 @@ package enum PlacementRules {
         // deleted, so a hypervisor full of droplets is a final answer.
         let droplets = Int(hypervisor.dropletCount) + held.droplets
         if droplets >= policy.maxDroplets {
-            return .skip(.droplets(droplets, max: policy.maxDroplets), transient: Int(hypervisor.dropletCount) < policy.maxDroplets)
+            return .skip(
+                .droplets(droplets, max: policy.maxDroplets),
+                transient: Int(hypervisor.dropletCount) < policy.maxDroplets)
         }
         let vcpus = UInt64(hypervisor.usedVcpus) + held.vcpus + UInt64(size.vcpus)
         let vcpuLimit = Double(hypervisor.cpus) * policy.cpuOvercommit
         if Double(vcpus) > vcpuLimit {
-            return .skip(.overcommit(vcpus: vcpus, cpus: hypervisor.cpus, limit: policy.cpuOvercommit), transient: Double(vcpus - held.vcpus) <= vcpuLimit)
+            return .skip(
+                .overcommit(vcpus: vcpus, cpus: hypervisor.cpus, limit: policy.cpuOvercommit),
+                transient: Double(vcpus - held.vcpus) <= vcpuLimit)
         }
         let memory = hypervisor.usedMemoryMb + held.memoryMB + size.memoryMb
         if memory + policy.memoryFloorMB > hypervisor.memoryMb {
-            let free = hypervisor.memoryMb.subtractingClamped(hypervisor.usedMemoryMb + held.memoryMB + policy.memoryFloorMB)
-            return .skip(.memoryFree(free, need: size.memoryMb), transient: memory - held.memoryMB + policy.memoryFloorMB <= hypervisor.memoryMb)
+            let free = hypervisor.memoryMb.subtractingClamped(
+                hypervisor.usedMemoryMb + held.memoryMB + policy.memoryFloorMB)
+            return .skip(
+                .memoryFree(free, need: size.memoryMb),
+                transient: memory - held.memoryMB + policy.memoryFloorMB <= hypervisor.memoryMb)
         }
         let disk = hypervisor.usedDiskGb + held.diskGB + size.diskGb
         if disk > hypervisor.diskGb {
@@ -198,11 +213,22 @@ package enum PlacementRules {
         let size = request.size ?? Scheduler_V2_Size()
         var best: (hypervisor: Hypervisor, score: Double, hostsCustomer: Bool)?
         for (hypervisor, held) in candidates {
-            guard case .candidate(let ceiling, _) = assess(hypervisor, held: held, size: size, hostsCustomer: false, policy: policy) else { continue }
-            if let current = best, current.score > ceiling || (current.score == ceiling && current.hypervisor.order < hypervisor.order) { continue }
+            guard
+                case .candidate(let ceiling, _) = assess(
+                    hypervisor, held: held, size: size, hostsCustomer: false, policy: policy)
+            else { continue }
+            if let current = best,
+                current.score > ceiling || (current.score == ceiling && current.hypervisor.order < hypervisor.order)
+            {
+                continue
+            }
             let hosts = hostsCustomer(hypervisor)
             let score = hosts ? ceiling - policy.sameCustomerPenalty : ceiling
-            if let current = best, current.score > score || (current.score == score && current.hypervisor.order < hypervisor.order) { continue }
+            if let current = best,
+                current.score > score || (current.score == score && current.hypervisor.order < hypervisor.order)
+            {
+                continue
+            }
             best = (hypervisor, score, hosts)
         }
         return best
@@ -215,7 +241,8 @@ package enum PlacementRules {
         request: Scheduler_V2_PlaceRequest,
         policy: PlacementPolicy
     ) -> Scheduler_V2_PlaceResponse {
-        report(candidates: hypervisors.lazy.map { ($0, held[$0.id] ?? HeldCapacity()) }, request: request, policy: policy)
+        report(
+            candidates: hypervisors.lazy.map { ($0, held[$0.id] ?? HeldCapacity()) }, request: request, policy: policy)
     }
 
     /// The report for `request` over hypervisors given with what reservations hold on each (those of other regions are
@@ -242,7 +269,8 @@ package enum PlacementRules {
             response.retryable = true  // routers may not have reported yet
         } else {
             response.retryable = response.skipped.contains(where: \.transient)
-            response.reason = response.retryable
+            response.reason =
+                response.retryable
                 ? "no hypervisor in \(request.region) can take \(size.slug) now: \(summary(response.skipped))"
                 : "no hypervisor in \(request.region) has room for \(size.slug): \(summary(response.skipped))"
         }

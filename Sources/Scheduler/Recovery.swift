@@ -8,7 +8,8 @@ package protocol InFlightPlacementSource: Sendable {
 
 extension Fleet {
     /// How `recover` waits between failed loads: 100 ms doubling to 1 s.
-    package static let recoveryBackoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1), jitter: .proportional(0.2))
+    package static let recoveryBackoff = Backoff(
+        initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1), jitter: .proportional(0.2))
 
     /// Loads the placements in flight from `source` and restores them (``restore(_:)``), trying again after a failure
     /// (waiting as `backoff` says) until it succeeds or the task is cancelled; returns whether it loaded. `failed`

@@ -1,4 +1,4 @@
+@_exported public import ProtoWellKnownTypes
 // Generated from Protos/scheduler/v2/scheduler.proto by the build plugin; this file only re-exports what the
 // generated code is built on, so that users import one module.
 @_exported public import ShoalRPC
-@_exported public import ProtoWellKnownTypes

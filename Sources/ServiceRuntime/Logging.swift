@@ -5,7 +5,7 @@ internal import RequestContext
 internal import Synchronization
 
 #if canImport(Glibc)
-internal import Glibc
+    internal import Glibc
 #endif
 
 /// How log lines are written: `logfmt` (`key=value`, for people and grep) or `json` (one object per line, for log
@@ -35,7 +35,8 @@ package struct ShoalLogHandler: LogHandler {
     let sink: @Sendable (String) -> Void
 
     package init(
-        label: String, service: String, level: Logger.Level, format: LogFormat, metadataProvider: Logger.MetadataProvider? = ShoalContext.loggingMetadata,
+        label: String, service: String, level: Logger.Level, format: LogFormat,
+        metadataProvider: Logger.MetadataProvider? = ShoalContext.loggingMetadata,
         sink: @escaping @Sendable (String) -> Void = ShoalLogHandler.standardError
     ) {
         self.label = label
@@ -55,14 +56,17 @@ package struct ShoalLogHandler: LogHandler {
         var fields = metadata
         if let provided = metadataProvider?.get() { fields.merge(provided) { current, _ in current } }
         if let explicit = event.metadata { fields.merge(explicit) { _, new in new } }
-        sink(Self.line(
-            time: Date(), level: event.level, service: service, label: label, message: "\(event.message)", fields: fields, format: format
-        ))
+        sink(
+            Self.line(
+                time: Date(), level: event.level, service: service, label: label, message: "\(event.message)",
+                fields: fields, format: format
+            ))
     }
 
     /// One line, without its newline.
     static func line(
-        time: Date, level: Logger.Level, service: String, label: String, message: String, fields: Logger.Metadata, format: LogFormat
+        time: Date, level: Logger.Level, service: String, label: String, message: String, fields: Logger.Metadata,
+        format: LogFormat
     ) -> String {
         var pairs: [(String, String)] = [("time", timestamp(time)), ("level", level.rawValue), ("service", service)]
         if label != service { pairs.append(("logger", label)) }
@@ -81,14 +85,19 @@ package struct ShoalLogHandler: LogHandler {
         case .string(let text): text
         case .stringConvertible(let value): value.description
         case .array(let values): "[" + values.map(flatten).joined(separator: ",") + "]"
-        case .dictionary(let values): "{" + values.keys.sorted().map { "\($0)=\(flatten(values[$0] ?? ""))" }.joined(separator: ",") + "}"
+        case .dictionary(let values):
+            "{" + values.keys.sorted().map { "\($0)=\(flatten(values[$0] ?? ""))" }.joined(separator: ",") + "}"
         }
     }
 
     /// A logfmt value: bare when it is a plain word, else quoted as ``quoted(_:)`` quotes it (logfmt readers take
     /// JSON's escapes).
     static func logfmtValue(_ text: String) -> String {
-        let plain = !text.isEmpty && text.unicodeScalars.allSatisfy { $0.value > 0x20 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.value != 0x7F }
+        let plain =
+            !text.isEmpty
+            && text.unicodeScalars.allSatisfy {
+                $0.value > 0x20 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.value != 0x7F
+            }
         return plain ? text : quoted(text)
     }
 
@@ -122,7 +131,8 @@ package struct ShoalLogHandler: LogHandler {
         gmtime_r(&seconds, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         let fraction = String(millis % 1000)
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))."
+        return
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))."
             + String(repeating: "0", count: 3 - fraction.count) + fraction + "Z"
     }
 
@@ -134,7 +144,10 @@ package struct ShoalLogHandler: LogHandler {
 
 /// The command-line options of logging, every service's.
 package struct LoggingOptions: ParsableArguments {
-    @Option(help: "The least severe level logged: trace, debug, info, notice, warning, error or critical. At debug, every RPC served is a line.")
+    @Option(
+        help:
+            "The least severe level logged: trace, debug, info, notice, warning, error or critical. At debug, every RPC served is a line."
+    )
     package var logLevel: LogLevel = .info
     @Option(help: "How log lines are written: logfmt or json.")
     package var logFormat: LogFormat = .logfmt
@@ -155,7 +168,10 @@ extension ServiceRuntime {
         guard first else { return }
         let (level, format) = (options.logLevel.level, options.logFormat)
         LoggingSystem.bootstrap(
-            { label, provider in ShoalLogHandler(label: label, service: service, level: level, format: format, metadataProvider: provider) },
+            { label, provider in
+                ShoalLogHandler(
+                    label: label, service: service, level: level, format: format, metadataProvider: provider)
+            },
             metadataProvider: ShoalContext.loggingMetadata
         )
     }

@@ -13,10 +13,14 @@ internal import Synchronization
 package struct RuntimeOptions: ParsableArguments {
     @Option(help: "Serve Prometheus metrics over HTTP at /metrics on this port (0: any free port; none: no metrics).")
     package var metricsPort: Int?
-    @Option(help: "How often the gauges of /metrics (connections, queues, what the service holds) are sampled, in seconds.")
+    @Option(
+        help: "How often the gauges of /metrics (connections, queues, what the service holds) are sampled, in seconds.")
     package var metricsSampleSeconds = 5.0
     @OptionGroup package var logging: LoggingOptions
-    @Option(help: "Export spans to this OTLP/gRPC collector, host:port (none: no spans are recorded). Traces start at the customer API, or with a caller's traceparent.")
+    @Option(
+        help:
+            "Export spans to this OTLP/gRPC collector, host:port (none: no spans are recorded). Traces start at the customer API, or with a caller's traceparent."
+    )
     package var otlpEndpoint: String?
 
     package init() {}
@@ -119,10 +123,9 @@ struct RPCMetricsInterceptor: RPCServerInterceptor {
     /// The status code a handler's error ends its call with, as the server maps it.
     static func code(of error: any Error) -> String {
         let code: RPCError.Code =
-            if let error = error as? RPCError { error.code }
-            else if let error = error as? any RPCStatusConvertible { error.rpcError.code }
-            else if error is CancellationError { .cancelled }
-            else { .unknown }
+            if let error = error as? RPCError { error.code } else if let error = error as? any RPCStatusConvertible {
+                error.rpcError.code
+            } else if error is CancellationError { .cancelled } else { .unknown }
         return String(code.description.map { $0 == " " ? "_" : $0 })
     }
 }
@@ -147,7 +150,10 @@ final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: found ? "text/plain; version=0.0.4" : "text/plain")
             headers.add(name: "content-length", value: String(body.count))
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))),
+                promise: nil)
             var buffer = context.channel.allocator.buffer(capacity: body.count)
             buffer.writeBytes(body)
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)

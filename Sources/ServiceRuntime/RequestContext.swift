@@ -15,23 +15,34 @@ struct RequestContextInterceptor: RPCServerInterceptor {
     func intercept(context: ServerContext, next: @Sendable (ServerContext) async throws -> Void) async throws {
         let serviceContext = ShoalContext.incoming(context.metadata)
         // A span only for a call in a sampled trace (the edge decided), and only when spans are recorded.
-        let parent = Spans.isRecording ? ShoalContext.parent(in: context.metadata).flatMap { $0.flags.contains(.sampled) ? $0 : nil } : nil
+        let parent =
+            Spans.isRecording
+            ? ShoalContext.parent(in: context.metadata).flatMap { $0.flags.contains(.sampled) ? $0 : nil } : nil
         try await ServiceContext.withValue(serviceContext) {
             guard logger.logLevel <= .debug || parent != nil else { return try await next(context) }
             let started = ContinuousClock.now
             let startedWall = Spans.now
             var code = "ok"
             defer {
-                logger.debug("rpc", metadata: [
-                    "method": .string(context.descriptor.path), "code": .string(code), "peer": .string(context.peer),
-                    "duration_ms": .string(ServiceRuntime.milliseconds(ContinuousClock.now - started)),
-                ])
+                logger.debug(
+                    "rpc",
+                    metadata: [
+                        "method": .string(context.descriptor.path), "code": .string(code),
+                        "peer": .string(context.peer),
+                        "duration_ms": .string(ServiceRuntime.milliseconds(ContinuousClock.now - started)),
+                    ])
                 if let parent, let trace = serviceContext.trace {
-                    Spans.record(FinishedSpan(
-                        trace: trace, parentSpanID: parent.spanID, name: context.descriptor.path, kind: .server, start: startedWall,
-                        end: Spans.now, attributes: ["rpc.system": "grpc", "rpc.method": context.descriptor.path, "rpc.grpc.status_code": code],
-                        error: code == "ok" ? nil : code
-                    ))
+                    Spans.record(
+                        FinishedSpan(
+                            trace: trace, parentSpanID: parent.spanID, name: context.descriptor.path, kind: .server,
+                            start: startedWall,
+                            end: Spans.now,
+                            attributes: [
+                                "rpc.system": "grpc", "rpc.method": context.descriptor.path,
+                                "rpc.grpc.status_code": code,
+                            ],
+                            error: code == "ok" ? nil : code
+                        ))
                 }
             }
             do {
@@ -70,10 +81,13 @@ struct RequestContextPropagator: RPCClientInterceptor {
             Metrics.Timer(label: "rpc_client_duration_seconds", dimensions: [("method", method)])
                 .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
             if let span {
-                Spans.record(FinishedSpan(
-                    trace: span.trace, parentSpanID: span.parent, name: method, kind: .client, start: span.start, end: Spans.now,
-                    attributes: ["rpc.system": "grpc", "rpc.method": method, "rpc.grpc.status_code": code], error: code == "ok" ? nil : code
-                ))
+                Spans.record(
+                    FinishedSpan(
+                        trace: span.trace, parentSpanID: span.parent, name: method, kind: .client, start: span.start,
+                        end: Spans.now,
+                        attributes: ["rpc.system": "grpc", "rpc.method": method, "rpc.grpc.status_code": code],
+                        error: code == "ok" ? nil : code
+                    ))
             }
         }
         do {

@@ -1,15 +1,15 @@
 package import ArgumentParser
 internal import Logging
-internal import ServiceLifecycle
-internal import UnixSignals
 package import NIOCore
 internal import NIOPosix
-package import ShoalRPC
 internal import RequestContext
+internal import ServiceLifecycle
+package import ShoalRPC
 internal import ShoalTracing
+internal import UnixSignals
 
 #if canImport(Glibc)
-internal import Glibc
+    internal import Glibc
 #endif
 
 /// A service's command: its options include the ones every service shares (metrics, logging), applied by
@@ -109,12 +109,16 @@ package enum ServiceRuntime {
     package static func addresses(_ text: String) throws(RPCError) -> [(host: String, port: Int)] {
         var addresses: [(host: String, port: Int)] = []
         for part in text.split(separator: ",") { addresses.append(try address(String(part))) }
-        guard !addresses.isEmpty else { throw RPCError(code: .invalidArgument, message: "'\(text)' names no host:port") }
+        guard !addresses.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "'\(text)' names no host:port")
+        }
         return addresses
     }
 
     package static func address(_ text: String) throws(RPCError) -> (host: String, port: Int) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port)
+        else {
             throw RPCError(code: .invalidArgument, message: "'\(text)' is not host:port")
         }
         var host = String(text[..<colon])
@@ -135,24 +139,32 @@ package enum ServiceRuntime {
     ///
     /// With no server (a hypervisor fleet is only clients), the workers are the service: the first to end ends it.
     package static func run(
-        server: RPCServer?, metrics: (any Channel)? = nil, background: [@Sendable () async -> Void] = [], name: String = "shoal"
+        server: RPCServer?, metrics: (any Channel)? = nil, background: [@Sendable () async -> Void] = [],
+        name: String = "shoal"
     ) async {
         var logger = Logger(label: name)
         logger.logLevel = .notice
         // Shut down in reverse order: the workers first, then the server drains.
-        let serving = server.map { server in
-            [ServiceGroupConfiguration.ServiceConfiguration(
-                service: RPCServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup,
-                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "rpc-server"
-            )]
-        } ?? []
-        let services = serving + background.enumerated().map { index, body in
-            ServiceGroupConfiguration.ServiceConfiguration(
-                service: WorkerService(body: body), successTerminationBehavior: server == nil ? .gracefullyShutdownGroup : .ignore,
-                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "worker-\(index + 1)"
-            )
-        }
-        var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let serving =
+            server.map { server in
+                [
+                    ServiceGroupConfiguration.ServiceConfiguration(
+                        service: RPCServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup,
+                        failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "rpc-server"
+                    )
+                ]
+            } ?? []
+        let services =
+            serving
+            + background.enumerated().map { index, body in
+                ServiceGroupConfiguration.ServiceConfiguration(
+                    service: WorkerService(body: body),
+                    successTerminationBehavior: server == nil ? .gracefullyShutdownGroup : .ignore,
+                    failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "worker-\(index + 1)"
+                )
+            }
+        var configuration = ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         configuration.maximumGracefulShutdownDuration = drainDeadline
         do {
             try await ServiceGroup(configuration: configuration).run()

@@ -20,7 +20,10 @@ package final class OTLPExporter: SpanSink {
 
     /// - Parameters:
     ///   - service: `service.name` of every span's resource.
-    package init(client: RPCClient, service: String, batchSize: Int = 512, queueLimit: Int = 20_000, interval: Duration = .milliseconds(250)) {
+    package init(
+        client: RPCClient, service: String, batchSize: Int = 512, queueLimit: Int = 20_000,
+        interval: Duration = .milliseconds(250)
+    ) {
         self.client = client
         collector = .init(client)
         resource = .init(attributes: [Self.attribute("service.name", service)])
@@ -62,7 +65,8 @@ package final class OTLPExporter: SpanSink {
             do {
                 _ = try await collector.export(request, options: CallOptions(timeout: .seconds(5)))
             } catch {
-                Counter(label: "tracing_spans_dropped_total", dimensions: [("reason", "export_failed")]).increment(by: Int64(batch.count))
+                Counter(label: "tracing_spans_dropped_total", dimensions: [("reason", "export_failed")]).increment(
+                    by: Int64(batch.count))
             }
         }
     }
@@ -74,7 +78,8 @@ package final class OTLPExporter: SpanSink {
 
     static func span(_ span: FinishedSpan) -> Opentelemetry_Proto_Trace_V1_Span {
         Opentelemetry_Proto_Trace_V1_Span(
-            traceId: span.trace.traceID.byteArray, spanId: span.trace.spanID.byteArray, traceState: span.trace.traceStateHeaderValue ?? "",
+            traceId: span.trace.traceID.byteArray, spanId: span.trace.spanID.byteArray,
+            traceState: span.trace.traceStateHeaderValue ?? "",
             parentSpanId: span.parentSpanID?.byteArray ?? [], name: span.name,
             kind: Opentelemetry_Proto_Trace_V1_Span.SpanKind(rawValue: Int32(span.kind.rawValue)),
             startTimeUnixNano: span.start, endTimeUnixNano: max(span.start, span.end),

@@ -9,7 +9,7 @@ let package = Package(
     name: "ShoalFuzz",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(name: "Shoal", path: "../.."),
+        .package(name: "Shoal", path: "../..")
     ],
     targets: [
         .executableTarget(

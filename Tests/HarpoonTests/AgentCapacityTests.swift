@@ -1,11 +1,12 @@
-@testable import EventRouter
 import EventRouterAPI
 import HarpoonAPI
 import HypervisorAgent
 import NIOCore
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import EventRouter
 
 /// The router's reports to the scheduler, recorded; answers "send a complete report" while `wantsComplete`, and
 /// fails while `failing`.
@@ -46,7 +47,8 @@ final class OneAgent {
     /// `ticker`: the agent's timers (heartbeats, running events), ticked by the test; `nil`, real time.
     init(ticker: Ticker? = nil, _ configure: (inout AgentConfiguration) -> Void) async throws {
         router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero)
-        server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+        server = RPCServer(
+            configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
         let port = try await server.start().port ?? 0
         client = RPCClient(targets: [("127.0.0.1", port)])
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
@@ -66,7 +68,8 @@ final class OneAgent {
     /// A create of a droplet of `size` (Harpoon puts the size in the payload).
     func create(event: Int64, droplet: Int64, size: Scheduler_V2_Size) -> Harpoon_V1_Event {
         Harpoon_V1_Event(
-            id: event, type: "create", dropletId: droplet, customer: "alice", region: "nyc1", hypervisorId: "hv1", status: .placed,
+            id: event, type: "create", dropletId: droplet, customer: "alice", region: "nyc1", hypervisorId: "hv1",
+            status: .placed,
             payload: size.serializedBytes()
         )
     }
@@ -83,7 +86,9 @@ let oneGiB = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, di
 
 @Suite("a hypervisor agent tells the truth about its capacity")
 struct AgentCapacityTests {
-    @Test("a create counts from the moment it is accepted: in flight, in the usage, in the droplet ids, before it completes")
+    @Test(
+        "a create counts from the moment it is accepted: in flight, in the usage, in the droplet ids, before it completes"
+    )
     func inFlightCounts() async throws {
         // The agent's time stands still until the test moves it: the create runs until then, and no heartbeat goes,
         // so only the state the agent sends on acceptance can show it.
@@ -153,27 +158,44 @@ struct AgentCapacityTests {
         await setup.stop()
     }
 
-    @Test("each resource has its limit, the scheduler's own: CPU overcommit, memory above the reserve, disk, droplet count")
+    @Test(
+        "each resource has its limit, the scheduler's own: CPU overcommit, memory above the reserve, disk, droplet count"
+    )
     func shortfalls() {
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
         configuration.cpus = 2
         configuration.memoryMB = 4096
         configuration.diskGB = 100
         configuration.maxDroplets = 3
-        func used(vcpus: UInt32 = 0, memory: UInt64 = 0, disk: UInt64 = 0, droplets: UInt32 = 0) -> Scheduler_V2_HypervisorState {
-            Scheduler_V2_HypervisorState(usedVcpus: vcpus, usedMemoryMb: memory, usedDiskGb: disk, dropletCount: droplets)
+        func used(
+            vcpus: UInt32 = 0, memory: UInt64 = 0, disk: UInt64 = 0, droplets: UInt32 = 0
+        ) -> Scheduler_V2_HypervisorState {
+            Scheduler_V2_HypervisorState(
+                usedVcpus: vcpus, usedMemoryMb: memory, usedDiskGb: disk, dropletCount: droplets)
         }
         #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(), configuration: configuration) == nil)
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 7), configuration: configuration) == nil)  // 8 = 2 × 4
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 8), configuration: configuration)?.hasPrefix("vcpus:") == true)
+        // 8 = 2 × 4
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 7), configuration: configuration) == nil)
+        #expect(
+            HypervisorAgent.shortfall(of: oneGiB, beside: used(vcpus: 8), configuration: configuration)?.hasPrefix(
+                "vcpus:") == true)
         let big = Scheduler_V2_Size(slug: "s-4vcpu-1gb", vcpus: 4, memoryMb: 1024, diskGb: 1)
-        #expect(HypervisorAgent.shortfall(of: big, beside: used(), configuration: configuration)?.hasPrefix("vcpus:") == true)  // more than its CPUs
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2048), configuration: configuration) == nil)  // 3072 = 4096 − 1024
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2049), configuration: configuration)?.hasPrefix("memory:") == true)
+        #expect(
+            HypervisorAgent.shortfall(of: big, beside: used(), configuration: configuration)?.hasPrefix("vcpus:")
+                == true)  // more than its CPUs
+        // 3072 = 4096 − 1024
+        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2048), configuration: configuration) == nil)
+        #expect(
+            HypervisorAgent.shortfall(of: oneGiB, beside: used(memory: 2049), configuration: configuration)?.hasPrefix(
+                "memory:") == true)
         #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(disk: 75), configuration: configuration) == nil)
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(disk: 76), configuration: configuration)?.hasPrefix("disk:") == true)
+        #expect(
+            HypervisorAgent.shortfall(of: oneGiB, beside: used(disk: 76), configuration: configuration)?.hasPrefix(
+                "disk:") == true)
         #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(droplets: 2), configuration: configuration) == nil)
-        #expect(HypervisorAgent.shortfall(of: oneGiB, beside: used(droplets: 3), configuration: configuration)?.hasPrefix("droplets:") == true)
+        #expect(
+            HypervisorAgent.shortfall(of: oneGiB, beside: used(droplets: 3), configuration: configuration)?.hasPrefix(
+                "droplets:") == true)
     }
 }
 

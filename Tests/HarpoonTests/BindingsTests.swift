@@ -26,7 +26,8 @@ struct BindingsTests {
                 // The same statement through GRDB's arguments, then through bindings again: neither leaks into the other.
                 try insert.execute(arguments: [row.0, row.1, row.2, row.3, Data(row.4)])
             }
-            let read = try Row.fetchAll(db, sql: "SELECT i, d, s, n, b, typeof(s), typeof(b), typeof(n) FROM t ORDER BY rowid")
+            let read = try Row.fetchAll(
+                db, sql: "SELECT i, d, s, n, b, typeof(s), typeof(b), typeof(n) FROM t ORDER BY rowid")
             #expect(read.count == 4)
             for (index, row) in read.enumerated() {
                 let expected = rows[index / 2]

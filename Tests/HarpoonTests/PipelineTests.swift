@@ -1,21 +1,24 @@
 import EventRouter
 import EventRouterAPI
 import Foundation
-@testable import Harpoon
 import HarpoonAPI
 import HypervisorAgent
 import NIOCore
 import Scheduler
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import Harpoon
 
 /// A result sink whose target is set once Harpoon's port is known (routers start before Harpoon).
 final class LateResultSink: ResultSink {
     let inner = Mutex<(any ResultSink)?>(nil)
 
     func report(_ progress: Eventrouter_V1_EventProgress, hypervisorId: String) async throws {
-        guard let sink = inner.withLock({ $0 }) else { throw RPCError(code: .unavailable, message: "harpoon not up yet") }
+        guard let sink = inner.withLock({ $0 }) else {
+            throw RPCError(code: .unavailable, message: "harpoon not up yet")
+        }
         try await sink.report(progress, hypervisorId: hypervisorId)
     }
 }
@@ -49,12 +52,15 @@ final class Cluster {
         return port
     }
 
-    func start(regions: [String], agentsPerRegion: Int, agent configure: (inout AgentConfiguration) -> Void) async throws {
+    func start(
+        regions: [String], agentsPerRegion: Int, agent configure: (inout AgentConfiguration) -> Void
+    ) async throws {
         let schedulerPort = try await start([SchedulerService(fleet: fleet)])
         let results = LateResultSink()
         var routerPorts: [String: Int] = [:]
         for region in regions {
-            let router = Router(region: region, results: results, fleet: SchedulerFleetSink(client: client(schedulerPort)))
+            let router = Router(
+                region: region, results: results, fleet: SchedulerFleetSink(client: client(schedulerPort)))
             routerPorts[region] = try await start([EventRouterService(router: router)])
             tasks.append(Task { await router.run(flushInterval: .milliseconds(50)) })
         }
@@ -66,7 +72,9 @@ final class Cluster {
             onChange: { changes.changed() }
         )
         tasks.append(Task { await worker.run() })
-        let harpoonPort = try await start([HarpoonService(store: store, worker: worker, changes: changes, placer: placer)])
+        let harpoonPort = try await start([
+            HarpoonService(store: store, worker: worker, changes: changes, placer: placer)
+        ])
         results.inner.withLock { $0 = HarpoonResultSink(client: client(harpoonPort)) }
         harpoon = Harpoon_V1_Harpoon.Client(client(harpoonPort))
         for region in regions {
@@ -94,7 +102,9 @@ let sizeSmall = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024,
 
 @Suite("the event pipeline, in one process over 127.0.0.1")
 struct PipelineTests {
-    @Test("droplets requested concurrently all become active on hypervisors that can hold them; one that fits nowhere is errored with the reason")
+    @Test(
+        "droplets requested concurrently all become active on hypervisors that can hold them; one that fits nowhere is errored with the reason"
+    )
     func createDroplets() async throws {
         let cluster = try Cluster()
         do {
@@ -111,18 +121,22 @@ struct PipelineTests {
             let created = try await withThrowingTaskGroup(of: Harpoon_V1_CreateDropletResponse.self) { group in
                 for index in 0..<requested {
                     group.addTask {
-                        try await harpoon.createDroplet(.init(
-                            idempotencyKey: "create-\(index)", customer: index % 3 == 0 ? "bob" : "alice", name: "web-\(index)",
-                            region: index % 2 == 0 ? "nyc1" : "sfo3", size: sizeSmall, image: "ubuntu"
-                        ))
+                        try await harpoon.createDroplet(
+                            .init(
+                                idempotencyKey: "create-\(index)", customer: index % 3 == 0 ? "bob" : "alice",
+                                name: "web-\(index)",
+                                region: index % 2 == 0 ? "nyc1" : "sfo3", size: sizeSmall, image: "ubuntu"
+                            ))
                     }
                 }
                 return try await group.reduce(into: []) { $0.append($1) }
             }
-            let huge = try await harpoon.createDroplet(.init(
-                customer: "alice", name: "huge", region: "nyc1",
-                size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840), image: "ubuntu"
-            ))
+            let huge = try await harpoon.createDroplet(
+                .init(
+                    customer: "alice", name: "huge", region: "nyc1",
+                    size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840),
+                    image: "ubuntu"
+                ))
             let ids = created.compactMap { $0.droplet?.id }
             #expect(ids.count == requested)
             let store = try #require(cluster.store)
@@ -132,10 +146,13 @@ struct PipelineTests {
             }
             #expect(allActive)
             // Nothing oversubscribed: no agent holds more than fits, and the agents hold exactly the droplets.
-            for agent in cluster.agents { #expect(agent.dropletCount <= 7, "\(agent.configuration.hypervisorId) holds \(agent.dropletCount)") }
+            for agent in cluster.agents {
+                #expect(agent.dropletCount <= 7, "\(agent.configuration.hypervisorId) holds \(agent.dropletCount)")
+            }
             #expect(cluster.agents.reduce(0) { $0 + $1.dropletCount } == requested)
             let hugeId = try #require(huge.droplet?.id)
-            #expect(await eventually(timeout: .seconds(30)) { (try? await store.droplet(id: hugeId))?.status == .errored })
+            #expect(
+                await eventually(timeout: .seconds(30)) { (try? await store.droplet(id: hugeId))?.status == .errored })
             let reason = try await store.droplet(id: hugeId)?.error ?? ""
             #expect(reason.contains("has room for s-32vcpu-192gb"), "\(reason)")
             // Every droplet has an address from its hypervisor.

@@ -1,11 +1,12 @@
 import Foundation
-@testable import Harpoon
 import HarpoonAPI
 import PostgresNIO
 import PostgresSupport
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import Harpoon
 
 /// Several Harpoon replicas on one PostgreSQL database: what only several writers can get wrong.
 @Suite("Harpoon replicas on one PostgreSQL database", .postgresServer)
@@ -52,7 +53,8 @@ struct PostgresReplicaTests {
                     if index == 0 { seen.withLock { $0 += batch.map(\.cursor) } }
                     if batch.isEmpty {
                         if finalPass { return (start, cursor, cursors) }
-                        if writersDone.load(ordering: .acquiring) { finalPass = true }  // one more read after the last write
+                        // one more read after the last write
+                        if writersDone.load(ordering: .acquiring) { finalPass = true }
                         await Task.yield()
                     }
                 }
@@ -67,7 +69,8 @@ struct PostgresReplicaTests {
                                 let (_, event) = try await store.createDroplet(createRequest("w\(writer)-\(round)"))
                                 if round % 3 == 0 {
                                     _ = try await replicas[(writer + 1) % 2].updateEvent(
-                                        id: event.id, status: .placed, hypervisorId: "hv\(writer)", error: nil, ipv4Address: nil, then: nil
+                                        id: event.id, status: .placed, hypervisorId: "hv\(writer)", error: nil,
+                                        ipv4Address: nil, then: nil
                                     )
                                 }
                             }
@@ -137,7 +140,9 @@ struct PostgresReplicaTests {
         }
     }
 
-    @Test("creations that meet in one transaction are written by one statement: each as if alone, one the server refuses fails alone")
+    @Test(
+        "creations that meet in one transaction are written by one statement: each as if alone, one the server refuses fails alone"
+    )
     func creationsTogether() async throws {
         try await withReplicas(1) { replicas in
             let store = replicas[0]
@@ -151,26 +156,33 @@ struct PostgresReplicaTests {
                 try await connection.query("SELECT pg_advisory_lock(\(lock))", logger: store.pool.logger)
                 let before = Task { try await store.createDropletQueued(createRequest("before")) }
                 // Its transaction waits for the lock before the 60 are sent, so none of them joins it.
-                #expect(try await eventually {
-                    var waiting = 0
-                    for try await count in try await connection.query(
-                        "SELECT count(*)::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", logger: store.pool.logger
-                    ).decode(Int64.self) {
-                        waiting = Int(count)
-                    }
-                    return waiting == 1
-                })
+                #expect(
+                    try await eventually {
+                        var waiting = 0
+                        for try await count in try await connection.query(
+                            "SELECT count(*)::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                            logger: store.pool.logger
+                        ).decode(Int64.self) {
+                            waiting = Int(count)
+                        }
+                        return waiting == 1
+                    })
                 let outcomes = await withTaskGroup(of: (Int, Result<CreatedDroplet, any Error>).self) { group in
                     for n in 0..<60 {
                         group.addTask {
-                            let request = n % 10 == 0
+                            let request =
+                                n % 10 == 0
                                 ? createRequest("keyed", key: "shared-key")
                                 : createRequest(n == refused ? "bad\u{0}name" : "web-\(n)", customer: "c\(n % 3)")
-                            do { return (n, .success(try await store.createDropletQueued(request))) } catch { return (n, .failure(error)) }
+                            do { return (n, .success(try await store.createDropletQueued(request))) } catch {
+                                return (n, .failure(error))
+                            }
                         }
                     }
                     // All 60 wait for the next transaction; then the lock goes.
-                    #expect(await eventually { store.writer.waiting == 60 }, "the creations queue behind the held transaction")
+                    #expect(
+                        await eventually { store.writer.waiting == 60 },
+                        "the creations queue behind the held transaction")
                     _ = try? await connection.query("SELECT pg_advisory_unlock(\(lock))", logger: store.pool.logger)
                     return await group.reduce(into: [Int: Result<CreatedDroplet, any Error>]()) { $0[$1.0] = $1.1 }
                 }
@@ -182,7 +194,8 @@ struct PostgresReplicaTests {
             let created = outcomes.compactMap { n, outcome in n == refused ? nil : try? outcome.get() }
             #expect(created.count == 59, "every other creation succeeds")
             let keyed = created.filter { $0.droplet.name == "keyed" }
-            #expect(keyed.count == 6 && Set(keyed.map(\.droplet.id)).count == 1 && Set(keyed.map(\.event.id)).count == 1)
+            #expect(
+                keyed.count == 6 && Set(keyed.map(\.droplet.id)).count == 1 && Set(keyed.map(\.event.id)).count == 1)
             // Each answer is what the database holds: the droplet, its event (with the droplet's id and a cursor) and
             // its outbox entry.
             for answer in created {
@@ -202,7 +215,8 @@ struct PostgresReplicaTests {
         }
     }
 
-    @Test("reports that meet in one transaction: one event's reports apply in order, one the server refuses fails alone")
+    @Test(
+        "reports that meet in one transaction: one event's reports apply in order, one the server refuses fails alone")
     func reportsTogether() async throws {
         try await withReplicas(1) { replicas in
             let store = replicas[0]
@@ -236,31 +250,42 @@ struct PostgresReplicaTests {
             for round in 0..<10 {
                 let answers = try await withThrowingTaskGroup(of: CreatedDroplet.self) { group in
                     for replica in replicas {
-                        group.addTask { try await replica.createDropletQueued(createRequest("web-\(round)", key: "key-\(round)")) }
+                        group.addTask {
+                            try await replica.createDropletQueued(createRequest("web-\(round)", key: "key-\(round)"))
+                        }
                     }
                     return try await group.reduce(into: []) { $0.append($1) }
                 }
                 #expect(answers.count == 2)
-                #expect(Set(answers.map(\.droplet.id)).count == 1 && Set(answers.map(\.event.id)).count == 1, "round \(round)")
+                #expect(
+                    Set(answers.map(\.droplet.id)).count == 1 && Set(answers.map(\.event.id)).count == 1,
+                    "round \(round)")
                 #expect(answers.filter { $0.entry != nil }.count == 1, "one of them wrote")
             }
             #expect(try await replicas[0].outboxCount() == 10)
         }
     }
 
-    @Test("two replicas told different endings of one event at once: one wins, the droplet follows it, the other is refused")
+    @Test(
+        "two replicas told different endings of one event at once: one wins, the droplet follows it, the other is refused"
+    )
     func concurrentUpdatesTakeTurns() async throws {
         try await withReplicas(2) { replicas in
             var endings: [Harpoon_V1_Event.Status: Int] = [:]
             for round in 0..<20 {
                 let (_, event) = try await replicas[0].createDroplet(createRequest("web-\(round)"))
-                _ = try await replicas[0].updateEvent(id: event.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil)
+                _ = try await replicas[0].updateEvent(
+                    id: event.id, status: .placed, hypervisorId: "hv1", error: nil, ipv4Address: nil, then: nil)
                 // Each replica reads the event as placed and would move it on: without row locks both would write.
                 async let completed = Result(catching: {
-                    try await replicas[0].updateEvent(id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.0.0.1", then: nil)
+                    try await replicas[0].updateEvent(
+                        id: event.id, status: .completed, hypervisorId: nil, error: nil, ipv4Address: "10.0.0.1",
+                        then: nil)
                 })
                 async let errored = Result(catching: {
-                    try await replicas[1].updateEvent(id: event.id, status: .errored, hypervisorId: nil, error: "disk full", ipv4Address: nil, then: nil)
+                    try await replicas[1].updateEvent(
+                        id: event.id, status: .errored, hypervisorId: nil, error: "disk full", ipv4Address: nil,
+                        then: nil)
                 })
                 let answers = await [completed, errored]
                 let succeeded = answers.compactMap { try? $0.get() }
@@ -269,13 +294,16 @@ struct PostgresReplicaTests {
                     if case .failure(let error) = result { return error as? HarpoonError }
                     return nil
                 }
-                #expect(refused.count == 1 && refused.first?.isOutrun == true, "round \(round): the other is refused as outrun")
+                #expect(
+                    refused.count == 1 && refused.first?.isOutrun == true,
+                    "round \(round): the other is refused as outrun")
                 let final = try #require(try await replicas[1].event(id: event.id))
                 let droplet = try #require(try await replicas[0].droplet(id: event.dropletId))
                 #expect(succeeded.first?.status == final.status)
                 switch final.status {
                 case .completed: #expect(droplet.status == .active && droplet.ipv4Address == "10.0.0.1")
-                case .errored: #expect(droplet.status == .errored && droplet.error == "disk full" && droplet.ipv4Address == "")
+                case .errored:
+                    #expect(droplet.status == .errored && droplet.error == "disk full" && droplet.ipv4Address == "")
                 default: Issue.record("event \(event.id) ended \(final.status)")
                 }
                 endings[final.status, default: 0] += 1
@@ -301,12 +329,16 @@ struct PostgresReplicaTests {
         }
     }
 
-    @Test("a replica that stops gives back the entries it held: the others are woken and take them at once, not after the lease", .timeLimit(.minutes(1)))
+    @Test(
+        "a replica that stops gives back the entries it held: the others are woken and take them at once, not after the lease",
+        .timeLimit(.minutes(1)))
     func releaseOnStop() async throws {
         try await withReplicas(2) { replicas in
             let (releases, release) = AsyncStream.makeStream(of: Void.self)
             let (changes, change) = AsyncStream.makeStream(of: Void.self)
-            let listening = Task { await replicas[1].listen(changed: { change.yield() }, released: { release.yield() }) }
+            let listening = Task {
+                await replicas[1].listen(changed: { change.yield() }, released: { release.yield() })
+            }
             var released = releases.makeAsyncIterator()
             var changed = changes.makeAsyncIterator()
             // Both wake once when listening starts.
@@ -323,7 +355,10 @@ struct PostgresReplicaTests {
             // other due now.
             try await replicas[0].releaseOutbox(entries.map(\.id))
             #expect(await released.next() != nil, "replica 1 was told")
-            #expect(try await replicas[1].dueOutbox(now: Date().timeIntervalSince1970, limit: 10).map(\.id) == [entries[0].id])
+            #expect(
+                try await replicas[1].dueOutbox(now: Date().timeIntervalSince1970, limit: 10).map(\.id) == [
+                    entries[0].id
+                ])
             listening.cancel()
             await listening.value
             release.finish()

@@ -1,12 +1,13 @@
-@testable import EventRouter
 import EventRouterAPI
-@testable import Harpoon
 import HarpoonAPI
 import HypervisorAgent
 import NIOCore
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import EventRouter
+@testable import Harpoon
 
 /// The states a router reported, recorded with the router each names.
 final class StampedFleet: FleetSink {
@@ -38,8 +39,11 @@ struct RouterDirectoryTests {
 
         init(abandonAfter: Duration = .seconds(60)) async throws {
             for _ in 0..<2 {
-                let router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero, abandonAfter: abandonAfter)
-                let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+                let router = Router(
+                    region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero,
+                    abandonAfter: abandonAfter)
+                let server = RPCServer(
+                    configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
                 let port = try #require(try await server.start().port)
                 router.advertise("127.0.0.1:\(port)")
                 routers.append(router)
@@ -52,7 +56,8 @@ struct RouterDirectoryTests {
         var delivery: RouterDelivery {
             // A generous timeout: a router that is slow to answer on a loaded machine is not down; these tests count
             // where events are kept, and a call given up on would keep one twice.
-            RouterDelivery(regions: ["nyc1": zip(addresses, clients).map { (address: $0, client: $1) }], timeout: .seconds(60))
+            RouterDelivery(
+                regions: ["nyc1": zip(addresses, clients).map { (address: $0, client: $1) }], timeout: .seconds(60))
         }
 
         /// An agent running on router `index` until ``ConnectedAgent/disconnect()``.
@@ -87,7 +92,8 @@ struct RouterDirectoryTests {
 
     func event(_ id: Int64, on hypervisorId: String = "hv1") -> Harpoon_V1_Event {
         Harpoon_V1_Event(
-            id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: hypervisorId, status: .placed, payload: sizeSmall.serializedBytes()
+            id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: hypervisorId, status: .placed,
+            payload: sizeSmall.serializedBytes()
         )
     }
 
@@ -152,7 +158,8 @@ struct RouterDirectoryTests {
         await router.flush()
         #expect(router.pendingEvents == 0, "an event kept for an agent away longer than abandonAfter stays")
 
-        let keeping = Router(region: "nyc1", results: RecordingResults(), fleet: StampedFleet(), abandonAfter: .seconds(3600))
+        let keeping = Router(
+            region: "nyc1", results: RecordingResults(), fleet: StampedFleet(), abandonAfter: .seconds(3600))
         _ = try keeping.deliver(event(3))
         await keeping.flush()
         #expect(keeping.pendingEvents == 1, "an event kept for an agent away a short while is dropped")
@@ -165,7 +172,12 @@ struct RouterDirectoryTests {
         let running = try routers.connect(agent, to: 0)
         #expect(await eventually { await routers.reported("hv9", by: 0) })
         await running.disconnect()
-        #expect(await eventually { routers.fleet.unresponsive.withLock { $0.contains { $0.ids == ["hv9"] && $0.router == routers.addresses[0] } } })
+        #expect(
+            await eventually {
+                routers.fleet.unresponsive.withLock {
+                    $0.contains { $0.ids == ["hv9"] && $0.router == routers.addresses[0] }
+                }
+            })
         await routers.stop()
     }
 }
@@ -183,7 +195,9 @@ struct HeartbeatDeltaTests {
         for _ in 0..<10_000 {
             let micros = 2 + random.next() % 50_000_000
             let bucket = PushLatency.bucket(micros: micros)
-            #expect(PushLatency.lowerBound(bucket) <= Double(micros) && Double(micros) < PushLatency.lowerBound(bucket + 1), "\(micros) in \(bucket)")
+            #expect(
+                PushLatency.lowerBound(bucket) <= Double(micros) && Double(micros) < PushLatency.lowerBound(bucket + 1),
+                "\(micros) in \(bucket)")
         }
         var latency = PushLatency()
         for micros: UInt64 in [5, 900, 1_100, 1_100] { latency.record(micros: micros) }
@@ -191,12 +205,15 @@ struct HeartbeatDeltaTests {
         #expect(latency.counts[PushLatency.bucket(micros: 1_100)] == 2)
     }
 
-    @Test("a heartbeat without a state keeps the agent alive and reports nothing new, unless it comes back from silence")
+    @Test(
+        "a heartbeat without a state keeps the agent alive and reports nothing new, unless it comes back from silence")
     func statelessHeartbeat() async {
         let fleet = RecordingFleet()
         let router = Router(region: "nyc1", results: RecordingResults(), fleet: fleet, heartbeatTimeout: .seconds(3600))
         let (_, stream) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
-        _ = router.attach(Eventrouter_V1_AgentHello(hypervisorId: "hv1", region: "nyc1", state: .init(id: "hv1", cpus: 8)), outgoing: stream)
+        _ = router.attach(
+            Eventrouter_V1_AgentHello(hypervisorId: "hv1", region: "nyc1", state: .init(id: "hv1", cpus: 8)),
+            outgoing: stream)
         router.heartbeat(Scheduler_V2_HypervisorState(id: "hv1", cpus: 8, memoryMb: 8192), from: "hv1")
         await router.flush()
         #expect(fleet.last?.ids == ["hv1"])
@@ -208,7 +225,9 @@ struct HeartbeatDeltaTests {
         // Silent past the timeout, then alive again: reported again, as responsive.
         let silent = Router(region: "nyc1", results: RecordingResults(), fleet: fleet, heartbeatTimeout: .zero)
         let (_, outgoing) = AsyncStream.makeStream(of: Eventrouter_V1_RouterMessage.self)
-        _ = silent.attach(Eventrouter_V1_AgentHello(hypervisorId: "hv2", region: "nyc1", state: .init(id: "hv2", cpus: 8)), outgoing: outgoing)
+        _ = silent.attach(
+            Eventrouter_V1_AgentHello(hypervisorId: "hv2", region: "nyc1", state: .init(id: "hv2", cpus: 8)),
+            outgoing: outgoing)
         await silent.flush()
         #expect(silent.isUnresponsive("hv2"))
         #expect(silent.silentAgents == 1)
@@ -226,7 +245,8 @@ struct HeartbeatDeltaTests {
         let results = RecordingResults()
         let fleet = StampedFleet()
         let router = Router(region: "nyc1", results: results, fleet: fleet, runningReportDelay: .zero)
-        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+        let server = RPCServer(
+            configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
         let port = try #require(try await server.start().port)
         let client = RPCClient(targets: [("127.0.0.1", port)])
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
@@ -238,9 +258,11 @@ struct HeartbeatDeltaTests {
         let running = Task { await agent.run(client: client) }
         #expect(await eventually { router.connectedAgents == 1 })
         for id: Int64 in 1...10 {
-            _ = try router.deliver(Harpoon_V1_Event(
-                id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: "hv1", status: .delivered, payload: sizeSmall.serializedBytes()
-            ))
+            _ = try router.deliver(
+                Harpoon_V1_Event(
+                    id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: "hv1", status: .delivered,
+                    payload: sizeSmall.serializedBytes()
+                ))
         }
         #expect(await eventually { router.pushLatency.total == 10 })
         // Idle: heartbeats go on; none carries a state, once the agent's last change has gone up.

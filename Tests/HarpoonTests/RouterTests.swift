@@ -1,11 +1,12 @@
-@testable import EventRouter
 import EventRouterAPI
 import HarpoonAPI
 import HypervisorAgent
 import NIOCore
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import EventRouter
 
 /// The statuses a router reported, in order.
 final class RecordingResults: ResultSink {
@@ -31,7 +32,8 @@ struct RouterReportTests {
     @Test("a quick event is reported once, finished; a slow one running, then finished")
     func runningHeldBack() async {
         let results = RecordingResults()
-        let router = Router(region: "nyc1", results: results, fleet: IgnoredFleet(), runningReportDelay: .milliseconds(300))
+        let router = Router(
+            region: "nyc1", results: results, fleet: IgnoredFleet(), runningReportDelay: .milliseconds(300))
         // Quick: the outcome follows the running report at once.
         let held = Task { await router.progress(.init(eventId: 1, status: .running), from: "hv1") }
         await router.progress(.init(eventId: 1, status: .completed), from: "hv1")
@@ -48,10 +50,12 @@ struct RouterReportTests {
 @Suite("what an agent tells its router")
 struct AgentMessagesTests {
     /// One router on 127.0.0.1 that reports every status at once, and one agent connected to it.
-    func withAgent(duration: Duration, _ body: (Router, RecordingResults, RPCClient) async throws -> Void) async throws {
+    func withAgent(duration: Duration, _ body: (Router, RecordingResults, RPCClient) async throws -> Void) async throws
+    {
         let results = RecordingResults()
         let router = Router(region: "nyc1", results: results, fleet: IgnoredFleet(), runningReportDelay: .zero)
-        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
+        let server = RPCServer(
+            configuration: .init(host: "127.0.0.1", port: 0), services: [EventRouterService(router: router)])
         let port = try #require(try await server.start().port)
         let client = RPCClient(targets: [("127.0.0.1", port)])
         var configuration = AgentConfiguration(hypervisorId: "hv1", region: "nyc1")
@@ -70,7 +74,9 @@ struct AgentMessagesTests {
     }
 
     func event(_ id: Int64) -> Harpoon_V1_Event {
-        Harpoon_V1_Event(id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: "hv1", status: .delivered, payload: sizeSmall.serializedBytes())
+        Harpoon_V1_Event(
+            id: id, type: "create", dropletId: id, region: "nyc1", hypervisorId: "hv1", status: .delivered,
+            payload: sizeSmall.serializedBytes())
     }
 
     @Test("an instant event is answered with its outcome alone; a slow one is reported running first")
@@ -95,7 +101,8 @@ struct AgentMessagesTests {
             otherRegion.region = "sfo3"
             var nowhere = event(3)
             nowhere.hypervisorId = ""
-            let response = try await Eventrouter_V1_EventRouter.Client(client).deliverBatch(.init(events: [event(1), otherRegion, nowhere]))
+            let response = try await Eventrouter_V1_EventRouter.Client(client).deliverBatch(
+                .init(events: [event(1), otherRegion, nowhere]))
             #expect(response.outcomes.map(\.errorCode) == [0, 9, 3])
             #expect(response.outcomes.map(\.agentConnected) == [true, false, false])
             #expect(response.outcomes[1].errorMessage.contains("sfo3"))

@@ -37,13 +37,18 @@ final class ProcessCluster {
     var otlpEndpoint: String?
 
     /// - Parameter database: a `postgres://` address for Harpoon (required for more than one Harpoon replica).
-    init(regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1, harpoonReplicas: Int = 1, database: String? = nil) async throws {
+    init(
+        regions: [String], schedulerReplicas: Int = 1, routersPerRegion: Int = 1, harpoonReplicas: Int = 1,
+        database: String? = nil
+    ) async throws {
         self.regions = regions
         self.database = database
         schedulers = ["scheduler"] + (1..<max(1, schedulerReplicas)).map { "scheduler-\($0 + 1)" }
         harpoons = ["harpoon"] + (1..<max(1, harpoonReplicas)).map { "harpoon-\($0 + 1)" }
         var routers: [String: [String]] = [:]
-        for region in regions { routers[region] = ["router-\(region)"] + (1..<max(1, routersPerRegion)).map { "router-\(region)-\($0 + 1)" } }
+        for region in regions {
+            routers[region] = ["router-\(region)"] + (1..<max(1, routersPerRegion)).map { "router-\(region)-\($0 + 1)" }
+        }
         self.routers = routers
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-cluster-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -58,7 +63,9 @@ final class ProcessCluster {
 
     func address(_ name: String) -> String { "127.0.0.1:\(ports[name] ?? 0)" }
 
-    private var logArguments: [String] { (logLevel.map { ["--log-level", $0] } ?? []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? []) }
+    private var logArguments: [String] {
+        (logLevel.map { ["--log-level", $0] } ?? []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
+    }
 
     /// Every Harpoon replica's address, comma-separated, as its callers take them.
     var harpoonAddresses: String { harpoons.map(address).joined(separator: ",") }
@@ -78,27 +85,37 @@ final class ProcessCluster {
         let process = defineWithoutMetrics(name)
         return ChildProcess(
             path: process.path,
-            arguments: process.arguments + ["--metrics-port", String(metricsPorts[name] ?? 0), "--metrics-sample-seconds", "0.2"] + logArguments
+            arguments: process.arguments + [
+                "--metrics-port", String(metricsPorts[name] ?? 0), "--metrics-sample-seconds", "0.2",
+            ] + logArguments
         )
     }
 
     private func defineWithoutMetrics(_ name: String) -> ChildProcess {
         switch name {
         case _ where name.hasPrefix("scheduler"):
-            return ChildProcess(path: built("scheduler"), arguments: [
-                "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon", harpoonAddresses,
-            ])
+            return ChildProcess(
+                path: built("scheduler"),
+                arguments: [
+                    "--port", String(ports[name] ?? 0), "--reservation-ttl-seconds", "30", "--harpoon",
+                    harpoonAddresses,
+                ])
         case _ where name.hasPrefix("harpoon"):
-            return ChildProcess(path: built("harpoon"), arguments: [
-                "--port", String(ports[name] ?? 0), "--database", database ?? directory.appendingPathComponent("harpoon.sqlite").path,
-                "--scheduler", schedulerAddresses,
-            ] + regions.flatMap { ["--router", "\($0)=\(routerAddresses($0))"] } + harpoonArguments)
+            return ChildProcess(
+                path: built("harpoon"),
+                arguments: [
+                    "--port", String(ports[name] ?? 0), "--database",
+                    database ?? directory.appendingPathComponent("harpoon.sqlite").path,
+                    "--scheduler", schedulerAddresses,
+                ] + regions.flatMap { ["--router", "\($0)=\(routerAddresses($0))"] } + harpoonArguments)
         default:
             let region = region(ofRouter: name)
-            return ChildProcess(path: built("event-router"), arguments: [
-                "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", harpoonAddresses,
-                "--scheduler", schedulerAddresses, "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
-            ])
+            return ChildProcess(
+                path: built("event-router"),
+                arguments: [
+                    "--region", region, "--port", String(ports[name] ?? 0), "--harpoon", harpoonAddresses,
+                    "--scheduler", schedulerAddresses, "--flush-milliseconds", "50", "--heartbeat-timeout-seconds", "3",
+                ])
         }
     }
 
@@ -111,11 +128,15 @@ final class ProcessCluster {
 
     func startFleet(region: String, agents: Int, memoryMB: Int = 16384, eventMilliseconds: Int = 5) async throws {
         let name = "fleet-\(region)"
-        let process = ChildProcess(path: built("hypervisor"), arguments: [
-            "--region", region, "--router", routerAddresses(region), "--id", "\(region)-hv", "--fleet", String(agents),
-            "--cpus", "8", "--memory-mb", String(memoryMB), "--disk-gb", "1000", "--event-milliseconds", String(eventMilliseconds),
-            "--heartbeat-milliseconds", "100",
-        ] + logArguments)
+        let process = ChildProcess(
+            path: built("hypervisor"),
+            arguments: [
+                "--region", region, "--router", routerAddresses(region), "--id", "\(region)-hv", "--fleet",
+                String(agents),
+                "--cpus", "8", "--memory-mb", String(memoryMB), "--disk-gb", "1000", "--event-milliseconds",
+                String(eventMilliseconds),
+                "--heartbeat-milliseconds", "100",
+            ] + logArguments)
         processes[name] = process
         try process.start()
         try await process.waitFor("agent(s) in \(region)")
@@ -142,7 +163,9 @@ final class ProcessCluster {
         for customer in customers {
             var token = ""
             repeat {
-                let page = try await harpoon.listDroplets(.init(customer: customer, pageSize: 200, pageToken: token), options: CallOptions(timeout: .seconds(10)))
+                let page = try await harpoon.listDroplets(
+                    .init(customer: customer, pageSize: 200, pageToken: token),
+                    options: CallOptions(timeout: .seconds(10)))
                 all += page.droplets
                 token = page.nextPageToken
             } while !token.isEmpty

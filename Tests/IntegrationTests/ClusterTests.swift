@@ -1,18 +1,21 @@
 import ChildProcess
 import Foundation
 import HarpoonAPI
-import Testing
 import TestSupport
+import Testing
 
 let small = Scheduler_V2_Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 /// Each simulated hypervisor (8 CPUs, 16 GiB) holds 15 small droplets: 16 GiB less the 1 GiB floor.
 let perHypervisor = 15
 
-func create(_ harpoon: Harpoon_V1_Harpoon.Client, index: Int, regions: [String]) async throws -> Harpoon_V1_CreateDropletResponse {
+func create(
+    _ harpoon: Harpoon_V1_Harpoon.Client, index: Int, regions: [String]
+) async throws -> Harpoon_V1_CreateDropletResponse {
     // Retried (same idempotency key) while Harpoon is down or restarting.
     try await harpoon.createDroplet(
-        .init(idempotencyKey: "create-\(index)", customer: index % 3 == 0 ? "bob" : "alice", name: "web-\(index)",
-              region: regions[index % regions.count], size: small, image: "ubuntu-24-04-x64"),
+        .init(
+            idempotencyKey: "create-\(index)", customer: index % 3 == 0 ? "bob" : "alice", name: "web-\(index)",
+            region: regions[index % regions.count], size: small, image: "ubuntu-24-04-x64"),
         options: CallOptions(timeout: .seconds(60), retry: RetryPolicy(maxAttempts: 40))
     )
 }
@@ -22,7 +25,9 @@ func waitUntilSettled(_ cluster: ProcessCluster, count: Int, timeout: Duration) 
     var droplets: [Harpoon_V1_Droplet] = []
     while ContinuousClock.now < deadline {
         droplets = (try? await cluster.droplets(customers: ["alice", "bob"])) ?? []
-        if droplets.count >= count, droplets.allSatisfy({ $0.status == .active || $0.status == .errored }) { return droplets }
+        if droplets.count >= count, droplets.allSatisfy({ $0.status == .active || $0.status == .errored }) {
+            return droplets
+        }
         try await Task.sleep(for: .milliseconds(100))
     }
     return droplets
@@ -36,21 +41,27 @@ struct ClusterTests {
     )
     func twoHundredDroplets(engine: Engine) async throws {
         let regions = ["nyc1", "sfo3"]
-        let cluster = engine == .sqlite
+        let cluster =
+            engine == .sqlite
             ? try await ProcessCluster(regions: regions)
-            : try await ProcessCluster(regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
+            : try await ProcessCluster(
+                regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
         do {
             try await cluster.start(agentsPerRegion: 10)
             let harpoon = cluster.harpoon
             let requested = 200
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for index in 0..<requested { group.addTask { _ = try await create(harpoon, index: index, regions: regions) } }
+                for index in 0..<requested {
+                    group.addTask { _ = try await create(harpoon, index: index, regions: regions) }
+                }
                 try await group.waitForAll()
             }
-            let huge = try await harpoon.createDroplet(.init(
-                customer: "alice", name: "huge", region: "nyc1",
-                size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840), image: "ubuntu"
-            ))
+            let huge = try await harpoon.createDroplet(
+                .init(
+                    customer: "alice", name: "huge", region: "nyc1",
+                    size: Scheduler_V2_Size(slug: "s-32vcpu-192gb", vcpus: 32, memoryMb: 196_608, diskGb: 3840),
+                    image: "ubuntu"
+                ))
             let droplets = try await waitUntilSettled(cluster, count: requested + 1, timeout: .seconds(120))
             let normal = droplets.filter { $0.name != "huge" }
             #expect(normal.count == requested)
@@ -65,7 +76,9 @@ struct ClusterTests {
             let stats = try await harpoon.stats(.init())
             if engine == .sqlite {
                 // One writer and four readers, plus a point-read connection per event loop that has served one.
-                #expect((5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
+                #expect(
+                    (5...5 + ProcessInfo.processInfo.activeProcessorCount).contains(Int(stats.databaseConnections)),
+                    "\(stats.databaseConnections) connections")
             } else {
                 // Both replicas' pools, as the server counts them: at most the configured 8 each.
                 #expect((2...16).contains(Int(stats.databaseConnections)), "\(stats.databaseConnections) connections")
@@ -82,9 +95,11 @@ struct ClusterTests {
     )
     func faults(engine: Engine) async throws {
         let regions = ["nyc1", "sfo3"]
-        let cluster = engine == .sqlite
+        let cluster =
+            engine == .sqlite
             ? try await ProcessCluster(regions: regions)
-            : try await ProcessCluster(regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
+            : try await ProcessCluster(
+                regions: regions, harpoonReplicas: 2, database: "\(try await freshPostgresDatabase())")
         // A short lease: what a killed replica was working on is taken over within seconds.
         if engine == .postgres { cluster.harpoonArguments = ["--outbox-lease-seconds", "3"] }
         do {
@@ -120,11 +135,14 @@ struct ClusterTests {
             let droplets = try await waitUntilSettled(cluster, count: requested, timeout: .seconds(120))
             #expect(droplets.count == requested, "\(droplets.count) droplets for \(requested) requests")
             #expect(Set(droplets.map(\.name)).count == requested)
-            #expect(droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
+            #expect(
+                droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
             // A droplet that did not settle: where its events stopped (for the record of a failure).
             for droplet in droplets.filter({ $0.status != .active }).prefix(3) {
                 let events = try await harpoon.listEvents(.init(dropletId: droplet.id))
-                print("fault test: droplet \(droplet.id) \(droplet.status) on '\(droplet.hypervisorId)': events \(events.events.map { "\($0.id) \($0.type) \($0.status) '\($0.hypervisorId)' \($0.error)" })")
+                print(
+                    "fault test: droplet \(droplet.id) \(droplet.status) on '\(droplet.hypervisorId)': events \(events.events.map { "\($0.id) \($0.type) \($0.status) '\($0.hypervisorId)' \($0.error)" })"
+                )
             }
             // One create event per droplet, each in exactly one terminal state.
             for customer in ["alice", "bob"] {

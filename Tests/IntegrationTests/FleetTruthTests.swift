@@ -2,16 +2,20 @@ import ChildProcess
 import EventRouterAPI
 import Foundation
 import HarpoonAPI
-import Testing
 import TestSupport
+import Testing
 
 /// Creations of `count` small droplets, keys from `prefix`, all at once.
-func createDroplets(_ harpoon: Harpoon_V1_Harpoon.Client, prefix: String, count: Int, region: String = "nyc1") async throws {
+func createDroplets(
+    _ harpoon: Harpoon_V1_Harpoon.Client, prefix: String, count: Int, region: String = "nyc1"
+) async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
         for index in 0..<count {
             group.addTask {
                 _ = try await harpoon.createDroplet(
-                    .init(idempotencyKey: "\(prefix)-\(index)", customer: "alice", name: "\(prefix)-\(index)", region: region, size: small, image: "ubuntu"),
+                    .init(
+                        idempotencyKey: "\(prefix)-\(index)", customer: "alice", name: "\(prefix)-\(index)",
+                        region: region, size: small, image: "ubuntu"),
                     options: CallOptions(timeout: .seconds(60), retry: RetryPolicy(maxAttempts: 40))
                 )
             }
@@ -21,9 +25,13 @@ func createDroplets(_ harpoon: Harpoon_V1_Harpoon.Client, prefix: String, count:
 }
 
 /// Waits until the scheduler's Explain says `hypervisor` is skipped for `reason` (or, with `reason` nil, ranks it).
-func waitForExplain(_ scheduler: Scheduler_V2_Scheduler.Client, hypervisor: String, skippedFor reason: String?) async -> Bool {
+func waitForExplain(
+    _ scheduler: Scheduler_V2_Scheduler.Client, hypervisor: String, skippedFor reason: String?
+) async -> Bool {
     await eventually(timeout: .seconds(30)) {
-        guard let answer = try? await scheduler.explain(.init(size: small, region: "nyc1", customer: "alice")) else { return false }
+        guard let answer = try? await scheduler.explain(.init(size: small, region: "nyc1", customer: "alice")) else {
+            return false
+        }
         if let reason { return answer.skipped.contains { $0.hypervisorId == hypervisor && $0.reason.contains(reason) } }
         return answer.ranking.contains { $0.hypervisorId == hypervisor }
     }
@@ -31,7 +39,8 @@ func waitForExplain(_ scheduler: Scheduler_V2_Scheduler.Client, hypervisor: Stri
 
 @Suite("a fleet that tells the truth: drains and restarted agents", .serialized)
 struct FleetTruthTests {
-    @Test("a drained hypervisor receives nothing, its reason shows in Explain, and ending the maintenance opens it again")
+    @Test(
+        "a drained hypervisor receives nothing, its reason shows in Explain, and ending the maintenance opens it again")
     func drain() async throws {
         let cluster = try await ProcessCluster(regions: ["nyc1"])
         let schedulerClient = RPCClient(targets: [("127.0.0.1", cluster.ports["scheduler"] ?? 0)])
@@ -40,23 +49,31 @@ struct FleetTruthTests {
             let harpoon = cluster.harpoon
             let scheduler = Scheduler_V2_Scheduler.Client(schedulerClient)
             let drained = "nyc1-hv-1"
-            let event = try await harpoon.setMaintenance(.init(idempotencyKey: "maintenance-1", hypervisorId: drained, region: "nyc1", reason: "disk replacement"))
+            let event = try await harpoon.setMaintenance(
+                .init(
+                    idempotencyKey: "maintenance-1", hypervisorId: drained, region: "nyc1", reason: "disk replacement"))
             #expect(event.type == "maintenance")
-            #expect(await waitForExplain(scheduler, hypervisor: drained, skippedFor: "is in maintenance: disk replacement"))
+            #expect(
+                await waitForExplain(scheduler, hypervisor: drained, skippedFor: "is in maintenance: disk replacement"))
             try await createDroplets(harpoon, prefix: "drain", count: 20)
             let during = try await waitUntilSettled(cluster, count: 20, timeout: .seconds(60))
-            #expect(during.count == 20 && during.allSatisfy { $0.status == .active }, "\(during.filter { $0.status != .active }.prefix(2))")
+            #expect(
+                during.count == 20 && during.allSatisfy { $0.status == .active },
+                "\(during.filter { $0.status != .active }.prefix(2))")
             #expect(!during.contains { $0.hypervisorId == drained }, "a drained hypervisor got a droplet")
             // Its droplets are untouched and the drain is an event like any other, completed by the agent.
             #expect(await eventually { (try? await harpoon.getEvent(.init(id: event.id)))?.status == .completed })
             // Ended: it takes droplets again (it is the emptiest, so it ranks first).
-            _ = try await harpoon.setMaintenance(.init(idempotencyKey: "maintenance-2", hypervisorId: drained, region: "nyc1", reason: ""))
+            _ = try await harpoon.setMaintenance(
+                .init(idempotencyKey: "maintenance-2", hypervisorId: drained, region: "nyc1", reason: ""))
             #expect(await waitForExplain(scheduler, hypervisor: drained, skippedFor: nil))
             try await createDroplets(harpoon, prefix: "after", count: 3)
             let after = try await waitUntilSettled(cluster, count: 23, timeout: .seconds(60))
             #expect(after.contains { $0.hypervisorId == drained && $0.name.hasPrefix("after") })
             // Bad input is refused.
-            await #expect(throws: RPCError.self) { _ = try await harpoon.setMaintenance(.init(hypervisorId: "", region: "nyc1", reason: "x")) }
+            await #expect(throws: RPCError.self) {
+                _ = try await harpoon.setMaintenance(.init(hypervisorId: "", region: "nyc1", reason: "x"))
+            }
         } catch {
             Issue.record("\(error); harpoon said: \(cluster.processes["harpoon"]?.output.suffix(2000) ?? "")")
         }
@@ -77,7 +94,10 @@ struct FleetTruthTests {
             try await createDroplets(harpoon, prefix: "before", count: 10)
             let before = try await waitUntilSettled(cluster, count: 10, timeout: .seconds(60))
             #expect(before.allSatisfy { $0.status == .active })
-            _ = try await harpoon.setMaintenance(.init(idempotencyKey: "maintenance-1", hypervisorId: "nyc1-hv-0", region: "nyc1", reason: "kernel upgrade"))
+            _ = try await harpoon.setMaintenance(
+                .init(
+                    idempotencyKey: "maintenance-1", hypervisorId: "nyc1-hv-0", region: "nyc1", reason: "kernel upgrade"
+                ))
             #expect(await waitForExplain(scheduler, hypervisor: "nyc1-hv-0", skippedFor: "kernel upgrade"))
             // The agents die and start again, knowing nothing of their own.
             cluster.processes["fleet-nyc1"]?.crash()
@@ -97,7 +117,8 @@ struct FleetTruthTests {
             let all = try await waitUntilSettled(cluster, count: 14, timeout: .seconds(60))
             let new = all.filter { $0.name.hasPrefix("after") }
             #expect(new.count == 4 && new.allSatisfy { $0.status == .active && $0.hypervisorId == "nyc1-hv-1" })
-            #expect(Set(all.map(\.ipv4Address)).count == all.count, "addresses reused: \(all.map(\.ipv4Address).sorted())")
+            #expect(
+                Set(all.map(\.ipv4Address)).count == all.count, "addresses reused: \(all.map(\.ipv4Address).sorted())")
         } catch {
             Issue.record("\(error)")
         }

@@ -1,12 +1,14 @@
 import ChildProcess
 import Foundation
 import HarpoonAPI
-import Testing
 import TestSupport
+import Testing
 
 @Suite("one lifecycle: SIGTERM drains and stops every service", .serialized)
 struct LifecycleTests {
-    @Test("SIGTERM stops the scheduler, a router and Harpoon (with a watch stream open and its outbox worker running) with status 0, promptly")
+    @Test(
+        "SIGTERM stops the scheduler, a router and Harpoon (with a watch stream open and its outbox worker running) with status 0, promptly"
+    )
     func sigterm() async throws {
         let cluster = try await ProcessCluster(regions: ["nyc1"])
         do {
@@ -18,7 +20,9 @@ struct LifecycleTests {
             // Work through every service first, so each has connections, streams and workers busy.
             try await createDroplets(harpoon, prefix: "before-stop", count: 4)
             let settled = try await waitUntilSettled(cluster, count: 4, timeout: .seconds(30))
-            #expect(settled.count == 4 && settled.allSatisfy { $0.status == .active }, "\(settled.map { "\($0.status) \($0.error)" })")
+            #expect(
+                settled.count == 4 && settled.allSatisfy { $0.status == .active },
+                "\(settled.map { "\($0.status) \($0.error)" })")
             // A long-lived call in flight: it must end when Harpoon stops, not keep the process alive.
             let watch = Task {
                 try await harpoon.watchEvents(.init(afterCursor: 0)) { stream in for try await _ in stream {} }

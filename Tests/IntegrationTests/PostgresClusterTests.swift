@@ -4,20 +4,25 @@ import HarpoonAPI
 import LocalPostgres
 import PostgresSupport
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 @Suite("Harpoon replicas on PostgreSQL, as separate processes", .serialized, .postgresServer)
 struct PostgresClusterTests {
-    @Test("two Harpoon replicas on one PostgreSQL database; one is killed -9 at a seeded random point under load: every creation settles once, none is lost, the other keeps serving")
+    @Test(
+        "two Harpoon replicas on one PostgreSQL database; one is killed -9 at a seeded random point under load: every creation settles once, none is lost, the other keeps serving"
+    )
     func replicaKilledUnderLoad() async throws {
         let server = try #require(ThrowawayPostgres.current)
         let database = try await PostgresPool.createDatabase("cluster", on: PostgresAddress(url: server.url()))
-        let seed = ProcessInfo.processInfo.environment["SHOAL_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...1_000_000)
+        let seed =
+            ProcessInfo.processInfo.environment["SHOAL_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...1_000_000)
         var random = SeededRandom(seed: seed)
         let requested = 150
         let killAfter = 20 + Int(random.next() % 80)
-        print("replica kill test: seed \(seed) (SHOAL_SEED=\(seed) repeats it): harpoon-2 is killed after \(killAfter) of \(requested) creations")
+        print(
+            "replica kill test: seed \(seed) (SHOAL_SEED=\(seed) repeats it): harpoon-2 is killed after \(killAfter) of \(requested) creations"
+        )
         let regions = ["nyc1"]
         let cluster = try await ProcessCluster(regions: regions, harpoonReplicas: 2, database: "\(database)")
         // A short lease: what the killed replica was working on is taken over within seconds.
@@ -54,17 +59,23 @@ struct PostgresClusterTests {
             let times = load.acknowledged.withLock { $0.map(\.at) }.sorted()
             let gaps = zip([started] + times, times).map { $1 - $0 }
             let longest = gaps.max() ?? .zero
-            print("replica kill test: \(times.count) creations acknowledged; the longest gap between answers was \(longest)")
+            print(
+                "replica kill test: \(times.count) creations acknowledged; the longest gap between answers was \(longest)"
+            )
             #expect(times.count == requested)
             let droplets = try await waitUntilSettled(cluster, count: requested, timeout: .seconds(120))
             // Each creation once: the retries of a creation the killed replica had taken (same key) made nothing new.
             #expect(droplets.count == requested, "\(droplets.count) droplets")
             #expect(Set(droplets.map(\.name)).count == requested)
-            #expect(droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
+            #expect(
+                droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3))")
             // One create event per droplet, ended once, completed.
             for droplet in droplets {
-                let events = try await harpoon.listEvents(.init(dropletId: droplet.id), options: CallOptions(timeout: .seconds(10)))
-                #expect(events.events.count == 1 && events.events.first?.status == .completed, "droplet \(droplet.id): \(events.events.map(\.status))")
+                let events = try await harpoon.listEvents(
+                    .init(dropletId: droplet.id), options: CallOptions(timeout: .seconds(10)))
+                #expect(
+                    events.events.count == 1 && events.events.first?.status == .completed,
+                    "droplet \(droplet.id): \(events.events.map(\.status))")
             }
             var perHost: [String: Int] = [:]
             for droplet in droplets { perHost[droplet.hypervisorId, default: 0] += 1 }

@@ -3,8 +3,8 @@ import EventRouterAPI
 import Foundation
 import HarpoonAPI
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 /// What the agents said of themselves while a test ran: every state the router held for them, sampled.
 final class AgentReports: Sendable {
@@ -25,7 +25,9 @@ final class AgentReports: Sendable {
             state.samples += 1
             for hypervisor in hypervisors {
                 state.mostDroplets[hypervisor.id] = max(state.mostDroplets[hypervisor.id] ?? 0, hypervisor.dropletCount)
-                let over = hypervisor.usedMemoryMb + memoryReserveMB > hypervisor.memoryMb || hypervisor.usedVcpus > hypervisor.cpus * 4
+                let over =
+                    hypervisor.usedMemoryMb + memoryReserveMB > hypervisor.memoryMb
+                    || hypervisor.usedVcpus > hypervisor.cpus * 4
                     || hypervisor.usedDiskGb > hypervisor.diskGb
                 // The first time each hypervisor went over, and the most it held (a list per sample says no more).
                 if over, !state.violations.contains(where: { $0.hasPrefix("\(hypervisor.id):") }) {
@@ -57,8 +59,10 @@ struct RestartCapacityTests {
             for index in range {
                 group.addTask {
                     _ = try await harpoon.createDroplet(
-                        .init(idempotencyKey: "restart-\(index)", customer: index % 2 == 0 ? "alice" : "bob", name: "vm-\(index)",
-                              region: "nyc1", size: small, image: "ubuntu-24-04-x64"),
+                        .init(
+                            idempotencyKey: "restart-\(index)", customer: index % 2 == 0 ? "alice" : "bob",
+                            name: "vm-\(index)",
+                            region: "nyc1", size: small, image: "ubuntu-24-04-x64"),
                         options: CallOptions(timeout: .seconds(60), retry: RetryPolicy(maxAttempts: 40))
                     )
                 }
@@ -79,14 +83,17 @@ struct RestartCapacityTests {
             try await cluster.startFleet(region: "nyc1", agents: Self.agents, memoryMB: 3072, eventMilliseconds: 3000)
             let router = Eventrouter_V1_EventRouter.Client(watcher)
             let reports = AgentReports(memoryReserveMB: 1024)
-            #expect(await eventually(timeout: .seconds(30)) {
-                (try? await router.listHypervisors(.init()).hypervisors.count) == Self.agents
-            })
+            #expect(
+                await eventually(timeout: .seconds(30)) {
+                    (try? await router.listHypervisors(.init()).hypervisors.count) == Self.agents
+                })
             // Sample the agents' own states all through the run (through a router restart too, when it answers).
             monitor.withLock {
                 $0 = Task {
                     while !Task.isCancelled {
-                        if let states = try? await router.listHypervisors(.init(), options: CallOptions(timeout: .seconds(1))).hypervisors {
+                        if let states = try? await router.listHypervisors(
+                            .init(), options: CallOptions(timeout: .seconds(1))
+                        ).hypervisors {
                             reports.check(states)
                         }
                         try? await Task.sleep(for: .milliseconds(20))
@@ -104,7 +111,8 @@ struct RestartCapacityTests {
             let running = await eventually(timeout: .seconds(30)) {
                 var hypervisors = Set<String>()
                 for customer in ["alice", "bob"] {
-                    let events = try? await harpoon.listEvents(.init(customer: customer, type: "create", status: .running, onlyStatus: true, pageSize: 200))
+                    let events = try? await harpoon.listEvents(
+                        .init(customer: customer, type: "create", status: .running, onlyStatus: true, pageSize: 200))
                     for event in events?.events ?? [] { hypervisors.insert(event.hypervisorId) }
                 }
                 return hypervisors.count == Self.agents
@@ -120,10 +128,13 @@ struct RestartCapacityTests {
                 let scheduler = RPCClient(targets: [("127.0.0.1", cluster.ports["scheduler"] ?? 0)])
                 let explain = Scheduler_V2_Scheduler.Client(scheduler)
                 let opened = await eventually(timeout: .seconds(30)) {
-                    guard let answer = try? await explain.explain(.init(size: small, region: "nyc1", customer: "alice")) else { return false }
+                    guard let answer = try? await explain.explain(.init(size: small, region: "nyc1", customer: "alice"))
+                    else { return false }
                     return !answer.reason.contains("is starting")
                 }
-                print("restart-capacity: the restarted scheduler placed again \(ContinuousClock.now - restarted) after the kill (opened: \(opened))")
+                print(
+                    "restart-capacity: the restarted scheduler placed again \(ContinuousClock.now - restarted) after the kill (opened: \(opened))"
+                )
                 await scheduler.close()
             }
             try await first.value
@@ -137,7 +148,9 @@ struct RestartCapacityTests {
             // Every hypervisor filled once, the rest refused for lack of room by the scheduler, not by an agent.
             #expect(active.count == Self.agents * Self.perHypervisorCapacity, "\(active.count) active (seed \(seed))")
             #expect(errored.count == 2 * Self.burst - Self.agents * Self.perHypervisorCapacity)
-            #expect(errored.allSatisfy { !$0.error.contains("refuses") }, "an agent had to refuse: \(errored.map(\.error).filter { $0.contains("refuses") }.prefix(2))")
+            #expect(
+                errored.allSatisfy { !$0.error.contains("refuses") },
+                "an agent had to refuse: \(errored.map(\.error).filter { $0.contains("refuses") }.prefix(2))")
             #expect(errored.allSatisfy { $0.error.contains("room") }, "\(errored.map(\.error).prefix(3))")
             var perHost: [String: Int] = [:]
             for droplet in active { perHost[droplet.hypervisorId, default: 0] += 1 }
@@ -145,7 +158,9 @@ struct RestartCapacityTests {
             // From the agents' own reports, sampled all along: never past capacity.
             #expect(reports.samples > 10, "only \(reports.samples) samples of the agents' states")
             #expect(reports.violations.isEmpty, "\(reports.violations.prefix(5)) (seed \(seed))")
-            #expect(reports.mostDroplets.values.allSatisfy { $0 <= UInt32(Self.perHypervisorCapacity) }, "\(reports.mostDroplets)")
+            #expect(
+                reports.mostDroplets.values.allSatisfy { $0 <= UInt32(Self.perHypervisorCapacity) },
+                "\(reports.mostDroplets)")
         } catch {
             Issue.record("\(error)")
         }

@@ -2,8 +2,8 @@ import ChildProcess
 import EventRouterAPI
 import Foundation
 import HarpoonAPI
-import Testing
 import TestSupport
+import Testing
 
 /// Waits until every scheduler replica of `cluster` places in `region` (each has loaded the placements in flight and
 /// heard the region's complete report), so that both serve from the first creation on.
@@ -12,7 +12,9 @@ func waitUntilEveryReplicaPlaces(_ cluster: ProcessCluster, region: String) asyn
         let client = RPCClient(targets: [("127.0.0.1", cluster.ports[scheduler] ?? 0)])
         let explain = Scheduler_V2_Scheduler.Client(client)
         let ready = await eventually(timeout: .seconds(30)) {
-            guard let answer = try? await explain.explain(.init(size: small, region: region, customer: "alice")) else { return false }
+            guard let answer = try? await explain.explain(.init(size: small, region: region, customer: "alice")) else {
+                return false
+            }
             return !answer.hypervisorId.isEmpty
         }
         await client.close()
@@ -23,7 +25,9 @@ func waitUntilEveryReplicaPlaces(_ cluster: ProcessCluster, region: String) asyn
 
 @Suite("Scheduler V2 as several replicas", .serialized)
 struct SchedulerReplicaTests {
-    @Test("two scheduler replicas place 200 concurrent creations, one killed -9 mid-run: each settles once, no hypervisor ever past capacity")
+    @Test(
+        "two scheduler replicas place 200 concurrent creations, one killed -9 mid-run: each settles once, no hypervisor ever past capacity"
+    )
     func twoReplicas() async throws {
         let regions = ["nyc1", "sfo3"]
         let cluster = try await ProcessCluster(regions: regions, schedulerReplicas: 2)
@@ -38,16 +42,21 @@ struct SchedulerReplicaTests {
             for region in regions { try await cluster.startFleet(region: region, agents: 10, memoryMB: 11264) }
             let routers = watchers.map { Eventrouter_V1_EventRouter.Client($0) }
             let reports = AgentReports(memoryReserveMB: 1024)
-            #expect(await eventually(timeout: .seconds(30)) {
-                var connected = 0
-                for router in routers { connected += (try? await router.listHypervisors(.init()).hypervisors.count) ?? 0 }
-                return connected == 20
-            })
+            #expect(
+                await eventually(timeout: .seconds(30)) {
+                    var connected = 0
+                    for router in routers {
+                        connected += (try? await router.listHypervisors(.init()).hypervisors.count) ?? 0
+                    }
+                    return connected == 20
+                })
             for region in regions { #expect(await waitUntilEveryReplicaPlaces(cluster, region: region)) }
             monitor = Task {
                 while !Task.isCancelled {
                     for router in routers {
-                        if let states = try? await router.listHypervisors(.init(), options: CallOptions(timeout: .seconds(1))).hypervisors {
+                        if let states = try? await router.listHypervisors(
+                            .init(), options: CallOptions(timeout: .seconds(1))
+                        ).hypervisors {
                             reports.check(states)
                         }
                     }
@@ -63,7 +72,9 @@ struct SchedulerReplicaTests {
             let requested = 200
             let creations = Task {
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for index in 0..<requested { group.addTask { _ = try await create(harpoon, index: index, regions: regions) } }
+                    for index in 0..<requested {
+                        group.addTask { _ = try await create(harpoon, index: index, regions: regions) }
+                    }
                     try await group.waitForAll()
                 }
             }
@@ -75,7 +86,9 @@ struct SchedulerReplicaTests {
             print("scheduler-replicas: every creation settled \(ContinuousClock.now - killed) after the kill")
             monitor?.cancel()
             #expect(droplets.count == requested)
-            #expect(droplets.allSatisfy { $0.status == .active }, "\(droplets.filter { $0.status != .active }.prefix(3).map(\.error)) (seed \(seed))")
+            #expect(
+                droplets.allSatisfy { $0.status == .active },
+                "\(droplets.filter { $0.status != .active }.prefix(3).map(\.error)) (seed \(seed))")
             var perHost: [String: Int] = [:]
             for droplet in droplets { perHost[droplet.hypervisorId, default: 0] += 1 }
             #expect(perHost.values.allSatisfy { $0 <= 10 }, "\(perHost) (seed \(seed))")
@@ -85,7 +98,8 @@ struct SchedulerReplicaTests {
                 var token = ""
                 var events: [Harpoon_V1_Event] = []
                 repeat {
-                    let page = try await harpoon.listEvents(.init(customer: customer, type: "create", pageSize: 200, pageToken: token))
+                    let page = try await harpoon.listEvents(
+                        .init(customer: customer, type: "create", pageSize: 200, pageToken: token))
                     events += page.events
                     token = page.nextPageToken
                 } while !token.isEmpty
@@ -93,7 +107,9 @@ struct SchedulerReplicaTests {
                 #expect(events.allSatisfy { $0.status == .completed })
                 placedAgain += events.filter { $0.refusals > 0 }.count
             }
-            print("scheduler-replicas: \(placedAgain) creations refused by a hypervisor (replicas' placements met) and placed again")
+            print(
+                "scheduler-replicas: \(placedAgain) creations refused by a hypervisor (replicas' placements met) and placed again"
+            )
             // From the agents' own reports, all along: never past capacity.
             #expect(reports.samples > 10, "only \(reports.samples) samples")
             #expect(reports.violations.isEmpty, "\(reports.violations.prefix(5)) (seed \(seed))")
@@ -105,7 +121,9 @@ struct SchedulerReplicaTests {
         await cluster.stop()
     }
 
-    @Test("two replicas fill the same small hypervisors at once: each fills once, the rest are refused for no room, never oversubscribing")
+    @Test(
+        "two replicas fill the same small hypervisors at once: each fills once, the rest are refused for no room, never oversubscribing"
+    )
     func conflictsPlacedAgain() async throws {
         let cluster = try await ProcessCluster(regions: ["nyc1"], schedulerReplicas: 2)
         let watcher = RPCClient(targets: [("127.0.0.1", cluster.ports["router-nyc1"] ?? 0)])
@@ -118,11 +136,16 @@ struct SchedulerReplicaTests {
             try await cluster.startFleet(region: "nyc1", agents: 10, memoryMB: 3072, eventMilliseconds: 3000)
             let router = Eventrouter_V1_EventRouter.Client(watcher)
             let reports = AgentReports(memoryReserveMB: 1024)
-            #expect(await eventually(timeout: .seconds(30)) { (try? await router.listHypervisors(.init()).hypervisors.count) == 10 })
+            #expect(
+                await eventually(timeout: .seconds(30)) {
+                    (try? await router.listHypervisors(.init()).hypervisors.count) == 10
+                })
             #expect(await waitUntilEveryReplicaPlaces(cluster, region: "nyc1"))
             monitor = Task {
                 while !Task.isCancelled {
-                    if let states = try? await router.listHypervisors(.init(), options: CallOptions(timeout: .seconds(1))).hypervisors {
+                    if let states = try? await router.listHypervisors(
+                        .init(), options: CallOptions(timeout: .seconds(1))
+                    ).hypervisors {
                         reports.check(states)
                     }
                     try? await Task.sleep(for: .milliseconds(20))
@@ -135,7 +158,9 @@ struct SchedulerReplicaTests {
             let active = droplets.filter { $0.status == .active }
             #expect(active.count == 20, "\(active.count) active")
             // The rest: no room left, said by a scheduler (not a hypervisor's refusal, which only sends them back).
-            #expect(droplets.filter { $0.status == .errored }.allSatisfy { $0.error.contains("has room") }, "\(droplets.map(\.error).filter { !$0.isEmpty }.prefix(3))")
+            #expect(
+                droplets.filter { $0.status == .errored }.allSatisfy { $0.error.contains("has room") },
+                "\(droplets.map(\.error).filter { !$0.isEmpty }.prefix(3))")
             var perHost: [String: Int] = [:]
             for droplet in active { perHost[droplet.hypervisorId, default: 0] += 1 }
             #expect(perHost.values.allSatisfy { $0 <= 2 }, "\(perHost)")
@@ -143,7 +168,8 @@ struct SchedulerReplicaTests {
             #expect(reports.violations.isEmpty, "\(reports.violations.prefix(5))")
             var refused = 0
             for customer in ["alice", "bob"] {
-                refused += try await harpoon.listEvents(.init(customer: customer, type: "create", pageSize: 200)).events.filter { $0.refusals > 0 }.count
+                refused += try await harpoon.listEvents(.init(customer: customer, type: "create", pageSize: 200)).events
+                    .filter { $0.refusals > 0 }.count
             }
             print("scheduler-replicas (conflicts): \(refused) creations refused by a hypervisor and placed again")
         } catch {

@@ -1,11 +1,12 @@
-import Foundation
 import ConformanceMessages
+import Foundation
 import ProtoGenCore
 import ProtoRuntime
 import Testing
 
 /// The repository root, from this file's path.
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 
 @Suite("Generated code")
 struct GoldenTests {
@@ -13,7 +14,8 @@ struct GoldenTests {
     @Test("golden.proto generates exactly the committed Swift")
     func golden() throws {
         let provider = FileSystemSourceProvider(protoPaths: [
-            repositoryRoot.appendingPathComponent("Tests/Protos").path, repositoryRoot.appendingPathComponent("Protos").path,
+            repositoryRoot.appendingPathComponent("Tests/Protos").path,
+            repositoryRoot.appendingPathComponent("Protos").path,
         ])
         let files = try SwiftGenerator(provider: provider).generate(["golden/v1/golden.proto"])
         #expect(files.map(\.name) == ["golden_v1_golden.pb.swift"])
@@ -55,7 +57,9 @@ struct GoldenTests {
         #expect(file.contents.contains("public import BModule"))
         #expect(file.contents.contains("package struct A_V1_A: Sendable, Hashable"))
         #expect(file.contents.contains("package var b: B_V1_B? = nil"))
-        let internalFile = try SwiftGenerator(provider: provider, options: .init(visibility: .internal)).generate(["a/v1/a.proto"])[0]
+        let internalFile = try SwiftGenerator(provider: provider, options: .init(visibility: .internal)).generate([
+            "a/v1/a.proto"
+        ])[0]
         #expect(internalFile.contents.contains("\nimport ProtoRuntime"))
         #expect(internalFile.contents.contains("\nstruct A_V1_A: Sendable, Hashable"))
     }

@@ -30,13 +30,18 @@ struct ProtoGenCLITests {
 
     @Test("writes the same Swift as the library, named after the .proto path")
     func generates() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "protogen not built at \(Self.executable.path)")
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path),
+            "protogen not built at \(Self.executable.path)")
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("protogen-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: output) }
         let result = try run(["--out", output.path, "-I", "Tests/Protos", "-I", "Protos", "golden/v1/golden.proto"])
         #expect(result.status == 0, "\(result.stderr)")
-        let generated = try String(contentsOf: output.appendingPathComponent("golden_v1_golden.pb.swift"), encoding: .utf8)
-        let golden = try String(contentsOf: repositoryRoot.appendingPathComponent("Tests/ProtoGenCoreTests/Golden/golden_v1_golden.pb.swift"), encoding: .utf8)
+        let generated = try String(
+            contentsOf: output.appendingPathComponent("golden_v1_golden.pb.swift"), encoding: .utf8)
+        let golden = try String(
+            contentsOf: repositoryRoot.appendingPathComponent(
+                "Tests/ProtoGenCoreTests/Golden/golden_v1_golden.pb.swift"), encoding: .utf8)
         #expect(generated == golden)
     }
 
@@ -45,7 +50,8 @@ struct ProtoGenCLITests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("protogen-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        try "syntax = \"proto3\";\nmessage A {\n  Missing m = 1;\n}\n".write(to: directory.appendingPathComponent("bad.proto"), atomically: true, encoding: .utf8)
+        try "syntax = \"proto3\";\nmessage A {\n  Missing m = 1;\n}\n".write(
+            to: directory.appendingPathComponent("bad.proto"), atomically: true, encoding: .utf8)
         let result = try run(["--out", directory.appendingPathComponent("out").path, "-I", directory.path, "bad.proto"])
         #expect(result.status == 1)
         #expect(result.stderr == "\(directory.path)/bad.proto:3:3: unknown type 'Missing'\n")

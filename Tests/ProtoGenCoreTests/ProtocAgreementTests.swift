@@ -168,7 +168,8 @@ extension NMessage {
             NField(
                 name: f.name ?? "", number: Int(f.number ?? 0), label: Int(f.label?.rawValue ?? 0),
                 type: Int(f.type?.rawValue ?? 0), typeName: f.typeName ?? "", oneofIndex: f.oneofIndex.map(Int.init),
-                proto3Optional: f.proto3Optional ?? false, jsonName: f.jsonName ?? Self.camelCase(f.name ?? "", capitalizingFirst: false),
+                proto3Optional: f.proto3Optional ?? false,
+                jsonName: f.jsonName ?? Self.camelCase(f.name ?? "", capitalizingFirst: false),
                 explicitlyUnpacked: f.options?.packed == false
             )
         }
@@ -196,20 +197,26 @@ extension NMessage {
                 typeName = "." + m.fullName + "." + entryName
                 let (keyType, _) = Self.type(.scalar(key))
                 let (valueType, valueTypeName) = Self.type(value)
-                entries.append(NMessage(
-                    name: entryName,
-                    fields: [
-                        NField(name: "key", number: 1, label: 1, type: keyType, typeName: "", oneofIndex: nil, proto3Optional: false, jsonName: "key", explicitlyUnpacked: false),
-                        NField(name: "value", number: 2, label: 1, type: valueType, typeName: valueTypeName, oneofIndex: nil, proto3Optional: false, jsonName: "value", explicitlyUnpacked: false),
-                    ],
-                    oneofs: [], nested: [], enums: [], reservedRanges: [], reservedNames: [], isMapEntry: true
-                ))
+                entries.append(
+                    NMessage(
+                        name: entryName,
+                        fields: [
+                            NField(
+                                name: "key", number: 1, label: 1, type: keyType, typeName: "", oneofIndex: nil,
+                                proto3Optional: false, jsonName: "key", explicitlyUnpacked: false),
+                            NField(
+                                name: "value", number: 2, label: 1, type: valueType, typeName: valueTypeName,
+                                oneofIndex: nil, proto3Optional: false, jsonName: "value", explicitlyUnpacked: false),
+                        ],
+                        oneofs: [], nested: [], enums: [], reservedRanges: [], reservedNames: [], isMapEntry: true
+                    ))
             }
-            let packable: Bool = switch f.type {
-            case .scalar(let s): s != .string && s != .bytes
-            case .enumeration: true
-            default: false
-            }
+            let packable: Bool =
+                switch f.type {
+                case .scalar(let s): s != .string && s != .bytes
+                case .enumeration: true
+                default: false
+                }
             return NField(
                 name: f.name, number: f.number, label: f.label == .repeated ? 3 : 1, type: type, typeName: typeName,
                 oneofIndex: oneofIndex, proto3Optional: f.label == .optional, jsonName: f.jsonName,
@@ -227,23 +234,24 @@ extension NMessage {
     static func type(_ type: FieldTypeIR) -> (Int, String) {
         switch type {
         case .scalar(let s):
-            let number = switch s {
-            case .double: 1
-            case .float: 2
-            case .int64: 3
-            case .uint64: 4
-            case .int32: 5
-            case .fixed64: 6
-            case .fixed32: 7
-            case .bool: 8
-            case .string: 9
-            case .bytes: 12
-            case .uint32: 13
-            case .sfixed32: 15
-            case .sfixed64: 16
-            case .sint32: 17
-            case .sint64: 18
-            }
+            let number =
+                switch s {
+                case .double: 1
+                case .float: 2
+                case .int64: 3
+                case .uint64: 4
+                case .int32: 5
+                case .fixed64: 6
+                case .fixed32: 7
+                case .bool: 8
+                case .string: 9
+                case .bytes: 12
+                case .uint32: 13
+                case .sfixed32: 15
+                case .sfixed64: 16
+                case .sint32: 17
+                case .sint64: 18
+                }
             return (number, "")
         case .enumeration(let name): return (14, "." + name)
         case .message(let name): return (11, "." + name)

@@ -49,7 +49,9 @@ struct EncodingTests {
 
     @Test("repeated scalars are packed; [packed = false] fields are not")
     func packing() throws {
-        try assertEncodes(AllTypes(rInt32: [1, 150, -1]), [0xCA, 0x01, 0x0D, 0x01, 0x96, 0x01] + [UInt8](repeating: 0xFF, count: 9) + [0x01])
+        try assertEncodes(
+            AllTypes(rInt32: [1, 150, -1]),
+            [0xCA, 0x01, 0x0D, 0x01, 0x96, 0x01] + [UInt8](repeating: 0xFF, count: 9) + [0x01])
         try assertEncodes(AllTypes(rFixed32: [1, 2]), [0xDA, 0x01, 0x08, 1, 0, 0, 0, 2, 0, 0, 0])
         try assertEncodes(AllTypes(uInt32: [1, 2]), [0xC8, 0x02, 0x01, 0xC8, 0x02, 0x02])
         try assertEncodes(AllTypes(rString: ["a", ""]), [0xEA, 0x01, 0x01, 0x61, 0xEA, 0x01, 0x00])
@@ -67,10 +69,12 @@ struct EncodingTests {
     func fixedWidthRunsAppend() throws {
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
         // One unpacked fixed32, then two packed runs of the same field: every run starts at an odd address offset.
-        let fixed: [UInt8] = [0xDD, 0x01] + le(UInt32(1)) + [0xDA, 0x01, 0x08] + le(UInt32(2)) + le(UInt32(0xFFFF_FFFF))
+        let fixed: [UInt8] =
+            [0xDD, 0x01] + le(UInt32(1)) + [0xDA, 0x01, 0x08] + le(UInt32(2)) + le(UInt32(0xFFFF_FFFF))
             + [0xDA, 0x01, 0x04] + le(UInt32(4))
         #expect(try AllTypes(serializedBytes: fixed).rFixed32 == [1, 2, 0xFFFF_FFFF, 4])
-        let doubles: [UInt8] = [0xAA, 0x01, 0x10] + le(1.5.bitPattern) + le((-2.25).bitPattern) + [0xA9, 0x01] + le(4.0.bitPattern)
+        let doubles: [UInt8] =
+            [0xAA, 0x01, 0x10] + le(1.5.bitPattern) + le((-2.25).bitPattern) + [0xA9, 0x01] + le(4.0.bitPattern)
         #expect(try AllTypes(serializedBytes: [0x28, 0x01] + doubles).rDouble == [1.5, -2.25, 4.0])
     }
 
@@ -159,7 +163,9 @@ struct EncodingTests {
         #expect(try AllTypes(serializedBytes: message.serializedBytes()) == message)
         // One entry: key then value, both always written.
         try assertEncodes(AllTypes(mInt32: [1: ""]), [0xEA, 0x03, 0x04, 0x08, 0x01, 0x12, 0x00])
-        let twice: [UInt8] = [0xEA, 0x03, 0x05, 0x08, 0x01, 0x12, 0x01, 0x61, 0xEA, 0x03, 0x05, 0x08, 0x01, 0x12, 0x01, 0x62]
+        let twice: [UInt8] = [
+            0xEA, 0x03, 0x05, 0x08, 0x01, 0x12, 0x01, 0x61, 0xEA, 0x03, 0x05, 0x08, 0x01, 0x12, 0x01, 0x62,
+        ]
         #expect(try AllTypes(serializedBytes: twice).mInt32 == [1: "b"])
         // Missing key or value: the defaults.
         #expect(try AllTypes(serializedBytes: [0xEA, 0x03, 0x00]).mInt32 == [0: ""])
@@ -214,7 +220,8 @@ struct EncodingTests {
         }
         _ = try Conformance_V1_Node(serializedBytes: nested(100))
         // The 101st embedded message is refused; every enclosing message names the field it was in.
-        assertDecodeFails(Conformance_V1_Node.self, nested(101), .depthLimitExceeded, path: Array(repeating: "child", count: 101))
+        assertDecodeFails(
+            Conformance_V1_Node.self, nested(101), .depthLimitExceeded, path: Array(repeating: "child", count: 101))
         _ = try Conformance_V1_Node(serializedBytes: nested(5), options: DecodingOptions(maxDepth: 5))
         assertDecodeFails(
             Conformance_V1_Node.self, nested(6), .depthLimitExceeded, path: Array(repeating: "child", count: 6),

@@ -2,8 +2,8 @@ import CProtobufCReference
 import ConformanceMessages
 import ProtoRuntime
 import ProtoWellKnownTypes
-import Testing
 import TestSupport
+import Testing
 
 /// Differential tests against protobuf-c, the C reference implementation, in process: thousands of seeded random
 /// messages covering every field shape go through Shoal and protobuf-c both ways and are compared field by field.
@@ -21,7 +21,9 @@ struct ProtobufCDifferentialTests {
     }
 
     /// protobuf-c's decoding of `bytes`, or nil if it refuses them.
-    static func unpack(_ descriptor: UnsafePointer<ProtobufCMessageDescriptor>, _ bytes: [UInt8]) -> UnsafeMutablePointer<ProtobufCMessage>? {
+    static func unpack(
+        _ descriptor: UnsafePointer<ProtobufCMessageDescriptor>, _ bytes: [UInt8]
+    ) -> UnsafeMutablePointer<ProtobufCMessage>? {
         bytes.withUnsafeBufferPointer { protobuf_c_message_unpack(descriptor, nil, bytes.count, $0.baseAddress) }
     }
 
@@ -34,7 +36,9 @@ struct ProtobufCDifferentialTests {
 
     @Test("protobuf-c → Shoal → protobuf-c: every random message survives field by field")
     func fromReference() throws {
-        for (descriptor, name) in [(shoal_pbc_all_types_descriptor()!, "AllTypes"), (shoal_pbc_node_descriptor()!, "Node")] {
+        for (descriptor, name) in [
+            (shoal_pbc_all_types_descriptor()!, "AllTypes"), (shoal_pbc_node_descriptor()!, "Node"),
+        ] {
             for seed in Self.seeds {
                 guard let original = shoal_pbc_random_message(descriptor, seed, 3) else { continue }
                 defer { protobuf_c_message_free_unpacked(original, nil) }
@@ -95,7 +99,8 @@ struct ProtobufCDifferentialTests {
     }
 
     static func randomInner(_ r: inout SeededRandom) -> Conformance_V1_Inner {
-        Conformance_V1_Inner(a: r.chance(50) ? r.int32() : 0, b: r.chance(50) ? r.string() : "", c: r.array { $0.int64() })
+        Conformance_V1_Inner(
+            a: r.chance(50) ? r.int32() : 0, b: r.chance(50) ? r.string() : "", c: r.array { $0.int64() })
     }
 
     /// Each field set with probability p; every shape (scalars, repeated, maps, oneof, nested) is drawn.

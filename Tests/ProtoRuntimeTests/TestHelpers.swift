@@ -1,7 +1,7 @@
 import ConformanceMessages
 import ProtoRuntime
-import Testing
 import TestSupport
+import Testing
 
 /// Encodes `message`, checks the bytes and the size pass, and decodes them back to the same message.
 func assertEncodes<M: ProtoMessage>(
@@ -66,12 +66,13 @@ extension SeededRandom {
     mutating func string() -> String {
         var scalars = String.UnicodeScalarView()
         for _ in 0..<(next() % 24) {
-            let value: UInt32 = switch next() % 5 {
-            case 0: 0x80 + UInt32(next() % (0x800 - 0x80))
-            case 1: 0x800 + UInt32(next() % (0xD800 - 0x800))
-            case 2: 0x10000 + UInt32(next() % (0x110000 - 0x10000))
-            default: 1 + UInt32(next() % 0x7F)
-            }
+            let value: UInt32 =
+                switch next() % 5 {
+                case 0: 0x80 + UInt32(next() % (0x800 - 0x80))
+                case 1: 0x800 + UInt32(next() % (0xD800 - 0x800))
+                case 2: 0x10000 + UInt32(next() % (0x110000 - 0x10000))
+                default: 1 + UInt32(next() % 0x7F)
+                }
             if let scalar = Unicode.Scalar(value) { scalars.append(scalar) }
         }
         return String(scalars)
@@ -80,7 +81,9 @@ extension SeededRandom {
     mutating func bytes() -> [UInt8] { (0..<(next() % 40)).map { _ in UInt8(truncatingIfNeeded: next()) } }
 
     mutating func color() -> Conformance_V1_Color {
-        chance(80) ? Conformance_V1_Color.allCases[Int(next() % 4)] : Conformance_V1_Color(rawValue: Int32(next() % 1000) - 500)
+        chance(80)
+            ? Conformance_V1_Color.allCases[Int(next() % 4)]
+            : Conformance_V1_Color(rawValue: Int32(next() % 1000) - 500)
     }
 
     mutating func array<T>(_ make: (inout SeededRandom) -> T) -> [T] {

@@ -28,7 +28,9 @@ struct BackoffTests {
     @Test("jitter: none is exact, full spans [0, d], half [d/2, d], proportional d ± f")
     func jitter() {
         let base = Backoff(initial: .seconds(2), multiplier: 2, maximum: .seconds(60), jitter: .none)
-        var full = base, half = base, proportional = base
+        var full = base
+        var half = base
+        var proportional = base
         full.jitter = .full
         half.jitter = .half
         proportional.jitter = .proportional(0.5)

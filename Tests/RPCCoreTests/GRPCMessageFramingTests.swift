@@ -13,7 +13,9 @@ struct GRPCMessageFramingTests {
     }
 
     /// Feeds `chunks` one at a time and collects every message that becomes complete.
-    static func deframe(_ chunks: [[UInt8]], maxMessageSize: Int = 1 << 22, acceptsCompressed: Bool = false) throws(RPCError) -> [Message] {
+    static func deframe(
+        _ chunks: [[UInt8]], maxMessageSize: Int = 1 << 22, acceptsCompressed: Bool = false
+    ) throws(RPCError) -> [Message] {
         var deframer = GRPCMessageDeframer(maxMessageSize: maxMessageSize, acceptsCompressed: acceptsCompressed)
         var messages: [Message] = []
         for chunk in chunks {
@@ -70,7 +72,10 @@ struct GRPCMessageFramingTests {
     @Test("a declared length over the limit is RESOURCE_EXHAUSTED, before the bytes arrive")
     func oversize() throws {
         #expect(try Self.deframe([Self.framed([[UInt8](repeating: 7, count: 100)])], maxMessageSize: 100).count == 1)
-        #expect(throws: RPCError(code: .resourceExhausted, message: "message of 101 bytes is larger than the limit of 100 bytes")) {
+        #expect(
+            throws: RPCError(
+                code: .resourceExhausted, message: "message of 101 bytes is larger than the limit of 100 bytes")
+        ) {
             // Only the prefix is sent: the limit is enforced on the declared length.
             _ = try Self.deframe([[0x00, 0x00, 0x00, 0x00, 101]], maxMessageSize: 100)
         }
@@ -82,7 +87,8 @@ struct GRPCMessageFramingTests {
     @Test("compressed messages need a negotiated encoding; other flag values are malformed")
     func compressedFlag() throws {
         let compressed = Self.framed([[9, 9]], compressed: true)
-        #expect(try Self.deframe([compressed], acceptsCompressed: true) == [Message(bytes: [9, 9], isCompressed: true)])
+        #expect(
+            try Self.deframe([compressed], acceptsCompressed: true) == [Message(bytes: [9, 9], isCompressed: true)])
         #expect(throws: RPCError(code: .internal, message: "compressed message on a stream without grpc-encoding")) {
             _ = try Self.deframe([compressed])
         }
@@ -118,7 +124,7 @@ struct GRPCMessageFramingTests {
         for _ in 0..<2_000 {
             var deframer = GRPCMessageDeframer(maxMessageSize: 64, acceptsCompressed: state & 1 == 0)
             for _ in 0..<4 {
-                state = state &* 6364136223846793005 &+ 1442695040888963407
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
                 let chunk = (0..<(Int(state >> 58))).map { i in UInt8(truncatingIfNeeded: state >> UInt64(i % 56)) }
                 deframer.append(chunk)
                 do {

@@ -6,12 +6,17 @@ private let grpcRequest: [HeaderField] = [
     ("content-type", "application/grpc"), ("te", "trailers"), ("x-tenant", "acme"),
 ]
 
-private let okResponse: [HeaderField] = [(":status", "200"), ("content-type", "application/grpc"), ("x-served-by", "a")]
+private let okResponse: [HeaderField] = [
+    (":status", "200"), ("content-type", "application/grpc"), ("x-served-by", "a"),
+]
 
 /// One gRPC message frame: flag 0, big-endian length, payload.
 private func frame(_ payload: [UInt8], compressed: Bool = false) -> [UInt8] {
     let count = UInt32(payload.count)
-    return [compressed ? 1 : 0, UInt8(count >> 24), UInt8(count >> 16 & 0xff), UInt8(count >> 8 & 0xff), UInt8(count & 0xff)] + payload
+    return [
+        compressed ? 1 : 0, UInt8(count >> 24), UInt8(count >> 16 & 0xff), UInt8(count >> 8 & 0xff),
+        UInt8(count & 0xff),
+    ] + payload
 }
 
 private func fields(_ headers: [HeaderField]) -> [String: String] {
@@ -25,7 +30,9 @@ struct ServerStreamStateMachineTests {
     }
 
     /// Feeds bytes and returns the messages delivered and the action.
-    func receive(_ bytes: [UInt8], into machine: inout ServerStreamStateMachine) throws -> ([[UInt8]], ServerStreamStateMachine.InboundAction) {
+    func receive(
+        _ bytes: [UInt8], into machine: inout ServerStreamStateMachine
+    ) throws -> ([[UInt8]], ServerStreamStateMachine.InboundAction) {
         var delivered: [[UInt8]] = []
         let action = try bytes.withUnsafeBytes { raw in
             try machine.receiveMessageBytes(raw) { message in delivered.append(message.bytes) }
@@ -38,7 +45,10 @@ struct ServerStreamStateMachineTests {
         var machine = makeMachine()
         #expect(machine.state == .awaitingRequestHeaders)
         let action = try machine.receiveHeaders(grpcRequest + [("grpc-timeout", "250m")], endStream: false)
-        guard case .start(let head) = action else { Issue.record("expected start, got \(action)"); return }
+        guard case .start(let head) = action else {
+            Issue.record("expected start, got \(action)")
+            return
+        }
         #expect(head.path == "/pkg.Service/Method")
         #expect(head.metadata["x-tenant"] == "acme")
         #expect(head.metadata["te"] == nil)
@@ -56,11 +66,17 @@ struct ServerStreamStateMachineTests {
             var copy = machine
             let (first, _) = try receive(Array(wire[..<split]), into: &copy)
             let (second, action) = try receive(Array(wire[split...]), into: &copy)
-            guard case .none = action else { Issue.record("split \(split) failed: \(action)"); return }
+            guard case .none = action else {
+                Issue.record("split \(split) failed: \(action)")
+                return
+            }
             delivered = first + second
             #expect(delivered == [[1, 2, 3], [], [9]], "split at \(split)")
         }
-        guard case .none = try machine.receiveEndOfStream() else { Issue.record("expected a clean end"); return }
+        guard case .none = try machine.receiveEndOfStream() else {
+            Issue.record("expected a clean end")
+            return
+        }
         #expect(machine.state == .open(requestEnded: true, responseHeadersSent: false))
     }
 
@@ -68,7 +84,8 @@ struct ServerStreamStateMachineTests {
     func responseHeadersOnce() throws {
         var machine = makeMachine()
         _ = try machine.receiveHeaders(grpcRequest, endStream: true)
-        let first = try machine.sendMessage(), second = try machine.sendMessage()
+        let first = try machine.sendMessage()
+        let second = try machine.sendMessage()
         #expect(first == .sendHeadersThenMessage)
         #expect(second == .sendMessage)
         #expect(machine.state == .open(requestEnded: true, responseHeadersSent: true))
@@ -83,22 +100,31 @@ struct ServerStreamStateMachineTests {
         var machine = makeMachine()
         _ = try machine.receiveHeaders(grpcRequest, endStream: true)
         _ = try machine.sendMessage()
-        guard case .sendTrailers(let trailers) = machine.sendStatus(nil, trailingMetadata: ["x-t": "v"], responseMetadata: Metadata()) else {
-            Issue.record("expected trailers"); return
+        guard
+            case .sendTrailers(let trailers) = machine.sendStatus(
+                nil, trailingMetadata: ["x-t": "v"], responseMetadata: Metadata())
+        else {
+            Issue.record("expected trailers")
+            return
         }
         #expect(fields(trailers)["grpc-status"] == "0")
         #expect(fields(trailers)["x-t"] == "v")
         #expect(fields(trailers)[":status"] == nil)
         #expect(machine.state == .closed)
         guard case .none = machine.sendStatus(nil, trailingMetadata: Metadata(), responseMetadata: Metadata()) else {
-            Issue.record("a second status must do nothing"); return
+            Issue.record("a second status must do nothing")
+            return
         }
 
         var quiet = makeMachine()
         _ = try quiet.receiveHeaders(grpcRequest, endStream: true)
         let error = RPCError(code: .notFound, message: "no such droplet: 50%")
-        guard case .sendTrailersOnly(let block) = quiet.sendStatus(error, trailingMetadata: Metadata(), responseMetadata: ["x-i": "1"]) else {
-            Issue.record("expected trailers-only"); return
+        guard
+            case .sendTrailersOnly(let block) = quiet.sendStatus(
+                error, trailingMetadata: Metadata(), responseMetadata: ["x-i": "1"])
+        else {
+            Issue.record("expected trailers-only")
+            return
         }
         let only = fields(block)
         #expect(only[":status"] == "200")
@@ -110,8 +136,12 @@ struct ServerStreamStateMachineTests {
     @Test("GET, or POST without gRPC's content-type, gets a complete HTTP response with a text body")
     func notGRPC() throws {
         var get = makeMachine()
-        let getAction = try get.receiveHeaders([(":method", "GET"), (":path", "/"), (":scheme", "http")], endStream: true)
-        guard case .respond(let response, let reset) = getAction else { Issue.record("expected a response"); return }
+        let getAction = try get.receiveHeaders(
+            [(":method", "GET"), (":path", "/"), (":scheme", "http")], endStream: true)
+        guard case .respond(let response, let reset) = getAction else {
+            Issue.record("expected a response")
+            return
+        }
         #expect(response.status == 405)
         #expect(response.headers["allow"] == "POST")
         #expect(response.body.contains("gRPC"))
@@ -120,8 +150,12 @@ struct ServerStreamStateMachineTests {
         #expect(get.state == .closed)
 
         var post = makeMachine()
-        let postAction = try post.receiveHeaders([(":method", "POST"), (":path", "/"), ("content-type", "application/json")], endStream: false)
-        guard case .respond(let json, let resetAfter) = postAction else { Issue.record("expected a response"); return }
+        let postAction = try post.receiveHeaders(
+            [(":method", "POST"), (":path", "/"), ("content-type", "application/json")], endStream: false)
+        guard case .respond(let json, let resetAfter) = postAction else {
+            Issue.record("expected a response")
+            return
+        }
         #expect(json.status == 415)
         #expect(resetAfter, "the client may still be sending its body")
         // Its body, still arriving, is dropped.
@@ -131,17 +165,26 @@ struct ServerStreamStateMachineTests {
     @Test("an unknown grpc-encoding is UNIMPLEMENTED and a malformed grpc-timeout INTERNAL, trailers-only")
     func refusedHeaders() throws {
         var encoding = makeMachine()
-        guard case .fail(let failure) = try encoding.receiveHeaders(grpcRequest + [("grpc-encoding", "snappy")], endStream: false) else {
-            Issue.record("expected a failure"); return
+        guard
+            case .fail(let failure) = try encoding.receiveHeaders(
+                grpcRequest + [("grpc-encoding", "snappy")], endStream: false)
+        else {
+            Issue.record("expected a failure")
+            return
         }
         #expect(failure.error.code == .unimplemented)
         #expect(failure.resetAfter)
-        guard case .sendTrailersOnly(let block) = failure.status else { Issue.record("expected trailers-only"); return }
+        guard case .sendTrailersOnly(let block) = failure.status else {
+            Issue.record("expected trailers-only")
+            return
+        }
         #expect(fields(block)["grpc-status"] == String(RPCError.Code.unimplemented.rawValue))
 
         var timeout = makeMachine()
-        guard case .fail(let bad) = try timeout.receiveHeaders(grpcRequest + [("grpc-timeout", "12x")], endStream: true) else {
-            Issue.record("expected a failure"); return
+        guard case .fail(let bad) = try timeout.receiveHeaders(grpcRequest + [("grpc-timeout", "12x")], endStream: true)
+        else {
+            Issue.record("expected a failure")
+            return
         }
         #expect(bad.error.code == .internal)
         #expect(!bad.resetAfter)
@@ -164,7 +207,8 @@ struct ServerStreamStateMachineTests {
         var big = makeMachine()
         _ = try big.receiveHeaders(grpcRequest, endStream: false)
         guard case .fail(let tooBig) = try receive(frame([UInt8](repeating: 7, count: 65)), into: &big).1 else {
-            Issue.record("expected a failure"); return
+            Issue.record("expected a failure")
+            return
         }
         #expect(tooBig.error.code == .resourceExhausted)
         #expect(tooBig.resetAfter)
@@ -173,14 +217,18 @@ struct ServerStreamStateMachineTests {
         var compressed = makeMachine()
         _ = try compressed.receiveHeaders(grpcRequest, endStream: false)
         guard case .fail(let flagged) = try receive(frame([1], compressed: true), into: &compressed).1 else {
-            Issue.record("expected a failure"); return
+            Issue.record("expected a failure")
+            return
         }
         #expect(flagged.error.code == .internal)
 
         var cut = makeMachine()
         _ = try cut.receiveHeaders(grpcRequest, endStream: false)
         _ = try receive(Array(frame([1, 2, 3]).prefix(6)), into: &cut)
-        guard case .fail(let truncated) = try cut.receiveEndOfStream() else { Issue.record("expected a failure"); return }
+        guard case .fail(let truncated) = try cut.receiveEndOfStream() else {
+            Issue.record("expected a failure")
+            return
+        }
         #expect(truncated.error.code == .internal)
         #expect(!truncated.resetAfter, "the client already ended its side")
     }
@@ -190,9 +238,14 @@ struct ServerStreamStateMachineTests {
         var machine = makeMachine()
         _ = try machine.receiveHeaders(grpcRequest, endStream: false)
         let action = try frame([1]).withUnsafeBytes { raw in
-            try machine.receiveMessageBytes(raw) { (_) throws(RPCError) in throw RPCError(code: .resourceExhausted, message: "too big once inflated") }
+            try machine.receiveMessageBytes(raw) { (_) throws(RPCError) in
+                throw RPCError(code: .resourceExhausted, message: "too big once inflated")
+            }
         }
-        guard case .fail(let failure) = action else { Issue.record("expected a failure"); return }
+        guard case .fail(let failure) = action else {
+            Issue.record("expected a failure")
+            return
+        }
         #expect(failure.error.message == "too big once inflated")
     }
 
@@ -200,7 +253,10 @@ struct ServerStreamStateMachineTests {
     func requestTrailers() throws {
         var machine = makeMachine()
         _ = try machine.receiveHeaders(grpcRequest, endStream: false)
-        guard case .none = try machine.receiveHeaders([("x-trailer", "1")], endStream: true) else { Issue.record("expected nothing"); return }
+        guard case .none = try machine.receiveHeaders([("x-trailer", "1")], endStream: true) else {
+            Issue.record("expected nothing")
+            return
+        }
         #expect(machine.state == .open(requestEnded: true, responseHeadersSent: false))
     }
 
@@ -227,10 +283,12 @@ struct ServerStreamStateMachineTests {
         #expect(!again)
     }
 
-    @Test("illegal inputs are typed errors", arguments: [
-        "bytes before headers", "end before headers", "message before headers", "bytes after end", "end after end",
-        "headers after end", "trailers without END_STREAM", "message after status",
-    ])
+    @Test(
+        "illegal inputs are typed errors",
+        arguments: [
+            "bytes before headers", "end before headers", "message before headers", "bytes after end", "end after end",
+            "headers after end", "trailers without END_STREAM", "message after status",
+        ])
     func illegal(_ input: String) throws {
         var machine = makeMachine()
         switch input {
@@ -263,7 +321,9 @@ struct ServerStreamStateMachineTests {
 
 @Suite("the client stream state machine, input by input")
 struct ClientStreamStateMachineTests {
-    func receive(_ bytes: [UInt8], into machine: inout ClientStreamStateMachine) throws -> ([[UInt8]], ClientStreamStateMachine.EndAction) {
+    func receive(
+        _ bytes: [UInt8], into machine: inout ClientStreamStateMachine
+    ) throws -> ([[UInt8]], ClientStreamStateMachine.EndAction) {
         var delivered: [[UInt8]] = []
         let action = try bytes.withUnsafeBytes { raw in
             try machine.receiveMessageBytes(raw) { message in delivered.append(message.bytes) }
@@ -275,19 +335,25 @@ struct ClientStreamStateMachineTests {
     func fullResponse() throws {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
         try machine.sendMessage()
-        let ended = machine.endRequest(), endedAgain = machine.endRequest()
+        let ended = machine.endRequest()
+        let endedAgain = machine.endRequest()
         #expect(ended)
         #expect(!endedAgain, "END_STREAM goes once")
         guard case .receivedMetadata(let initial) = try machine.receiveHeaders(okResponse, endStream: false) else {
-            Issue.record("expected metadata"); return
+            Issue.record("expected metadata")
+            return
         }
         #expect(initial["x-served-by"] == "a")
         #expect(machine.state == .receivingResponse(requestEnded: true))
         let (messages, action) = try receive(frame([4, 2]) + frame([1]), into: &machine)
         #expect(messages == [[4, 2], [1]])
         #expect(action == .none)
-        guard case .finish(let outcome, let trailing, let reset) = try machine.receiveHeaders([("grpc-status", "0"), ("x-t", "1")], endStream: true) else {
-            Issue.record("expected the end"); return
+        guard
+            case .finish(let outcome, let trailing, let reset) = try machine.receiveHeaders(
+                [("grpc-status", "0"), ("x-t", "1")], endStream: true)
+        else {
+            Issue.record("expected the end")
+            return
         }
         #expect(outcome == nil)
         #expect(trailing["x-t"] == "1")
@@ -300,7 +366,8 @@ struct ClientStreamStateMachineTests {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
         let block = okResponse + [("grpc-status", "7"), ("grpc-message", "not%20yours")]
         guard case .finish(let outcome, _, let reset) = try machine.receiveHeaders(block, endStream: true) else {
-            Issue.record("expected the end"); return
+            Issue.record("expected the end")
+            return
         }
         #expect(outcome?.code == .permissionDenied)
         #expect(outcome?.message == "not yours")
@@ -310,15 +377,22 @@ struct ClientStreamStateMachineTests {
     @Test("a response that is not gRPC maps its HTTP status and resets the stream")
     func notGRPC() throws {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
-        guard case .finish(let outcome, _, let reset) = try machine.receiveHeaders([(":status", "503")], endStream: true) else {
-            Issue.record("expected the end"); return
+        guard
+            case .finish(let outcome, _, let reset) = try machine.receiveHeaders([(":status", "503")], endStream: true)
+        else {
+            Issue.record("expected the end")
+            return
         }
         #expect(outcome?.code == .unavailable)
         #expect(reset)
 
         var html = ClientStreamStateMachine(maxReceiveMessageSize: 64)
-        guard case .finish(let wrong, _, _) = try html.receiveHeaders([(":status", "200"), ("content-type", "text/html")], endStream: false) else {
-            Issue.record("expected the end"); return
+        guard
+            case .finish(let wrong, _, _) = try html.receiveHeaders(
+                [(":status", "200"), ("content-type", "text/html")], endStream: false)
+        else {
+            Issue.record("expected the end")
+            return
         }
         #expect(wrong?.code == .unknown)
     }
@@ -326,8 +400,12 @@ struct ClientStreamStateMachineTests {
     @Test("an encoding never offered is INTERNAL; gzip turns compressed messages on")
     func encodings() throws {
         var odd = ClientStreamStateMachine(maxReceiveMessageSize: 64)
-        guard case .finish(let outcome, _, true) = try odd.receiveHeaders(okResponse + [("grpc-encoding", "br")], endStream: false) else {
-            Issue.record("expected the end with a reset"); return
+        guard
+            case .finish(let outcome, _, true) = try odd.receiveHeaders(
+                okResponse + [("grpc-encoding", "br")], endStream: false)
+        else {
+            Issue.record("expected the end with a reset")
+            return
         }
         #expect(outcome?.code == .internal)
 
@@ -347,14 +425,16 @@ struct ClientStreamStateMachineTests {
         _ = try cut.receiveHeaders(okResponse, endStream: false)
         _ = try receive(Array(frame([1, 2]).prefix(5)), into: &cut)
         guard case .finish(let outcome, _, _) = try cut.receiveHeaders([("grpc-status", "0")], endStream: true) else {
-            Issue.record("expected the end"); return
+            Issue.record("expected the end")
+            return
         }
         #expect(outcome?.code == .internal)
 
         var silent = ClientStreamStateMachine(maxReceiveMessageSize: 64)
         _ = try silent.receiveHeaders(okResponse, endStream: false)
         guard case .finish(let none, _, _) = try silent.receiveHeaders([("x", "y")], endStream: true) else {
-            Issue.record("expected the end"); return
+            Issue.record("expected the end")
+            return
         }
         #expect(none?.message == "the server ended the call without a grpc-status")
     }
@@ -364,20 +444,25 @@ struct ClientStreamStateMachineTests {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 4)
         _ = try machine.receiveHeaders(okResponse, endStream: false)
         let (_, action) = try receive(frame([1, 2, 3, 4, 5]), into: &machine)
-        guard case .finish(let error, reset: true) = action else { Issue.record("expected the end with a reset"); return }
+        guard case .finish(let error, reset: true) = action else {
+            Issue.record("expected the end with a reset")
+            return
+        }
         #expect(error.code == .resourceExhausted)
     }
 
     @Test("resets map to codes; REFUSED_STREAM marks the call safe to retry")
     func resets() {
         let cases: [(HTTP2ErrorCode, RPCError.Code)] = [
-            (.refusedStream, .unavailable), (.cancel, .cancelled), (.noError, .internal), (.internalError, .unavailable),
+            (.refusedStream, .unavailable), (.cancel, .cancelled), (.noError, .internal),
+            (.internalError, .unavailable),
             (.protocolError, .internal),
         ]
         for (code, expected) in cases {
             var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
             guard case .finish(let error, reset: false) = machine.streamClosed(errorCode: code) else {
-                Issue.record("expected the end for \(code)"); continue
+                Issue.record("expected the end for \(code)")
+                continue
             }
             #expect(error.code == expected, "\(code)")
             #expect(machine.refusedUnprocessed == (code == .refusedStream))
@@ -390,7 +475,8 @@ struct ClientStreamStateMachineTests {
     func deadlineAndCancel() throws {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
         guard case .finish(let error, reset: true) = machine.deadlineExpired(after: .seconds(1)) else {
-            Issue.record("expected the end"); return
+            Issue.record("expected the end")
+            return
         }
         #expect(error.code == .deadlineExceeded)
         let cancel = machine.cancel()
@@ -401,14 +487,22 @@ struct ClientStreamStateMachineTests {
         #expect(!end)
 
         var cancelled = ClientStreamStateMachine(maxReceiveMessageSize: 64)
-        guard case .finish(let reason, reset: true) = cancelled.cancel() else { Issue.record("expected the end"); return }
+        guard case .finish(let reason, reset: true) = cancelled.cancel() else {
+            Issue.record("expected the end")
+            return
+        }
         #expect(reason.code == .cancelled)
         // The server's late input is ignored.
-        guard case .none = try cancelled.receiveHeaders(okResponse, endStream: false) else { Issue.record("expected nothing"); return }
+        guard case .none = try cancelled.receiveHeaders(okResponse, endStream: false) else {
+            Issue.record("expected nothing")
+            return
+        }
         #expect(try receive(frame([1]), into: &cancelled).0.isEmpty)
     }
 
-    @Test("illegal inputs are typed errors", arguments: ["bytes before headers", "message after end", "message after close", "trailers without END_STREAM"])
+    @Test(
+        "illegal inputs are typed errors",
+        arguments: ["bytes before headers", "message after end", "message after close", "trailers without END_STREAM"])
     func illegal(_ input: String) throws {
         var machine = ClientStreamStateMachine(maxReceiveMessageSize: 64)
         switch input {
@@ -422,7 +516,9 @@ struct ClientStreamStateMachineTests {
             #expect(throws: StreamStateError.self) { try machine.sendMessage() }
         default:
             _ = try machine.receiveHeaders(okResponse, endStream: false)
-            #expect(throws: StreamStateError.self) { _ = try machine.receiveHeaders([("grpc-status", "0")], endStream: false) }
+            #expect(throws: StreamStateError.self) {
+                _ = try machine.receiveHeaders([("grpc-status", "0")], endStream: false)
+            }
         }
     }
 }

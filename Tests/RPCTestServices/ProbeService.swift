@@ -27,7 +27,9 @@ public struct ProbeService: Rpctest_V1_Probe.ServiceProtocol {
         }
         if request.failCode != 0 {
             context.setTrailingMetadata(["failure-reason": "requested"])
-            throw RPCError(code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked: \(request.text)")
+            throw RPCError(
+                code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown,
+                message: "failing as asked: \(request.text)")
         }
     }
 
@@ -40,21 +42,26 @@ public struct ProbeService: Rpctest_V1_Probe.ServiceProtocol {
         }
     }
 
-    public func echo(request: Rpctest_V1_ProbeRequest, context: ServerContext) async throws -> Rpctest_V1_ProbeResponse {
+    public func echo(request: Rpctest_V1_ProbeRequest, context: ServerContext) async throws -> Rpctest_V1_ProbeResponse
+    {
         try await prepare(request, context)
         var echoed = Metadata()
         if let value = context.metadata["echo-me"] { echoed.add("echoed", value) }
         if let bytes = context.metadata[binary: "echo-me-bin"] { echoed.add("echoed-bin", binary: bytes) }
         context.setResponseMetadata(echoed)
         defer { observer?(.finished(context.descriptor.method)) }
-        return Rpctest_V1_ProbeResponse(text: request.text, number: request.number, payload: request.payload, metadata: Self.seen(context))
+        return Rpctest_V1_ProbeResponse(
+            text: request.text, number: request.number, payload: request.payload, metadata: Self.seen(context))
     }
 
-    public func expand(request: Rpctest_V1_ProbeRequest, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext) async throws {
+    public func expand(
+        request: Rpctest_V1_ProbeRequest, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext
+    ) async throws {
         try await prepare(request, context)
         do {
             for index in 0..<Int(request.count) {
-                try await response.write(Rpctest_V1_ProbeResponse(text: request.text, number: Int64(index), payload: request.payload))
+                try await response.write(
+                    Rpctest_V1_ProbeResponse(text: request.text, number: Int64(index), payload: request.payload))
             }
         } catch {
             observer?(.cancelled(context.descriptor.method))
@@ -63,14 +70,17 @@ public struct ProbeService: Rpctest_V1_Probe.ServiceProtocol {
         observer?(.finished(context.descriptor.method))
     }
 
-    public func collect(requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, context: ServerContext) async throws -> Rpctest_V1_ProbeResponse {
+    public func collect(
+        requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, context: ServerContext
+    ) async throws -> Rpctest_V1_ProbeResponse {
         observer?(.started(context.descriptor.method))
         var sum: Int64 = 0
         var count: Int64 = 0
         do {
             for try await request in requests {
                 if request.failCode != 0 {
-                    throw RPCError(code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
+                    throw RPCError(
+                        code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
                 }
                 if request.delayMs > 0 { try await Task.sleep(for: .milliseconds(Int(request.delayMs))) }
                 sum += request.number
@@ -84,14 +94,19 @@ public struct ProbeService: Rpctest_V1_Probe.ServiceProtocol {
         return Rpctest_V1_ProbeResponse(text: "\(count) requests", number: sum)
     }
 
-    public func converse(requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext) async throws {
+    public func converse(
+        requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>,
+        context: ServerContext
+    ) async throws {
         observer?(.started(context.descriptor.method))
         do {
             for try await request in requests {
                 if request.failCode != 0 {
-                    throw RPCError(code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
+                    throw RPCError(
+                        code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
                 }
-                try await response.write(Rpctest_V1_ProbeResponse(text: request.text.uppercased(), number: request.number * 2))
+                try await response.write(
+                    Rpctest_V1_ProbeResponse(text: request.text.uppercased(), number: request.number * 2))
             }
         } catch {
             observer?(.cancelled(context.descriptor.method))

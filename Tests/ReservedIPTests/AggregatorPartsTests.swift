@@ -1,5 +1,6 @@
-@testable import Aggregator
 import Testing
+
+@testable import Aggregator
 
 @Suite("aggregator parts")
 struct AggregatorPartsTests {

@@ -1,17 +1,21 @@
 import Foundation
 import HarpoonAPI
-@testable import ReservedIP
 import ReservedIPAPI
 import TestSupport
 import Testing
 
+@testable import ReservedIP
+
 /// Several orchestrator replicas on one PostgreSQL database, each with its own server and transition driver.
 @Suite("reserved-IP orchestrator replicas on one PostgreSQL database", .serialized, .postgresServer)
 struct OrchestratorReplicaTests {
-    @Test("an action is driven by one replica at a time: a claim is refused to others until it lapses, and then its old holder loses it")
+    @Test(
+        "an action is driven by one replica at a time: a claim is refused to others until it lapses, and then its old holder loses it"
+    )
     func claims() async throws {
         let bench = try await Bench(.postgres)
-        let a = try await Orchestrator(bench), b = try await Orchestrator(bench)
+        let a = try await Orchestrator(bench)
+        let b = try await Orchestrator(bench)
         do {
             let droplet = try await bench.droplet()
             let ip = try #require(try await a.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
@@ -36,21 +40,32 @@ struct OrchestratorReplicaTests {
         await bench.stop()
     }
 
-    @Test("requests racing on two replicas pass the checks one at a time: two IPs assigned to one droplet at once, one is refused")
+    @Test(
+        "requests racing on two replicas pass the checks one at a time: two IPs assigned to one droplet at once, one is refused"
+    )
     func transitionsTakeTurns() async throws {
         let bench = try await Bench(.postgres, pools: ["nyc1=192.0.2.0/28"])
-        let a = try await Orchestrator(bench), b = try await Orchestrator(bench)
+        let a = try await Orchestrator(bench)
+        let b = try await Orchestrator(bench)
         do {
             for round in 0..<5 {
                 let droplet = try await bench.droplet()
-                let first = try #require(try await a.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
-                let second = try #require(try await b.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp).ip
+                let first = try #require(try await a.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp)
+                    .ip
+                let second = try #require(try await b.api.reserve(.init(customer: "alice", region: "nyc1")).reservedIp)
+                    .ip
                 #expect(first != second, "one address each: allocation takes turns too")
-                async let viaA = refusal { try await a.api.assign(.init(customer: "alice", ip: first, dropletId: droplet)) }
-                async let viaB = refusal { try await b.api.assign(.init(customer: "alice", ip: second, dropletId: droplet)) }
+                async let viaA = refusal {
+                    try await a.api.assign(.init(customer: "alice", ip: first, dropletId: droplet))
+                }
+                async let viaB = refusal {
+                    try await b.api.assign(.init(customer: "alice", ip: second, dropletId: droplet))
+                }
                 let refusals = await [viaA, viaB]
                 #expect(refusals.filter { $0 == nil }.count == 1, "round \(round): exactly one assign is accepted")
-                #expect(refusals.compactMap { $0 }.allSatisfy { $0.code == .failedPrecondition }, "round \(round): \(refusals)")
+                #expect(
+                    refusals.compactMap { $0 }.allSatisfy { $0.code == .failedPrecondition },
+                    "round \(round): \(refusals)")
                 try await bench.finishNext()
             }
         } catch {
@@ -61,11 +76,14 @@ struct OrchestratorReplicaTests {
         await bench.stop()
     }
 
-    @Test("a replica that stops gracefully mid-action gives its claims up: the other, told, takes the action over at once, not after the lease")
+    @Test(
+        "a replica that stops gracefully mid-action gives its claims up: the other, told, takes the action over at once, not after the lease"
+    )
     func gracefulHandover() async throws {
         let bench = try await Bench(.postgres)
         // Claims of 30 s, and sweeps as far apart: within this test only the release can hand the action over.
-        let a = try await Orchestrator(bench, claimSeconds: 30), b = try await Orchestrator(bench, claimSeconds: 30)
+        let a = try await Orchestrator(bench, claimSeconds: 30)
+        let b = try await Orchestrator(bench, claimSeconds: 30)
         do {
             let droplet = try await bench.droplet()
             let reserved = try await a.api.reserve(.init(customer: "alice", dropletId: droplet))
@@ -87,10 +105,13 @@ struct OrchestratorReplicaTests {
         await bench.stop()
     }
 
-    @Test("a replica that stops mid-action: the other takes the action over when the claim lapses and ends it, its step's event created once")
+    @Test(
+        "a replica that stops mid-action: the other takes the action over when the claim lapses and ends it, its step's event created once"
+    )
     func takeover() async throws {
         let bench = try await Bench(.postgres)
-        let a = try await Orchestrator(bench, claimSeconds: 0.5), b = try await Orchestrator(bench, claimSeconds: 0.5)
+        let a = try await Orchestrator(bench, claimSeconds: 0.5)
+        let b = try await Orchestrator(bench, claimSeconds: 0.5)
         do {
             let droplet = try await bench.droplet()
             let (ip, action) = try await {

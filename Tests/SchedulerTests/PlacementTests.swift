@@ -1,9 +1,10 @@
 import NIOCore
-import Synchronization
-@testable import Scheduler
 import SchedulerAPI
+import Synchronization
 import TestSupport
 import Testing
+
+@testable import Scheduler
 
 typealias Hypervisor = Scheduler_V2_HypervisorState
 typealias Size = Scheduler_V2_Size
@@ -11,7 +12,9 @@ typealias Size = Scheduler_V2_Size
 let small = Size(slug: "s-1vcpu-1gb", vcpus: 1, memoryMb: 1024, diskGb: 25)
 let large = Size(slug: "s-8vcpu-16gb", vcpus: 8, memoryMb: 16384, diskGb: 320)
 
-func hypervisor(_ id: String, region: String = "nyc1", cpus: UInt32 = 4, memoryMB: UInt64 = 8192, diskGB: UInt64 = 500) -> Hypervisor {
+func hypervisor(
+    _ id: String, region: String = "nyc1", cpus: UInt32 = 4, memoryMB: UInt64 = 8192, diskGB: UInt64 = 500
+) -> Hypervisor {
     Hypervisor(id: id, region: region, cpus: cpus, memoryMb: memoryMB, diskGb: diskGB)
 }
 
@@ -33,7 +36,9 @@ final class ManualTime: Sendable {
     func advance(by duration: Duration) { offset.withLock { $0 += duration } }
 }
 
-func place(_ size: Size, region: String = "nyc1", customer: String = "alice", event: String = "") -> Scheduler_V2_PlaceRequest {
+func place(
+    _ size: Size, region: String = "nyc1", customer: String = "alice", event: String = ""
+) -> Scheduler_V2_PlaceRequest {
     Scheduler_V2_PlaceRequest(eventId: event, size: size, region: region, customer: customer)
 }
 
@@ -47,10 +52,16 @@ struct PlacementRuleTests {
         ("busy ipmi", { $0.inFlight = ["ipmi_reboot"] }, "is busy with ipmi_reboot", true),
         ("droplet cap", { $0.dropletCount = 135 }, "hosts 135 droplets (at most 135)", false),
         ("overcommit", { $0.usedVcpus = 16 }, "would run 17 vCPUs on 4 CPUs (overcommit at most 4.0)", false),
-        ("memory", { $0.usedMemoryMb = 6500 }, "has 668 MB of memory free above the floor; the size needs 1024 MB", false),
+        (
+            "memory", { $0.usedMemoryMb = 6500 }, "has 668 MB of memory free above the floor; the size needs 1024 MB",
+            false
+        ),
         ("disk", { $0.usedDiskGb = 490 }, "has 10 GB of disk free; the size needs 25 GB", false),
         ("few cpus", { $0.cpus = 0 }, "has 0 CPUs; the size needs 1", false),
-        ("tiny memory", { $0.memoryMb = 1500 }, "has 1500 MB of memory; the size needs 1024 MB above a 1024 MB floor", false),
+        (
+            "tiny memory", { $0.memoryMb = 1500 },
+            "has 1500 MB of memory; the size needs 1024 MB above a 1024 MB floor", false
+        ),
         ("tiny disk", { $0.diskGb = 10 }, "has 10 GB of disk; the size needs 25 GB", false),
     ]
 
@@ -59,13 +70,15 @@ struct PlacementRuleTests {
         let (_, change, reason, transient) = Self.cases[index]
         var subject = hypervisor("hv1")
         change(&subject)
-        let verdict = PlacementRules.evaluate(subject, held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
+        let verdict = PlacementRules.evaluate(
+            subject, held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
         #expect(verdict == .skip(Scheduler_V2_Skip(hypervisorId: "hv1", reason: reason, transient: transient)))
     }
 
     @Test("a healthy hypervisor with room is a candidate")
     func candidate() {
-        let verdict = PlacementRules.evaluate(hypervisor("hv1"), held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
+        let verdict = PlacementRules.evaluate(
+            hypervisor("hv1"), held: HeldCapacity(), size: small, customer: "alice", policy: PlacementPolicy())
         guard case .candidate(let candidate) = verdict else {
             Issue.record("expected a candidate, got \(verdict)")
             return
@@ -79,14 +92,21 @@ struct PlacementRuleTests {
         // 8192 MB less the 1024 MB floor holds seven 1 GB droplets.
         var held = HeldCapacity()
         for _ in 0..<6 { held.add(small, customer: "bob") }
-        let seventh = PlacementRules.evaluate(hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
+        let seventh = PlacementRules.evaluate(
+            hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
         guard case .candidate = seventh else {
             Issue.record("the seventh droplet should fit, got \(seventh)")
             return
         }
         held.add(small, customer: "bob")
-        let eighth = PlacementRules.evaluate(hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
-        #expect(eighth == .skip(Scheduler_V2_Skip(hypervisorId: "hv1", reason: "has 0 MB of memory free above the floor; the size needs 1024 MB", transient: true)))
+        let eighth = PlacementRules.evaluate(
+            hypervisor("hv1"), held: held, size: small, customer: "alice", policy: PlacementPolicy())
+        #expect(
+            eighth
+                == .skip(
+                    Scheduler_V2_Skip(
+                        hypervisorId: "hv1", reason: "has 0 MB of memory free above the floor; the size needs 1024 MB",
+                        transient: true)))
     }
 
     @Test("ranking prefers free capacity and spreads a customer's droplets")
@@ -110,15 +130,18 @@ struct PlacementRuleTests {
     func noPlacement() {
         var busy = hypervisor("a", cpus: 16, memoryMB: 32768)
         busy.inFlight = ["create"]
-        let transient = PlacementRules.report(hypervisors: [busy, hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
+        let transient = PlacementRules.report(
+            hypervisors: [busy, hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
         #expect(transient.hypervisorId.isEmpty)
         #expect(transient.retryable)
         #expect(transient.skipped.count == 2)
-        let never = PlacementRules.report(hypervisors: [hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
+        let never = PlacementRules.report(
+            hypervisors: [hypervisor("b", cpus: 2)], held: [:], request: place(large), policy: PlacementPolicy())
         #expect(!never.retryable)
         #expect(never.reason.contains("has room for s-8vcpu-16gb"), "\(never.reason)")
         #expect(never.reason.contains("has 2 CPUs; the size needs 8"), "\(never.reason)")
-        let empty = PlacementRules.report(hypervisors: [], held: [:], request: place(small, region: "ams3"), policy: PlacementPolicy())
+        let empty = PlacementRules.report(
+            hypervisors: [], held: [:], request: place(small, region: "ams3"), policy: PlacementPolicy())
         #expect(empty.reason == "no hypervisor is known in region ams3")
     }
 }
@@ -130,17 +153,26 @@ struct FleetTests {
         let fleet = Fleet()
         var drained = hypervisor("hv2")
         drained.maintenance = "disk replacement"
-        fleet.report([hypervisor("hv1"), drained, hypervisor("hv3"), hypervisor("hv4"), hypervisor("sfo-1", region: "sfo3")])
-        fleet.markUnresponsive(["hv3"])
-        #expect(fleet.hypervisorCounts() == [
-            HypervisorCount(region: "nyc1", state: "maintenance", count: 1), HypervisorCount(region: "nyc1", state: "ready", count: 2),
-            HypervisorCount(region: "nyc1", state: "unresponsive", count: 1),
-            HypervisorCount(region: "sfo3", state: "maintenance", count: 0), HypervisorCount(region: "sfo3", state: "ready", count: 1),
-            HypervisorCount(region: "sfo3", state: "unresponsive", count: 0),
+        fleet.report([
+            hypervisor("hv1"), drained, hypervisor("hv3"), hypervisor("hv4"), hypervisor("sfo-1", region: "sfo3"),
         ])
+        fleet.markUnresponsive(["hv3"])
+        #expect(
+            fleet.hypervisorCounts() == [
+                HypervisorCount(region: "nyc1", state: "maintenance", count: 1),
+                HypervisorCount(region: "nyc1", state: "ready", count: 2),
+                HypervisorCount(region: "nyc1", state: "unresponsive", count: 1),
+                HypervisorCount(region: "sfo3", state: "maintenance", count: 0),
+                HypervisorCount(region: "sfo3", state: "ready", count: 1),
+                HypervisorCount(region: "sfo3", state: "unresponsive", count: 0),
+            ])
         #expect(PlacementRules.outcome(fleet.place(place(small))) == "placed")
-        #expect(PlacementRules.outcome(fleet.place(place(Size(slug: "huge", vcpus: 64, memoryMb: 1 << 20, diskGb: 1)))) == "no_room")
-        #expect(PlacementRules.outcome(fleet.place(place(small, region: "ams3"))) == "retry", "no hypervisor known there yet")
+        #expect(
+            PlacementRules.outcome(fleet.place(place(Size(slug: "huge", vcpus: 64, memoryMb: 1 << 20, diskGb: 1))))
+                == "no_room")
+        #expect(
+            PlacementRules.outcome(fleet.place(place(small, region: "ams3"))) == "retry",
+            "no hypervisor known there yet")
     }
 
     @Test("concurrent placements never oversubscribe a hypervisor")
@@ -228,7 +260,9 @@ struct FleetTests {
         #expect(fleet.explain(place(small)).hypervisorId == "hv1")
     }
 
-    @Test("a placement names the router the hypervisor's agent reports through; a router the agent left cannot mark it unresponsive")
+    @Test(
+        "a placement names the router the hypervisor's agent reports through; a router the agent left cannot mark it unresponsive"
+    )
     func routerOfAHypervisor() {
         let fleet = Fleet()
         var state = hypervisor("hv1")
@@ -238,7 +272,9 @@ struct FleetTests {
         // The agent moves to the region's other router, which reports it.
         state.router = "10.0.0.2:50070"
         fleet.report([state])
-        #expect(fleet.place(place(small, event: "e1")).router == "10.0.0.2:50070", "placing again names where the agent is now")
+        #expect(
+            fleet.place(place(small, event: "e1")).router == "10.0.0.2:50070",
+            "placing again names where the agent is now")
         #expect(fleet.place(place(small, event: "e2")).router == "10.0.0.2:50070")
         // The old router's word that the agent left comes late: ignored. The current router's counts.
         fleet.markUnresponsive(["hv1"], router: "10.0.0.1:50070")
@@ -253,16 +289,19 @@ struct SchedulerRPCTests {
     @Test("report, place, explain and release through a real server on 127.0.0.1")
     func overRPC() async throws {
         let fleet = Fleet()
-        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [SchedulerService(fleet: fleet)])
+        let server = RPCServer(
+            configuration: .init(host: "127.0.0.1", port: 0), services: [SchedulerService(fleet: fleet)])
         let port = try #require(try await server.start().port)
         let client = RPCClient(targets: [("127.0.0.1", port)])
         let scheduler = Scheduler_V2_Scheduler.Client(client)
         do {
-            let known = try await scheduler.reportFleet(.init(hypervisors: [hypervisor("hv1"), hypervisor("hv2", cpus: 2)]))
+            let known = try await scheduler.reportFleet(
+                .init(hypervisors: [hypervisor("hv1"), hypervisor("hv2", cpus: 2)]))
             #expect(known.known == 2)
             let explained = try await scheduler.explain(place(large))
             #expect(explained.hypervisorId.isEmpty)
-            #expect(explained.skipped.map(\.reason) == ["has 4 CPUs; the size needs 8", "has 2 CPUs; the size needs 8"])
+            #expect(
+                explained.skipped.map(\.reason) == ["has 4 CPUs; the size needs 8", "has 2 CPUs; the size needs 8"])
             let placed = try await scheduler.place(place(small, event: "evt-9"))
             #expect(!placed.hypervisorId.isEmpty)
             #expect(try await scheduler.release(.init(eventId: "evt-9")).released)
@@ -274,9 +313,11 @@ struct SchedulerRPCTests {
             }
 
             // A batch answers each request on its own and in order: placed, refused (no size), nothing fits, placed.
-            let batch = try await scheduler.placeBatch(.init(requests: [
-                place(small, event: "evt-10"), Scheduler_V2_PlaceRequest(region: "nyc1"), place(large, event: "evt-11"), place(small, event: "evt-12"),
-            ]))
+            let batch = try await scheduler.placeBatch(
+                .init(requests: [
+                    place(small, event: "evt-10"), Scheduler_V2_PlaceRequest(region: "nyc1"),
+                    place(large, event: "evt-11"), place(small, event: "evt-12"),
+                ]))
             #expect(batch.outcomes.map(\.errorCode) == [0, 3, 0, 0])
             #expect(batch.outcomes.map { $0.response?.hypervisorId.isEmpty } == [false, nil, true, false])
             #expect(batch.outcomes[2].response?.reason.isEmpty == false)
@@ -301,7 +342,9 @@ struct FastPathTests {
             var fleet: [Hypervisor] = []
             var held: [String: HeldCapacity] = [:]
             for index in 0..<Int(random.next() % 12) {
-                var subject = hypervisor("hv\(index)", region: random.chance(80) ? "nyc1" : "sfo3", cpus: UInt32(random.next() % 16), memoryMB: 1024 * (random.next() % 32), diskGB: random.next() % 1000)
+                var subject = hypervisor(
+                    "hv\(index)", region: random.chance(80) ? "nyc1" : "sfo3", cpus: UInt32(random.next() % 16),
+                    memoryMB: 1024 * (random.next() % 32), diskGB: random.next() % 1000)
                 subject.usedVcpus = UInt32(random.next() % 40)
                 subject.usedMemoryMb = random.next() % 16384
                 subject.usedDiskGb = random.next() % 500
@@ -312,16 +355,23 @@ struct FastPathTests {
                 fleet.append(subject)
                 if random.chance(40) {
                     var holds = HeldCapacity()
-                    for _ in 0..<Int(random.next() % 4) { holds.add(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)") }
+                    for _ in 0..<Int(random.next() % 4) {
+                        holds.add(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)")
+                    }
                     held[subject.id] = holds
                 }
             }
             let request = place(sizes[Int(random.next() % 3)], customer: "c\(random.next() % 4)")
-            let report = PlacementRules.report(hypervisors: fleet, held: held, request: request, policy: PlacementPolicy())
+            let report = PlacementRules.report(
+                hypervisors: fleet, held: held, request: request, policy: PlacementPolicy())
             // The fleet hands best() the request's region only.
-            let candidates = fleet.filter { $0.region == request.region }.map { ($0, held[$0.id]?.totals ?? HeldTotals()) }
-            let best = PlacementRules.best(candidates: candidates, request: request, policy: PlacementPolicy()) { subject in
-                subject.customers.contains(request.customer) || held[subject.id]?.customers[request.customer, default: 0] ?? 0 > 0
+            let candidates = fleet.filter { $0.region == request.region }.map {
+                ($0, held[$0.id]?.totals ?? HeldTotals())
+            }
+            let best = PlacementRules.best(candidates: candidates, request: request, policy: PlacementPolicy()) {
+                subject in
+                subject.customers.contains(request.customer)
+                    || held[subject.id]?.customers[request.customer, default: 0] ?? 0 > 0
             }
             #expect(best?.hypervisor.id ?? "" == report.hypervisorId)
             #expect(best?.score == report.ranking.first?.score)
@@ -340,7 +390,9 @@ struct FastPathTests {
                 if random.chance(40) || step == 0 {
                     var batch: [Hypervisor] = []
                     for id in ids where random.chance(50) || step == 0 {
-                        var subject = hypervisor(id, region: random.chance(85) ? "nyc1" : "sfo3", cpus: random.chance(70) ? 8 : UInt32(random.next() % 16))
+                        var subject = hypervisor(
+                            id, region: random.chance(85) ? "nyc1" : "sfo3",
+                            cpus: random.chance(70) ? 8 : UInt32(random.next() % 16))
                         subject.usedVcpus = UInt32(random.next() % 8)
                         subject.dropletCount = UInt32(random.next() % 4)
                         if random.chance(5) { subject.maintenance = "kernel upgrade" }
@@ -351,7 +403,9 @@ struct FastPathTests {
                     fleet.report(batch)
                 }
                 if random.chance(10), let id = ids.randomElement(using: &random) { fleet.markUnresponsive([id]) }
-                let request = place(sizes[Int(random.next() % 3)], region: random.chance(85) ? "nyc1" : "sfo3", customer: "c\(random.next() % 4)", event: "e\(round)-\(step)")
+                let request = place(
+                    sizes[Int(random.next() % 3)], region: random.chance(85) ? "nyc1" : "sfo3",
+                    customer: "c\(random.next() % 4)", event: "e\(round)-\(step)")
                 let report = fleet.explain(request)
                 let placed = fleet.place(request)
                 #expect(placed.hypervisorId == report.hypervisorId, "round \(round) step \(step)")

@@ -1,11 +1,13 @@
-@testable import Scheduler
 import SchedulerAPI
 import Synchronization
 import Testing
 
+@testable import Scheduler
+
 /// A placement in flight of one small droplet.
 func inFlight(_ event: String, on hypervisorId: String, droplet: Int64, region: String = "nyc1") -> HeldPlacement {
-    HeldPlacement(eventId: event, hypervisorId: hypervisorId, region: region, customer: "alice", dropletId: droplet, size: small)
+    HeldPlacement(
+        eventId: event, hypervisorId: hypervisorId, region: region, customer: "alice", dropletId: droplet, size: small)
 }
 
 /// Placements in flight from a list, failing the first `failures` times.
@@ -69,8 +71,12 @@ struct RecoveryTests {
         let fleet = Fleet(startup: .recovering)
         // Two hypervisors with room for two small droplets each (3 GiB less the 1 GiB floor); the agents have not
         // reported the creates yet (they are on their way), so only the holds know.
-        fleet.restore([inFlight("1", on: "hv1", droplet: 11), inFlight("2", on: "hv1", droplet: 12), inFlight("3", on: "hv2", droplet: 13)])
-        fleet.report([hypervisor("hv1", memoryMB: 3072), hypervisor("hv2", memoryMB: 3072)], region: "nyc1", complete: true)
+        fleet.restore([
+            inFlight("1", on: "hv1", droplet: 11), inFlight("2", on: "hv1", droplet: 12),
+            inFlight("3", on: "hv2", droplet: 13),
+        ])
+        fleet.report(
+            [hypervisor("hv1", memoryMB: 3072), hypervisor("hv2", memoryMB: 3072)], region: "nyc1", complete: true)
         #expect(fleet.reservationCount == 3)
         // One room left in the whole region, on hv2.
         #expect(fleet.place(place(small, event: "4")).hypervisorId == "hv2")
@@ -78,17 +84,23 @@ struct RecoveryTests {
         #expect(full.hypervisorId.isEmpty)
         #expect(full.retryable)  // holds are in the way: they end when their events do
         // The agents report the droplets: the holds are done, the room stays taken by the droplets themselves.
-        fleet.report([hosting("hv1", memoryMB: 3072, droplets: [11, 12]), hosting("hv2", memoryMB: 3072, droplets: [13])], region: "nyc1", complete: false)
+        fleet.report(
+            [hosting("hv1", memoryMB: 3072, droplets: [11, 12]), hosting("hv2", memoryMB: 3072, droplets: [13])],
+            region: "nyc1", complete: false)
         #expect(fleet.reservationCount == 1)  // event 4's, whose droplet is not reported yet
         #expect(fleet.place(place(small, event: "6")).hypervisorId.isEmpty)
     }
 
-    @Test("a restored placement whose droplet is already reported, or whose event was released meanwhile, holds nothing")
+    @Test(
+        "a restored placement whose droplet is already reported, or whose event was released meanwhile, holds nothing")
     func restoreSkipsFinished() {
         let fleet = Fleet(startup: .recovering)
         fleet.report([hosting("hv1", memoryMB: 4096, droplets: [11])], region: "nyc1", complete: true)
         #expect(!fleet.release(eventId: "2"))  // finished before the load came back
-        fleet.restore([inFlight("1", on: "hv1", droplet: 11), inFlight("2", on: "hv1", droplet: 12), inFlight("3", on: "hv1", droplet: 13)])
+        fleet.restore([
+            inFlight("1", on: "hv1", droplet: 11), inFlight("2", on: "hv1", droplet: 12),
+            inFlight("3", on: "hv1", droplet: 13),
+        ])
         #expect(fleet.reservationCount == 1)
         // Restoring again (a page seen twice) holds nothing twice.
         fleet.restore([inFlight("3", on: "hv1", droplet: 13)])

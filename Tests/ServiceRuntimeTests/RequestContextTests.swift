@@ -2,13 +2,14 @@ import Foundation
 import Logging
 import NIOCore
 import RPCTestServices
-import ServiceContextModule
 import RequestContext
-@testable import ServiceRuntime
+import ServiceContextModule
 import ShoalRPC
 import Synchronization
 import Testing
 import W3CTraceContext
+
+@testable import ServiceRuntime
 
 /// A Probe server on 127.0.0.1 behind Shoal's server interceptors, logging into `lines`; it records the context each
 /// call's handler ran in.
@@ -30,7 +31,8 @@ final class ContextProbe {
         let lines = self.lines
         let seen = self.seen
         let logger = Logger(label: "rpc") { label in
-            ShoalLogHandler(label: label, service: "probe", level: .debug, format: .logfmt) { line in lines.append(line) }
+            ShoalLogHandler(label: label, service: "probe", level: .debug, format: .logfmt) { line in lines.append(line)
+            }
         }
         let service = ProbeService { event in
             if case .started = event { seen.append(ServiceContext.current) }
@@ -54,7 +56,9 @@ final class ContextProbe {
 
 @Suite("a request's id and trace cross every RPC, and every log line names them")
 struct RequestContextTests {
-    @Test("a call made in a request's context is served in it: same request id, same trace, a span of its own; the served call is logged with them")
+    @Test(
+        "a call made in a request's context is served in it: same request id, same trace, a span of its own; the served call is logged with them"
+    )
     func propagated() async throws {
         let setup = try await ContextProbe()
         do {
@@ -74,7 +78,9 @@ struct RequestContextTests {
             #expect(line.contains("request_id=req-1"), "\(line)")
             #expect(line.contains("trace_id=\(trace.traceID)"), "\(line)")
             // A failing call is logged with its code.
-            _ = try? await ServiceContext.withValue(context) { try await setup.probe.echo(.init(text: "no", failCode: 5)) }
+            _ = try? await ServiceContext.withValue(context) {
+                try await setup.probe.echo(.init(text: "no", failCode: 5))
+            }
             #expect(setup.lines.last?.contains("code=not_found") == true, "\(setup.lines.last ?? "")")
         } catch {
             Issue.record(error)
@@ -82,7 +88,9 @@ struct RequestContextTests {
         await setup.stop()
     }
 
-    @Test("a call from outside any request starts a trace of its own; a malformed traceparent or a hostile request id is ignored, not refused")
+    @Test(
+        "a call from outside any request starts a trace of its own; a malformed traceparent or a hostile request id is ignored, not refused"
+    )
     func hostileOrMissing() async throws {
         let setup = try await ContextProbe()
         do {
@@ -121,16 +129,23 @@ struct LogLineTests {
             time: Self.time, level: .info, service: "harpoon", label: "harpoon", message: "say \"hi\"\nnow",
             fields: ["request_id": "r1", "error": "a b=c"], format: .logfmt
         )
-        #expect(line == #"time=2026-11-30T00:53:20.250Z level=info service=harpoon msg="say \"hi\"\nnow" error="a b=c" request_id=r1"#)
+        #expect(
+            line
+                == #"time=2026-11-30T00:53:20.250Z level=info service=harpoon msg="say \"hi\"\nnow" error="a b=c" request_id=r1"#
+        )
         #expect(!line.contains("\n"))
     }
 
     @Test("JSON: one object per line, control characters escaped")
     func json() throws {
         let line = ShoalLogHandler.line(
-            time: Self.time, level: .error, service: "api", label: "api", message: "tab\there \u{1}", fields: ["n": .stringConvertible(3)], format: .json
+            time: Self.time, level: .error, service: "api", label: "api", message: "tab\there \u{1}",
+            fields: ["n": .stringConvertible(3)], format: .json
         )
-        #expect(line == #"{"time":"2026-11-30T00:53:20.250Z","level":"error","service":"api","msg":"tab\there \u0001","n":"3"}"#)
+        #expect(
+            line
+                == #"{"time":"2026-11-30T00:53:20.250Z","level":"error","service":"api","msg":"tab\there \u0001","n":"3"}"#
+        )
         let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
         #expect(object?["msg"] == "tab\there \u{1}")
     }
@@ -151,7 +166,9 @@ final class RecordedSpans: SpanSink {
 
 @Suite("spans: recorded for sampled traces, parent before child", .serialized)
 struct SpanTests {
-    @Test("a call in a sampled trace is a client span and a server span, the server's the client's child; an unsampled trace records none")
+    @Test(
+        "a call in a sampled trace is a client span and a server span, the server's the client's child; an unsampled trace records none"
+    )
     func sampledCalls() async throws {
         let sink = RecordedSpans()
         Spans.install(sink)

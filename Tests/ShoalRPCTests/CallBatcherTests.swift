@@ -11,7 +11,10 @@ struct CallBatcherTests {
         let calls = Mutex<[[Int]]>([])
         let out = Mutex((now: 0, most: 0))
         let batcher = CallBatcher<Int, Int>(maxBatch: 16, maxInFlight: 2) { batch in
-            out.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+            out.withLock {
+                $0.now += 1
+                $0.most = max($0.most, $0.now)
+            }
             calls.withLock { $0.append(batch) }
             try? await Task.sleep(for: .milliseconds(5))  // a call takes a while: items pile up meanwhile
             out.withLock { $0.now -= 1 }
@@ -46,12 +49,20 @@ struct CallBatcherTests {
 
     @Test("for an RPC with per-item statuses: codes become errors, a failed call fails its whole batch")
     func perItemStatuses() async throws {
-        struct Outcome: Sendable { var code: UInt32; var message: String; var value: Int }
+        struct Outcome: Sendable {
+            var code: UInt32
+            var message: String
+            var value: Int
+        }
         let down = Mutex(false)
         let batcher = CallBatcher<Int, Int>(
             call: { batch in
                 if down.withLock({ $0 }) { throw RPCError(code: .unavailable, message: "no route") }
-                return batch.map { $0 < 0 ? Outcome(code: 5, message: "no item \($0)", value: 0) : Outcome(code: 0, message: "", value: $0 * 2) }
+                return batch.map {
+                    $0 < 0
+                        ? Outcome(code: 5, message: "no item \($0)", value: 0)
+                        : Outcome(code: 0, message: "", value: $0 * 2)
+                }
             },
             status: { ($0.code, $0.message) },
             value: { $0.value }
@@ -66,7 +77,9 @@ struct CallBatcherTests {
     func statusRoundTrip() {
         let (code, message) = RPCError.batchedStatus(of: RPCError(code: .failedPrecondition, message: "already done"))
         #expect(code == 9 && message == "already done")
-        #expect(RPCError(batchedCode: code, message: message) == RPCError(code: .failedPrecondition, message: "already done"))
+        #expect(
+            RPCError(batchedCode: code, message: message)
+                == RPCError(code: .failedPrecondition, message: "already done"))
         #expect(RPCError(batchedCode: 0, message: "") == nil)
         #expect(RPCError.batchedStatus(of: CallBatcherTests.Odd()).code == 2)
     }

@@ -1,9 +1,9 @@
-import NIOCore
 import NIOConcurrencyHelpers
+import NIOCore
 import RPCTestServices
 import ShoalRPC
-import Testing
 import TestSupport
+import Testing
 
 @Suite("gRPC calls over 127.0.0.1")
 struct CallTests {
@@ -13,7 +13,8 @@ struct CallTests {
             let probe = Rpctest_V1_Probe.Client(client)
             var metadata: Metadata = ["echo-me": "hello", "x-plain": "1"]
             metadata.add("echo-me-bin", binary: [0, 1, 2, 255])
-            let response = try await probe.echo(Request(text: "héllo", number: 42, payload: [9, 8, 7]), metadata: metadata)
+            let response = try await probe.echo(
+                Request(text: "héllo", number: 42, payload: [9, 8, 7]), metadata: metadata)
             #expect(response.text == "héllo")
             #expect(response.number == 42)
             #expect(response.payload == [9, 8, 7])
@@ -21,7 +22,9 @@ struct CallTests {
             #expect(response.metadata.contains("x-plain=1"))
             #expect(response.metadata.contains("echo-me-bin=0,1,2,255"))
             // Reserved headers never reach handlers as metadata.
-            #expect(!response.metadata.contains { $0.hasPrefix("content-type") || $0.hasPrefix("te=") || $0.hasPrefix(":") })
+            #expect(
+                !response.metadata.contains { $0.hasPrefix("content-type") || $0.hasPrefix("te=") || $0.hasPrefix(":") }
+            )
         }
     }
 
@@ -105,7 +108,8 @@ struct CallTests {
         try await withServer([ProbeService()]) { _, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
             let error = await expectRPCError(.notFound) {
-                try await probe.echo(Request(text: "100% ünïcode\nline", failCode: Int32(RPCError.Code.notFound.rawValue)))
+                try await probe.echo(
+                    Request(text: "100% ünïcode\nline", failCode: Int32(RPCError.Code.notFound.rawValue)))
             }
             #expect(error?.message == "failing as asked: 100% ünïcode\nline")
             #expect(error?.metadata["failure-reason"] == "requested")
@@ -121,11 +125,13 @@ struct CallTests {
     @Test("an unknown method or service is UNIMPLEMENTED and the connection stays usable")
     func unknownMethod() async throws {
         try await withServer([ProbeService()]) { _, client, _ in
-            let missing = ProtoMethodDescriptor(service: "rpctest.v1.Probe", method: "Nope", kind: .unary, inputType: "", outputType: "")
+            let missing = ProtoMethodDescriptor(
+                service: "rpctest.v1.Probe", method: "Nope", kind: .unary, inputType: "", outputType: "")
             await expectRPCError(.unimplemented) {
                 let _: Response = try await client.unary(missing, request: Request())
             }
-            let otherService = ProtoMethodDescriptor(service: "other.v1.Thing", method: "Echo", kind: .unary, inputType: "", outputType: "")
+            let otherService = ProtoMethodDescriptor(
+                service: "other.v1.Thing", method: "Echo", kind: .unary, inputType: "", outputType: "")
             await expectRPCError(.unimplemented) {
                 let _: Response = try await client.unary(otherService, request: Request())
             }
@@ -143,9 +149,14 @@ struct LimitTests {
         let clock = ManualTimerClock()
         var clientConfiguration = RPCClient.Configuration()
         clientConfiguration.timerClock = .manual(clock)
-        try await withServer([ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(clock) }, clientConfiguration: clientConfiguration) { _, client, _ in
+        try await withServer(
+            [ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(clock) },
+            clientConfiguration: clientConfiguration
+        ) { _, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
-            let call = Task { try await probe.echo(Request(delayMs: 60_000), options: CallOptions(timeout: .milliseconds(100))) }
+            let call = Task {
+                try await probe.echo(Request(delayMs: 60_000), options: CallOptions(timeout: .milliseconds(100)))
+            }
             // Both sides' deadline timers are armed before the handler starts; no time passes until the test says.
             #expect(await eventually { log.started("Echo") == 1 })
             await clock.advance(by: .milliseconds(99))
@@ -168,7 +179,10 @@ struct LimitTests {
         let serverClock = ManualTimerClock()
         var clientConfiguration = RPCClient.Configuration()
         clientConfiguration.timerClock = .manual(ManualTimerClock())
-        try await withServer([ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(serverClock) }, clientConfiguration: clientConfiguration) { _, client, _ in
+        try await withServer(
+            [ProbeService(observer: log.observer)], configure: { $0.timerClock = .manual(serverClock) },
+            clientConfiguration: clientConfiguration
+        ) { _, client, _ in
             let call = Task {
                 try await client.serverStreaming(
                     Rpctest_V1_Probe.Method.Expand.descriptor, request: Request(count: 1, delayMs: 60_000),
@@ -211,7 +225,9 @@ struct LimitTests {
                 for _ in 0..<10 { try? await writer.write(Request(text: "late")) }
             } handler: { stream in
                 var texts: [String] = []
-                let error = await expectRPCError(.aborted) { for try await response in stream { texts.append(response.text) } }
+                let error = await expectRPCError(.aborted) {
+                    for try await response in stream { texts.append(response.text) }
+                }
                 return (texts, error != nil)
             }
             #expect(seen.0 == ["A"])
@@ -221,7 +237,8 @@ struct LimitTests {
 
     @Test("a request over the server's limit is RESOURCE_EXHAUSTED and the connection stays usable")
     func oversizeRequest() async throws {
-        try await withServer([ProbeService()], configure: { $0.maxReceiveMessageSize = 64 * 1024 }) { server, client, _ in
+        try await withServer([ProbeService()], configure: { $0.maxReceiveMessageSize = 64 * 1024 }) {
+            server, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
             await expectRPCError(.resourceExhausted) {
                 try await probe.echo(Request(payload: [UInt8](repeating: 1, count: 100 * 1024)))

@@ -1,9 +1,10 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import RPCTestServices
-@testable import ShoalRPC
-import Testing
 import TestSupport
+import Testing
+
+@testable import ShoalRPC
 
 /// Rejects calls without the right bearer token.
 struct AuthInterceptor: RPCServerInterceptor {
@@ -59,7 +60,8 @@ struct ClientTests {
 
     @Test("calls spread round-robin over several addresses")
     func roundRobin() async throws {
-        let first = EventLog(), second = EventLog()
+        let first = EventLog()
+        let second = EventLog()
         let serverA = RPCServer(configuration: .init(), services: [ProbeService(observer: first.observer)])
         let serverB = RPCServer(configuration: .init(), services: [ProbeService(observer: second.observer)])
         let portA = try #require(try await serverA.start().port)
@@ -74,7 +76,9 @@ struct ClientTests {
         await serverB.shutdownGracefully()
     }
 
-    @Test("an address that refuses connections costs a call nothing while another is up: nothing was sent, so the call goes on to the next")
+    @Test(
+        "an address that refuses connections costs a call nothing while another is up: nothing was sent, so the call goes on to the next"
+    )
     func unreachableAddressSkipped() async throws {
         let dead = RPCServer(configuration: .init(), services: [])
         let deadPort = try #require(try await dead.start().port)
@@ -84,7 +88,8 @@ struct ClientTests {
             var configuration = RPCClient.Configuration()
             configuration.backoff.initial = .milliseconds(1)
             configuration.backoff.maximum = .milliseconds(1)
-            let client = RPCClient(targets: [("127.0.0.1", deadPort), ("127.0.0.1", port)], configuration: configuration)
+            let client = RPCClient(
+                targets: [("127.0.0.1", deadPort), ("127.0.0.1", port)], configuration: configuration)
             let probe = Rpctest_V1_Probe.Client(client)
             for index in 0..<20 {
                 let text = try await probe.echo(Request(text: "call \(index)")).text
@@ -93,7 +98,9 @@ struct ClientTests {
             await client.close()
             // With no address up, the call fails as unavailable.
             let nowhere = RPCClient(targets: [("127.0.0.1", deadPort)])
-            await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(nowhere).echo(Request(text: "once")) }
+            await expectRPCError(.unavailable) {
+                try await Rpctest_V1_Probe.Client(nowhere).echo(Request(text: "once"))
+            }
             await nowhere.close()
         }
     }
@@ -153,7 +160,8 @@ struct HealthTests {
     func check() async throws {
         try await withServer([ProbeService()]) { server, client, _ in
             func check(_ service: String) async throws -> HealthResponse.ServingStatus {
-                let response: HealthResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor, request: HealthRequest(service: service))
+                let response: HealthResponse = try await client.unary(
+                    Grpc_Health_V1_Health.Method.Check.descriptor, request: HealthRequest(service: service))
                 return response.status
             }
             let overall = try await check("")
@@ -172,7 +180,9 @@ struct HealthTests {
         try await withServer([ProbeService()]) { server, client, _ in
             let seen = NIOLockedValueBox<[HealthResponse.ServingStatus]>([])
             let watcher = Task {
-                try await client.serverStreaming(Grpc_Health_V1_Health.Method.Watch.descriptor, request: HealthRequest(service: "rpctest.v1.Probe")) {
+                try await client.serverStreaming(
+                    Grpc_Health_V1_Health.Method.Watch.descriptor, request: HealthRequest(service: "rpctest.v1.Probe")
+                ) {
                     (stream: RPCResponseStream<HealthResponse>) in
                     for try await response in stream {
                         seen.withLockedValue { $0.append(response.status) }

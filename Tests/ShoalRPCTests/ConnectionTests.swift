@@ -2,9 +2,10 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import RPCTestServices
-@testable import ShoalRPC
-import Testing
 import TestSupport
+import Testing
+
+@testable import ShoalRPC
 
 /// Streams `count` responses of `size` bytes and counts how many it has written.
 struct FloodService: RPCService {
@@ -12,7 +13,8 @@ struct FloodService: RPCService {
 
     var methods: [RPCServerMethod] {
         [
-            .serverStreaming(Rpctest_V1_Probe.Method.Expand.descriptor) { [written] (request: Request, writer: RPCResponseWriter<Response>, _) in
+            .serverStreaming(Rpctest_V1_Probe.Method.Expand.descriptor) {
+                [written] (request: Request, writer: RPCResponseWriter<Response>, _) in
                 let message = Response(payload: [UInt8](repeating: 0xAB, count: request.payload.count))
                 for _ in 0..<request.count {
                     try await writer.write(message)
@@ -86,7 +88,8 @@ struct ConnectionTests {
     @Test("graceful shutdown: GOAWAY lets in-flight calls finish and refuses new ones")
     func goAway() async throws {
         let log = EventLog()
-        let server = RPCServer(configuration: .init(host: "127.0.0.1", port: 0), services: [ProbeService(observer: log.observer)])
+        let server = RPCServer(
+            configuration: .init(host: "127.0.0.1", port: 0), services: [ProbeService(observer: log.observer)])
         let port = try #require(try await server.start().port)
         let client = RPCClient(targets: [("127.0.0.1", port)])
         let probe = Rpctest_V1_Probe.Client(client)
@@ -101,14 +104,16 @@ struct ConnectionTests {
         await client.close()
     }
 
-    @Test("malformed gRPC messages end the call with a status and leave the connection up", arguments: [
-        ([0, 0, 0, 0, 3, 1], RPCError.Code.internal),  // length 3, 1 byte, then END_STREAM: truncated
-        ([1, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // compressed flag without grpc-encoding
-        ([2, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // a flag that does not exist
-        ([0, 0xFF, 0xFF, 0xFF, 0xFF], RPCError.Code.resourceExhausted),  // 4 GiB declared
-        ([0, 0, 0, 0, 2, 0x0A, 0x05], RPCError.Code.internal),  // a string field running past the end
-        ([0, 0, 0], RPCError.Code.internal),  // a prefix cut short
-    ] as [([UInt8], RPCError.Code)])
+    @Test(
+        "malformed gRPC messages end the call with a status and leave the connection up",
+        arguments: [
+            ([0, 0, 0, 0, 3, 1], RPCError.Code.internal),  // length 3, 1 byte, then END_STREAM: truncated
+            ([1, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // compressed flag without grpc-encoding
+            ([2, 0, 0, 0, 1, 0x08], RPCError.Code.internal),  // a flag that does not exist
+            ([0, 0xFF, 0xFF, 0xFF, 0xFF], RPCError.Code.resourceExhausted),  // 4 GiB declared
+            ([0, 0, 0, 0, 2, 0x0A, 0x05], RPCError.Code.internal),  // a string field running past the end
+            ([0, 0, 0], RPCError.Code.internal),  // a prefix cut short
+        ] as [([UInt8], RPCError.Code)])
     func malformedMessages(bytes: [UInt8], code: RPCError.Code) async throws {
         try await withServer([ProbeService()]) { server, client, _ in
             let call = try await client.rawCall(Rpctest_V1_Probe.Method.Echo.descriptor, bytes: bytes)
@@ -174,7 +179,9 @@ final class ReceivedBytes: ChannelInboundHandler, Sendable {
     func contains(_ sequence: [UInt8]) -> Bool {
         bytes.withLockedValue { bytes in
             guard bytes.count >= sequence.count else { return false }
-            return (0...(bytes.count - sequence.count)).contains { Array(bytes[$0..<($0 + sequence.count)]) == sequence }
+            return (0...(bytes.count - sequence.count)).contains {
+                Array(bytes[$0..<($0 + sequence.count)]) == sequence
+            }
         }
     }
 }
@@ -184,11 +191,14 @@ struct KeepaliveTests {
     @Test("a quiet connection is pinged and the client's ACKs keep it open")
     func keepalive() async throws {
         let clock = ManualTimerClock()
-        try await withServer([ProbeService()], configure: {
-            $0.keepaliveInterval = .milliseconds(100)
-            $0.keepaliveTimeout = .seconds(30)
-            $0.timerClock = .manual(clock)
-        }) { server, client, _ in
+        try await withServer(
+            [ProbeService()],
+            configure: {
+                $0.keepaliveInterval = .milliseconds(100)
+                $0.keepaliveTimeout = .seconds(30)
+                $0.timerClock = .manual(clock)
+            }
+        ) { server, client, _ in
             _ = try await Rpctest_V1_Probe.Client(client).echo(Request())
             for _ in 1...10 {
                 // An interval of quiet: the tick sends a PING (unless a late frame of the client's, such as a
@@ -207,16 +217,21 @@ struct KeepaliveTests {
     @Test("a peer that never acknowledges PING is closed after the keepalive timeout, not before")
     func keepaliveTimeout() async throws {
         let clock = ManualTimerClock()
-        try await withServer([ProbeService()], configure: {
-            $0.keepaliveInterval = .seconds(1)
-            $0.keepaliveTimeout = .seconds(1)
-            $0.idleTimeout = nil
-            $0.timerClock = .manual(clock)
-        }) { server, _, port in
+        try await withServer(
+            [ProbeService()],
+            configure: {
+                $0.keepaliveInterval = .seconds(1)
+                $0.keepaliveTimeout = .seconds(1)
+                $0.idleTimeout = nil
+                $0.timerClock = .manual(clock)
+            }
+        ) { server, _, port in
             // A raw peer that says hello (preface, SETTINGS) and then never answers anything.
             let received = ReceivedBytes()
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) } }
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) }
+                }
                 .connect(host: "127.0.0.1", port: port).get()
             let hello = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
             try await channel.writeAndFlush(channel.allocator.buffer(bytes: hello))
@@ -237,11 +252,14 @@ struct KeepaliveTests {
     @Test("an idle connection is closed with GOAWAY; the client reconnects for its next call")
     func idleTimeout() async throws {
         let clock = ManualTimerClock()
-        try await withServer([ProbeService()], configure: {
-            $0.idleTimeout = .milliseconds(300)
-            $0.keepaliveInterval = nil
-            $0.timerClock = .manual(clock)
-        }) { server, client, _ in
+        try await withServer(
+            [ProbeService()],
+            configure: {
+                $0.idleTimeout = .milliseconds(300)
+                $0.keepaliveInterval = nil
+                $0.timerClock = .manual(clock)
+            }
+        ) { server, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
             _ = try await probe.echo(Request())
             // The idle timer is armed again when the call's stream closes on the server.
@@ -259,18 +277,30 @@ struct KeepaliveTests {
     func busyIsNotIdle() async throws {
         let clock = ManualTimerClock()
         let log = EventLog()
-        try await withServer([ProbeService(observer: log.observer)], configure: {
-            $0.idleTimeout = .milliseconds(400)
-            $0.keepaliveInterval = nil
-            $0.timerClock = .manual(clock)
-        }) { server, client, _ in
+        try await withServer(
+            [ProbeService(observer: log.observer)],
+            configure: {
+                $0.idleTimeout = .milliseconds(400)
+                $0.keepaliveInterval = nil
+                $0.timerClock = .manual(clock)
+            }
+        ) { server, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
-            let call = Task { try await probe.echo(Request(text: "slow", delayMs: 200)) }
-            #expect(await eventually { log.started("Echo") == 1 })
+            // A client-streaming call the test holds open until it says: the stream stays in flight however slow
+            // the machine is.
+            let (held, release) = AsyncStream.makeStream(of: Void.self)
+            let call = Task {
+                try await probe.collect { writer in
+                    try await writer.write(Request(number: 7))
+                    for await _ in held { break }
+                }
+            }
+            #expect(await eventually { log.started("Collect") == 1 })
             await clock.advance(by: .seconds(10))  // far past the idle timeout, with the call in flight
             #expect(server.connectionCount == 1)
+            release.yield()
             let response = try await call.value
-            #expect(response.text == "slow")
+            #expect(response.number == 7)
             #expect(server.connectionCount == 1)
         }
     }
@@ -287,7 +317,9 @@ struct StreamLimitTests {
             { [state] event in
                 state.withLockedValue { state in
                     switch event {
-                    case .started: state.now += 1; state.peak = max(state.peak, state.now)
+                    case .started:
+                        state.now += 1
+                        state.peak = max(state.peak, state.now)
                     case .finished, .cancelled: state.now -= 1
                     }
                 }
@@ -298,10 +330,17 @@ struct StreamLimitTests {
     @Test("the server's SETTINGS_MAX_CONCURRENT_STREAMS holds: calls beyond it wait, and all complete")
     func maxConcurrentStreams() async throws {
         let inFlight = InFlight()
-        try await withServer([ProbeService(observer: inFlight.observer)], configure: { $0.http2.maxConcurrentStreams = 8 }) { _, client, _ in
+        try await withServer(
+            [ProbeService(observer: inFlight.observer)], configure: { $0.http2.maxConcurrentStreams = 8 }
+        ) { _, client, _ in
             let probe = Rpctest_V1_Probe.Client(client)
             let count = try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<64 { group.addTask { _ = try await probe.echo(Request(delayMs: 20)); return 1 } }
+                for _ in 0..<64 {
+                    group.addTask {
+                        _ = try await probe.echo(Request(delayMs: 20))
+                        return 1
+                    }
+                }
                 return try await group.reduce(0, +)
             }
             #expect(count == 64)

@@ -1,8 +1,8 @@
 import Foundation
 import RPCTestServices
 import ShoalRPC
-import Testing
 import TestSupport
+import Testing
 
 /// RFC 9113 frame by frame against a Shoal server: `Tests/Interop/h2_conformance.py` (Python, raw frames and the `h2`
 /// package's HPACK) sends each violation the RFC names and checks the GOAWAY or RST_STREAM and error code it
@@ -12,8 +12,10 @@ struct HTTP2ConformanceTests {
     @Test("every protocol violation gets the answer RFC 9113 prescribes; the server still answers a normal call after")
     func violations() async throws {
         try Interop.requirePython()
-        try await withServer([ProbeService()], configure: { $0.http2.maxConcurrentStreams = 8 }) { server, client, port in
-            let (status, output) = try await Interop.run("h2_conformance.py", ["--port", String(port)], timeout: .seconds(300))
+        try await withServer([ProbeService()], configure: { $0.http2.maxConcurrentStreams = 8 }) {
+            server, client, port in
+            let (status, output) = try await Interop.run(
+                "h2_conformance.py", ["--port", String(port)], timeout: .seconds(300))
             #expect(status == 0, "\(output)")
             #expect(output.contains("cases passed"), "\(output)")
             #expect(output.components(separatedBy: "\nok ").count >= 60, "\(output)")

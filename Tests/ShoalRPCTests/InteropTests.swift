@@ -3,20 +3,23 @@ import InteropService
 import NIOCore
 import RPCTestServices
 import ShoalRPC
-import Testing
 import TestSupport
+import Testing
 
 /// Python grpcio (from pip, installed by `make interop-deps`) against ShoalRPC, both ways.
 enum Interop {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     static let python = root.appendingPathComponent(".build-interop/venv/bin/python").path
     static let stubs = root.appendingPathComponent(".build-interop/stubs").path
     static let scripts = root.appendingPathComponent("Tests/Interop").path
 
     static func requirePython() throws {
         guard FileManager.default.isExecutableFile(atPath: python),
-              FileManager.default.fileExists(atPath: stubs + "/rpctest/v1/rpctest_pb2_grpc.py") else {
-            throw InteropError("grpcio is not installed for the interop tests: run `make interop-deps` (make test does)")
+            FileManager.default.fileExists(atPath: stubs + "/rpctest/v1/rpctest_pb2_grpc.py")
+        else {
+            throw InteropError(
+                "grpcio is not installed for the interop tests: run `make interop-deps` (make test does)")
         }
     }
 
@@ -33,7 +36,9 @@ enum Interop {
     }
 
     /// Runs a Python script to completion (at most `timeout`), returning its exit status and output.
-    static func run(_ script: String, _ arguments: [String], timeout: Duration = .seconds(60)) async throws -> (Int32, String) {
+    static func run(
+        _ script: String, _ arguments: [String], timeout: Duration = .seconds(60)
+    ) async throws -> (Int32, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = ["\(scripts)/\(script)"] + arguments
@@ -57,18 +62,23 @@ enum Interop {
 
 @Suite("interop with Python grpcio", .serialized)
 struct InteropTests {
-    @Test("a grpcio client calls a Shoal server: four call kinds, metadata, gzip, every status code, deadlines, cancellation")
+    @Test(
+        "a grpcio client calls a Shoal server: four call kinds, metadata, gzip, every status code, deadlines, cancellation"
+    )
     func grpcioClient() async throws {
         try Interop.requirePython()
         try await withServer([ProbeService()], configure: { $0.responseCompression = .gzip }) { _, _, port in
-            let (status, output) = try await Interop.run("probe_client.py", ["--port", String(port), "--stubs", Interop.stubs])
+            let (status, output) = try await Interop.run(
+                "probe_client.py", ["--port", String(port), "--stubs", Interop.stubs])
             #expect(status == 0, "\(output)")
             #expect(output.contains("all checks passed"), "\(output)")
             #expect(output.components(separatedBy: "\nok ").count >= 20, "\(output)")
         }
     }
 
-    @Test("gRPC's interop test cases from a grpcio client against grpc.testing.TestService on Shoal", arguments: [false, true])
+    @Test(
+        "gRPC's interop test cases from a grpcio client against grpc.testing.TestService on Shoal",
+        arguments: [false, true])
     func interopCases(tls: Bool) async throws {
         try Interop.requirePython()
         var configuration = RPCServer.Configuration(host: "127.0.0.1", port: 0)
@@ -76,12 +86,14 @@ struct InteropTests {
         var extra: [String] = []
         if tls {
             let certificates = try TestCertificates.shared.get()
-            configuration.tls = .server(certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey)
+            configuration.tls = .server(
+                certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey)
             extra = ["--tls-ca", certificates.ca]
         }
         let server = RPCServer(configuration: configuration, services: [InteropTestService()])
         let port = try #require(try await server.start().port)
-        let (status, output) = try await Interop.run("interop_client.py", ["--port", String(port), "--stubs", Interop.stubs] + extra)
+        let (status, output) = try await Interop.run(
+            "interop_client.py", ["--port", String(port), "--stubs", Interop.stubs] + extra)
         await server.shutdownGracefully(timeout: .seconds(5))
         #expect(status == 0, "\(output)")
         #expect(output.contains("all interop cases passed"), "\(output)")
@@ -90,7 +102,8 @@ struct InteropTests {
     @Test("a Shoal client calls a grpcio server: four call kinds, metadata, gzip both ways, status codes, deadlines")
     func grpcioServer() async throws {
         try Interop.requirePython()
-        let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("probe-port-\(UUID().uuidString)").path
+        let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("probe-port-\(UUID().uuidString)")
+            .path
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Interop.python)
         process.arguments = ["\(Interop.scripts)/probe_server.py", "--port-file", portFile, "--stubs", Interop.stubs]
@@ -110,12 +123,15 @@ struct InteropTests {
 
         var metadata: Metadata = ["echo-me": "hi"]
         metadata.add("echo-me-bin", binary: [1, 2, 3])
-        let response = try await probe.echo(Request(text: "héllo", number: 42, payload: [0, 1, 255]), metadata: metadata, options: options)
+        let response = try await probe.echo(
+            Request(text: "héllo", number: 42, payload: [0, 1, 255]), metadata: metadata, options: options)
         #expect(response.text == "héllo" && response.number == 42 && response.payload == [0, 1, 255])
         #expect(response.metadata.contains("echo-me=hi"))
         #expect(response.metadata.contains("echo-me-bin=1,2,3"))
 
-        let initial = try await client.serverStreaming(Rpctest_V1_Probe.Method.Echo.descriptor, request: Request(), metadata: metadata, options: options) {
+        let initial = try await client.serverStreaming(
+            Rpctest_V1_Probe.Method.Echo.descriptor, request: Request(), metadata: metadata, options: options
+        ) {
             (stream: RPCResponseStream<Response>) in
             for try await _ in stream {}
             return stream.initialMetadata
@@ -124,7 +140,8 @@ struct InteropTests {
         #expect(initial[binary: "echoed-bin"] == [1, 2, 3])
 
         let big = [UInt8]((0..<100_000).map { UInt8(truncatingIfNeeded: $0 % 7) })
-        let zipped = try await probe.echo(Request(payload: big), options: CallOptions(timeout: .seconds(10), compression: .gzip))
+        let zipped = try await probe.echo(
+            Request(payload: big), options: CallOptions(timeout: .seconds(10), compression: .gzip))
         #expect(zipped.payload == big)
 
         let numbers = try await probe.expand(Request(count: 300), options: options) { stream in
@@ -148,7 +165,10 @@ struct InteropTests {
         }
         #expect(answers.count == 50 && answers.first?.text == "M0" && answers.last?.number == 98)
 
-        for code in [RPCError.Code.invalidArgument, .notFound, .permissionDenied, .resourceExhausted, .unavailable, .unauthenticated] {
+        for code in [
+            RPCError.Code.invalidArgument, .notFound, .permissionDenied, .resourceExhausted, .unavailable,
+            .unauthenticated,
+        ] {
             let error = await expectRPCError(code) {
                 try await probe.echo(Request(text: "ünïcode 100%", failCode: Int32(code.rawValue)), options: options)
             }
@@ -159,7 +179,8 @@ struct InteropTests {
         await expectRPCError(.deadlineExceeded) {
             try await probe.echo(Request(delayMs: 5000), options: CallOptions(timeout: .milliseconds(200)))
         }
-        let missing = ProtoMethodDescriptor(service: "rpctest.v1.Probe", method: "Nope", kind: .unary, inputType: "", outputType: "")
+        let missing = ProtoMethodDescriptor(
+            service: "rpctest.v1.Probe", method: "Nope", kind: .unary, inputType: "", outputType: "")
         await expectRPCError(.unimplemented) {
             let _: Response = try await client.unary(missing, request: Request(), options: options)
         }

@@ -20,7 +20,8 @@ struct TestCertificates {
     static let shared: Result<TestCertificates, any Error> = Result { try TestCertificates.make() }
 
     static func make() throws -> TestCertificates {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-tls-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("shoal-tls-\(UUID().uuidString)")
+            .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let script = """
             set -e
@@ -44,7 +45,9 @@ struct TestCertificates {
         process.arguments = ["-c", script]
         try process.run()
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw RPCError(code: .internal, message: "openssl could not make test certificates") }
+        guard process.terminationStatus == 0 else {
+            throw RPCError(code: .internal, message: "openssl could not make test certificates")
+        }
         return TestCertificates(directory: directory)
     }
 }
@@ -85,7 +88,8 @@ struct TLSTests {
             let probe = Rpctest_V1_Probe.Client(byName)
             let reply1 = try await probe.echo(Request(text: "secret"))
             #expect(reply1.text == "secret")
-            let count = try await probe.expand(Request(count: 100, payload: [UInt8](repeating: 1, count: 10_000))) { stream in
+            let count = try await probe.expand(Request(count: 100, payload: [UInt8](repeating: 1, count: 10_000))) {
+                stream in
                 var count = 0
                 for try await _ in stream { count += 1 }
                 return count
@@ -104,7 +108,9 @@ struct TLSTests {
     func verification() async throws {
         try await withTLSServer { port, certificates in
             let wrongName = client(port: port, .client(trustRoots: certificates.ca, serverHostname: "other.example"))
-            let error = await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(wrongName).echo(Request()) }
+            let error = await expectRPCError(.unavailable) {
+                try await Rpctest_V1_Probe.Client(wrongName).echo(Request())
+            }
             #expect(error?.message.contains("handshake") == true, "\(String(describing: error))")
             await wrongName.close()
 
@@ -113,7 +119,9 @@ struct TLSTests {
             await wrongCA.close()
 
             let plaintext = RPCClient(targets: [("127.0.0.1", port)])
-            let plain = await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(plaintext).echo(Request()) }
+            let plain = await expectRPCError(.unavailable) {
+                try await Rpctest_V1_Probe.Client(plaintext).echo(Request())
+            }
             #expect(plain != nil)
             await plaintext.close()
 
@@ -132,17 +140,21 @@ struct TLSTests {
             await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(anonymous).echo(Request()) }
             await anonymous.close()
 
-            let rogue = client(port: port, .client(
-                trustRoots: certificates.ca, serverHostname: "localhost",
-                certificateChain: certificates.rogueClientCertificate, privateKey: certificates.rogueClientKey
-            ))
+            let rogue = client(
+                port: port,
+                .client(
+                    trustRoots: certificates.ca, serverHostname: "localhost",
+                    certificateChain: certificates.rogueClientCertificate, privateKey: certificates.rogueClientKey
+                ))
             await expectRPCError(.unavailable) { try await Rpctest_V1_Probe.Client(rogue).echo(Request()) }
             await rogue.close()
 
-            let trusted = client(port: port, .client(
-                trustRoots: certificates.ca, serverHostname: "localhost",
-                certificateChain: certificates.clientCertificate, privateKey: certificates.clientKey
-            ))
+            let trusted = client(
+                port: port,
+                .client(
+                    trustRoots: certificates.ca, serverHostname: "localhost",
+                    certificateChain: certificates.clientCertificate, privateKey: certificates.clientKey
+                ))
             let reply4 = try await Rpctest_V1_Probe.Client(trusted).echo(Request(text: "mutual"))
             #expect(reply4.text == "mutual")
             await trusted.close()

@@ -2,8 +2,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RPCTestServices
 import ShoalRPC
-import Testing
 import TestSupport
+import Testing
 
 typealias Request = Rpctest_V1_ProbeRequest
 typealias Response = Rpctest_V1_ProbeResponse
@@ -43,7 +43,8 @@ func withServer<T>(
     let server = RPCServer(configuration: configuration, services: services, interceptors: interceptors)
     let address = try await server.start()
     let port = try #require(address.port)
-    let client = RPCClient(targets: [("127.0.0.1", port)], configuration: clientConfiguration, interceptors: clientInterceptors)
+    let client = RPCClient(
+        targets: [("127.0.0.1", port)], configuration: clientConfiguration, interceptors: clientInterceptors)
     do {
         let result = try await body(server, client, port)
         await client.close()
@@ -58,7 +59,9 @@ func withServer<T>(
 
 /// Expects `body` to throw an `RPCError` with `code`; returns it.
 @discardableResult
-func expectRPCError<T>(_ code: RPCError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> T) async -> RPCError? {
+func expectRPCError<T>(
+    _ code: RPCError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> T
+) async -> RPCError? {
     do {
         let value = try await body()
         Issue.record("expected \(code), got a result: \(value)", sourceLocation: sourceLocation)

@@ -1,12 +1,15 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-@testable import ShoalRPC
 import Testing
+
+@testable import ShoalRPC
 
 @Suite("the manual timer clock")
 struct TimerClockTests {
-    @Test("timers fire only when time is advanced past them, in deadline order, on their event loop; cancelled ones never")
+    @Test(
+        "timers fire only when time is advanced past them, in deadline order, on their event loop; cancelled ones never"
+    )
     func firesInOrder() async throws {
         let clock = ManualTimerClock()
         let loop = MultiThreadedEventLoopGroup.singleton.next()

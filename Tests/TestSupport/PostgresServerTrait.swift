@@ -13,7 +13,9 @@ package typealias ThrowawayPostgres = LocalPostgres
 package struct PostgresServerTrait: SuiteTrait, TestScoping {
     package var isRecursive: Bool { false }
 
-    package func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+    package func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
         let server = try await SharedPostgres.shared.acquire()
         do {
             try await ThrowawayPostgres.$current.withValue(server) { try await function() }

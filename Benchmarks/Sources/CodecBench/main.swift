@@ -1,3 +1,5 @@
+import ProtoRuntime
+
 // Shoal codec harness for the codec anchors (../../shared/anchors/codec).
 //
 // usage: CodecBench CORPUS_DIR [SECONDS] [TYPE...]
@@ -8,11 +10,10 @@
 // encode       = serialize(into:) a reused buffer (size pass + write pass): protobuf-c's idiom in its harness;
 // encode-array = serializedBytes() into a fresh [UInt8] each time: swift-protobuf's idiom in its harness.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
-import ProtoRuntime
 
 let codec = "shoal"
 
@@ -156,7 +157,10 @@ let only = Set(args.dropFirst(3))
 
 let table: [(String, String, (String, String, Double) throws -> Void)] = [
     ("events", "events.bin", { try bench(Bench_V1_Event.self, type: $0, path: $1, seconds: $2) }),
-    ("metrics", "hypervisor_metrics.bin", { try bench(Bench_V1_HypervisorMetrics.self, type: $0, path: $1, seconds: $2) }),
+    (
+        "metrics", "hypervisor_metrics.bin",
+        { try bench(Bench_V1_HypervisorMetrics.self, type: $0, path: $1, seconds: $2) }
+    ),
     ("batches", "event_batches.bin", { try bench(Bench_V1_EventBatch.self, type: $0, path: $1, seconds: $2) }),
 ]
 

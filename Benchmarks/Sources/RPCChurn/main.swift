@@ -10,22 +10,30 @@ struct Probe: Rpctest_V1_Probe.ServiceProtocol {
     func echo(request: Rpctest_V1_ProbeRequest, context: ServerContext) async throws -> Rpctest_V1_ProbeResponse {
         if request.delayMs > 0 { try await Task.sleep(for: .milliseconds(Int(request.delayMs))) }
         if request.failCode != 0 {
-            throw RPCError(code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
+            throw RPCError(
+                code: RPCError.Code(rawValue: Int(request.failCode)) ?? .unknown, message: "failing as asked")
         }
         return Rpctest_V1_ProbeResponse(text: request.text, payload: request.payload)
     }
 
-    func expand(request: Rpctest_V1_ProbeRequest, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext) async throws {
+    func expand(
+        request: Rpctest_V1_ProbeRequest, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext
+    ) async throws {
         for index in 0..<Int(request.count) { try await response.write(Rpctest_V1_ProbeResponse(number: Int64(index))) }
     }
 
-    func collect(requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, context: ServerContext) async throws -> Rpctest_V1_ProbeResponse {
+    func collect(
+        requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, context: ServerContext
+    ) async throws -> Rpctest_V1_ProbeResponse {
         var sum: Int64 = 0
         for try await request in requests { sum += request.number }
         return Rpctest_V1_ProbeResponse(number: sum)
     }
 
-    func converse(requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>, context: ServerContext) async throws {
+    func converse(
+        requests: RPCRequestStream<Rpctest_V1_ProbeRequest>, response: RPCResponseWriter<Rpctest_V1_ProbeResponse>,
+        context: ServerContext
+    ) async throws {
         for try await request in requests { try await response.write(Rpctest_V1_ProbeResponse(number: request.number)) }
     }
 }
@@ -51,7 +59,10 @@ if arguments[0] == "server" {
     while true { try await Task.sleep(for: .seconds(3600)) }
 }
 
-guard arguments.count >= 3 else { print("client needs PORT PID"); exit(2) }
+guard arguments.count >= 3 else {
+    print("client needs PORT PID")
+    exit(2)
+}
 let pid = arguments[2]
 let total = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000
 let client = RPCClient(targets: [("127.0.0.1", port)])
@@ -113,8 +124,11 @@ for start in stride(from: 0, to: total, by: batch) {
 }
 let elapsed = ContinuousClock.now - started
 print("outcomes: " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
-let first = samples[1].kib, last = samples[samples.count - 1].kib
-print(String(format: "server RSS after the first %d calls: %.1f MiB; after %d: %.1f MiB; growth %+.1f%% (%.0f s)",
-             batch, Double(first) / 1024, total, Double(last) / 1024, Double(last - first) / Double(max(first, 1)) * 100,
-             Double(elapsed.components.seconds)))
+let first = samples[1].kib
+let last = samples[samples.count - 1].kib
+print(
+    String(
+        format: "server RSS after the first %d calls: %.1f MiB; after %d: %.1f MiB; growth %+.1f%% (%.0f s)",
+        batch, Double(first) / 1024, total, Double(last) / 1024, Double(last - first) / Double(max(first, 1)) * 100,
+        Double(elapsed.components.seconds)))
 await client.close()

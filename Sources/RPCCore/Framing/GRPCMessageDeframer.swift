@@ -59,16 +59,18 @@ public struct GRPCMessageDeframer: Sendable {
         case 0: break
         case 1:
             guard acceptsCompressed else {
-                return try fail(RPCError(code: .internal, message: "compressed message on a stream without grpc-encoding"))
+                return try fail(
+                    RPCError(code: .internal, message: "compressed message on a stream without grpc-encoding"))
             }
         default:
             return try fail(RPCError(code: .internal, message: "invalid compressed flag \(flag) in message prefix"))
         }
         guard length <= maxMessageSize else {
-            return try fail(RPCError(
-                code: .resourceExhausted,
-                message: "message of \(length) bytes is larger than the limit of \(maxMessageSize) bytes"
-            ))
+            return try fail(
+                RPCError(
+                    code: .resourceExhausted,
+                    message: "message of \(length) bytes is larger than the limit of \(maxMessageSize) bytes"
+                ))
         }
         guard available - GRPCMessageFramer.prefixSize >= length else { return nil }
         let start = readIndex + GRPCMessageFramer.prefixSize
@@ -87,7 +89,9 @@ public struct GRPCMessageDeframer: Sendable {
     public mutating func finish() throws(RPCError) {
         if let failure { throw failure }
         if bufferedByteCount > 0 {
-            try fail(RPCError(code: .internal, message: "stream ended inside a message (\(bufferedByteCount) bytes left over)"))
+            try fail(
+                RPCError(
+                    code: .internal, message: "stream ended inside a message (\(bufferedByteCount) bytes left over)"))
         }
     }
 

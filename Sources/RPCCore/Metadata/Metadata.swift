@@ -81,12 +81,13 @@ public struct Metadata: Sendable, Hashable, Sequence, ExpressibleByDictionaryLit
     public func makeIterator() -> IndexingIterator<[Entry]> { entries.makeIterator() }
 
     public var description: String {
-        "[" + entries.map { entry in
-            switch entry.value {
-            case .string(let text): "\(entry.key): \(text)"
-            case .binary(let bytes): "\(entry.key): <\(bytes.count) bytes>"
-            }
-        }.joined(separator: ", ") + "]"
+        "["
+            + entries.map { entry in
+                switch entry.value {
+                case .string(let text): "\(entry.key): \(text)"
+                case .binary(let bytes): "\(entry.key): <\(bytes.count) bytes>"
+                }
+            }.joined(separator: ", ") + "]"
     }
 }
 
@@ -96,8 +97,8 @@ extension Metadata {
         if key.hasPrefix(":") { return true }
         switch key {
         case "content-type", "te", "user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
-             "grpc-status", "grpc-message", "grpc-status-details-bin", "content-length", "connection",
-             "host", "transfer-encoding", "keep-alive", "upgrade":
+            "grpc-status", "grpc-message", "grpc-status-details-bin", "content-length", "connection",
+            "host", "transfer-encoding", "keep-alive", "upgrade":
             return true
         default:
             return false

@@ -4,7 +4,10 @@ package enum GRPCTimeout {
     /// peer sees is never earlier than the caller's.
     package static func encode(nanoseconds: Int64) -> String {
         let value = max(nanoseconds, 0)
-        let units: [(Character, Int64)] = [("n", 1), ("u", 1_000), ("m", 1_000_000), ("S", 1_000_000_000), ("M", 60_000_000_000), ("H", 3_600_000_000_000)]
+        let units: [(Character, Int64)] = [
+            ("n", 1), ("u", 1_000), ("m", 1_000_000), ("S", 1_000_000_000), ("M", 60_000_000_000),
+            ("H", 3_600_000_000_000),
+        ]
         for (unit, scale) in units {
             let amount = (value + scale - 1) / scale
             if amount <= 99_999_999 { return "\(amount)\(unit)" }
@@ -66,7 +69,8 @@ package enum PercentEncoding {
         var index = 0
         while index < bytes.count {
             if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count,
-               let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) {
+                let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2])
+            {
                 out.append(high << 4 | low)
                 index += 3
             } else {

@@ -122,7 +122,9 @@ package struct ClientStreamStateMachine: Sendable {
     /// A complete header block arrived: the response's headers (or trailers-only), or its trailers.
     ///
     /// - Throws: ``StreamStateError`` for trailers without END_STREAM.
-    package mutating func receiveHeaders(_ headers: [HeaderField], endStream: Bool) throws(StreamStateError) -> HeadersAction {
+    package mutating func receiveHeaders(
+        _ headers: [HeaderField], endStream: Bool
+    ) throws(StreamStateError) -> HeadersAction {
         switch state {
         case .awaitingResponseHeaders(let requestEnded):
             return receiveResponseHeaders(headers, endStream: endStream, requestEnded: requestEnded)
@@ -134,8 +136,13 @@ package struct ClientStreamStateMachine: Sendable {
         }
     }
 
-    private mutating func receiveResponseHeaders(_ headers: [HeaderField], endStream: Bool, requestEnded: Bool) -> HeadersAction {
-        var httpStatus = 0, contentType: String?, grpcStatus: String?, encoding: String?
+    private mutating func receiveResponseHeaders(
+        _ headers: [HeaderField], endStream: Bool, requestEnded: Bool
+    ) -> HeadersAction {
+        var httpStatus = 0
+        var contentType: String?
+        var grpcStatus: String?
+        var encoding: String?
         for (name, value) in headers {
             switch name {
             case ":status": httpStatus = Int(value) ?? 0
@@ -146,7 +153,9 @@ package struct ClientStreamStateMachine: Sendable {
             }
         }
         if httpStatus != 200 {
-            let error = RPCError(code: Self.code(forHTTPStatus: httpStatus), message: "HTTP status \(httpStatus) from a peer that is not speaking gRPC")
+            let error = RPCError(
+                code: Self.code(forHTTPStatus: httpStatus),
+                message: "HTTP status \(httpStatus) from a peer that is not speaking gRPC")
             return fail(error)
         }
         guard let contentType, contentType.hasPrefix("application/grpc") else {
@@ -160,13 +169,18 @@ package struct ClientStreamStateMachine: Sendable {
             case .identity?:
                 break
             case nil:
-                return fail(RPCError(code: .internal, message: "the server used message encoding '\(encoding)', which was not offered"))
+                return fail(
+                    RPCError(
+                        code: .internal,
+                        message: "the server used message encoding '\(encoding)', which was not offered"))
             }
         }
         if endStream || grpcStatus != nil { return finishWithStatus(from: headers) }  // trailers-only
         state = .receivingResponse(requestEnded: requestEnded)
         var metadata = Metadata()
-        for (name, value) in headers where !Metadata.isReserved(name) { metadata.addWireHeader(name: name, value: value) }
+        for (name, value) in headers where !Metadata.isReserved(name) {
+            metadata.addWireHeader(name: name, value: value)
+        }
         return .receivedMetadata(metadata)
     }
 
@@ -189,10 +203,13 @@ package struct ClientStreamStateMachine: Sendable {
             }
         }
         guard let status else {
-            return .finish(outcome: RPCError(code: .internal, message: "the server ended the call without a grpc-status"), trailingMetadata: metadata, reset: false)
+            return .finish(
+                outcome: RPCError(code: .internal, message: "the server ended the call without a grpc-status"),
+                trailingMetadata: metadata, reset: false)
         }
         guard status == 0 else {
-            let error = RPCError(code: RPCError.Code(rawValue: status) ?? .unknown, message: message, metadata: metadata)
+            let error = RPCError(
+                code: RPCError.Code(rawValue: status) ?? .unknown, message: message, metadata: metadata)
             return .finish(outcome: error, trailingMetadata: metadata, reset: false)
         }
         do {
@@ -232,13 +249,14 @@ package struct ClientStreamStateMachine: Sendable {
         guard state != .closed else { return .none }
         state = .closed
         if errorCode == .refusedStream { refusedUnprocessed = true }
-        let error: RPCError = switch errorCode {
-        case .refusedStream: RPCError(code: .unavailable, message: "the server refused the stream")
-        case .cancel: RPCError(code: .cancelled, message: "the server cancelled the call")
-        case .noError: RPCError(code: .internal, message: "the stream ended without a status")
-        case .internalError: RPCError(code: .unavailable, message: "the connection closed")
-        default: RPCError(code: .internal, message: "the stream was reset with \(errorCode)")
-        }
+        let error: RPCError =
+            switch errorCode {
+            case .refusedStream: RPCError(code: .unavailable, message: "the server refused the stream")
+            case .cancel: RPCError(code: .cancelled, message: "the server cancelled the call")
+            case .noError: RPCError(code: .internal, message: "the stream ended without a status")
+            case .internalError: RPCError(code: .unavailable, message: "the connection closed")
+            default: RPCError(code: .internal, message: "the stream was reset with \(errorCode)")
+            }
         return .finish(error, reset: false)
     }
 

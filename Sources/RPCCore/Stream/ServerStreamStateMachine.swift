@@ -117,12 +117,16 @@ package struct ServerStreamStateMachine: Sendable {
     ///
     /// - Throws: ``StreamStateError`` for a header block after the request ended, or request trailers without
     ///   END_STREAM.
-    package mutating func receiveHeaders(_ headers: [HeaderField], endStream: Bool) throws(StreamStateError) -> HeadersAction {
+    package mutating func receiveHeaders(
+        _ headers: [HeaderField], endStream: Bool
+    ) throws(StreamStateError) -> HeadersAction {
         switch state {
         case .awaitingRequestHeaders:
             return acceptRequestHeaders(headers, endStream: endStream)
         case .open(let requestEnded, let responseHeadersSent):
-            guard !requestEnded else { throw StreamStateError(input: "a header block", state: "half-closed by the client") }
+            guard !requestEnded else {
+                throw StreamStateError(input: "a header block", state: "half-closed by the client")
+            }
             guard endStream else { throw StreamStateError(input: "trailers without END_STREAM", state: "open") }
             state = .open(requestEnded: true, responseHeadersSent: responseHeadersSent)
             // Request trailers carry nothing gRPC uses; they end the request like an END_STREAM on DATA.
@@ -134,7 +138,12 @@ package struct ServerStreamStateMachine: Sendable {
     }
 
     private mutating func acceptRequestHeaders(_ headers: [HeaderField], endStream: Bool) -> HeadersAction {
-        var method = "", path = "", contentType = "", timeout: String?, encoding: String?, acceptEncoding = ""
+        var method = ""
+        var path = ""
+        var contentType = ""
+        var timeout: String?
+        var encoding: String?
+        var acceptEncoding = ""
         var metadata = Metadata()
         for (name, value) in headers {
             switch name {
@@ -160,7 +169,9 @@ package struct ServerStreamStateMachine: Sendable {
         if let encoding {
             switch MessageEncoding(header: encoding) {
             case nil:
-                return refuse(RPCError(code: .unimplemented, message: "message encoding '\(encoding)' is not supported"), endStream: endStream)
+                return refuse(
+                    RPCError(code: .unimplemented, message: "message encoding '\(encoding)' is not supported"),
+                    endStream: endStream)
             case .gzip?:
                 deframer = GRPCMessageDeframer(maxMessageSize: maxReceiveMessageSize, acceptsCompressed: true)
             case .identity?:
@@ -175,7 +186,8 @@ package struct ServerStreamStateMachine: Sendable {
         var duration: Duration?
         if let timeout {
             guard let nanoseconds = GRPCTimeout.decode(timeout) else {
-                return refuse(RPCError(code: .internal, message: "malformed grpc-timeout '\(timeout)'"), endStream: endStream)
+                return refuse(
+                    RPCError(code: .internal, message: "malformed grpc-timeout '\(timeout)'"), endStream: endStream)
             }
             duration = .nanoseconds(nanoseconds)
         }
@@ -185,7 +197,10 @@ package struct ServerStreamStateMachine: Sendable {
 
     private mutating func refuse(_ error: RPCError, endStream: Bool) -> HeadersAction {
         state = .closed
-        let status = StatusAction.sendTrailersOnly(Self.statusFields(error, trailingMetadata: Metadata(), responseMetadata: Metadata(), opensResponse: true, encoding: .identity))
+        let status = StatusAction.sendTrailersOnly(
+            Self.statusFields(
+                error, trailingMetadata: Metadata(), responseMetadata: Metadata(), opensResponse: true,
+                encoding: .identity))
         return .fail(Failure(status: status, resetAfter: !endStream, error: error))
     }
 
@@ -201,7 +216,9 @@ package struct ServerStreamStateMachine: Sendable {
         case .awaitingRequestHeaders:
             throw StreamStateError(input: "message bytes", state: "awaiting request headers")
         case .open(let requestEnded, _):
-            guard !requestEnded else { throw StreamStateError(input: "message bytes", state: "half-closed by the client") }
+            guard !requestEnded else {
+                throw StreamStateError(input: "message bytes", state: "half-closed by the client")
+            }
             deframer.append(bytes)
             do {
                 while let message = try deframer.next() { try deliver(message) }
@@ -288,14 +305,22 @@ package struct ServerStreamStateMachine: Sendable {
     /// - Parameters:
     ///   - trailingMetadata: the handler's trailing metadata (an error's own metadata is added after it).
     ///   - responseMetadata: the handler's initial metadata, sent in the same block when no message went out.
-    package mutating func sendStatus(_ error: RPCError?, trailingMetadata: Metadata, responseMetadata: Metadata) -> StatusAction {
+    package mutating func sendStatus(
+        _ error: RPCError?, trailingMetadata: Metadata, responseMetadata: Metadata
+    ) -> StatusAction {
         switch state {
         case .awaitingRequestHeaders, .open(_, false):
             state = .closed
-            return .sendTrailersOnly(Self.statusFields(error, trailingMetadata: trailingMetadata, responseMetadata: responseMetadata, opensResponse: true, encoding: responseEncoding))
+            return .sendTrailersOnly(
+                Self.statusFields(
+                    error, trailingMetadata: trailingMetadata, responseMetadata: responseMetadata, opensResponse: true,
+                    encoding: responseEncoding))
         case .open(_, true):
             state = .closed
-            return .sendTrailers(Self.statusFields(error, trailingMetadata: trailingMetadata, responseMetadata: Metadata(), opensResponse: false, encoding: responseEncoding))
+            return .sendTrailers(
+                Self.statusFields(
+                    error, trailingMetadata: trailingMetadata, responseMetadata: Metadata(), opensResponse: false,
+                    encoding: responseEncoding))
         case .closed:
             return .none
         }
@@ -310,7 +335,8 @@ package struct ServerStreamStateMachine: Sendable {
 
     private static func responseHeaderFields(encoding: MessageEncoding, metadata: Metadata) -> [HeaderField] {
         var headers: [HeaderField] = [
-            (":status", "200"), ("content-type", "application/grpc"), ("grpc-accept-encoding", MessageEncoding.acceptHeader),
+            (":status", "200"), ("content-type", "application/grpc"),
+            ("grpc-accept-encoding", MessageEncoding.acceptHeader),
         ]
         if encoding == .gzip { headers.append(("grpc-encoding", "gzip")) }
         metadata.forEachWireHeader { headers.append(($0, $1)) }
@@ -319,9 +345,11 @@ package struct ServerStreamStateMachine: Sendable {
 
     /// A status block; `opensResponse` prefixes the response headers (trailers-only).
     private static func statusFields(
-        _ error: RPCError?, trailingMetadata: Metadata, responseMetadata: Metadata, opensResponse: Bool, encoding: MessageEncoding
+        _ error: RPCError?, trailingMetadata: Metadata, responseMetadata: Metadata, opensResponse: Bool,
+        encoding: MessageEncoding
     ) -> [HeaderField] {
-        var fields: [HeaderField] = opensResponse ? responseHeaderFields(encoding: encoding, metadata: responseMetadata) : []
+        var fields: [HeaderField] =
+            opensResponse ? responseHeaderFields(encoding: encoding, metadata: responseMetadata) : []
         fields.append(("grpc-status", String(error?.code.rawValue ?? 0)))
         if let error, !error.message.isEmpty { fields.append(("grpc-message", PercentEncoding.encode(error.message))) }
         var trailing = trailingMetadata

@@ -105,9 +105,10 @@ public final class CallBatcher<Item: Sendable, Outcome: Sendable>: Sendable {
                 if index < results.count {
                     waiting.continuation.resume(with: results[index])
                 } else {
-                    waiting.continuation.resume(throwing: RPCError(
-                        code: .internal, message: "a batch of \(batch.count) got \(results.count) results"
-                    ))
+                    waiting.continuation.resume(
+                        throwing: RPCError(
+                            code: .internal, message: "a batch of \(batch.count) got \(results.count) results"
+                        ))
                 }
             }
             let next = state.withLock { state -> [Waiting]? in
@@ -134,7 +135,9 @@ extension RPCError {
     /// ``RPCError``) and message.
     public static func batchedStatus(of error: any Error) -> (code: UInt32, message: String) {
         if let error = error as? RPCError { return (UInt32(error.code.rawValue), error.message) }
-        if let error = error as? any RPCStatusConvertible { return (UInt32(error.rpcError.code.rawValue), error.rpcError.message) }
+        if let error = error as? any RPCStatusConvertible {
+            return (UInt32(error.rpcError.code.rawValue), error.rpcError.message)
+        }
         return (UInt32(Code.unknown.rawValue), "\(error)")
     }
 }

@@ -57,10 +57,13 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
         clock: TimerClock
     ) throws(RPCError) -> ClientCall {
         let stream = connection.submitRequest(headers: headers) { id in
-            ClientCall(id: id, connection: connection, maxReceiveMessageSize: maxReceiveMessageSize, requestEncoding: requestEncoding)
+            ClientCall(
+                id: id, connection: connection, maxReceiveMessageSize: maxReceiveMessageSize,
+                requestEncoding: requestEncoding)
         }
         guard let call = stream as? ClientCall else {
-            throw connection.closeReason ?? RPCError(code: .unavailable, message: "the connection is not accepting new calls")
+            throw connection.closeReason
+                ?? RPCError(code: .unavailable, message: "the connection is not accepting new calls")
         }
         if var message { connection.appendOutbound(call, &message) }
         if endRequest, call.machine.endRequest() { connection.endOutbound(call, trailers: nil) }
@@ -101,7 +104,8 @@ final class ClientCall: HTTP2Stream, @unchecked Sendable {
     }
 
     override func dataReceived(_ bytes: UnsafeRawBufferPointer) {
-        let responses = self.responses, limit = maxReceiveMessageSize
+        let responses = self.responses
+        let limit = maxReceiveMessageSize
         let action: ClientStreamStateMachine.EndAction
         do {
             action = try machine.receiveMessageBytes(bytes) { (message) throws(RPCError) in

@@ -22,7 +22,10 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         case closed
     }
 
-    init(host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: Backoff, connectTimeout: Duration, tls: Result<TLSContext, RPCError>?) {
+    init(
+        host: String, port: Int, group: any EventLoopGroup, http2: HTTP2Configuration, backoff: Backoff,
+        connectTimeout: Duration, tls: Result<TLSContext, RPCError>?
+    ) {
         self.connectTimeout = connectTimeout
         self.tls = tls
         self.host = host
@@ -47,7 +50,12 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
 
     /// The connection, connecting first if there is none.
     func connection() async throws -> NGHTTP2Connection {
-        enum Action { case use(NGHTTP2Connection), wait(EventLoopFuture<NGHTTP2Connection>), connect(EventLoopPromise<NGHTTP2Connection>, Int), fail(RPCError) }
+        enum Action {
+            case use(NGHTTP2Connection)
+            case wait(EventLoopFuture<NGHTTP2Connection>)
+            case connect(EventLoopPromise<NGHTTP2Connection>, Int)
+            case fail(RPCError)
+        }
         let action: Action = state.withLockedValue { state in
             switch state {
             case .ready(let connection, _):
@@ -56,7 +64,8 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
                 return .wait(future)
             case .idle(let failures, let retryAt):
                 if let retryAt, ContinuousClock.now < retryAt {
-                    return .fail(RPCError(code: .unavailable, message: "\(authority) is unreachable; retrying after backoff"))
+                    return .fail(
+                        RPCError(code: .unavailable, message: "\(authority) is unreachable; retrying after backoff"))
                 }
                 let promise = group.next().makePromise(of: NGHTTP2Connection.self)
                 state = .connecting(promise.futureResult)
@@ -87,7 +96,9 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
                 let rpcError = RPCError(code: .unavailable, message: "cannot connect to \(authority): \(error)")
                 let delay = backoff.delay(afterFailures: failures + 1)
                 state.withLockedValue { state in
-                    if case .connecting = state { state = .idle(failures: failures + 1, retryAt: ContinuousClock.now.advanced(by: delay)) }
+                    if case .connecting = state {
+                        state = .idle(failures: failures + 1, retryAt: ContinuousClock.now.advanced(by: delay))
+                    }
                 }
                 promise.fail(rpcError)
                 throw rpcError
@@ -110,7 +121,9 @@ final class ClientConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
                     let handler = NGHTTP2Connection(role: .client, configuration: http2, channel: channel)
                     handler.delegate = self
                     created.withLockedValue { $0 = handler }
-                    if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: host)) }
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: host))
+                    }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

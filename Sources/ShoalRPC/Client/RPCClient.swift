@@ -129,7 +129,9 @@ public final class RPCClient: Sendable {
             Result { () throws(RPCError) in try TLSContext(tls, role: .client) }
         }
         self.connections = targets.map {
-            ClientConnection(host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff, connectTimeout: configuration.connectTimeout, tls: tls)
+            ClientConnection(
+                host: $0.host, port: $0.port, group: group, http2: configuration.http2, backoff: configuration.backoff,
+                connectTimeout: configuration.connectTimeout, tls: tls)
         }
     }
 
@@ -140,7 +142,9 @@ public final class RPCClient: Sendable {
 
     /// The next target in turn that is up (or may be: its backoff has passed), other than those in `tried`.
     private func pickConnection(excluding tried: [ClientConnection] = []) throws(RPCError) -> ClientConnection {
-        guard !connections.isEmpty else { throw RPCError(code: .unavailable, message: "the client has no target addresses") }
+        guard !connections.isEmpty else {
+            throw RPCError(code: .unavailable, message: "the client has no target addresses")
+        }
         let start = nextIndex.withLockedValue { index in
             defer { index = (index + 1) % connections.count }
             return index
@@ -171,29 +175,38 @@ public final class RPCClient: Sendable {
         }
     }
 
-    private func headers(_ descriptor: ProtoMethodDescriptor, _ context: ClientRequestContext, authority: String) -> [HTTP2Header] {
+    private func headers(
+        _ descriptor: ProtoMethodDescriptor, _ context: ClientRequestContext, authority: String
+    ) -> [HTTP2Header] {
         var headers: [HTTP2Header] = [
-            (":method", "POST"), (":scheme", configuration.tls == nil ? "http" : "https"), (":path", descriptor.path), (":authority", authority),
+            (":method", "POST"), (":scheme", configuration.tls == nil ? "http" : "https"), (":path", descriptor.path),
+            (":authority", authority),
             ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", configuration.userAgent),
             ("grpc-accept-encoding", MessageEncoding.acceptHeader),
         ]
         if context.options.compression == .gzip { headers.append(("grpc-encoding", "gzip")) }
         if let timeout = context.options.timeout {
             let (seconds, attoseconds) = timeout.components
-            headers.append(("grpc-timeout", GRPCTimeout.encode(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)))
+            headers.append(
+                ("grpc-timeout", GRPCTimeout.encode(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+            )
         }
         context.metadata.forEachWireHeader { headers.append(($0, $1)) }
         return headers
     }
 
     /// Opens a stream for one attempt of a call.
-    private func open(_ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool, extraHeaders: [(String, String)] = []) async throws -> ClientCall {
+    private func open(
+        _ context: ClientRequestContext, first: ByteBuffer?, endRequest: Bool, extraHeaders: [(String, String)] = []
+    ) async throws -> ClientCall {
         let options = context.options
         let clock = configuration.timerClock
         var attempt = 0
         while true {
             let (connection, http2) = try await reachableConnection()
-            let headers = headers(context.descriptor, context, authority: connection.authority) + extraHeaders.map { ($0.0, $0.1) }
+            let headers =
+                headers(context.descriptor, context, authority: connection.authority)
+                + extraHeaders.map { ($0.0, $0.1) }
             let start: @Sendable () throws -> ClientCall = {
                 try ClientCall.start(
                     on: http2, headers: headers, message: first, endRequest: endRequest,
@@ -218,10 +231,14 @@ public final class RPCClient: Sendable {
     }
 
     /// Opens a call and sends `bytes` as they are (no framing), with `extraHeaders`, for tests of malformed input.
-    func rawCall(_ descriptor: ProtoMethodDescriptor, bytes: [UInt8], extraHeaders: [(String, String)] = [], endRequest: Bool = true) async throws -> ClientCall {
+    func rawCall(
+        _ descriptor: ProtoMethodDescriptor, bytes: [UInt8], extraHeaders: [(String, String)] = [],
+        endRequest: Bool = true
+    ) async throws -> ClientCall {
         var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
-        let context = ClientRequestContext(descriptor: descriptor, metadata: Metadata(), options: configuration.defaultCallOptions)
+        let context = ClientRequestContext(
+            descriptor: descriptor, metadata: Metadata(), options: configuration.defaultCallOptions)
         return try await open(context, first: buffer, endRequest: endRequest, extraHeaders: extraHeaders)
     }
 
@@ -244,7 +261,9 @@ public final class RPCClient: Sendable {
     }
 
     /// Runs `body` with the call; cancelling the task resets the stream.
-    private func withCall<Result>(_ call: ClientCall, _ body: (ClientCall) async throws -> Result) async throws -> Result {
+    private func withCall<Result>(
+        _ call: ClientCall, _ body: (ClientCall) async throws -> Result
+    ) async throws -> Result {
         try await withTaskCancellationHandler {
             try await body(call)
         } onCancel: {
@@ -286,9 +305,11 @@ public final class RPCClient: Sendable {
         options: CallOptions? = nil,
         responseType: Response.Type = Response.self
     ) async throws -> Response {
-        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        let context = ClientRequestContext(
+            descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
-            let frame = try MessageCoding.frame(request, encoding: context.options.compression, allocator: ByteBufferAllocator())
+            let frame = try MessageCoding.frame(
+                request, encoding: context.options.compression, allocator: ByteBufferAllocator())
             let policy = context.options.retry
             let deadline = context.options.timeout.map { ContinuousClock.now.advanced(by: $0) }
             var attempt = 1
@@ -308,7 +329,8 @@ public final class RPCClient: Sendable {
                         transparentRetries += 1
                         continue
                     }
-                    guard let policy, attempt < policy.maxAttempts, policy.retryableCodes.contains(error.code.rawValue) else { throw error }
+                    guard let policy, attempt < policy.maxAttempts, policy.retryableCodes.contains(error.code.rawValue)
+                    else { throw error }
                     let pause = policy.backoff(afterAttempt: attempt)
                     if let deadline, ContinuousClock.now.advanced(by: pause) >= deadline { throw error }
                     try await Task.sleep(for: pause)
@@ -326,9 +348,11 @@ public final class RPCClient: Sendable {
         options: CallOptions? = nil,
         handler: @escaping @Sendable (RPCResponseStream<Response>) async throws -> Result
     ) async throws -> Result {
-        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        let context = ClientRequestContext(
+            descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
-            let first = try MessageCoding.frame(request, encoding: context.options.compression, allocator: ByteBufferAllocator())
+            let first = try MessageCoding.frame(
+                request, encoding: context.options.compression, allocator: ByteBufferAllocator())
             let call = try await open(context, first: first, endRequest: true)
             return try await withCall(call) { call in
                 defer { call.cancel() }  // a no-op once the status has arrived
@@ -345,7 +369,8 @@ public final class RPCClient: Sendable {
         responseType: Response.Type = Response.self,
         requests: @escaping @Sendable (RPCRequestWriter<Request>) async throws -> Void
     ) async throws -> Response {
-        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        let context = ClientRequestContext(
+            descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
             let call = try await open(context, first: nil, endRequest: false)
             return try await withCall(call) { call in
@@ -363,7 +388,8 @@ public final class RPCClient: Sendable {
         requests: @escaping @Sendable (RPCRequestWriter<Request>) async throws -> Void,
         handler: @escaping @Sendable (RPCResponseStream<Response>) async throws -> Result
     ) async throws -> Result {
-        let context = ClientRequestContext(descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
+        let context = ClientRequestContext(
+            descriptor: descriptor, metadata: metadata, options: options ?? configuration.defaultCallOptions)
         return try await intercepted(context) { [self] context in
             let call = try await open(context, first: nil, endRequest: false)
             return try await withCall(call) { call in

@@ -54,7 +54,9 @@ enum Gzip {
         }
         switch result {
         case Z_STREAM_END: return output
-        case Z_MEM_ERROR: throw RPCError(code: .resourceExhausted, message: "a compressed message decompresses to more than \(limit) bytes")
+        case Z_MEM_ERROR:
+            throw RPCError(
+                code: .resourceExhausted, message: "a compressed message decompresses to more than \(limit) bytes")
         default: throw RPCError(code: .internal, message: "a compressed message is not valid gzip")
         }
     }

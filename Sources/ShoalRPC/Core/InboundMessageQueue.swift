@@ -85,7 +85,11 @@ final class InboundMessageQueue: @unchecked Sendable {
 
     /// The next message, `nil` at a clean end; throws the error that ended the stream.
     func next() async throws -> [UInt8]? {
-        enum Step { case message([UInt8], caughtUp: Bool), end(Result<Void, RPCError>), wait }
+        enum Step {
+            case message([UInt8], caughtUp: Bool)
+            case end(Result<Void, RPCError>)
+            case wait
+        }
         let step: Step = state.withLockedValue { state in
             if state.head < state.messages.count {
                 let message = state.messages[state.head]

@@ -1,11 +1,13 @@
-internal import ProtoRuntime
 internal import NIOCore
+internal import ProtoRuntime
 internal import RPCCore
 
 /// Encoding messages into gRPC frames and decoding received ones.
 enum MessageCoding {
     /// The message with its 5-byte gRPC prefix; compressed (flag 1) if `encoding` is gzip.
-    static func frame<Message: ProtoMessage>(_ message: Message, encoding: MessageEncoding, allocator: ByteBufferAllocator) throws(RPCError) -> ByteBuffer {
+    static func frame<Message: ProtoMessage>(
+        _ message: Message, encoding: MessageEncoding, allocator: ByteBufferAllocator
+    ) throws(RPCError) -> ByteBuffer {
         guard encoding == .gzip else { return frame(message, allocator: allocator) }
         let serialized = message.serializedBytes()
         let compressed = try serialized.withUnsafeBytes { bytes in
@@ -34,7 +36,9 @@ enum MessageCoding {
         return buffer
     }
 
-    static func decode<Message: ProtoMessage>(_ bytes: [UInt8], as type: Message.Type = Message.self) throws(RPCError) -> Message {
+    static func decode<Message: ProtoMessage>(
+        _ bytes: [UInt8], as type: Message.Type = Message.self
+    ) throws(RPCError) -> Message {
         do {
             return try Message(serializedBytes: bytes)
         } catch {

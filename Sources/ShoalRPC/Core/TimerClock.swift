@@ -21,7 +21,9 @@ package enum TimerClock: Sendable {
     }
 
     /// Runs `task` on `eventLoop` once `delay` has passed on this clock, unless cancelled first.
-    package func schedule(in delay: TimeAmount, on eventLoop: any EventLoop, _ task: @escaping @Sendable () -> Void) -> ScheduledTimer {
+    package func schedule(
+        in delay: TimeAmount, on eventLoop: any EventLoop, _ task: @escaping @Sendable () -> Void
+    ) -> ScheduledTimer {
         switch self {
         case .system: .system(eventLoop.scheduleTask(in: delay, task))
         case .manual(let clock): clock.schedule(in: delay, on: eventLoop, task)
@@ -76,7 +78,9 @@ package final class ManualTimerClock: Sendable {
     /// Timers armed and not yet fired or cancelled.
     package var pendingTimerCount: Int { state.withLockedValue { $0.timers.count } }
 
-    package func schedule(in delay: TimeAmount, on eventLoop: any EventLoop, _ task: @escaping @Sendable () -> Void) -> ScheduledTimer {
+    package func schedule(
+        in delay: TimeAmount, on eventLoop: any EventLoop, _ task: @escaping @Sendable () -> Void
+    ) -> ScheduledTimer {
         let (id, ready) = state.withLockedValue { state in
             let id = state.nextID
             state.nextID += 1
@@ -116,7 +120,11 @@ package final class ManualTimerClock: Sendable {
         let target = state.withLockedValue { $0.now + amount }
         while true {
             let next: Timer? = state.withLockedValue { state in
-                guard let (id, timer) = state.timers.filter({ $0.value.deadline <= target }).min(by: { $0.value.deadline < $1.value.deadline }) else {
+                guard
+                    let (id, timer) = state.timers.filter({ $0.value.deadline <= target }).min(by: {
+                        $0.value.deadline < $1.value.deadline
+                    })
+                else {
                     state.now = target
                     return nil
                 }

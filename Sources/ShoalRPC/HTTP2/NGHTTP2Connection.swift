@@ -193,7 +193,11 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         if result < 0 {
             // A protocol error: nghttp2 has queued GOAWAY; send it, then close.
             flush()
-            close(context: context, reason: "HTTP/2 error from the peer: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: result))))")
+            close(
+                context: context,
+                reason:
+                    "HTTP/2 error from the peer: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: result))))"
+            )
             return
         }
     }
@@ -218,7 +222,9 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Closes the channel, remembering why (the first reason wins) for the calls it ends.
     private func close(context: ChannelHandlerContext, reason: String) {
-        if closeReason == nil { closeReason = RPCError(code: .unavailable, message: "the connection closed: \(reason)") }
+        if closeReason == nil {
+            closeReason = RPCError(code: .unavailable, message: "the connection closed: \(reason)")
+        }
         guard !isClosed else { return }
         isClosed = true
         context.close(promise: nil)
@@ -234,8 +240,10 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         streams = [:]
         for (_, stream) in open.sorted(by: { $0.key < $1.key }) {
             stream.closed = true
-            stream.failWriters(closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
-            stream.connectionClosed(closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
+            stream.failWriters(
+                closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
+            stream.connectionClosed(
+                closeReason ?? RPCError(code: .unavailable, message: "the connection closed by the peer"))
         }
         delegate?.connectionClosed(self)
     }
@@ -250,10 +258,11 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         nghttp2_option_set_peer_max_concurrent_streams(option, 100)
         let userData = Unmanaged.passUnretained(self).toOpaque()
         var newSession: OpaquePointer?
-        let rv: Int32 = switch role {
-        case .server: nghttp2_session_server_new2(&newSession, NGHTTP2Callbacks.shared.pointer, userData, option)
-        case .client: nghttp2_session_client_new2(&newSession, NGHTTP2Callbacks.shared.pointer, userData, option)
-        }
+        let rv: Int32 =
+            switch role {
+            case .server: nghttp2_session_server_new2(&newSession, NGHTTP2Callbacks.shared.pointer, userData, option)
+            case .client: nghttp2_session_client_new2(&newSession, NGHTTP2Callbacks.shared.pointer, userData, option)
+            }
         guard rv == 0, let newSession else { return }
         session = newSession
     }
@@ -261,9 +270,15 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     private func submitSettings() {
         guard let session else { return }
         var settings = [
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: UInt32(clamping: configuration.maxConcurrentStreams)),
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(clamping: configuration.streamWindowSize)),
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: UInt32(clamping: configuration.maxFrameSize)),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                value: UInt32(clamping: configuration.maxConcurrentStreams)),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                value: UInt32(clamping: configuration.streamWindowSize)),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue),
+                value: UInt32(clamping: configuration.maxFrameSize)),
         ]
         if role == .client {
             settings.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
@@ -287,7 +302,9 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
             var pointer: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &pointer)
             if count < 0 {
-                close(context: context, reason: "HTTP/2 error: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: count))))")
+                close(
+                    context: context,
+                    reason: "HTTP/2 error: \(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: count))))")
                 return
             }
             guard count > 0, let pointer else { break }
@@ -409,7 +426,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         guard let session, !goAwaySent else { return }
         goAwaySent = true
         let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
-        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, UInt32(NGHTTP2_NO_ERROR.rawValue), nil, 0)
+        nghttp2_submit_goaway(
+            session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, UInt32(NGHTTP2_NO_ERROR.rawValue), nil, 0)
         scheduleFlush()
         closeIfDrained()
     }
@@ -438,7 +456,7 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
 
     /// After GOAWAY (either way), the connection closes once its last stream does.
     private func closeIfDrained() {
-        guard (goAwaySent || goAwayReceived), streams.isEmpty, let context else { return }
+        guard goAwaySent || goAwayReceived, streams.isEmpty, let context else { return }
         flush()
         close(context: context, reason: "GOAWAY, and the last stream is done")
     }
@@ -455,7 +473,9 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
     /// PROTOCOL_ERROR when one of them is used. A conforming client never skips, so the list stays empty; a hostile
     /// one gets at most 32 ranges remembered, the oldest forgotten first (forgotten ids fall back to nghttp2's ignore).
     fileprivate func onBeginFrame(_ header: nghttp2_frame_hd) -> Int32 {
-        guard role == .server, UInt32(header.type) == NGHTTP2_HEADERS.rawValue, header.stream_id > 0, header.stream_id % 2 == 1 else { return 0 }
+        guard role == .server, UInt32(header.type) == NGHTTP2_HEADERS.rawValue, header.stream_id > 0,
+            header.stream_id % 2 == 1
+        else { return 0 }
         let id = Int(header.stream_id)
         if id > highestPeerStreamID {
             let firstSkipped = highestPeerStreamID == 0 ? 1 : highestPeerStreamID + 2
@@ -474,7 +494,8 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         if category == NGHTTP2_HCAT_REQUEST.rawValue, role == .server {
             if goAwaySent {
                 if let session {
-                    nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, UInt32(NGHTTP2_REFUSED_STREAM.rawValue))
+                    nghttp2_submit_rst_stream(
+                        session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, UInt32(NGHTTP2_REFUSED_STREAM.rawValue))
                 }
                 return 0
             }
@@ -549,12 +570,16 @@ final class NGHTTP2Connection: ChannelInboundHandler, @unchecked Sendable {
         eventLoop.assumeIsolatedUnsafeUnchecked().execute { [self] in closeIfDrained() }
     }
 
-    fileprivate func readOutbound(streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
+    fileprivate func readOutbound(
+        streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>
+    ) -> Int {
         guard let stream = streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         let count = min(length, stream.outbound.readableBytes)
         if count > 0 {
             stream.outbound.withUnsafeReadableBytes { bytes in
-                if let base = bytes.baseAddress { buffer.update(from: base.assumingMemoryBound(to: UInt8.self), count: count) }
+                if let base = bytes.baseAddress {
+                    buffer.update(from: base.assumingMemoryBound(to: UInt8.self), count: count)
+                }
             }
             stream.outbound.moveReaderIndex(forwardBy: count)
         }
@@ -616,7 +641,8 @@ private final class NGHTTP2Callbacks: @unchecked Sendable {
         var provider = nghttp2_data_provider()
         provider.read_callback = { _, streamID, buffer, length, flags, _, userData in
             guard let userData, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
-            return NGHTTP2Callbacks.connection(userData).readOutbound(streamID: streamID, into: buffer, length: length, flags: flags)
+            return NGHTTP2Callbacks.connection(userData).readOutbound(
+                streamID: streamID, into: buffer, length: length, flags: flags)
         }
         return provider
     }
@@ -632,9 +658,11 @@ private final class NGHTTP2Callbacks: @unchecked Sendable {
         }
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, userData in
             guard let frame, let userData else { return 0 }
-            return NGHTTP2Callbacks.connection(userData).onBeginHeaders(streamID: frame.pointee.hd.stream_id, category: frame.pointee.headers.cat.rawValue)
+            return NGHTTP2Callbacks.connection(userData).onBeginHeaders(
+                streamID: frame.pointee.hd.stream_id, category: frame.pointee.headers.cat.rawValue)
         }
-        nghttp2_session_callbacks_set_on_header_callback(callbacks) { _, frame, name, nameLength, value, valueLength, _, userData in
+        nghttp2_session_callbacks_set_on_header_callback(callbacks) {
+            _, frame, name, nameLength, value, valueLength, _, userData in
             guard let frame, let userData else { return 0 }
             return NGHTTP2Callbacks.connection(userData).onHeader(
                 streamID: frame.pointee.hd.stream_id,
@@ -648,7 +676,8 @@ private final class NGHTTP2Callbacks: @unchecked Sendable {
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) { _, _, streamID, data, length, userData in
             guard let userData else { return 0 }
-            return NGHTTP2Callbacks.connection(userData).onDataChunk(streamID: streamID, data: UnsafeRawBufferPointer(start: data, count: length))
+            return NGHTTP2Callbacks.connection(userData).onDataChunk(
+                streamID: streamID, data: UnsafeRawBufferPointer(start: data, count: length))
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamID, errorCode, userData in
             guard let userData else { return 0 }

@@ -69,14 +69,18 @@ struct HealthService: RPCService {
 
     var methods: [RPCServerMethod] {
         [
-            .unary(Grpc_Health_V1_Health.Method.Check.descriptor) { [health] (request: Grpc_Health_V1_HealthCheckRequest, _) in
+            .unary(Grpc_Health_V1_Health.Method.Check.descriptor) {
+                [health] (request: Grpc_Health_V1_HealthCheckRequest, _) in
                 guard let status = health.status(of: request.service) else {
                     throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
                 }
                 return Grpc_Health_V1_HealthCheckResponse(status: status)
             },
             .serverStreaming(Grpc_Health_V1_Health.Method.Watch.descriptor) {
-                [health] (request: Grpc_Health_V1_HealthCheckRequest, response: RPCResponseWriter<Grpc_Health_V1_HealthCheckResponse>, _) in
+                [health] (
+                    request: Grpc_Health_V1_HealthCheckRequest,
+                    response: RPCResponseWriter<Grpc_Health_V1_HealthCheckResponse>, _
+                ) in
                 for await status in health.watch(request.service) {
                     try await response.write(Grpc_Health_V1_HealthCheckResponse(status: status))
                 }

@@ -1,8 +1,8 @@
 internal import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
-internal import RPCCore
 internal import ProtoRuntime
+internal import RPCCore
 
 /// A gRPC server: listens on TCP, speaks HTTP/2 through nghttp2, routes each call to its service's handler.
 ///
@@ -117,13 +117,15 @@ public final class RPCServer: Sendable {
     public var port: Int? { localAddress?.port }
 
     private func initialize(_ channel: any Channel) throws {
-        let executor: (any TaskExecutor)? = switch configuration.handlerExecutor {
-        case .eventLoop: EventLoopTaskExecutor(channel.eventLoop)
-        case .global: nil
-        }
+        let executor: (any TaskExecutor)? =
+            switch configuration.handlerExecutor {
+            case .eventLoop: EventLoopTaskExecutor(channel.eventLoop)
+            case .global: nil
+            }
         let context = ServerConnectionContext(
             router: router, interceptors: interceptors, maxReceiveMessageSize: configuration.maxReceiveMessageSize,
-            responseCompression: configuration.responseCompression, executor: executor, peer: channel.remoteAddress.map { "\($0)" } ?? "unknown",
+            responseCompression: configuration.responseCompression, executor: executor,
+            peer: channel.remoteAddress.map { "\($0)" } ?? "unknown",
             clock: configuration.timerClock
         )
         let connection = ServerConnection(context: context, configuration: configuration, channel: channel)
@@ -132,7 +134,10 @@ public final class RPCServer: Sendable {
             state.connections[ObjectIdentifier(connection)] = connection
             return (false, state.tls)
         }
-        if refused { channel.close(promise: nil); return }
+        if refused {
+            channel.close(promise: nil)
+            return
+        }
         if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: nil)) }
         connection.onClose = { [weak self, id = ObjectIdentifier(connection)] in
             self?.state.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
@@ -141,7 +146,9 @@ public final class RPCServer: Sendable {
     }
 
     /// PING ACKs received over every open connection (keepalive at work).
-    var pingAcksReceived: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pings.acked } }
+    var pingAcksReceived: Int {
+        state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pings.acked }
+    }
 
     /// PINGs sent over every open connection (keepalive at work).
     var pingsSent: Int { state.withLockedValue { Array($0.connections.values) }.reduce(0) { $0 + $1.pings.sent } }
@@ -185,7 +192,8 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
         self.context = context
         self.configuration = configuration
         self.channel = channel
-        self.handler = NGHTTP2Connection(role: .server, configuration: configuration.http2, channel: channel, clock: configuration.timerClock)
+        self.handler = NGHTTP2Connection(
+            role: .server, configuration: configuration.http2, channel: channel, clock: configuration.timerClock)
         handler.delegate = self
         armIdleTimer()
         armKeepaliveTimer()
@@ -227,7 +235,9 @@ final class ServerConnection: NGHTTP2ConnectionDelegate, @unchecked Sendable {
     }
 
     /// PING ACKs received from the client, for tests.
-    var pings: (sent: Int, acked: Int) { (try? channel.eventLoop.submit { (self.handler.pingsSent, self.handler.pingAcksReceived) }.wait()) ?? (0, 0) }
+    var pings: (sent: Int, acked: Int) {
+        (try? channel.eventLoop.submit { (self.handler.pingsSent, self.handler.pingAcksReceived) }.wait()) ?? (0, 0)
+    }
 
     func connection(_ connection: NGHTTP2Connection, streamOpened id: Int32) -> HTTP2Stream? {
         idleTimer?.cancel()

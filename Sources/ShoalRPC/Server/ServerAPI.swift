@@ -67,7 +67,8 @@ public struct RPCServerMethod: Sendable {
     public let descriptor: ProtoMethodDescriptor
     let run: @Sendable (ServerCall, ServerContext) async throws -> Void
 
-    init(_ descriptor: ProtoMethodDescriptor, run: @escaping @Sendable (ServerCall, ServerContext) async throws -> Void) {
+    init(_ descriptor: ProtoMethodDescriptor, run: @escaping @Sendable (ServerCall, ServerContext) async throws -> Void)
+    {
         self.descriptor = descriptor
         self.run = run
     }
@@ -109,7 +110,9 @@ public struct RPCServerMethod: Sendable {
     /// Streams both ways.
     public static func bidirectionalStreaming<Request: ProtoMessage, Response: ProtoMessage>(
         _ descriptor: ProtoMethodDescriptor,
-        _ handler: @escaping @Sendable (RPCRequestStream<Request>, RPCResponseWriter<Response>, ServerContext) async throws -> Void
+        _ handler:
+            @escaping @Sendable (RPCRequestStream<Request>, RPCResponseWriter<Response>, ServerContext) async throws ->
+            Void
     ) -> Self {
         Self(descriptor) { call, context in
             try await handler(RPCRequestStream(queue: call.requests), RPCResponseWriter(call: call), context)

@@ -48,7 +48,8 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
 
     init(id: Int32, connection: NGHTTP2Connection, server: ServerConnectionContext) {
         self.server = server
-        self.machine = ServerStreamStateMachine(maxReceiveMessageSize: server.maxReceiveMessageSize, responseCompression: server.responseCompression)
+        self.machine = ServerStreamStateMachine(
+            maxReceiveMessageSize: server.maxReceiveMessageSize, responseCompression: server.responseCompression)
         super.init(id: id, connection: connection)
         let eventLoop = connection.eventLoop
         requests.onCaughtUp = { [weak self] in
@@ -103,14 +104,17 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
             }
         }
         responseEncoding = machine.responseEncoding
-        let context = ServerContext(descriptor: method.descriptor, metadata: head.metadata, deadline: deadline, peer: server.peer, call: self)
+        let context = ServerContext(
+            descriptor: method.descriptor, metadata: head.metadata, deadline: deadline, peer: server.peer, call: self)
         let interceptors = server.interceptors
         let body: @Sendable () async -> Void = { [self] in
             do {
                 if interceptors.isEmpty {
                     try await method.run(self, context)
                 } else {
-                    try await Self.chain(interceptors[...], context: context) { context in try await method.run(self, context) }
+                    try await Self.chain(interceptors[...], context: context) { context in
+                        try await method.run(self, context)
+                    }
                 }
                 complete(nil)
             } catch let error as RPCError {
@@ -123,7 +127,10 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
                 complete(RPCError(code: .unknown, message: "handler failed with \(type(of: error))"))
             }
         }
-        task = if let executor = server.executor { Task(executorPreference: executor, operation: body) } else { Task(operation: body) }
+        task =
+            if let executor = server.executor { Task(executorPreference: executor, operation: body) } else {
+                Task(operation: body)
+            }
     }
 
     private static func chain(
@@ -133,11 +140,14 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
     ) async throws {
         guard let first = interceptors.first else { return try await handler(context) }
         let rest = interceptors.dropFirst()
-        try await first.intercept(context: context) { context in try await chain(rest, context: context, handler: handler) }
+        try await first.intercept(context: context) { context in
+            try await chain(rest, context: context, handler: handler)
+        }
     }
 
     override func dataReceived(_ bytes: UnsafeRawBufferPointer) {
-        let requests = self.requests, limit = server.maxReceiveMessageSize
+        let requests = self.requests
+        let limit = server.maxReceiveMessageSize
         let action: ServerStreamStateMachine.InboundAction
         do {
             action = try machine.receiveMessageBytes(bytes) { (message) throws(RPCError) in
@@ -262,7 +272,8 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
                 }
                 if action == .sendHeadersThenMessage {
                     let metadata = lock.withLock { responseMetadata }
-                    connection.submitResponse(self, headers: machine.responseHeaders(metadata: metadata), endStream: false)
+                    connection.submitResponse(
+                        self, headers: machine.responseHeaders(metadata: metadata), endStream: false)
                 }
                 enqueueOutbound(frame, resuming: continuation)
             }

@@ -21,14 +21,20 @@ public struct TLSConfiguration: Sendable, Hashable {
     /// Clients: the name the server's certificate must carry (and the SNI sent); `nil` uses the host connected to.
     public var serverHostname: String?
 
-    public static func server(certificateChain: String, privateKey: String, clientCertificateAuthority: String? = nil) -> Self {
+    public static func server(
+        certificateChain: String, privateKey: String, clientCertificateAuthority: String? = nil
+    ) -> Self {
         Self(
-            certificateChainPath: certificateChain, privateKeyPath: privateKey, trustRootsPath: clientCertificateAuthority,
+            certificateChainPath: certificateChain, privateKeyPath: privateKey,
+            trustRootsPath: clientCertificateAuthority,
             verifyPeer: clientCertificateAuthority != nil, serverHostname: nil
         )
     }
 
-    public static func client(trustRoots: String? = nil, serverHostname: String? = nil, certificateChain: String? = nil, privateKey: String? = nil) -> Self {
+    public static func client(
+        trustRoots: String? = nil, serverHostname: String? = nil, certificateChain: String? = nil,
+        privateKey: String? = nil
+    ) -> Self {
         Self(
             certificateChainPath: certificateChain, privateKeyPath: privateKey, trustRootsPath: trustRoots,
             verifyPeer: true, serverHostname: serverHostname
@@ -53,17 +59,25 @@ final class TLSContext: @unchecked Sendable {
         self.configuration = configuration
         _ = shoal_ssl_ctx_set_min_tls12(context)
         if let chain = configuration.certificateChainPath {
-            guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else { throw TLSContext.error("cannot load the certificate chain \(chain)") }
+            guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else {
+                throw TLSContext.error("cannot load the certificate chain \(chain)")
+            }
         }
         if let key = configuration.privateKeyPath {
-            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else { throw TLSContext.error("cannot load the private key \(key)") }
-            guard SSL_CTX_check_private_key(context) == 1 else { throw TLSContext.error("the private key does not match the certificate") }
+            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
+                throw TLSContext.error("cannot load the private key \(key)")
+            }
+            guard SSL_CTX_check_private_key(context) == 1 else {
+                throw TLSContext.error("the private key does not match the certificate")
+            }
         }
         if role == .server, configuration.certificateChainPath == nil {
             throw RPCError(code: .invalidArgument, message: "TLS: a server needs a certificate chain and a private key")
         }
         if let roots = configuration.trustRootsPath {
-            guard SSL_CTX_load_verify_locations(context, roots, nil) == 1 else { throw TLSContext.error("cannot load trust roots \(roots)") }
+            guard SSL_CTX_load_verify_locations(context, roots, nil) == 1 else {
+                throw TLSContext.error("cannot load trust roots \(roots)")
+            }
         } else if role == .client {
             SSL_CTX_set_default_verify_paths(context)
         }
@@ -116,7 +130,8 @@ final class TLSHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     init(context tls: TLSContext, serverHostname: String?) throws(RPCError) {
         self.tls = tls
-        guard let ssl = SSL_new(tls.context), let readBIO = BIO_new(BIO_s_mem()), let writeBIO = BIO_new(BIO_s_mem()) else {
+        guard let ssl = SSL_new(tls.context), let readBIO = BIO_new(BIO_s_mem()), let writeBIO = BIO_new(BIO_s_mem())
+        else {
             throw TLSContext.error("cannot create a session")
         }
         self.ssl = ssl
@@ -131,9 +146,13 @@ final class TLSHandler: ChannelDuplexHandler, @unchecked Sendable {
             let hostname = tls.configuration.serverHostname ?? serverHostname
             if let hostname {
                 // SNI for names only; the certificate check for names and addresses alike.
-                if !hostname.allSatisfy({ $0.isNumber || $0 == "." || $0 == ":" }) { _ = shoal_ssl_set_sni(ssl, hostname) }
+                if !hostname.allSatisfy({ $0.isNumber || $0 == "." || $0 == ":" }) {
+                    _ = shoal_ssl_set_sni(ssl, hostname)
+                }
                 if tls.configuration.verifyPeer {
-                    let isAddress = hostname.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" } && hostname.contains(where: { $0 == "." || $0 == ":" })
+                    let isAddress =
+                        hostname.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" }
+                        && hostname.contains(where: { $0 == "." || $0 == ":" })
                     if isAddress {
                         let param = SSL_get0_param(ssl)
                         X509_VERIFY_PARAM_set1_ip_asc(param, hostname)
@@ -202,7 +221,9 @@ final class TLSHandler: ChannelDuplexHandler, @unchecked Sendable {
             var protocolName: UnsafePointer<UInt8>?
             var length: UInt32 = 0
             SSL_get0_alpn_selected(ssl, &protocolName, &length)
-            let alpn = protocolName.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self) }
+            let alpn = protocolName.map {
+                String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self)
+            }
             guard alpn == "h2" else {
                 fail(context: context, "the peer did not negotiate HTTP/2 with ALPN (got \(alpn ?? "nothing"))")
                 return
@@ -218,7 +239,9 @@ final class TLSHandler: ChannelDuplexHandler, @unchecked Sendable {
         if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
         var detail = TLSContext.drainErrors()
         let verify = SSL_get_verify_result(ssl)
-        if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) { detail += " (certificate: \(String(cString: text)))" }
+        if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
+            detail += " (certificate: \(String(cString: text)))"
+        }
         fail(context: context, "TLS handshake failed: \(detail)")
     }
 

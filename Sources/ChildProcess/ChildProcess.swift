@@ -137,8 +137,20 @@ package struct ChildProcessError: Error, CustomStringConvertible {
 /// It is taken from below the kernel's ephemeral range (`ip_local_port_range`): a port of that range, which is what
 /// binding to port 0 gives, can be taken by any outgoing connection (to PostgreSQL, between the services) in the
 /// moment before the service binds it. Below the range only another listener can take it. Falls back to the kernel's
-/// choice when nothing below is free.
+/// choice when nothing below is free. A port is handed out once per process: binding and releasing cannot tell two
+/// callers apart (a cluster's services and their metrics ports), and two services given one port would fight for it.
 package func freeLoopbackPort() throws -> Int {
+    for _ in 0..<16 {
+        let port = try unusedLoopbackPort()
+        if handedOutPorts.withLock({ $0.insert(port).inserted }) { return port }
+    }
+    throw ChildProcessError(message: "cannot find a free port not handed out already")
+}
+
+/// The ports ``freeLoopbackPort()`` has returned in this process.
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+private func unusedLoopbackPort() throws -> Int {
     let firstEphemeral =
         (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
         .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768

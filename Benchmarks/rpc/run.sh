@@ -126,32 +126,24 @@ for (r, s), row in rows.items():
 med = lambda s, k: statistics.median(d[(s, k)]) if d.get((s, k)) else float("nan")
 rounds = len({r for r, _ in rows})
 names = {"a": "a: 1 conn x 100 streams, 100 B", "b": "b: 16 conn x 16 streams, 100 B", "c": "c: 4 conn x 16 streams, 16 KiB"}
-print(f"Medians of {rounds} round(s). Latency in ms (h2load --log-file); CPU = server CPU time per request.\n")
-print("| scenario | shoal req/s | grpc-swift-2 req/s | ratio | shoal p50 / p99 | grpc-swift-2 p50 / p99 | p99 ratio | shoal CPU us/req | grpc-swift-2 CPU us/req | CPU ratio |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-ratios = []
-cpp_ratios = []
-for sc in "abc":
-    if not d.get(("shoal", sc + ".rps")): continue
-    a, g = med("shoal", sc + ".rps"), med("grpc-swift-2", sc + ".rps")
-    ratio = a / g
-    ratios.append(ratio)
-    print(f"| {names[sc]} | {a:.0f} | {g:.0f} | {ratio:.2f} | {med('shoal', sc+'.p50_ms'):.2f} / {med('shoal', sc+'.p99_ms'):.2f} | "
-          f"{med('grpc-swift-2', sc+'.p50_ms'):.2f} / {med('grpc-swift-2', sc+'.p99_ms'):.2f} | "
-          f"{med('shoal', sc+'.p99_ms') / med('grpc-swift-2', sc+'.p99_ms'):.2f} | "
-          f"{med('shoal', sc+'.cpu_us'):.1f} | {med('grpc-swift-2', sc+'.cpu_us'):.1f} | "
-          f"{med('shoal', sc+'.cpu_us') / med('grpc-swift-2', sc+'.cpu_us'):.2f} |")
-if d.get(("grpc-c++", "a.rps")):
-    print("\n| scenario | shoal req/s | grpc-c++ req/s | ratio | shoal p50 / p99 | grpc-c++ p50 / p99 | shoal CPU us/req | grpc-c++ CPU us/req | CPU ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"Medians of {rounds} round(s). Latency in ms (h2load --log-file); CPU = server CPU time per request.")
+def compare(anchor):
+    """Shoal beside `anchor`, scenario by scenario; returns the req/s ratios."""
+    print(f"\n| scenario | shoal req/s | {anchor} req/s | ratio | shoal p50 / p99 | {anchor} p50 / p99 | p99 ratio | shoal CPU us/req | {anchor} CPU us/req | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out = []
     for sc in "abc":
-        if not d.get(("shoal", sc + ".rps")) or not d.get(("grpc-c++", sc + ".rps")): continue
-        a, c = med("shoal", sc + ".rps"), med("grpc-c++", sc + ".rps")
-        cpp_ratios.append(a / c)
-        print(f"| {names[sc]} | {a:.0f} | {c:.0f} | {a / c:.2f} | {med('shoal', sc+'.p50_ms'):.2f} / {med('shoal', sc+'.p99_ms'):.2f} | "
-              f"{med('grpc-c++', sc+'.p50_ms'):.2f} / {med('grpc-c++', sc+'.p99_ms'):.2f} | "
-              f"{med('shoal', sc+'.cpu_us'):.1f} | {med('grpc-c++', sc+'.cpu_us'):.1f} | "
-              f"{med('shoal', sc+'.cpu_us') / med('grpc-c++', sc+'.cpu_us'):.2f} |")
+        if not d.get(("shoal", sc + ".rps")) or not d.get((anchor, sc + ".rps")): continue
+        a, g = med("shoal", sc + ".rps"), med(anchor, sc + ".rps")
+        out.append(a / g)
+        print(f"| {names[sc]} | {a:.0f} | {g:.0f} | {a / g:.2f} | {med('shoal', sc+'.p50_ms'):.2f} / {med('shoal', sc+'.p99_ms'):.2f} | "
+              f"{med(anchor, sc+'.p50_ms'):.2f} / {med(anchor, sc+'.p99_ms'):.2f} | "
+              f"{med('shoal', sc+'.p99_ms') / med(anchor, sc+'.p99_ms'):.2f} | "
+              f"{med('shoal', sc+'.cpu_us'):.1f} | {med(anchor, sc+'.cpu_us'):.1f} | "
+              f"{med('shoal', sc+'.cpu_us') / med(anchor, sc+'.cpu_us'):.2f} |")
+    return out
+ratios = compare("grpc-swift-2")
+cpp_ratios = compare("grpc-c++") if d.get(("grpc-c++", "a.rps")) else []
 if d.get(("shoal-before", "a.rps")):
     print("\n| scenario | shoal before req/s | shoal req/s | after/before | before CPU us/req | CPU us/req |")
     print("|---|---:|---:|---:|---:|---:|")

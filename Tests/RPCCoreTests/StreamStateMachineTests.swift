@@ -19,6 +19,19 @@ private func frame(_ payload: [UInt8], compressed: Bool = false) -> [UInt8] {
     ] + payload
 }
 
+/// Feeds `bytes` to a machine's message input (`receive`), collecting what it delivers; returns those messages and
+/// the action.
+private func feed<Action>(
+    _ bytes: [UInt8],
+    _ receive: (UnsafeRawBufferPointer, (GRPCMessageDeframer.Message) throws(RPCError) -> Void) throws -> Action
+) throws -> ([[UInt8]], Action) {
+    var delivered: [[UInt8]] = []
+    let action = try bytes.withUnsafeBytes { raw in
+        try receive(raw) { message in delivered.append(message.bytes) }
+    }
+    return (delivered, action)
+}
+
 private func fields(_ headers: [HeaderField]) -> [String: String] {
     Dictionary(headers.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
 }
@@ -33,11 +46,7 @@ struct ServerStreamStateMachineTests {
     func receive(
         _ bytes: [UInt8], into machine: inout ServerStreamStateMachine
     ) throws -> ([[UInt8]], ServerStreamStateMachine.InboundAction) {
-        var delivered: [[UInt8]] = []
-        let action = try bytes.withUnsafeBytes { raw in
-            try machine.receiveMessageBytes(raw) { message in delivered.append(message.bytes) }
-        }
-        return (delivered, action)
+        try feed(bytes) { raw, deliver in try machine.receiveMessageBytes(raw, deliver: deliver) }
     }
 
     @Test("a gRPC request starts the handler with its path, metadata and timeout")
@@ -324,11 +333,7 @@ struct ClientStreamStateMachineTests {
     func receive(
         _ bytes: [UInt8], into machine: inout ClientStreamStateMachine
     ) throws -> ([[UInt8]], ClientStreamStateMachine.EndAction) {
-        var delivered: [[UInt8]] = []
-        let action = try bytes.withUnsafeBytes { raw in
-            try machine.receiveMessageBytes(raw) { message in delivered.append(message.bytes) }
-        }
-        return (delivered, action)
+        try feed(bytes) { raw, deliver in try machine.receiveMessageBytes(raw, deliver: deliver) }
     }
 
     @Test("headers, messages, then OK trailers: metadata both ways and every message")

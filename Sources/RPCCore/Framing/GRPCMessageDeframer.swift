@@ -83,6 +83,16 @@ public struct GRPCMessageDeframer: Sendable {
         return message
     }
 
+    /// Adds received bytes and hands every message they complete to `deliver`, in order.
+    ///
+    /// - Throws: the deframer's error (a malformed prefix, a message over the limit), or `deliver`'s.
+    public mutating func append(
+        _ bytes: UnsafeRawBufferPointer, deliveringTo deliver: (Message) throws(RPCError) -> Void
+    ) throws(RPCError) {
+        append(bytes)
+        while let message = try next() { try deliver(message) }
+    }
+
     /// Checks that the stream ended between messages.
     ///
     /// - Throws: `INTERNAL` if bytes of an unfinished message (or prefix) remain.

@@ -232,9 +232,8 @@ package struct ClientStreamStateMachine: Sendable {
         case .awaitingResponseHeaders:
             throw StreamStateError(input: "message bytes", state: stateName)
         case .receivingResponse:
-            deframer.append(bytes)
             do {
-                while let message = try deframer.next() { try deliver(message) }
+                try deframer.append(bytes, deliveringTo: deliver)
             } catch {
                 return abandon(error)
             }

@@ -219,9 +219,8 @@ package struct ServerStreamStateMachine: Sendable {
             guard !requestEnded else {
                 throw StreamStateError(input: "message bytes", state: "half-closed by the client")
             }
-            deframer.append(bytes)
             do {
-                while let message = try deframer.next() { try deliver(message) }
+                try deframer.append(bytes, deliveringTo: deliver)
             } catch {
                 return failCall(error)
             }

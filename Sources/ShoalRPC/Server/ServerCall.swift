@@ -178,10 +178,7 @@ final class ServerCall: HTTP2Stream, @unchecked Sendable {
         deadlineTimer?.cancel()
         _ = machine.streamClosed()
         requests.fail(RPCError(code: .cancelled, message: "the client cancelled the call"))
-        if task != nil {
-            cancelled.withLockedValue { $0 = true }
-            task?.cancel()
-        }
+        if task != nil { cancelHandler() }
     }
 
     override func withholdWindowIfBacklogExceeds(_ limit: Int) -> Bool {
